@@ -1,0 +1,45 @@
+# headrace: every set-up step a fresh machine needs lives here.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+REPOSITORY ?= model_repository
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-unit bench lint format clean
+
+install: $(STAMP)
+
+# Re-runs only when pyproject.toml changes. torch goes first and alone, so that
+# the local CPU build is chosen before anything else can ask for torch.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/headrace train --model lenet5 --dataset digits --repository $(REPOSITORY)
+	$(BIN)/headrace models list --repository $(REPOSITORY)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m benchmarks.pipeline
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,41 @@
+"""The `headrace` command line: one click group that assembles the command modules."""
+
+from __future__ import annotations
+
+import click
+
+from headrace import __version__
+from headrace.commands.data import data
+from headrace.commands.gradcheck import check_grad
+from headrace.commands.models import models
+from headrace.commands.train import train
+from headrace.errors import HeadraceError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="headrace")
+def cli() -> None:
+    """headrace: event-driven streaming inference, training and model protection."""
+
+
+cli.add_command(train)
+cli.add_command(check_grad)
+cli.add_command(data)
+cli.add_command(models)
+
+
+def main() -> None:
+    """Console-script entry point: runs the CLI and turns headrace errors into one clear line."""
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        raise SystemExit(130) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except HeadraceError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        raise SystemExit(2) from None

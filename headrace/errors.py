@@ -1,0 +1,80 @@
+"""The one error tree of headrace.
+
+Every error a user can meet derives from `HeadraceError`. Each class carries
+the gRPC status name it maps to and the reason written into a DLQ record, so
+transports map errors in one place. Messages say what was wrong and how to fix
+it. All classes keep a plain `(message)` constructor so they survive pickling
+across processes (Ray).
+"""
+
+from __future__ import annotations
+
+
+class HeadraceError(Exception):
+    """Base of all headrace errors."""
+
+    grpc_status: str = "INTERNAL"
+    reason: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[HeadraceError], tuple[str]]:
+        return (type(self), (self.message,))
+
+
+class ConfigError(HeadraceError):
+    """A setting, flag or spec is invalid."""
+
+    grpc_status = "INVALID_ARGUMENT"
+    reason = "invalid_config"
+
+
+class InvalidInput(HeadraceError):
+    """A request's input does not match what the model expects."""
+
+    grpc_status = "INVALID_ARGUMENT"
+    reason = "invalid_input"
+
+
+class DatasetError(HeadraceError):
+    """A dataset folder is missing, incomplete or malformed."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    reason = "invalid_dataset"
+
+
+class UnknownName(HeadraceError):
+    """A registered name (model architecture, dataset) does not exist."""
+
+    grpc_status = "NOT_FOUND"
+    reason = "unknown_name"
+
+
+class ModelNotFound(HeadraceError):
+    """A model or model version is not in the repository."""
+
+    grpc_status = "NOT_FOUND"
+    reason = "model_not_found"
+
+
+class RepositoryError(HeadraceError):
+    """The model repository is unreadable or a publish failed."""
+
+    grpc_status = "INTERNAL"
+    reason = "repository_error"
+
+
+class ExportMismatch(HeadraceError):
+    """An exported ONNX model disagrees with the torch model it came from."""
+
+    grpc_status = "INTERNAL"
+    reason = "export_mismatch"
+
+
+class CheckpointError(HeadraceError):
+    """A checkpoint cannot be read or does not fit the run it resumes."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    reason = "bad_checkpoint"

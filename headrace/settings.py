@@ -1,0 +1,37 @@
+"""Process-wide settings read from `HEADRACE_*` environment variables.
+
+Loaded once at the entry point (the CLI) and passed down; command-line flags
+override them. Job-specific options live in their own config models (e.g.
+`training.config.TrainConfig`), not here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings shared by every headrace command."""
+
+    model_config = SettingsConfigDict(env_prefix="HEADRACE_", extra="ignore")
+
+    model_repository: Path = Field(
+        default=Path("model_repository"),
+        description="Folder of the Triton-style model repository (HEADRACE_MODEL_REPOSITORY).",
+    )
+    runs_dir: Path = Field(
+        default=Path("runs"),
+        description="Where training runs keep checkpoints and TensorBoard logs (HEADRACE_RUNS_DIR).",
+    )
+    data_dir: Path | None = Field(
+        default=None,
+        description="Default folder for datasets read from files (HEADRACE_DATA_DIR).",
+    )
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment."""
+    return Settings()

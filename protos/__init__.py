@@ -1,0 +1,1 @@
+"""protos: .proto files and the Python code generated from them (`make protos`)."""

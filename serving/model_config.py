@@ -1,0 +1,114 @@
+"""Schemas of the model repository's files: `config.json` per model, `metadata.json` per version.
+
+The layout follows Triton's model repository: `<repo>/<model>/config.json` and
+`<repo>/<model>/<version>/model.onnx`. `dims` exclude the batch axis when
+`max_batch_size > 0`, as in Triton. These files cross process boundaries
+(serving, stream workers, training), so they are pydantic models with a
+schema version.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+
+
+def check_model_name(name: str) -> str:
+    """A model name is a single folder name: letters, digits, `_`, `-`, `.`; no path parts."""
+    if not MODEL_NAME_PATTERN.match(name) or name in {".", ".."}:
+        raise ValueError(
+            f"invalid model name {name!r}: use letters, digits, '_', '-' or '.' "
+            "(at most 128 characters, starting with a letter or digit)"
+        )
+    return name
+
+
+class TensorSpec(BaseModel):
+    """One input or output tensor of a model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    datatype: Datatype = "FP32"
+    dims: list[int] = Field(description="Shape without the batch axis; -1 for a variable size.")
+
+
+class PreprocessingSpec(BaseModel):
+    """How raw pixels become model input: `(pixels * scale - mean[c]) / std[c]`, then reshape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: float = Field(default=1.0 / 255.0, description="Multiplier applied to raw pixel values.")
+    mean: list[float] = Field(description="Per-channel mean subtracted after scaling.")
+    std: list[float] = Field(description="Per-channel standard deviation divided by.")
+    layout: Literal["NCHW"] = "NCHW"
+
+    @model_validator(mode="after")
+    def _same_channels(self) -> PreprocessingSpec:
+        if len(self.mean) != len(self.std):
+            raise ValueError("mean and std need one value per channel")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class DynamicBatchingConfig(BaseModel):
+    """Triton's dynamic batching settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_queue_delay_us: int = Field(default=2000, ge=0, description="Longest wait to fill a batch.")
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    max_queue_size: int = Field(default=1024, ge=1, description="Requests queued before refusing.")
+
+
+class ModelConfig(BaseModel):
+    """`<repo>/<model>/config.json`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    platform: Literal["onnxruntime_onnx"] = "onnxruntime_onnx"
+    max_batch_size: int = Field(default=64, ge=0)
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    dynamic_batching: DynamicBatchingConfig = Field(default_factory=DynamicBatchingConfig)
+    instance_count: int = Field(default=1, ge=1)
+    preprocessing: PreprocessingSpec | None = None
+    labels: list[str] = Field(default_factory=list, description="Class names by output index.")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return check_model_name(value)
+
+
+class VersionMetadata(BaseModel):
+    """`<repo>/<model>/<version>/metadata.json`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    schema_version: int = SCHEMA_VERSION
+    version: int = Field(ge=1)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    architecture: str = Field(description="Registered model name, e.g. lenet5.")
+    metrics: dict[str, float] = Field(default_factory=dict)
+    lineage: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    watermark_id: str | None = None
+    sha256: dict[str, str] = Field(
+        default_factory=dict, description="File name -> sha256 of each file in the version folder."
+    )
