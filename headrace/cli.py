@@ -39,3 +39,7 @@ def main() -> None:
     except HeadraceError as exc:
         click.echo(f"error: {exc.message}", err=True)
         raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -78,3 +78,10 @@ class CheckpointError(HeadraceError):
 
     grpc_status = "FAILED_PRECONDITION"
     reason = "bad_checkpoint"
+
+
+class TrainingDiverged(HeadraceError):
+    """The loss became NaN or infinite during training."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    reason = "training_diverged"

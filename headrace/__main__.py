@@ -1,0 +1,5 @@
+"""`python -m headrace` runs the CLI."""
+
+from headrace.cli import main
+
+main()

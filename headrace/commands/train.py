@@ -1,0 +1,118 @@
+"""`headrace train`: train a registered model on a dataset, export it to ONNX and publish it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from headrace.commands.options import build_config
+from headrace.settings import load_settings
+
+
+@click.command("train")
+@click.option("--model", default="lenet5", show_default=True, help="Registered architecture.")
+@click.option("--dataset", default="digits", show_default=True, help="digits, mnist or cifar10.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="Folder of a file-based dataset (default HEADRACE_DATA_DIR).",
+)
+@click.option("--epochs", type=int, default=30, show_default=True, help="Most epochs to run.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds splits and training.")
+@click.option(
+    "--patience",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Early stopping: epochs without a better val loss (0 = off).",
+)
+@click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option("--normalize/--no-normalize", default=True, show_default=True)
+@click.option(
+    "--balance",
+    type=click.Choice(["none", "sampler", "loss"]),
+    default="none",
+    show_default=True,
+    help="Class balancing by weighted sampler or class-weighted loss.",
+)
+@click.option("--name", help="Repository model name (default MODEL-DATASET).")
+@click.option(
+    "--repository",
+    type=click.Path(path_type=Path),
+    help="Model repository (default HEADRACE_MODEL_REPOSITORY or ./model_repository).",
+)
+@click.option("--runs-dir", type=click.Path(path_type=Path), help="Checkpoints and TensorBoard logs.")
+@click.option("--run-id", help="Run folder name (default a timestamp).")
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    help="Continue from a run folder or its checkpoint.pt.",
+)
+@click.option("--publish/--no-publish", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print only the final report as JSON.")
+def train(
+    model: str,
+    dataset: str,
+    data_dir: Path | None,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    optimizer: str,
+    weight_decay: float,
+    seed: int,
+    patience: int,
+    augment: bool,
+    normalize: bool,
+    balance: str,
+    name: str | None,
+    repository: Path | None,
+    runs_dir: Path | None,
+    run_id: str | None,
+    resume: Path | None,
+    publish: bool,
+    as_json: bool,
+) -> None:
+    """Train MODEL on DATASET, verify its ONNX export and publish it to the model repository."""
+    from training.config import TrainConfig
+    from training.preprocess.config import AugmentConfig, PreprocessConfig
+    from training.recipe import run_training
+
+    settings = load_settings()
+    config = build_config(
+        TrainConfig,
+        model=model,
+        dataset=dataset,
+        data_dir=data_dir or settings.data_dir,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        seed=seed,
+        patience=patience,
+        preprocess=PreprocessConfig(
+            normalize=normalize, augment=AugmentConfig(enabled=augment), balance=balance
+        ),
+        name=name,
+        publish=publish,
+        repository=repository or settings.model_repository,
+        runs_dir=runs_dir or settings.runs_dir,
+        run_id=run_id,
+        resume=resume,
+    )
+    report = run_training(config)
+    if as_json:
+        click.echo(report.model_dump_json())
+        return
+    click.echo(json.dumps(report.model_dump(), indent=2), err=True)
+    click.echo(
+        f"{report.name}: test accuracy {report.test_accuracy:.4f} "
+        f"(balanced {report.test_balanced_accuracy:.4f}) after {report.epochs_run} epochs"
+        + (f"; published version {report.version} to {report.repository}" if report.version else "")
+    )

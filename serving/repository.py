@@ -1,0 +1,326 @@
+"""The versioned model repository: Triton's layout, atomic publishes, no half-written versions.
+
+Layout::
+
+    <root>/<model>/config.json              one ModelConfig for every version
+    <root>/<model>/<N>/model.onnx           N = 1, 2, ... (folder names are integers)
+    <root>/<model>/<N>/metadata.json        VersionMetadata, with the sha256 of every other file
+
+A publish stages the whole version in a hidden folder inside `<root>/<model>/`
+(`.staging.<pid>.<token>@<host>`), fsyncs it, writes `config.json` atomically
+(temp file + `os.replace`) and then `os.rename`s the staging folder to
+`<root>/<model>/<N>`, N = highest existing number + 1. The rename is the
+commit: it fails if N already holds a version (a concurrent publisher won), and
+the publish then retries with the next number. Readers list only integer-named
+folders holding `metadata.json`, so a killed publisher's leftovers stay
+invisible; the next publish removes staging folders whose owner process is gone
+(same host) or that are older than `STALE_STAGING_S` (any host).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import math
+import os
+import re
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from headrace.errors import ConfigError, ModelNotFound, RepositoryError
+from serving.model_config import (
+    MODEL_NAME_PATTERN,
+    ModelConfig,
+    VersionMetadata,
+    check_model_name,
+)
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+STALE_STAGING_S = 3600.0
+"""Age after which another host's staging folder counts as abandoned (its pid cannot be checked)."""
+MAX_PUBLISH_ATTEMPTS = 100
+_CHUNK_BYTES = 1 << 20
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_TEMP_NAME = re.compile(r"^\.(?:staging|config)\.(?P<pid>\d+)\.[0-9a-f]+@(?P<host>.+)$")
+_Schema = TypeVar("_Schema", bound=BaseModel)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
+
+
+def _temp_name(kind: str) -> str:
+    return f".{kind}.{os.getpid()}.{secrets.token_hex(4)}@{_host()}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy_fsync(src: Path, dst: Path) -> str:
+    """Copy `src` byte for byte (regular file or pipe), fsync `dst`; return the sha256."""
+    digest = hashlib.sha256()
+    with src.open("rb") as fin, dst.open("xb") as fout:
+        while chunk := fin.read(_CHUNK_BYTES):
+            digest.update(chunk)
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return digest.hexdigest()
+
+
+def _write_fsync(path: Path, text: str) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _is_stale(entry: Path, now: float) -> bool:
+    """A temp entry of a publisher that is gone: dead pid on this host, or old on another host."""
+    match = _TEMP_NAME.match(entry.name)
+    if match is None:
+        return False  # not ours: leave it alone
+    if match["host"] == _host():
+        try:
+            os.kill(int(match["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # alive, owned by another user
+        return False
+    try:
+        return now - entry.lstat().st_mtime > STALE_STAGING_S
+    except FileNotFoundError:
+        return False
+
+
+def _version_number(entry: Path) -> int | None:
+    """The version an entry names, or None for hidden, non-integer or non-folder entries."""
+    name = entry.name
+    if not name.isdecimal() or name != str(int(name)) or int(name) < 1:
+        return None
+    return int(name) if entry.is_dir() else None
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One published, complete version of a model."""
+
+    name: str
+    version: int
+    path: Path
+    config: ModelConfig
+    metadata: VersionMetadata
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / MODEL_FILE
+
+    def verify(self) -> None:
+        """Check every file against the sha256 recorded at publish; raise RepositoryError if not."""
+        for file_name, expected in sorted(self.metadata.sha256.items()):
+            file = self.path / file_name
+            if not file.is_file() or sha256_file(file) != expected:
+                raise RepositoryError(
+                    f"model {self.name!r} version {self.version}: {file_name} is missing or "
+                    "does not match its sha256 in metadata.json; publish the model again"
+                )
+
+
+class ModelRepository:
+    """A Triton-style model repository rooted at one folder (see the module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def list_models(self) -> list[str]:
+        """Sorted names of the models that have at least one complete version."""
+        if not self.root.is_dir():
+            return []
+        names = [e.name for e in self.root.iterdir() if MODEL_NAME_PATTERN.match(e.name)]
+        return sorted(n for n in names if self._complete_versions(self.root / n))
+
+    def versions(self, name: str) -> list[int]:
+        """Ascending numbers of the complete versions of `name`; ModelNotFound if there are none."""
+        found = self._complete_versions(self._model_dir(name))
+        if not found:
+            raise ModelNotFound(f"model {name!r} not found; {self._available()}")
+        return found
+
+    def get(self, name: str, version: int | None = None) -> ModelVersion:
+        """One version of a model; `None` means the latest."""
+        available = self.versions(name)
+        if version is None:
+            version = available[-1]
+        elif version not in available:
+            listed = ", ".join(map(str, available))
+            raise ModelNotFound(f"model {name!r} has no version {version}; versions: {listed}")
+        path = self._model_dir(name) / str(version)
+        metadata = self._read(name, f"{version}/{METADATA_FILE}", VersionMetadata)
+        if metadata.version != version:
+            raise RepositoryError(
+                f"model {name!r}: {version}/{METADATA_FILE} says version {metadata.version}"
+            )
+        return ModelVersion(name, version, path, self.config(name), metadata)
+
+    def latest(self, name: str) -> ModelVersion:
+        """The highest complete version of a model."""
+        return self.get(name)
+
+    def config(self, name: str) -> ModelConfig:
+        """The model's `config.json` (ModelNotFound if the model has no complete version)."""
+        self.versions(name)
+        config = self._read(name, CONFIG_FILE, ModelConfig)
+        if config.name != name:
+            raise RepositoryError(f"model {name!r}: {CONFIG_FILE} names model {config.name!r}")
+        return config
+
+    def publish(
+        self,
+        config: ModelConfig,
+        model_file: Path,
+        *,
+        architecture: str,
+        metrics: dict[str, float] | None = None,
+        lineage: dict[str, str | int | float | bool | None] | None = None,
+        extra_files: dict[str, Path] | None = None,
+        dp_epsilon: float | None = None,
+        dp_delta: float | None = None,
+        watermark_id: str | None = None,
+    ) -> ModelVersion:
+        """Publish `model_file` (plus `extra_files`, by file name) as the model's next version."""
+        name = config.name
+        model_dir = self._model_dir(name)
+        sources = {MODEL_FILE: Path(model_file), **_checked_extra_files(extra_files or {})}
+        for src in sources.values():
+            if not src.exists() or src.is_dir():
+                raise RepositoryError(f"cannot publish model {name!r}: {src} is not a file")
+        numbers = {**(metrics or {}), "dp_epsilon": dp_epsilon, "dp_delta": dp_delta}
+        for key, value in numbers.items():
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"cannot publish model {name!r}: {key} is {value}, not finite")
+        try:
+            metadata = VersionMetadata(
+                version=1, architecture=architecture, metrics=metrics or {}, lineage=lineage or {},
+                dp_epsilon=dp_epsilon, dp_delta=dp_delta, watermark_id=watermark_id,
+            )  # fmt: skip
+        except ValidationError as exc:
+            raise ConfigError(f"cannot publish model {name!r}: {exc}") from exc
+
+        model_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale(model_dir)
+        staging = model_dir / _temp_name("staging")
+        staging.mkdir()
+        try:
+            for file_name, src in sources.items():
+                metadata.sha256[file_name] = _copy_fsync(src, staging / file_name)
+            self._write_config(model_dir, config)
+            version = self._commit(model_dir, staging, metadata)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return self.get(name, version)
+
+    def _model_dir(self, name: str) -> Path:
+        try:
+            check_model_name(name)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return self.root / name
+
+    def _complete_versions(self, model_dir: Path) -> list[int]:
+        if not model_dir.is_dir():
+            return []
+        numbers = [(n, e) for e in model_dir.iterdir() if (n := _version_number(e)) is not None]
+        return sorted(n for n, e in numbers if (e / METADATA_FILE).is_file())
+
+    def _available(self) -> str:
+        names = self.list_models()
+        return f"models: {', '.join(names)}" if names else "no models are published yet"
+
+    def _read(self, name: str, relative: str, schema: type[_Schema]) -> _Schema:
+        file = self._model_dir(name) / relative
+        try:
+            return schema.model_validate_json(file.read_bytes())
+        except OSError as exc:  # the message names the file, not the repository's path
+            reason = exc.strerror or type(exc).__name__
+            raise RepositoryError(f"model {name!r}: cannot read {relative}: {reason}") from exc
+        except ValidationError as exc:
+            raise RepositoryError(f"model {name!r}: invalid {relative}: {exc}") from exc
+
+    def _write_config(self, model_dir: Path, config: ModelConfig) -> None:
+        tmp = model_dir / _temp_name("config")
+        try:
+            _write_fsync(tmp, config.model_dump_json(indent=2) + "\n")
+            os.replace(tmp, model_dir / CONFIG_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _commit(self, model_dir: Path, staging: Path, metadata: VersionMetadata) -> int:
+        """Rename `staging` to the next free version number; return that number."""
+        existing = [n for e in model_dir.iterdir() if (n := _version_number(e)) is not None]
+        version = max(existing, default=0) + 1
+        for _ in range(MAX_PUBLISH_ATTEMPTS):
+            metadata.version = version
+            _write_fsync(staging / METADATA_FILE, metadata.model_dump_json(indent=2) + "\n")
+            _fsync_dir(staging)
+            try:
+                os.rename(staging, model_dir / str(version))
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise RepositoryError(
+                        f"cannot publish model {model_dir.name!r}: {exc}"
+                    ) from exc
+                version += 1  # another publisher took this number
+                continue
+            _fsync_dir(model_dir)
+            return version
+        raise RepositoryError(
+            f"cannot publish model {model_dir.name!r}: no free version number after "
+            f"{MAX_PUBLISH_ATTEMPTS} attempts"
+        )
+
+    def _remove_stale(self, model_dir: Path) -> None:
+        now = time.time()
+        for entry in model_dir.iterdir():
+            if entry.name.startswith(".") and _is_stale(entry, now):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+
+def _checked_extra_files(extra_files: Mapping[str, Path]) -> dict[str, Path]:
+    checked = {}
+    for file_name, src in extra_files.items():
+        if not _FILE_NAME.match(file_name) or file_name in {MODEL_FILE, METADATA_FILE}:
+            raise ConfigError(
+                f"invalid extra file name {file_name!r}: use a plain file name of letters, digits, "
+                f"'_', '-' or '.', other than {MODEL_FILE} and {METADATA_FILE}"
+            )
+        checked[file_name] = Path(src)
+    return checked

@@ -1,0 +1,292 @@
+"""The versioned model repository and the `headrace models` commands."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from headrace.commands.models import models
+from headrace.errors import ConfigError, ModelNotFound, RepositoryError
+from serving.model_config import ModelConfig, PreprocessingSpec, TensorSpec
+from serving.repository import ModelRepository
+
+pytestmark = pytest.mark.unit
+
+
+def make_config(name: str = "digits") -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        max_batch_size=32,
+        inputs=[TensorSpec(name="pixels", dims=[1, 8, 8])],
+        outputs=[TensorSpec(name="logits", dims=[10])],
+        preprocessing=PreprocessingSpec(mean=[0.5], std=[0.25]),
+        labels=[str(i) for i in range(10)],
+    )
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "src" / "model.onnx"
+    path.parent.mkdir()
+    path.write_bytes(b"not really onnx, but the repository copies bytes as-is\x00\xff")
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> ModelRepository:
+    return ModelRepository(tmp_path / "repo")
+
+
+def publish(repo: ModelRepository, model_file: Path, name: str = "digits", **kwargs: object):
+    kwargs.setdefault("architecture", "lenet5")
+    return repo.publish(make_config(name), model_file, **kwargs)  # type: ignore[arg-type]
+
+
+def test_publish_creates_version_1_then_2(repo: ModelRepository, model_file: Path) -> None:
+    first = publish(repo, model_file, metrics={"test_accuracy": 0.97})
+    assert (first.name, first.version) == ("digits", 1)
+    assert first.path == repo.root / "digits" / "1"
+    assert first.model_file.read_bytes() == model_file.read_bytes()
+    assert first.metadata.metrics == {"test_accuracy": 0.97}
+
+    second = publish(repo, model_file, architecture="lenet5-pruned")
+    assert second.version == 2
+    assert repo.versions("digits") == [1, 2]
+    assert repo.latest("digits").version == 2
+    assert repo.get("digits").metadata.architecture == "lenet5-pruned"
+    assert repo.get("digits", 1).metadata.architecture == "lenet5"
+    assert repo.list_models() == ["digits"]
+    assert not [p for p in (repo.root / "digits").iterdir() if p.name.startswith(".")]
+
+
+def test_metadata_sha256_matches_every_file(
+    repo: ModelRepository, model_file: Path, tmp_path: Path
+) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("zero\none\n")
+    published = publish(
+        repo,
+        model_file,
+        extra_files={"labels.txt": labels},
+        lineage={"dataset": "digits", "seed": 0, "resumed": False, "parent": None},
+        dp_epsilon=3.0,
+        dp_delta=1e-5,
+        watermark_id="wm-42",
+    )
+    files = {p.name for p in published.path.iterdir()}
+    assert files == {"model.onnx", "labels.txt", "metadata.json"}
+    assert set(published.metadata.sha256) == {"model.onnx", "labels.txt"}
+    for name, digest in published.metadata.sha256.items():
+        assert hashlib.sha256((published.path / name).read_bytes()).hexdigest() == digest
+    published.verify()
+
+    on_disk = json.loads((published.path / "metadata.json").read_text())
+    assert on_disk["version"] == 1
+    assert on_disk["architecture"] == "lenet5"
+    assert on_disk["lineage"]["seed"] == 0
+    assert on_disk["dp_epsilon"] == 3.0 and on_disk["watermark_id"] == "wm-42"
+
+    (published.path / "labels.txt").write_text("tampered\n")
+    with pytest.raises(RepositoryError, match="labels.txt"):
+        repo.get("digits").verify()
+
+
+def test_config_round_trips(repo: ModelRepository, model_file: Path) -> None:
+    publish(repo, model_file)
+    assert repo.config("digits") == make_config()
+    assert repo.get("digits").config == make_config()
+    on_disk = ModelConfig.model_validate_json((repo.root / "digits" / "config.json").read_text())
+    assert on_disk == make_config()
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "..", "", "x" * 129, "sp ace"])
+def test_invalid_names_refused(repo: ModelRepository, model_file: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="invalid model name"):
+        repo.get(name)
+    with pytest.raises(ConfigError, match="invalid model name"):
+        repo.versions(name)
+    bad = make_config().model_copy(update={"name": name})  # skips the validator, as a bug would
+    with pytest.raises(ConfigError, match="invalid model name"):
+        repo.publish(bad, model_file, architecture="lenet5")
+    assert not repo.root.exists() or not any(repo.root.iterdir())
+
+
+def test_bad_publish_arguments(repo: ModelRepository, model_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="extra file name"):
+        publish(repo, model_file, extra_files={"../x": model_file})
+    with pytest.raises(ConfigError, match="extra file name"):
+        publish(repo, model_file, extra_files={"metadata.json": model_file})
+    with pytest.raises(ConfigError, match="test_loss"):
+        publish(repo, model_file, metrics={"test_loss": float("nan")})
+    with pytest.raises(RepositoryError, match="not a file"):
+        publish(repo, tmp_path / "missing.onnx")
+    assert repo.list_models() == []
+
+
+def test_model_not_found(repo: ModelRepository, model_file: Path) -> None:
+    with pytest.raises(ModelNotFound, match="no models are published yet"):
+        repo.get("digits")
+    publish(repo, model_file)
+    publish(repo, model_file, name="cifar")
+    with pytest.raises(ModelNotFound, match="models: cifar, digits") as not_found:
+        repo.get("mnist")
+    assert str(repo.root) not in not_found.value.message  # no internal paths for clients
+    with pytest.raises(ModelNotFound, match="no version 7; versions: 1"):
+        repo.get("digits", 7)
+    with pytest.raises(ModelNotFound):
+        repo.config("mnist")
+
+
+def test_incomplete_and_hidden_folders_are_invisible(
+    repo: ModelRepository, model_file: Path
+) -> None:
+    publish(repo, model_file)
+    model_dir = repo.root / "digits"
+    staging = model_dir / ".staging.1.abcd@elsewhere"  # another host's publish in progress
+    staging.mkdir()
+    (staging / "model.onnx").write_bytes(b"half")
+    (staging / "metadata.json").write_text("{}")
+    (model_dir / "2").mkdir()  # a version folder without metadata.json
+    (model_dir / "2" / "model.onnx").write_bytes(b"half")
+    for junk in ("notes", "03", "0", "-1"):
+        (model_dir / junk).mkdir()
+        (model_dir / junk / "metadata.json").write_text("{}")
+    (repo.root / ".trash").mkdir()
+    (repo.root / "empty-model").mkdir()
+
+    assert repo.versions("digits") == [1]
+    assert repo.latest("digits").version == 1
+    assert repo.list_models() == ["digits"]
+    with pytest.raises(ModelNotFound):
+        repo.get("digits", 2)
+    with pytest.raises(ModelNotFound):
+        repo.get("empty-model")
+
+    # The next publish skips past the incomplete "2" and leaves the live staging folder alone.
+    assert publish(repo, model_file).version == 3
+    assert staging.exists()
+
+
+def test_stale_staging_of_dead_local_publisher_is_removed(
+    repo: ModelRepository, model_file: Path
+) -> None:
+    from serving import repository
+
+    publish(repo, model_file)
+    model_dir = repo.root / "digits"
+    host = repository._host()
+    dead = model_dir / f".staging.999999999.0000@{host}"  # no such pid
+    dead.mkdir()
+    alive = model_dir / f".staging.1.0000@{host}"  # pid 1 always exists
+    alive.mkdir()
+    publish(repo, model_file)
+    assert not dead.exists()
+    assert alive.exists()
+
+
+def test_corrupt_files_raise_repository_error(repo: ModelRepository, model_file: Path) -> None:
+    publish(repo, model_file)
+    (repo.root / "digits" / "1" / "metadata.json").write_text("{not json")
+    with pytest.raises(RepositoryError, match=r"'digits'.*1/metadata.json"):
+        repo.get("digits")
+    (repo.root / "digits" / "config.json").write_text('{"name": "digits"}')
+    with pytest.raises(RepositoryError, match=r"'digits'.*config.json"):
+        repo.config("digits")
+
+
+def test_concurrent_publishers_get_distinct_versions(repo: ModelRepository, tmp_path: Path) -> None:
+    sources = []
+    for i in range(4):
+        source = tmp_path / f"model{i}.onnx"
+        source.write_bytes(f"model {i}".encode())
+        sources.append(source)
+
+    def publish_five(source: Path) -> list[int]:
+        return [publish(repo, source).version for _ in range(5)]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        published = [v for vs in pool.map(publish_five, sources) for v in vs]
+    assert sorted(published) == list(range(1, 21)) == repo.versions("digits")
+    contents = sorted(repo.get("digits", v).model_file.read_bytes() for v in published)
+    assert contents == sorted(s.read_bytes() for s in sources for _ in range(5))
+    assert not [p for p in (repo.root / "digits").iterdir() if p.name.startswith(".")]
+
+
+# -- the CLI ----------------------------------------------------------------
+
+
+def test_cli_list_and_show(repo: ModelRepository, model_file: Path) -> None:
+    publish(repo, model_file, metrics={"test_accuracy": 0.9723, "test_loss": 0.1})
+    publish(repo, model_file, metrics={"test_accuracy": 0.9861}, dp_epsilon=2.5, dp_delta=1e-5)
+    runner = CliRunner()
+
+    result = runner.invoke(models, ["list", "--repository", str(repo.root)])
+    assert result.exit_code == 0, result.output
+    header, row = result.output.strip().splitlines()
+    assert header.split() == [
+        "MODEL",
+        "VERSIONS",
+        "LATEST",
+        "ARCHITECTURE",
+        "CREATED_AT",
+        "METRICS",
+    ]
+    assert row.split()[:4] == ["digits", "2", "2", "lenet5"]
+    assert "test_accuracy=0.9861" in row
+
+    result = runner.invoke(models, ["list", "--repository", str(repo.root), "--json"])
+    assert result.exit_code == 0, result.output
+    [entry] = json.loads(result.output)
+    assert entry["versions"] == [1, 2] and entry["latest"] == 2
+
+    result = runner.invoke(models, ["show", "digits", "--repository", str(repo.root)])
+    assert result.exit_code == 0, result.output
+    assert "version:        2 (versions: 1, 2)" in result.output
+    assert "epsilon=2.5" in result.output
+    assert "input:          pixels FP32 [1, 8, 8]" in result.output
+
+    args = ["show", "digits", "--version", "1", "--json", "--repository", str(repo.root)]
+    result = runner.invoke(models, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["version"] == 1 and doc["metadata"]["metrics"]["test_loss"] == 0.1
+    assert ModelConfig.model_validate(doc["config"]) == make_config()
+
+    result = runner.invoke(models, ["show", "nope", "--repository", str(repo.root)])
+    assert isinstance(result.exception, ModelNotFound)
+
+
+def test_cli_empty_repository_is_friendly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEADRACE_MODEL_REPOSITORY", str(tmp_path / "missing"))
+    result = CliRunner().invoke(models, ["list"])
+    assert result.exit_code == 0, result.output
+    assert "no models in" in result.output and "headrace train" in result.output
+    assert str(tmp_path / "missing") in result.output
+
+
+def test_cli_help() -> None:
+    runner = CliRunner()
+    for args in (["--help"], ["list", "--help"], ["show", "--help"]):
+        result = runner.invoke(models, args)
+        assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_headrace_cli_runs_models(
+    repo: ModelRepository, model_file: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    cli_module = pytest.importorskip("headrace.cli", reason="other command modules not written yet")
+    publish(repo, model_file)
+    result = CliRunner().invoke(cli_module.cli, ["models", "list", "--repository", str(repo.root)])
+    assert result.exit_code == 0, result.output
+    assert "digits" in result.output
+
+    monkeypatch.setattr("sys.argv", ["headrace", "models", "show", "nope", "--repository", "x"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli_module.main()
+    assert exit_info.value.code == 2
+    assert "error: model 'nope' not found" in capsys.readouterr().err

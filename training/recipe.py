@@ -1,0 +1,168 @@
+"""The training recipe: load data, fit, evaluate on the test split, export to ONNX, verify, publish.
+
+`run_training(config)` is what `headrace train` and later the Kafka job agent call.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+
+from serving.model_config import ModelConfig, TensorSpec
+from serving.repository import ModelRepository
+from training.config import TrainConfig
+from training.datasets import DatasetSplits, load_splits
+from training.evaluate import EvalMetrics, evaluate
+from training.export import INPUT_NAME, OUTPUT_NAME, export_onnx, verify_onnx
+from training.loop import EpochCallback, FitResult, Trainer
+from training.models import build_model
+from training.preprocess import BatchPipeline
+
+
+class TrainReport(BaseModel):
+    """What a finished training run reports (`headrace train --json` prints it)."""
+
+    model: str
+    name: str
+    dataset: str
+    version: int | None
+    test_accuracy: float
+    test_balanced_accuracy: float
+    test_loss: float
+    val_loss: float
+    epochs_run: int
+    best_epoch: int
+    stopped_early: bool
+    train_seconds: float
+    onnx_max_abs_diff: float | None
+    run_dir: str
+    repository: str | None
+
+
+class TrainRecipe:
+    """Training as a recipe: `setup`, `run`, `save`, `cleanup`."""
+
+    def __init__(self, config: TrainConfig, on_epoch: EpochCallback | None = None) -> None:
+        self.config = config
+        self.on_epoch = on_epoch
+        run_id = config.run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        self.run_dir = config.runs_dir / f"{config.model_name}-{run_id}"
+        if config.resume is not None:
+            self.run_dir = config.resume if config.resume.is_dir() else config.resume.parent
+        self._splits: DatasetSplits | None = None
+        self._trainer: Trainer | None = None
+        self._fit: FitResult | None = None
+        self._test: EvalMetrics | None = None
+
+    def setup(self) -> None:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        splits = load_splits(cfg.dataset, cfg.data_dir, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+        channels, size, _ = splits.input_shape
+        model = build_model(cfg.model, splits.num_classes, in_channels=channels, image_size=size)
+        pipeline = BatchPipeline(
+            cfg.preprocess,
+            cfg.dataset,
+            splits.train.images,
+            splits.train.labels,
+            splits.num_classes,
+            cfg.seed,
+        )
+        self._splits = splits
+        self._trainer = Trainer(model, splits, pipeline, cfg, self.run_dir)
+
+    def run(self) -> None:
+        trainer, splits = self._require()
+        self._fit = trainer.fit(self.on_epoch)
+        self._test = evaluate(
+            trainer.model, splits.test, trainer.pipeline.eval_batch, splits.num_classes
+        )
+
+    def save(self) -> TrainReport:
+        trainer, splits = self._require()
+        if self._fit is None or self._test is None:
+            raise RuntimeError("run() must finish before save()")
+        version: int | None = None
+        diff: float | None = None
+        if self.config.publish:
+            version, diff = self._publish(trainer, splits, self._fit, self._test)
+        return TrainReport(
+            model=self.config.model,
+            name=self.config.model_name,
+            dataset=self.config.dataset,
+            version=version,
+            test_accuracy=self._test.accuracy,
+            test_balanced_accuracy=self._test.balanced_accuracy,
+            test_loss=self._test.loss,
+            val_loss=self._fit.best_val_loss,
+            epochs_run=self._fit.epochs_run,
+            best_epoch=self._fit.best_epoch,
+            stopped_early=self._fit.stopped_early,
+            train_seconds=self._fit.train_seconds,
+            onnx_max_abs_diff=diff,
+            run_dir=str(self.run_dir),
+            repository=str(self.config.repository) if self.config.publish else None,
+        )
+
+    def cleanup(self) -> None:
+        self._trainer = None
+
+    def _require(self) -> tuple[Trainer, DatasetSplits]:
+        if self._trainer is None or self._splits is None:
+            raise RuntimeError("setup() must run first")
+        return self._trainer, self._splits
+
+    def _publish(
+        self, trainer: Trainer, splits: DatasetSplits, fit: FitResult, test: EvalMetrics
+    ) -> tuple[int, float]:
+        cfg = self.config
+        shape = splits.input_shape
+        config = ModelConfig(
+            name=cfg.model_name,
+            max_batch_size=cfg.max_batch_size,
+            inputs=[TensorSpec(name=INPUT_NAME, datatype="FP32", dims=list(shape))],
+            outputs=[TensorSpec(name=OUTPUT_NAME, datatype="FP32", dims=[splits.num_classes])],
+            preprocessing=trainer.pipeline.stats.to_spec(),
+            labels=list(splits.classes),
+        )
+        with tempfile.TemporaryDirectory(prefix="headrace-export-") as tmp:
+            onnx_path = export_onnx(trainer.model, shape, Path(tmp) / "model.onnx")
+            diff = verify_onnx(trainer.model, onnx_path, shape)
+            published = ModelRepository(cfg.repository).publish(
+                config,
+                onnx_path,
+                architecture=cfg.model,
+                metrics={
+                    "test_accuracy": test.accuracy,
+                    "test_balanced_accuracy": test.balanced_accuracy,
+                    "test_loss": test.loss,
+                    "val_loss": fit.best_val_loss,
+                    "epochs_run": float(fit.epochs_run),
+                    "onnx_max_abs_diff": diff,
+                },
+                lineage={
+                    "dataset": cfg.dataset,
+                    "seed": cfg.seed,
+                    "run_dir": str(self.run_dir),
+                    "train_samples": len(splits.train),
+                    "preprocess": cfg.preprocess.model_dump_json(),
+                    "trained_at_unix": int(time.time()),
+                },
+            )
+        return published.version, diff
+
+
+def run_training(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainReport:
+    """Run the whole recipe and return its report."""
+    recipe = TrainRecipe(config, on_epoch)
+    try:
+        recipe.setup()
+        recipe.run()
+        return recipe.save()
+    finally:
+        recipe.cleanup()
