@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     )
     runs_dir: Path = Field(
         default=Path("runs"),
-        description="Where training runs keep checkpoints and TensorBoard logs (HEADRACE_RUNS_DIR).",
+        description="Training checkpoints and TensorBoard logs (HEADRACE_RUNS_DIR).",
     )
     data_dir: Path | None = Field(
         default=None,

@@ -1,4 +1,4 @@
-"""Training checkpoints: everything needed to resume a run, loaded without pickle (`weights_only`)."""
+"""Training checkpoints: all a run needs to resume, loaded without pickle (`weights_only`)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if path.is_dir():
         path = checkpoint_path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; pass a run folder or its {CHECKPOINT_FILE}")
+        raise CheckpointError(
+            f"no checkpoint at {path}; pass a run folder or its {CHECKPOINT_FILE}"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for bad files

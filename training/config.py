@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serving.model_config import check_model_name
 from training.datasets import DATASETS
@@ -27,40 +27,62 @@ class TrainConfig(BaseModel):
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
     weight_decay: float = Field(default=0.0, ge=0)
+    lr_schedule: Literal["plateau", "cosine", "none"] = Field(
+        default="plateau",
+        description="plateau: halve the learning rate after 2 epochs without a better val loss; "
+        "cosine: anneal to zero over `epochs`.",
+    )
+    threads: int = Field(default=1, ge=1, le=256, description="CPU threads for torch.")
     seed: int = Field(default=0, ge=0)
     patience: int = Field(
-        default=5, ge=0, description="Stop after this many epochs without a better val loss; 0 = never."
+        default=5,
+        ge=0,
+        description="Stop after this many epochs without a better val loss; 0 = never.",
     )
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
     test_fraction: float = Field(default=0.1, gt=0, lt=1)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
-    name: str | None = Field(default=None, description="Repository model name; default MODEL-DATASET.")
+    name: str | None = Field(
+        default=None, description="Repository model name; default MODEL-DATASET."
+    )
     publish: bool = Field(default=True, description="Export to ONNX and publish to the repository.")
     repository: Path = Path("model_repository")
     runs_dir: Path = Path("runs")
     run_id: str | None = Field(default=None, description="Run folder name; default a timestamp.")
-    resume: Path | None = Field(default=None, description="Checkpoint file or run folder to resume.")
-    max_batch_size: int = Field(default=64, ge=1, description="Serving max batch size in config.json.")
+    resume: Path | None = Field(
+        default=None, description="Checkpoint file or run folder to resume."
+    )
+    max_batch_size: int = Field(
+        default=64, ge=1, description="Serving max batch size in config.json."
+    )
     progress: bool = Field(default=True, description="Show a progress bar on stderr.")
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODELS:
+            raise ValueError(f"unknown model {value!r} (choose {', '.join(sorted(MODELS))})")
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in DATASETS:
+            raise ValueError(f"unknown dataset {value!r} (choose {', '.join(sorted(DATASETS))})")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_model_name(value)
+
     @model_validator(mode="after")
-    def _check_names(self) -> TrainConfig:
+    def _consistent(self) -> TrainConfig:
         problems: list[str] = []
-        if self.model not in MODELS:
-            problems.append(f"unknown model {self.model!r} (choose {', '.join(sorted(MODELS))})")
-        if self.dataset not in DATASETS:
-            problems.append(
-                f"unknown dataset {self.dataset!r} (choose {', '.join(sorted(DATASETS))})"
-            )
-        elif DATASETS[self.dataset][1] and self.data_dir is None:
+        if DATASETS[self.dataset][1] and self.data_dir is None:
             problems.append(f"dataset {self.dataset!r} is read from files: pass --data-dir FOLDER")
         if self.val_fraction + self.test_fraction >= 0.9:
             problems.append("val_fraction + test_fraction must leave at least 10% for training")
-        if self.name is not None:
-            try:
-                check_model_name(self.name)
-            except ValueError as exc:
-                problems.append(str(exc))
         if problems:
             raise ValueError("; ".join(problems))
         return self

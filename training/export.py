@@ -78,7 +78,10 @@ def verify_onnx(
     tolerance: float = DEFAULT_TOLERANCE,
     batch_sizes: Sequence[int] = (1, 64),
 ) -> float:
-    """Raise `ExportMismatch` unless ONNX Runtime matches torch within `tolerance`; returns the max."""
+    """Raise `ExportMismatch` unless ONNX Runtime matches torch within `tolerance`.
+
+    Returns the largest difference seen.
+    """
     diffs = max_abs_difference(model, onnx_path, input_shape, batch_sizes)
     worst = max(diffs.values())
     if not worst <= tolerance:  # also catches NaN

@@ -1,4 +1,4 @@
-"""The training loop: epochs over in-memory data, validation, early stopping, checkpoints, TensorBoard.
+"""The training loop: in-memory epochs, validation, early stopping, checkpoints, TensorBoard.
 
 `Trainer.fit` runs until the epoch budget or early stopping ends it, writing a
 checkpoint after every epoch so `resume` continues where a run stopped. The
@@ -71,6 +71,17 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     )
 
 
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+    """The learning-rate schedule the config asks for; stepped once per epoch."""
+    if config.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return None
+
+
 class Trainer:
     """Fits one model on one dataset's splits with one preprocessing pipeline."""
 
@@ -88,6 +99,7 @@ class Trainer:
         self.config = config
         self.run_dir = run_dir
         self.optimizer = build_optimizer(model, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
         self.loss_weights = pipeline.loss_weights()
         self.epoch = 0
         self.best_val_loss = float("inf")
@@ -103,6 +115,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "epoch": self.epoch,
             "best_val_loss": self.best_val_loss,
             "best_epoch": self.best_epoch,
@@ -124,6 +137,8 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler"):
+                self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"checkpoint does not fit this model: {exc}") from exc
         self.epoch = int(state["epoch"])
@@ -144,7 +159,9 @@ class Trainer:
         labels = torch.from_numpy(train.labels)
         total_loss, correct, seen = 0.0, 0, 0
         for start in range(0, len(order), self.config.batch_size):
-            index = torch.from_numpy(np.ascontiguousarray(order[start : start + self.config.batch_size]))
+            index = torch.from_numpy(
+                np.ascontiguousarray(order[start : start + self.config.batch_size])
+            )
             inputs = self.pipeline.train_batch(images[index])
             targets = labels[index]
             logits = self.model(inputs)
@@ -197,6 +214,7 @@ class Trainer:
                 desc=f"epoch {self.epoch}/{self.config.epochs}",
                 unit="img",
                 leave=False,
+                disable=not sys.stderr.isatty(),
             )
         try:
             train_loss, train_acc, seen = self._train_epoch(bar)
@@ -212,6 +230,10 @@ class Trainer:
             self.model, self.splits.val, self.pipeline.eval_batch, self.splits.num_classes
         )
         seconds = time.perf_counter() - tic
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val.loss)
+        elif self.scheduler is not None:
+            self.scheduler.step()
         if val.loss < self.best_val_loss:
             self.best_val_loss, self.best_epoch, self.bad_epochs = val.loss, self.epoch, 0
             self.best_state = copy.deepcopy(self.model.state_dict())
@@ -231,7 +253,8 @@ class Trainer:
         if self.config.progress:
             tqdm.write(
                 f"epoch {self.epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
-                f"val loss {val.loss:.4f} acc {val.accuracy:.4f} | {record.samples_per_s:.0f} img/s",
+                f"val loss {val.loss:.4f} acc {val.accuracy:.4f} | "
+                f"{record.samples_per_s:.0f} img/s",
                 file=sys.stderr,
             )
         return record

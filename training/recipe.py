@@ -61,8 +61,11 @@ class TrainRecipe:
 
     def setup(self) -> None:
         cfg = self.config
+        torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        splits = load_splits(cfg.dataset, cfg.data_dir, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+        splits = load_splits(
+            cfg.dataset, cfg.data_dir, cfg.seed, cfg.val_fraction, cfg.test_fraction
+        )
         channels, size, _ = splits.input_shape
         model = build_model(cfg.model, splits.num_classes, in_channels=channels, image_size=size)
         pipeline = BatchPipeline(

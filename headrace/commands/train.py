@@ -24,6 +24,14 @@ from headrace.settings import load_settings
 @click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(["plateau", "cosine", "none"]),
+    default="plateau",
+    show_default=True,
+    help="Learning-rate schedule.",
+)
+@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds splits and training.")
 @click.option(
     "--patience",
@@ -47,7 +55,9 @@ from headrace.settings import load_settings
     type=click.Path(path_type=Path),
     help="Model repository (default HEADRACE_MODEL_REPOSITORY or ./model_repository).",
 )
-@click.option("--runs-dir", type=click.Path(path_type=Path), help="Checkpoints and TensorBoard logs.")
+@click.option(
+    "--runs-dir", type=click.Path(path_type=Path), help="Checkpoints and TensorBoard logs."
+)
 @click.option("--run-id", help="Run folder name (default a timestamp).")
 @click.option(
     "--resume",
@@ -65,6 +75,8 @@ def train(
     learning_rate: float,
     optimizer: str,
     weight_decay: float,
+    lr_schedule: str,
+    threads: int,
     seed: int,
     patience: int,
     augment: bool,
@@ -80,7 +92,6 @@ def train(
 ) -> None:
     """Train MODEL on DATASET, verify its ONNX export and publish it to the model repository."""
     from training.config import TrainConfig
-    from training.preprocess.config import AugmentConfig, PreprocessConfig
     from training.recipe import run_training
 
     settings = load_settings()
@@ -94,11 +105,11 @@ def train(
         learning_rate=learning_rate,
         optimizer=optimizer,
         weight_decay=weight_decay,
+        lr_schedule=lr_schedule,
+        threads=threads,
         seed=seed,
         patience=patience,
-        preprocess=PreprocessConfig(
-            normalize=normalize, augment=AugmentConfig(enabled=augment), balance=balance
-        ),
+        preprocess={"normalize": normalize, "augment": {"enabled": augment}, "balance": balance},
         name=name,
         publish=publish,
         repository=repository or settings.model_repository,

@@ -37,7 +37,7 @@ class ImageArrays:
 
 @dataclass(frozen=True)
 class RawDataset:
-    """What a loader returns: all labelled images, plus an official test part if the source has one."""
+    """What a loader returns: labelled images, plus the official test part if there is one."""
 
     name: str
     classes: tuple[str, ...]

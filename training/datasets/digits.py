@@ -21,7 +21,9 @@ def load_digits_28() -> RawDataset:
     """All digits images as uint8 (N, 1, 28, 28) with their labels."""
     bunch = load_digits()
     small = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
-    large = F.interpolate(small, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
+    large = F.interpolate(
+        small, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False
+    )
     images = (large.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
     labels = bunch.target.astype(np.int64)
     return RawDataset(

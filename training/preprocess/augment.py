@@ -36,7 +36,9 @@ def random_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return out
 
 
-def random_rotation(batch: torch.Tensor, max_deg: float, generator: torch.Generator) -> torch.Tensor:
+def random_rotation(
+    batch: torch.Tensor, max_deg: float, generator: torch.Generator
+) -> torch.Tensor:
     """Rotate each image by a random angle in [-max_deg, max_deg] about its centre."""
     if max_deg == 0:
         return batch

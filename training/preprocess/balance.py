@@ -13,7 +13,9 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def balanced_indices(labels: np.ndarray, num_classes: int, generator: torch.Generator) -> np.ndarray:
+def balanced_indices(
+    labels: np.ndarray, num_classes: int, generator: torch.Generator
+) -> np.ndarray:
     """One epoch of indices drawn with replacement so that every class is equally likely."""
     per_sample = class_weights(labels, num_classes)[torch.from_numpy(labels)]
     drawn = torch.multinomial(per_sample, len(labels), replacement=True, generator=generator)

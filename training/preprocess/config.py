@@ -18,10 +18,15 @@ class AugmentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    crop_padding: int = Field(default=2, ge=0, description="Pixels of zero padding before a random crop.")
-    rotation_deg: float = Field(default=10.0, ge=0, le=45, description="Largest random rotation, degrees.")
+    crop_padding: int = Field(
+        default=2, ge=0, description="Pixels of zero padding before a random crop."
+    )
+    rotation_deg: float = Field(
+        default=10.0, ge=0, le=45, description="Largest random rotation, degrees."
+    )
     horizontal_flip: bool | None = Field(
-        default=None, description="Random left-right flips; None = only where the dataset allows it."
+        default=None,
+        description="Random left-right flips; None = only where the dataset allows it.",
     )
 
     def flips_for(self, dataset: str) -> bool:

@@ -20,7 +20,9 @@ class DataProfile(BaseModel):
     samples: int
     image_shape: list[int] = Field(description="(C, H, W) of one image.")
     class_counts: dict[str, int]
-    imbalance_ratio: float = Field(description="Largest class count over smallest (inf if one is empty).")
+    imbalance_ratio: float = Field(
+        description="Largest class count over smallest (inf if one is empty)."
+    )
     channel_mean: list[float] = Field(description="Per-channel mean of pixels scaled to [0, 1].")
     channel_std: list[float]
     exact_duplicates: int = Field(description="Images identical to an earlier image.")
@@ -59,7 +61,9 @@ def profile_arrays(dataset: str, arrays: ImageArrays, classes: tuple[str, ...]) 
             "consider --balance sampler or --balance loss"
         )
     if conflicts:
-        warnings.append(f"{conflicts} duplicate images carry a different label than their first copy")
+        warnings.append(
+            f"{conflicts} duplicate images carry a different label than their first copy"
+        )
     return DataProfile(
         dataset=dataset,
         samples=len(arrays),

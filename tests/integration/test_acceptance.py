@@ -1,0 +1,45 @@
+"""Acceptance runs of the foundation: the demo's training and MNIST, with default settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MNIST_COMMAND = (
+    "headrace train --model lenet5 --dataset mnist --data-dir ../shared/data/mnist --json"
+)
+
+
+def _train(args: list[str], cwd: Path) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", "headrace", "train", *args, "--json"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report: dict[str, object] = json.loads(done.stdout)  # only one JSON object on stdout
+    for key in ("test_accuracy", "val_loss", "epochs_run", "model", "version"):
+        assert key in report
+    return report
+
+
+def test_demo_training_reaches_97_percent_on_digits(tmp_path: Path) -> None:
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "headrace train --model lenet5 --dataset digits --repository" in makefile
+    report = _train(["--model", "lenet5", "--dataset", "digits"], tmp_path)
+    assert float(report["test_accuracy"]) >= 0.97  # type: ignore[arg-type]
+    assert report["version"] == 1
+    assert (tmp_path / "model_repository" / "lenet5-digits" / "1" / "model.onnx").is_file()
+
+
+def test_mnist_default_settings_reach_98_percent(mnist_dir: Path, tmp_path: Path) -> None:
+    assert MNIST_COMMAND in (REPO_ROOT / "README.md").read_text()
+    report = _train(
+        ["--model", "lenet5", "--dataset", "mnist", "--data-dir", str(mnist_dir)], tmp_path
+    )
+    assert float(report["test_accuracy"]) >= 0.98  # type: ignore[arg-type]

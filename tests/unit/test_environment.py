@@ -1,0 +1,44 @@
+"""The one environment: every heavy dependency imports side by side in one process."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+MODULES = [
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "faust",
+    "kafka",
+    "aiokafka",
+    "ray",
+    "nni",
+    "opacus",
+    "grpc",
+    "grpc_health.v1.health",
+    "grpc_reflection.v1alpha.reflection",
+    "prometheus_client",
+    "pydantic",
+    "pydantic_settings",
+    "sklearn",
+    "click",
+]
+
+
+def test_all_dependencies_import_together() -> None:
+    loaded = {name: importlib.import_module(name) for name in MODULES}
+    assert loaded["torch"].__version__.startswith("2.13.0")
+
+
+def test_no_torchvision() -> None:
+    with pytest.raises(ImportError):
+        importlib.import_module("torchvision")
+
+
+def test_click_below_8_4_for_faust() -> None:
+    import click
+
+    major, minor = (int(part) for part in click.__version__.split(".")[:2])
+    assert (major, minor) < (8, 4)

@@ -1,0 +1,115 @@
+"""The training loop on small data: checkpoints, resume, early stopping, divergence, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from headrace.errors import CheckpointError, TrainingDiverged
+from serving.repository import ModelRepository
+from training.checkpoint import checkpoint_path, load_checkpoint
+from training.config import TrainConfig
+from training.datasets import DatasetSplits, load_splits
+from training.loop import Trainer
+from training.models import build_model
+from training.preprocess import BatchPipeline
+from training.recipe import run_training
+
+
+def _config(tmp_path: Path, **overrides: object) -> TrainConfig:
+    values: dict[str, object] = {
+        "epochs": 2,
+        "repository": tmp_path / "repo",
+        "runs_dir": tmp_path / "runs",
+        "run_id": "r1",
+        "progress": False,
+    }
+    values.update(overrides)
+    return TrainConfig(**values)  # type: ignore[arg-type]
+
+
+def _small_splits() -> DatasetSplits:
+    splits = load_splits("digits", seed=0)
+    keep = np.arange(300)
+    return DatasetSplits(
+        splits.name, splits.classes, splits.train.subset(keep), splits.val, splits.test
+    )
+
+
+def _trainer(config: TrainConfig, run_dir: Path) -> Trainer:
+    splits = _small_splits()
+    pipeline = BatchPipeline(
+        config.preprocess, "digits", splits.train.images, splits.train.labels, 10, config.seed
+    )
+    return Trainer(build_model("lenet5"), splits, pipeline, config, run_dir)
+
+
+def test_checkpoint_every_epoch_and_resume_continues(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    first = _trainer(_config(tmp_path, epochs=2), run_dir).fit()
+    assert first.epochs_run == 2 and len(first.history) == 2
+    assert load_checkpoint(run_dir)["epoch"] == 2
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    resumed = _trainer(_config(tmp_path, epochs=4, resume=run_dir), run_dir).fit()
+    assert resumed.epochs_run == 4
+    assert [r.epoch for r in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history[:2] == first.history
+
+
+def test_early_stopping_after_patience_epochs(tmp_path: Path) -> None:
+    trainer = _trainer(_config(tmp_path, epochs=10, patience=2), tmp_path / "run")
+    trainer.best_val_loss = -1.0  # a loss no epoch can beat
+    result = trainer.fit()
+    assert result.stopped_early and result.epochs_run == 2
+
+
+def test_resume_refuses_another_architecture(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _trainer(_config(tmp_path, epochs=1), run_dir).fit()
+    with pytest.raises(CheckpointError, match="lenet5"):
+        run_training(_config(tmp_path, model="resnet20", resume=run_dir))
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "nothing")
+    bad = checkpoint_path(tmp_path / "bad")
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(bad)
+
+
+def test_divergence_is_reported(tmp_path: Path) -> None:
+    trainer = _trainer(_config(tmp_path, epochs=3), tmp_path / "run")
+    with torch.no_grad():
+        trainer.model.classifier[-1].bias[0] = float("nan")  # type: ignore[index]
+    with pytest.raises(TrainingDiverged, match="--lr"):
+        trainer.fit()
+
+
+def test_recipe_publishes_a_verified_version(tmp_path: Path) -> None:
+    report = run_training(_config(tmp_path, epochs=2))
+    assert report.version == 1
+    assert report.onnx_max_abs_diff is not None and report.onnx_max_abs_diff < 1e-4
+    version = ModelRepository(tmp_path / "repo").latest("lenet5-digits")
+    assert version.metadata.architecture == "lenet5"
+    assert version.metadata.metrics["test_accuracy"] == pytest.approx(report.test_accuracy)
+    assert version.config.preprocessing is not None
+    assert version.config.labels == [str(d) for d in range(10)]
+    assert json.loads(report.model_dump_json())["epochs_run"] == 2
+
+
+def test_config_reports_every_problem_at_once() -> None:
+    with pytest.raises(ValueError) as info:
+        TrainConfig(model="nope", dataset="nada", epochs=0, name="../x")
+    text = str(info.value)
+    assert "epochs" in text and "unknown model" in text and "unknown dataset" in text
+    assert "invalid model name" in text
+    with pytest.raises(ValueError, match="--data-dir"):
+        TrainConfig(dataset="mnist")
