@@ -21,7 +21,7 @@ class TrainConfig(BaseModel):
     model: str = Field(default="lenet5", description="Registered architecture name.")
     dataset: str = Field(default="digits", description="Registered dataset name.")
     data_dir: Path | None = Field(default=None, description="Folder of a file-based dataset.")
-    epochs: int = Field(default=30, ge=1, le=10_000, description="Most epochs to run.")
+    epochs: int = Field(default=50, ge=1, le=10_000, description="Most epochs to run.")
     batch_size: int = Field(default=64, ge=1, le=65_536)
     learning_rate: float = Field(default=1e-3, gt=0, le=10)
     optimizer: Literal["adam", "sgd"] = "adam"

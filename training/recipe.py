@@ -24,6 +24,9 @@ from training.models import build_model
 from training.preprocess import BatchPipeline
 
 
+REPORT_FILE = "report.json"
+
+
 class TrainReport(BaseModel):
     """What a finished training run reports (`headrace train --json` prints it)."""
 
@@ -94,7 +97,7 @@ class TrainRecipe:
         diff: float | None = None
         if self.config.publish:
             version, diff = self._publish(trainer, splits, self._fit, self._test)
-        return TrainReport(
+        report = TrainReport(
             model=self.config.model,
             name=self.config.model_name,
             dataset=self.config.dataset,
@@ -111,6 +114,9 @@ class TrainRecipe:
             run_dir=str(self.run_dir),
             repository=str(self.config.repository) if self.config.publish else None,
         )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / REPORT_FILE).write_text(report.model_dump_json(indent=2))
+        return report
 
     def cleanup(self) -> None:
         self._trainer = None

@@ -64,9 +64,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     help="Largest relative error that still passes.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@click.pass_context
 def check_grad(
-    ctx: click.Context,
     model_name: str,
     samples: int,
     batch_size: int,
@@ -117,4 +115,6 @@ def check_grad(
             f"max abs error {report.max_abs_error:.2e}, worst {worst}"
         )
     if not report.passed:
-        ctx.exit(1)
+        # Not ctx.exit(1): `headrace.cli.main` runs click with standalone_mode=False,
+        # which returns (and drops) the code of ctx.exit instead of exiting with it.
+        raise SystemExit(1)

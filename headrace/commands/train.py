@@ -19,7 +19,7 @@ from headrace.settings import load_settings
     type=click.Path(path_type=Path),
     help="Folder of a file-based dataset (default HEADRACE_DATA_DIR).",
 )
-@click.option("--epochs", type=int, default=30, show_default=True, help="Most epochs to run.")
+@click.option("--epochs", type=int, default=50, show_default=True, help="Most epochs to run.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)

@@ -38,7 +38,7 @@ def test_no_torchvision() -> None:
 
 
 def test_click_below_8_4_for_faust() -> None:
-    import click
+    from importlib.metadata import version
 
-    major, minor = (int(part) for part in click.__version__.split(".")[:2])
+    major, minor = (int(part) for part in version("click").split(".")[:2])
     assert (major, minor) < (8, 4)

@@ -102,7 +102,9 @@ def test_recipe_publishes_a_verified_version(tmp_path: Path) -> None:
     assert version.metadata.metrics["test_accuracy"] == pytest.approx(report.test_accuracy)
     assert version.config.preprocessing is not None
     assert version.config.labels == [str(d) for d in range(10)]
-    assert json.loads(report.model_dump_json())["epochs_run"] == 2
+    written = json.loads((Path(report.run_dir) / "report.json").read_text())
+    assert written == json.loads(report.model_dump_json())
+    assert written["epochs_run"] == 2
 
 
 def test_config_reports_every_problem_at_once() -> None:
