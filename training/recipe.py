@@ -23,7 +23,6 @@ from training.loop import EpochCallback, FitResult, Trainer
 from training.models import build_model
 from training.preprocess import BatchPipeline
 
-
 REPORT_FILE = "report.json"
 
 
