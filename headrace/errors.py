@@ -85,3 +85,45 @@ class TrainingDiverged(HeadraceError):
 
     grpc_status = "FAILED_PRECONDITION"
     reason = "training_diverged"
+
+
+class ModelNotReady(HeadraceError):
+    """The model exists but no version of it is loaded and ready."""
+
+    grpc_status = "UNAVAILABLE"
+    reason = "model_not_ready"
+
+
+class BackPressure(HeadraceError):
+    """A queue is full; the caller should retry later."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+    reason = "queue_full"
+
+
+class DeadlineExceeded(HeadraceError):
+    """The request's deadline passed before it could run; it was not executed."""
+
+    grpc_status = "DEADLINE_EXCEEDED"
+    reason = "deadline_exceeded"
+
+
+class Unauthenticated(HeadraceError):
+    """A token is missing or wrong."""
+
+    grpc_status = "UNAUTHENTICATED"
+    reason = "unauthenticated"
+
+
+class ModelLoadError(HeadraceError):
+    """A model version could not be loaded (bad file, refused by integrity checks)."""
+
+    grpc_status = "INTERNAL"
+    reason = "model_load_failed"
+
+
+class ShuttingDown(HeadraceError):
+    """The server is draining and refuses new work."""
+
+    grpc_status = "UNAVAILABLE"
+    reason = "shutting_down"

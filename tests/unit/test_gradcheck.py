@@ -130,10 +130,8 @@ def test_parameters_are_restored_exactly() -> None:
         diffs = torch.cat([(snapshot[n] - base[n]).flatten() for n in base])
         moved = diffs[diffs != 0]
         assert moved.numel() <= 1
-        if moved.numel():
-            assert moved.abs().item() == pytest.approx(step, rel=1e-6) or moved.abs().item() == (
-                pytest.approx(step / 10, rel=1e-5)
-            )
+        if moved.numel():  # h, or h/10 when an entry is measured again
+            assert moved.abs().item() in (pytest.approx(step), pytest.approx(step / 10))
     assert len(_snapshots) >= 1 + 2 * 40
 
 
