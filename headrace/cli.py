@@ -27,7 +27,7 @@ cli.add_command(models)
 def main() -> None:
     """Console-script entry point: runs the CLI and turns headrace errors into one clear line."""
     try:
-        cli(standalone_mode=False)
+        code = cli(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         raise SystemExit(130) from None
@@ -39,6 +39,8 @@ def main() -> None:
     except HeadraceError as exc:
         click.echo(f"error: {exc.message}", err=True)
         raise SystemExit(2) from None
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":
