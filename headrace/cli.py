@@ -8,6 +8,7 @@ from headrace import __version__
 from headrace.commands.data import data
 from headrace.commands.gradcheck import check_grad
 from headrace.commands.models import models
+from headrace.commands.serve import serve
 from headrace.commands.train import train
 from headrace.errors import HeadraceError
 
@@ -22,6 +23,7 @@ cli.add_command(train)
 cli.add_command(check_grad)
 cli.add_command(data)
 cli.add_command(models)
+cli.add_command(serve)
 
 
 def main() -> None:

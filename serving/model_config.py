@@ -73,6 +73,25 @@ class DynamicBatchingConfig(BaseModel):
     max_queue_size: int = Field(default=1024, ge=1, description="Requests queued before refusing.")
 
 
+class AutoscalingConfig(BaseModel):
+    """Instances move between `min_instances` and `max_instances` by queue depth."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_instances: int = Field(default=1, ge=1)
+    max_instances: int = Field(default=4, ge=1)
+    target_queue_depth: float = Field(
+        default=4.0, gt=0, description="Queued requests per instance above which to scale up."
+    )
+    cooldown_s: float = Field(default=10.0, ge=0, description="Least time between two decisions.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingConfig:
+        if self.min_instances > self.max_instances:
+            raise ValueError("min_instances must not exceed max_instances")
+        return self
+
+
 class ModelConfig(BaseModel):
     """`<repo>/<model>/config.json`."""
 
@@ -88,6 +107,12 @@ class ModelConfig(BaseModel):
     instance_count: int = Field(default=1, ge=1)
     preprocessing: PreprocessingSpec | None = None
     labels: list[str] = Field(default_factory=list, description="Class names by output index.")
+    reject_non_finite: bool = Field(
+        default=True, description="Refuse floating-point inputs holding NaN or infinity."
+    )
+    autoscaling: AutoscalingConfig | None = Field(
+        default=None, description="Scale instances by queue depth; None keeps instance_count."
+    )
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,194 @@
+"""The dataplane: what an inference server does, with no transport code.
+
+The gRPC servicer (and later the Kafka agents) call these methods with
+protocol-neutral types from `serving.types`; errors are `HeadraceError`s that
+the transport maps to its own status codes in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from headrace import __version__
+from headrace.errors import HeadraceError, ModelNotFound, ShuttingDown
+from serving.metrics import UNKNOWN_MODEL, ServingMetrics
+from serving.model_config import ModelConfig, TensorSpec
+from serving.model_manager import LoadedVersion, ModelManager
+from serving.types import InferRequest, InferResponse, InferTensor, Timings
+from serving.validation import validate_request
+
+SERVER_NAME = "headrace"
+EXTENSIONS = ("model_repository", "statistics", "health", "binary_tensor_data")
+
+
+@dataclass
+class ModelMetadata:
+    """What ModelMetadata answers: the model's versions and tensors (batch axis as -1)."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+@dataclass
+class VersionStats:
+    """Cumulative statistics of one model version (for ModelStatistics)."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    queue_ns: int = 0
+    compute_ns: int = 0
+    inference_count: int = 0
+    last_inference_ms: int = 0
+
+
+@dataclass
+class IndexEntry:
+    """One row of RepositoryIndex."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+@dataclass
+class DataPlane:
+    """Inference, metadata, statistics and repository control over a `ModelManager`."""
+
+    manager: ModelManager
+    metrics: ServingMetrics | None = None
+    draining: bool = False
+    stats: dict[tuple[str, str], VersionStats] = field(default_factory=dict)
+
+    # -- health --------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return not self.draining
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return not self.draining and self.manager.ready(name, version or None)
+
+    # -- metadata ------------------------------------------------------------------------
+
+    def server_metadata(self) -> tuple[str, str, list[str]]:
+        return SERVER_NAME, __version__, list(EXTENSIONS)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        loaded = self.manager.get(name, version or None)
+        config = loaded.config
+        batch = [-1] if config.max_batch_size > 0 else []
+
+        def with_batch(specs: list[TensorSpec]) -> list[TensorSpec]:
+            return [s.model_copy(update={"dims": batch + list(s.dims)}) for s in specs]
+
+        versions = [str(v) for v in self.manager.loaded().get(name, [])]
+        return ModelMetadata(
+            name=name,
+            versions=versions,
+            platform=config.platform,
+            inputs=with_batch(config.inputs),
+            outputs=with_batch(config.outputs),
+        )
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        return self.manager.get(name, version or None).config
+
+    def statistics(self, name: str = "", version: str = "") -> dict[tuple[str, str], VersionStats]:
+        """Statistics of one model (or all when `name` is empty)."""
+        if name:
+            self.manager.get(name, version or None)  # raises for unknown models
+        return {
+            key: value
+            for key, value in self.stats.items()
+            if (not name or key[0] == name) and (not version or key[1] == version)
+        }
+
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        loaded = self.manager.loaded()
+        failures = self.manager.failures()
+        entries: list[IndexEntry] = []
+        for name in self.manager.repository.list_models():
+            versions = loaded.get(name, [])
+            if versions:
+                entries.extend(IndexEntry(name, str(v), "READY") for v in versions)
+            elif not ready_only:
+                state = "UNAVAILABLE" if name in failures else "UNLOADED"
+                entries.append(IndexEntry(name, "", state, failures.get(name, "")))
+        return entries
+
+    async def load(self, name: str) -> list[int]:
+        if name not in self.manager.repository.list_models():
+            raise ModelNotFound(f"model {name!r} is not in the repository")
+        return await self.manager.load(name)
+
+    async def unload(self, name: str) -> None:
+        await self.manager.unload(name)
+
+    # -- inference -----------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Validate, queue for the batcher, and answer; records metrics either way."""
+        started = time.perf_counter()
+        model, version = UNKNOWN_MODEL, ""
+        try:
+            if self.draining:
+                raise ShuttingDown("the server is shutting down; retry on another replica")
+            loaded = self.manager.get(request.model_name, request.model_version or None)
+            model, version = loaded.name, str(loaded.version)
+            response, rows = await self._infer_loaded(request, loaded)
+        except HeadraceError as exc:
+            self._record_failure(model, version, exc.reason, started)
+            raise
+        except BaseException:
+            self._record_failure(model, version, "cancelled_or_internal", started)
+            raise
+        total_s = time.perf_counter() - started
+        self._record_success(model, version, rows, response.timings, total_s)
+        return response
+
+    async def _infer_loaded(
+        self, request: InferRequest, loaded: LoadedVersion
+    ) -> tuple[InferResponse, int]:
+        rows = validate_request(request, loaded.config)
+        inputs = {tensor.name: tensor.data.reshape(tensor.shape) for tensor in request.inputs}
+        result = await loaded.batcher.submit(inputs, request.deadline)
+        wanted = request.requested_outputs or [spec.name for spec in loaded.config.outputs]
+        outputs = [InferTensor.from_array(name, result.outputs[name]) for name in wanted]
+        response = InferResponse(
+            model_name=loaded.name,
+            model_version=str(loaded.version),
+            outputs=outputs,
+            id=request.id,
+            timings=Timings(result.queue_s, result.compute_s, result.batch_size),
+        )
+        return response, rows
+
+    def _record_success(
+        self, model: str, version: str, rows: int, timings: Timings, total_s: float
+    ) -> None:
+        stats = self.stats.setdefault((model, version), VersionStats())
+        stats.success_count += 1
+        stats.success_ns += int(total_s * 1e9)
+        stats.queue_ns += int(timings.queue_s * 1e9)
+        stats.compute_ns += int(timings.compute_s * 1e9)
+        stats.inference_count += rows
+        stats.last_inference_ms = int(time.time() * 1000)
+        if self.metrics is not None:
+            self.metrics.observe_success(model, version, rows, timings, total_s)
+
+    def _record_failure(self, model: str, version: str, reason: str, started: float) -> None:
+        if model != UNKNOWN_MODEL:
+            stats = self.stats.setdefault((model, version), VersionStats())
+            stats.fail_count += 1
+            stats.fail_ns += int((time.perf_counter() - started) * 1e9)
+        if self.metrics is not None:
+            self.metrics.observe_failure(model, version, reason)

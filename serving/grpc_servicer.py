@@ -1,0 +1,179 @@
+"""The Open Inference Protocol gRPC servicer: converts messages and calls the dataplane.
+
+No model logic and no error handling live here: conversions are in
+`serving.grpc_convert`, errors are mapped by `serving.grpc_errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from headrace.errors import HeadraceError
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from serving.dataplane import DataPlane, VersionStats
+from serving.grpc_convert import (
+    model_config_to_proto,
+    model_metadata_to_proto,
+    request_from_proto,
+    response_to_proto,
+)
+from serving.types import InferRequest
+
+Context = grpc.aio.ServicerContext
+
+
+def _with_deadline(request: InferRequest, context: Context) -> InferRequest:
+    remaining = context.time_remaining()
+    if remaining is not None:
+        request.deadline = time.monotonic() + remaining
+    return request
+
+
+def _duration(count: int, ns: int) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=count, ns=ns)
+
+
+def _statistics(name: str, version: str, stats: VersionStats) -> pb.ModelStatistics:
+    return pb.ModelStatistics(
+        name=name,
+        version=version,
+        last_inference=stats.last_inference_ms,
+        inference_count=stats.inference_count,
+        execution_count=stats.success_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(stats.success_count, stats.success_ns),
+            fail=_duration(stats.fail_count, stats.fail_ns),
+            queue=_duration(stats.success_count, stats.queue_ns),
+            compute_infer=_duration(stats.success_count, stats.compute_ns),
+        ),
+    )
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """GRPCInferenceService over a `DataPlane`."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Context
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Context
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Context
+    ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(
+            ready=self.dataplane.model_ready(request.name, request.version)
+        )
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        name, version, extensions = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        meta = self.dataplane.model_metadata(request.name, request.version)
+        return model_metadata_to_proto(
+            meta.name, meta.versions, meta.platform, meta.inputs, meta.outputs
+        )
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Context
+    ) -> pb.ModelConfigResponse:
+        config = self.dataplane.model_config(request.name, request.version)
+        return pb.ModelConfigResponse(config=model_config_to_proto(config))
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        stats = self.dataplane.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(
+            model_stats=[_statistics(name, version, s) for (name, version), s in stats.items()]
+        )
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        entries = self.dataplane.repository_index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=e.name, version=e.version, state=e.state, reason=e.reason
+                )
+                for e in entries
+            ]
+        )
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        await self.dataplane.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.dataplane.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        infer_request = _with_deadline(request_from_proto(request), context)
+        return response_to_proto(await self.dataplane.infer(infer_request))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests on a stream run concurrently (so they can share batches); each gets a
+        response or an error message, in completion order, and the stream goes on."""
+        done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def answer(message: pb.ModelInferRequest) -> None:
+            try:
+                infer_request = _with_deadline(request_from_proto(message), context)
+                response = response_to_proto(await self.dataplane.infer(infer_request))
+                await done.put(pb.ModelStreamInferResponse(infer_response=response))
+            except HeadraceError as exc:
+                await done.put(
+                    pb.ModelStreamInferResponse(
+                        error_message=exc.message,
+                        infer_response=pb.ModelInferResponse(
+                            model_name=message.model_name, id=message.id
+                        ),
+                    )
+                )
+
+        async def read_all() -> None:
+            async for message in request_iterator:
+                task = asyncio.create_task(answer(message))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            while pending:
+                await asyncio.gather(*list(pending), return_exceptions=True)
+            await done.put(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            while (item := await done.get()) is not None:
+                yield item
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()

@@ -1,0 +1,129 @@
+"""Prometheus metrics of the serving path, in base units with model/version labels.
+
+Each server owns a `CollectorRegistry`, so several servers (or tests) can live
+in one process. Queue depth and instance counts are read from the live state
+at scrape time rather than copied on every request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from serving.types import Timings
+
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+UNKNOWN_MODEL = "unknown"  # label for requests naming a model that does not exist
+
+# (model, version, queue depth, in-flight requests, instances) for each loaded version
+StateSource = Callable[[], Iterable[tuple[str, str, int, int, int]]]
+
+
+class _LiveState(Collector):
+    """Gauges read from the model manager at scrape time."""
+
+    def __init__(self, source: StateSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["model", "version"]
+        depth = GaugeMetricFamily(
+            "inference_queue_depth", "Requests waiting in the batcher queue.", labels=labels
+        )
+        pending = GaugeMetricFamily(
+            "inference_in_flight_requests", "Requests dispatched and not finished.", labels=labels
+        )
+        instances = GaugeMetricFamily(
+            "inference_instances", "Model instances (ONNX Runtime sessions).", labels=labels
+        )
+        for model, version, queued, in_flight, count in self.source():
+            depth.add_metric([model, version], queued)
+            pending.add_metric([model, version], in_flight)
+            instances.add_metric([model, version], count)
+        yield depth
+        yield pending
+        yield instances
+
+
+class ServingMetrics:
+    """The counters and histograms the dataplane and autoscaler update."""
+
+    def __init__(self, state: StateSource | None = None) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model", "version"]
+        r = self.registry
+        self.success = Counter(
+            "inference_request_success", "Successful inference requests.", labels, registry=r
+        )
+        self.failure = Counter(
+            "inference_request_failure",
+            "Failed inference requests by reason.",
+            [*labels, "reason"],
+            registry=r,
+        )
+        self.inferences = Counter(
+            "inference_count", "Samples (batch rows) inferred.", labels, registry=r
+        )
+        self.executions = Counter(
+            "inference_exec_count", "Batches executed by the model.", labels, registry=r
+        )
+        self.request_duration = Histogram(
+            "inference_request_duration_seconds",
+            "Time from request arrival to response, in the server.",
+            labels,
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "inference_queue_duration_seconds",
+            "Time a request waited in the batcher queue.",
+            labels,
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.compute_duration = Histogram(
+            "inference_compute_duration_seconds",
+            "Time the model spent on the batch holding a request.",
+            labels,
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "inference_batch_size",
+            "Rows in the executed batch holding a request.",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.scaling = Counter(
+            "autoscaler_decisions",
+            "Instance count changes made by the autoscaler.",
+            ["model", "version", "direction"],
+            registry=r,
+        )
+        if state is not None:
+            r.register(_LiveState(state))
+
+    def observe_success(
+        self, model: str, version: str, rows: int, timings: Timings, total_s: float
+    ) -> None:
+        self.success.labels(model, version).inc()
+        self.inferences.labels(model, version).inc(rows)
+        self.request_duration.labels(model, version).observe(total_s)
+        self.queue_duration.labels(model, version).observe(timings.queue_s)
+        self.compute_duration.labels(model, version).observe(timings.compute_s)
+        self.batch_size.labels(model, version).observe(timings.batch_size)
+
+    def observe_failure(self, model: str, version: str, reason: str) -> None:
+        self.failure.labels(model, version, reason).inc()
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Expose /metrics over HTTP; returns the bound port (port 0 picks a free one)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)

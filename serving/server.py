@@ -1,0 +1,195 @@
+"""Assembles the inference server: gRPC (OIP + health + reflection), metrics, reload, scaling.
+
+`InferenceServer.start()` loads the repository, starts grpc.aio on the
+configured port (0 = a free one) and the Prometheus endpoint; `stop()` drains:
+readiness goes NOT_SERVING at once, new calls are refused, in-flight calls
+finish within the grace period, then the models are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from protos import grpc_service_pb2, grpc_service_pb2_grpc
+from serving.auth import BearerTokenInterceptor
+from serving.autoscaler import Autoscaler
+from serving.dataplane import DataPlane
+from serving.grpc_errors import ErrorMappingInterceptor
+from serving.grpc_servicer import InferenceServicer
+from serving.metrics import ServingMetrics
+from serving.model_manager import ModelManager, VersionPolicy
+from serving.repository import ModelRepository
+
+log = logging.getLogger(__name__)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class ServeConfig(BaseModel):
+    """Settings of `headrace serve`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repository: Path
+    host: str = "127.0.0.1"
+    port: int = Field(default=8001, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int | None = Field(
+        default=8002, ge=0, le=65535, description="Prometheus port; None disables it."
+    )
+    batching: bool = True
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    poll_interval_s: float = Field(default=2.0, ge=0, description="Repository polling; 0 = off.")
+    autoscale_interval_s: float = Field(default=1.0, gt=0)
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    grace_s: float = Field(default=10.0, ge=0, description="Drain time for in-flight calls.")
+    auth_token: str | None = Field(default=None, description="Bearer token; None = no auth.")
+    auth_scope: Literal["all", "control"] = "all"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServeConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        return self
+
+
+class InferenceServer:
+    """One server process: the model manager and everything exposed over the network."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.health = health_aio.HealthServicer()
+        self.manager = ModelManager(
+            ModelRepository(config.repository),
+            policy=config.version_policy,
+            batching=config.batching,
+            on_change=self._on_model_change,
+        )
+        self.metrics = ServingMetrics(self._live_state)
+        self.dataplane = DataPlane(self.manager, self.metrics)
+        self.autoscaler = Autoscaler(self.manager, self.metrics)
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _live_state(self) -> list[tuple[str, str, int, int, int]]:
+        rows = []
+        for name, versions in self.manager.loaded().items():
+            for version in versions:
+                loaded = self.manager.get(name, version)
+                batcher = loaded.batcher
+                rows.append(
+                    (
+                        name,
+                        str(version),
+                        batcher.queue_depth,
+                        batcher.in_flight,
+                        loaded.model.instances,
+                    )
+                )
+        return rows
+
+    def _on_model_change(self, name: str, versions: list[int]) -> None:
+        status = SERVING if versions else NOT_SERVING
+        task = asyncio.get_running_loop().create_task(self.health.set(name, status))
+        self._tasks.append(task)
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self.config.auth_token:
+            interceptors.append(
+                BearerTokenInterceptor(self.config.auth_token, self.config.auth_scope)
+            )
+        interceptors.append(ErrorMappingInterceptor())
+        return interceptors
+
+    async def start(self) -> None:
+        cfg = self.config
+        await self.manager.load_all()
+        options = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(interceptors=self._interceptors(), options=options)
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.dataplane), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        service_names = (
+            grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(service_names, server)
+        address = f"{cfg.host}:{cfg.port}"
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())]
+            )
+            self.port = server.add_secure_port(address, credentials)
+        else:
+            self.port = server.add_insecure_port(address)
+        await server.start()
+        self._server = server
+        await self.health.set("", SERVING)
+        for name, versions in self.manager.loaded().items():
+            await self.health.set(name, SERVING if versions else NOT_SERVING)
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
+        if cfg.poll_interval_s > 0:
+            self._tasks.append(
+                asyncio.create_task(self.manager.run_polling(cfg.poll_interval_s, self._stop))
+            )
+        self._tasks.append(
+            asyncio.create_task(self.autoscaler.run(cfg.autoscale_interval_s, self._stop))
+        )
+        log.info("serving on %s:%d", cfg.host, self.port)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain and stop: NOT_SERVING first, then refuse new calls and finish in-flight ones."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self.dataplane.draining = True
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.config.grace_s if grace_s is None else grace_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.manager.close()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve_forever(
+    config: ServeConfig, on_ready: Callable[[InferenceServer], None] | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT, then drain."""
+    server = InferenceServer(config)
+    await server.start()
+    if on_ready is not None:
+        on_ready(server)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    await server.stop()

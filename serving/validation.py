@@ -1,0 +1,67 @@
+"""Checks an inference request against its model's config before it is queued.
+
+Every problem is an `InvalidInput` naming the offending input, so a client can
+fix its request; nothing here allocates in proportion to the request.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from headrace.errors import InvalidInput
+from serving.model_config import ModelConfig, TensorSpec
+from serving.types import InferRequest
+
+
+def _check_shape(spec: TensorSpec, shape: tuple[int, ...], batched: bool, max_batch: int) -> None:
+    expected = ([-1] if batched else []) + list(spec.dims)
+    if len(shape) != len(expected):
+        raise InvalidInput(
+            f"input {spec.name!r}: expected {len(expected)} dims {expected}, got {list(shape)}"
+        )
+    if batched and not 1 <= shape[0] <= max_batch:
+        raise InvalidInput(
+            f"input {spec.name!r}: batch size {shape[0]} must be between 1 and {max_batch}"
+        )
+    for got, want in zip(shape, expected, strict=True):
+        if want != -1 and got != want:
+            raise InvalidInput(f"input {spec.name!r}: expected shape {expected}, got {list(shape)}")
+
+
+def validate_request(request: InferRequest, config: ModelConfig) -> int:
+    """Raise `InvalidInput` unless the request fits `config`; returns its batch size (rows)."""
+    if not request.inputs:
+        raise InvalidInput("the request has no inputs")
+    specs = {spec.name: spec for spec in config.inputs}
+    given = [tensor.name for tensor in request.inputs]
+    unknown = sorted(set(given) - set(specs))
+    if unknown:
+        raise InvalidInput(
+            f"unknown input {unknown[0]!r} for model {config.name!r}; it expects {sorted(specs)}"
+        )
+    missing = sorted(set(specs) - set(given))
+    if missing:
+        raise InvalidInput(f"missing input {missing[0]!r} for model {config.name!r}")
+    batched = config.max_batch_size > 0
+    rows: set[int] = set()
+    for tensor in request.inputs:
+        spec = specs[tensor.name]
+        if tensor.datatype != spec.datatype:
+            raise InvalidInput(
+                f"input {tensor.name!r}: expected datatype {spec.datatype}, got {tensor.datatype}"
+            )
+        _check_shape(spec, tensor.shape, batched, config.max_batch_size)
+        rows.add(tensor.shape[0] if batched else 1)
+        finite_only = config.reject_non_finite and tensor.data.dtype.kind == "f"
+        if finite_only and not np.isfinite(tensor.data).all():
+            raise InvalidInput(f"input {tensor.name!r} holds NaN or infinite values")
+    if len(rows) > 1:
+        raise InvalidInput(f"inputs disagree on the batch size: {sorted(rows)}")
+    known_outputs = {spec.name for spec in config.outputs}
+    for name in request.requested_outputs:
+        if name not in known_outputs:
+            raise InvalidInput(
+                f"unknown output {name!r} requested; "
+                f"model {config.name!r} has {sorted(known_outputs)}"
+            )
+    return rows.pop()
