@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 REPOSITORY ?= model_repository
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit bench lint format clean
+.PHONY: install demo test test-unit bench lint format clean protos
 
 install: $(STAMP)
 
@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/headrace train --model lenet5 --dataset digits --repository $(REPOSITORY)
 	$(BIN)/headrace models list --repository $(REPOSITORY)
+	$(BIN)/python -m headrace.demo --repository $(REPOSITORY) --model lenet5-digits
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -40,6 +41,12 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Regenerate the committed Python code from protos/*.proto (tests/unit/test_protos.py
+# fails when it is stale).
+protos: install
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
+		protos/model_config.proto protos/grpc_service.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

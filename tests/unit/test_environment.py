@@ -42,3 +42,14 @@ def test_click_below_8_4_for_faust() -> None:
 
     major, minor = (int(part) for part in version("click").split(".")[:2])
     assert (major, minor) < (8, 4)
+
+
+def test_installed_requirements_are_consistent() -> None:
+    """`pip check`: no installed package's requirement is violated (NNI's filelock pin)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
