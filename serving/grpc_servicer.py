@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import grpc
 
@@ -24,7 +25,7 @@ from serving.grpc_convert import (
 )
 from serving.types import InferRequest
 
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
 def _with_deadline(request: InferRequest, context: Context) -> InferRequest:

@@ -1,0 +1,370 @@
+"""Conversions between the Open Inference Protocol's protobuf messages and `serving.types`.
+
+`request_from_proto` is the one place where client bytes become arrays, so it
+checks every claim a request makes (datatype, shape, byte and element counts,
+where the data is) before it allocates anything in proportion to the claimed
+shape; each problem is an `InvalidInput` naming the input. Raw tensor data is
+little-endian; BYTES elements travel as a 4-byte little-endian length and the
+bytes. Inputs decoded from raw_input_contents are read-only views of the
+message's bytes (`np.frombuffer`), not copies.
+
+The other direction (responses, metadata, configuration) converts what the
+server built itself, so a mistake there is a `ValueError`/`TypeError`, not the
+client's fault.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from headrace.errors import InvalidInput
+from protos import grpc_service_pb2 as pb
+from protos import model_config_pb2 as mc
+from serving.model_config import ModelConfig, TensorSpec
+from serving.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, InferTensor
+
+# The InferTensorContents field carrying each datatype; FP16 has none (raw only).
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+    "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
+    "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}  # fmt: skip
+
+# Our datatype names -> Triton's model-config enum (BYTES is Triton's TYPE_STRING).
+DATATYPE_TO_CONFIG: dict[str, mc.DataType] = {
+    dt: mc.DataType.Value("TYPE_STRING" if dt == "BYTES" else f"TYPE_{dt}")
+    for dt in DATATYPE_TO_NUMPY
+}
+
+_LENGTH = struct.Struct("<I")  # the length prefix of one raw BYTES element
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on what one decoded input may claim."""
+
+    max_elements: int = 2**31  # per input
+    max_rank: int = 32  # numpy arrays hold at most 64 dims
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+def parameters_to_dict(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+    """A protobuf parameters map as a plain dict (None for a parameter with no value set)."""
+    choices = {key: value.WhichOneof("parameter_choice") for key, value in params.items()}
+    return {key: choice and getattr(params[key], choice) for key, choice in choices.items()}
+
+
+def _element_count(name: str, shape: Sequence[int], limits: DecodeLimits) -> int:
+    if len(shape) > limits.max_rank:
+        raise InvalidInput(
+            f"input {name!r}: shape has {len(shape)} dims, more than the limit of {limits.max_rank}"
+        )
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dim")
+    count = 1
+    for d in shape:
+        count *= d  # Python ints: no overflow, and at most max_rank 63-bit factors
+    if count > limits.max_elements:
+        raise InvalidInput(
+            f"input {name!r}: shape {list(shape)} has an element count of {count}, above the "
+            f"limit of {limits.max_elements}; split the request"
+        )
+    return count
+
+
+def _decode_raw_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
+    """Split length-prefixed BYTES elements, checking sizes before building the array."""
+    if len(raw) < _LENGTH.size * count:
+        raise InvalidInput(
+            f"input {name!r}: raw byte size {len(raw)} is too small for {count} BYTES elements "
+            f"(each needs a {_LENGTH.size}-byte length prefix)"
+        )
+    view, size = memoryview(raw), len(raw)
+    out = np.empty(count, dtype=np.object_)
+    offset = 0
+    for i in range(count):
+        start = offset + _LENGTH.size
+        length = _LENGTH.unpack_from(view, offset)[0] if start <= size else size
+        if start + length > size:
+            raise InvalidInput(f"input {name!r}: raw BYTES element {i} runs past the data's end")
+        out[i] = bytes(view[start : start + length])
+        offset = start + length
+    if offset != len(raw):
+        raise InvalidInput(
+            f"input {name!r}: raw byte size {len(raw)} holds more than the {count} BYTES "
+            f"elements of its shape ({len(raw) - offset} bytes left over)"
+        )
+    return out
+
+
+def _decode_raw(name: str, datatype: str, raw: bytes, count: int) -> np.ndarray:
+    if datatype == "BYTES":
+        return _decode_raw_bytes(name, raw, count)
+    dtype = DATATYPE_TO_NUMPY[datatype].newbyteorder("<")
+    if len(raw) != count * dtype.itemsize:
+        raise InvalidInput(
+            f"input {name!r}: raw byte size {len(raw)} does not match {count} {datatype} "
+            f"elements of {dtype.itemsize} bytes ({count * dtype.itemsize} bytes expected)"
+        )
+    array = np.frombuffer(raw, dtype=dtype)
+    if datatype == "BOOL" and count and array.view(np.uint8).max() > 1:
+        raise InvalidInput(f"input {name!r}: raw BOOL bytes must be 0 or 1")
+    return array
+
+
+def _decode_typed(
+    name: str, datatype: str, contents: pb.InferTensorContents, count: int
+) -> np.ndarray:
+    used = [field.name for field, _ in contents.ListFields()]
+    expected = CONTENTS_FIELD.get(datatype)
+    if expected is None:
+        raise InvalidInput(
+            f"input {name!r}: {datatype} has no typed contents field; send it in raw_input_contents"
+        )
+    if any(field != expected for field in used):
+        raise InvalidInput(
+            f"input {name!r}: {datatype} data belongs in contents.{expected}, got {', '.join(used)}"
+        )
+    values = getattr(contents, expected)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input {name!r}: contents.{expected} has {len(values)} values, the shape needs "
+            f"{count} elements"
+        )
+    target = DATATYPE_TO_NUMPY[datatype]
+    if datatype == "BYTES":
+        out = np.empty(count, dtype=np.object_)
+        for i, value in enumerate(values):
+            out[i] = value
+        return out
+    if target.kind not in "iu" or target.itemsize >= 4:
+        return np.array(values, dtype=target)
+    wide = np.array(values, dtype=np.int64)  # INT8/16, UINT8/16 travel as 32-bit
+    info = np.iinfo(target)
+    if count and (wide.min() < info.min or wide.max() > info.max):
+        raise InvalidInput(
+            f"input {name!r}: contents.{expected} holds values outside the {datatype} range "
+            f"[{info.min}, {info.max}]"
+        )
+    return wide.astype(target)
+
+
+def _check_structure(msg: pb.ModelInferRequest) -> bool:
+    """Request-level rules; returns whether the request carries raw_input_contents."""
+    if not msg.inputs:
+        raise InvalidInput(f"empty request: request for model {msg.model_name!r} has no inputs")
+    for name, times in Counter(t.name for t in msg.inputs).items():
+        if times > 1:
+            raise InvalidInput(f"input {name!r} appears {times} times in the request")
+    raw = len(msg.raw_input_contents)
+    if not raw:
+        return False
+    if raw != len(msg.inputs):
+        names = [t.name for t in msg.inputs]
+        missing = f"input {names[raw]!r} has no entry" if raw < len(names) else "extra entries"
+        raise InvalidInput(
+            f"raw_input_contents has {raw} entries for {len(names)} inputs {names} ({missing}); "
+            "when raw_input_contents is used it needs one entry per input"
+        )
+    for tensor in msg.inputs:
+        if tensor.HasField("contents") and tensor.contents.ListFields():
+            raise InvalidInput(
+                f"input {tensor.name!r} has typed contents while the request uses "
+                "raw_input_contents; use one or the other for all inputs"
+            )
+    return True
+
+
+def _decode_input(
+    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, limits: DecodeLimits
+) -> InferTensor:
+    name, datatype = tensor.name, tensor.datatype
+    if datatype not in DATATYPE_TO_NUMPY:
+        raise InvalidInput(
+            f"input {name!r}: unknown datatype {datatype!r}; use one of "
+            f"{', '.join(DATATYPE_TO_NUMPY)}"
+        )
+    shape = tuple(tensor.shape)
+    count = _element_count(name, shape, limits)
+    if raw is not None:
+        flat = _decode_raw(name, datatype, raw, count)
+    else:
+        flat = _decode_typed(name, datatype, tensor.contents, count)
+    return InferTensor(
+        name=name,
+        datatype=datatype,
+        shape=shape,
+        data=flat.reshape(shape),
+        parameters=parameters_to_dict(tensor.parameters),
+    )
+
+
+def request_from_proto(
+    msg: pb.ModelInferRequest, limits: DecodeLimits | None = None
+) -> InferRequest:
+    """Decode and check a ModelInferRequest; any problem is an `InvalidInput` naming the input."""
+    limits = limits or DecodeLimits()
+    uses_raw = _check_structure(msg)
+    inputs = [
+        _decode_input(tensor, msg.raw_input_contents[i] if uses_raw else None, limits)
+        for i, tensor in enumerate(msg.inputs)
+    ]
+    return InferRequest(
+        model_name=msg.model_name,
+        inputs=inputs,
+        model_version=msg.model_version,
+        id=msg.id,
+        requested_outputs=[output.name for output in msg.outputs],
+        parameters=parameters_to_dict(msg.parameters),
+    )
+
+
+# -- responses -----------------------------------------------------------------------------
+
+
+def set_parameter(param: pb.InferParameter, value: Any) -> None:
+    """Store a Python bool, int, float or str in an InferParameter."""
+    if isinstance(value, bool | np.bool_):
+        param.bool_param = bool(value)
+    elif isinstance(value, int | np.integer):
+        setattr(param, "uint64_param" if value >= 2**63 else "int64_param", int(value))
+    elif isinstance(value, float | np.floating):
+        param.double_param = float(value)
+    elif isinstance(value, str):
+        param.string_param = value
+    else:
+        raise TypeError(f"parameter value {value!r} is not a bool, int, float or str")
+
+
+def _set_parameters(target: Any, params: Mapping[str, Any]) -> None:
+    for key, value in params.items():
+        set_parameter(target[key], value)
+
+
+def _element_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise TypeError(f"BYTES element {value!r} is not bytes or str")
+
+
+def tensor_to_raw(tensor: InferTensor) -> bytes:
+    """The raw_*_contents encoding of a tensor: little-endian, row-major."""
+    if tensor.datatype == "BYTES":
+        parts = []
+        for value in np.asarray(tensor.data, dtype=np.object_).flat:
+            element = _element_bytes(value)
+            parts += [_LENGTH.pack(len(element)), element]
+        return b"".join(parts)
+    dtype = DATATYPE_TO_NUMPY[tensor.datatype].newbyteorder("<")
+    return np.ascontiguousarray(tensor.data, dtype=dtype).tobytes()
+
+
+def _fill_contents(contents: pb.InferTensorContents, tensor: InferTensor) -> None:
+    values = getattr(contents, CONTENTS_FIELD[tensor.datatype])
+    flat = np.asarray(tensor.data).reshape(-1)
+    if tensor.datatype == "BYTES":
+        values.extend(_element_bytes(v) for v in flat)
+    else:
+        values.extend(flat.astype(DATATYPE_TO_NUMPY[tensor.datatype]).tolist())
+
+
+def response_to_proto(resp: InferResponse, raw: bool = True) -> pb.ModelInferResponse:
+    """Encode a response. `raw=True` (what tritonclient reads) puts data in raw_output_contents;
+    `raw=False` uses typed contents unless an output is FP16, which has no typed field: the
+    protocol does not mix the two, so such a response is sent raw."""
+    msg = pb.ModelInferResponse(
+        model_name=resp.model_name, model_version=resp.model_version, id=resp.id
+    )
+    _set_parameters(msg.parameters, resp.parameters)
+    for tensor in resp.outputs:
+        if tensor.datatype not in DATATYPE_TO_NUMPY:
+            raise ValueError(f"output {tensor.name!r} has unknown datatype {tensor.datatype!r}")
+    raw = raw or any(t.datatype not in CONTENTS_FIELD for t in resp.outputs)
+    for tensor in resp.outputs:
+        out = msg.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        _set_parameters(out.parameters, tensor.parameters)
+        if raw:
+            msg.raw_output_contents.append(tensor_to_raw(tensor))
+        else:
+            _fill_contents(out.contents, tensor)
+    return msg
+
+
+# -- metadata and configuration ------------------------------------------------------------
+
+
+def tensor_metadata(
+    spec: TensorSpec, max_batch_size: int = 0
+) -> pb.ModelMetadataResponse.TensorMetadata:
+    """A tensor's metadata; the batch axis shows as -1 in front when `max_batch_size > 0`."""
+    batch = [-1] if max_batch_size > 0 else []
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.datatype, shape=batch + list(spec.dims)
+    )
+
+
+def model_metadata_to_proto(
+    name: str,
+    versions: Iterable[int | str],
+    platform: str,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    max_batch_size: int = 0,
+) -> pb.ModelMetadataResponse:
+    """A ModelMetadataResponse. The specs' dims are sent as they are unless `max_batch_size > 0`
+    asks to add the batch axis (pass 0 when the dims already include it)."""
+    return pb.ModelMetadataResponse(
+        name=name,
+        versions=[str(v) for v in versions],
+        platform=platform,
+        inputs=[tensor_metadata(s, max_batch_size) for s in inputs],
+        outputs=[tensor_metadata(s, max_batch_size) for s in outputs],
+    )
+
+
+def model_config_to_proto(
+    config: ModelConfig, versions: Sequence[int] | None = None
+) -> mc.ModelConfig:
+    """Our config.json as Triton's ModelConfig (dims without the batch axis, as in Triton).
+
+    `versions` (the versions served) becomes a `specific` version policy; without it the
+    policy is Triton's default, the latest version.
+    """
+    msg = mc.ModelConfig(
+        name=config.name,
+        platform=config.platform,
+        backend="onnxruntime",
+        max_batch_size=config.max_batch_size,
+        input=[
+            mc.ModelInput(name=s.name, data_type=DATATYPE_TO_CONFIG[s.datatype], dims=s.dims)
+            for s in config.inputs
+        ],
+        output=[
+            mc.ModelOutput(name=s.name, data_type=DATATYPE_TO_CONFIG[s.datatype], dims=s.dims)
+            for s in config.outputs
+        ],
+        instance_group=[
+            mc.ModelInstanceGroup(count=config.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
+        ],
+    )
+    if versions is None:
+        msg.version_policy.latest.num_versions = 1
+    else:
+        msg.version_policy.specific.versions.extend(versions)
+    if config.max_batch_size > 0:  # as in Triton, a model that cannot batch has no batcher
+        ours, theirs = config.dynamic_batching, msg.dynamic_batching
+        theirs.preferred_batch_size.extend(ours.preferred_batch_sizes)
+        theirs.max_queue_delay_microseconds = ours.max_queue_delay_us
+        theirs.default_queue_policy.max_queue_size = ours.max_queue_size
+    return msg

@@ -1,0 +1,385 @@
+"""Which model versions are loaded and ready, with hot reload from the repository.
+
+A `VersionPolicy` (Triton's: latest N, all, specific) selects each model's versions.
+`load(name)` loads the selected versions not loaded yet, then retires the others: load
+before unload, so an update never leaves a model dark. If no selected version loads
+(say a tampered file), the versions already serving stay and the error goes to
+`failures()`. Integrity checks (sha256) and session building run in worker threads.
+
+A retired version leaves the ready set at once, so new requests go to the new one,
+while its batcher drains in the background. `get()` hands out a `LoadedVersion`:
+submit to its batcher before the next `await` (as the dataplane does) and the request
+is part of that drain. Changes to one model happen under that model's `asyncio.Lock`;
+the ready map is replaced, never mutated, so other threads (metrics) may read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from headrace.errors import (
+    HeadraceError,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    RepositoryError,
+    ShuttingDown,
+)
+from serving.batcher import DynamicBatcher
+from serving.interfaces import ModelRunner, RunnerFactory
+from serving.model_config import ModelConfig, VersionMetadata
+from serving.repository import ModelRepository, ModelVersion
+from serving.runner import OnnxModel
+
+log = logging.getLogger(__name__)
+Stamp = tuple[tuple[str, int, int, int], ...]
+
+
+class VersionPolicy(BaseModel):
+    """Which versions of each model to serve (Triton's `version_policy`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    latest_n: int = Field(default=1, ge=1, description="How many of the newest versions to serve.")
+    versions: list[int] = Field(default_factory=list, description="Versions for kind=specific.")
+
+    @model_validator(mode="after")
+    def _specific_has_versions(self) -> VersionPolicy:
+        if self.kind == "specific" and not self.versions:
+            raise ValueError("version policy 'specific' needs at least one version")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve among `available` (ascending)."""
+        if self.kind == "all":
+            return list(available)
+        if self.kind == "latest":
+            return available[-self.latest_n :]
+        return sorted(set(self.versions) & set(available))
+
+
+@dataclass
+class LoadedVersion:
+    """One ready model version: its config, its sessions and the batcher in front of them."""
+
+    name: str
+    version: int
+    config: ModelConfig
+    metadata: VersionMetadata
+    model: ModelRunner
+    batcher: DynamicBatcher
+
+
+@dataclass(frozen=True)
+class _Failure:
+    stamp: Stamp  # the version folder's files when the load failed
+    message: str
+
+
+class ModelManager:
+    """Loads, serves and retires model versions of one repository (see the module docstring)."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        *,
+        policy: VersionPolicy | None = None,
+        batching: bool = True,
+        instances_override: int | None = None,
+        on_change: Callable[[str, list[int]], None] | None = None,
+        runner_factory: RunnerFactory = OnnxModel,
+    ) -> None:
+        self.repository = repository
+        self.policy = policy or VersionPolicy()
+        self.batching = batching
+        self.instances_override = instances_override
+        self._on_change = on_change
+        self._runner_factory = runner_factory
+        self._ready: dict[str, dict[int, LoadedVersion]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._failures: dict[str, str] = {}
+        self._failed: dict[tuple[str, int], _Failure] = {}
+        self._unloaded: set[str] = set()  # unloaded on request: polling leaves them alone
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -- control -------------------------------------------------------------------------
+
+    async def load(self, name: str) -> list[int]:
+        """Load the policy's versions of `name`, then retire the others; the ready versions.
+
+        Raises ModelLoadError (after keeping what could be loaded) if a selected version failed.
+        """
+        self._check_open()
+        async with self._lock(name):
+            self._unloaded.discard(name)
+            return await self._sync(name, retry_failed=True)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name`; returns once the requests already queued on it have finished."""
+        if name not in self._ready and not self._known(name):
+            raise ModelNotFound(f"model {name!r} not found; {self._available()}")
+        async with self._lock(name):
+            self._unloaded.add(name)
+            self._failures.pop(name, None)
+            retiring = self._retire(name, {})
+        if retiring:
+            await asyncio.wait(retiring)  # not gather: a cancelled caller must not stop a drain
+
+    async def load_all(self) -> None:
+        """Load every model of the repository; one model's failure does not stop the others."""
+        self._check_open()
+        names = await asyncio.to_thread(self.repository.list_models)
+        await asyncio.gather(*(self._quietly(name, poll=False) for name in names))
+
+    async def poll_once(self) -> None:
+        """Bring the loaded state in line with the repository: new versions in, removed ones out.
+
+        Models unloaded on request stay unloaded; a version that failed is retried only
+        once its files change.
+        """
+        self._check_open()
+        names = set(await asyncio.to_thread(self.repository.list_models))
+        await asyncio.gather(
+            *(self._quietly(n, poll=True) for n in sorted(names | set(self._ready)))
+        )
+
+    async def run_polling(self, interval_s: float, stop: asyncio.Event) -> None:
+        """`poll_once` every `interval_s` until `stop` is set or the manager closes."""
+        while not stop.is_set() and not self._closed:
+            try:
+                await self.poll_once()
+            except Exception:  # a failed poll must not end hot reload for good
+                log.exception("polling the model repository failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+    async def close(self) -> None:
+        """Unload everything, letting queued requests finish."""
+        self._closed = True
+        for name in sorted(set(self._ready) | set(self._locks)):  # also models mid-load
+            async with self._lock(name):
+                self._retire(name, {})
+        if self._retiring:
+            await asyncio.wait(set(self._retiring))
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def get(self, name: str, version: str | int | None = None) -> LoadedVersion:
+        """A ready version; `None` or "" means the latest ready one."""
+        versions = self._ready.get(name)
+        if not versions:
+            if name in self._failures:
+                raise ModelNotReady(f"model {name!r} is not ready: {self._failures[name]}")
+            if self._known(name):
+                raise ModelNotReady(f"model {name!r} is not loaded; load it first")
+            raise ModelNotFound(f"model {name!r} not found; {self._available()}")
+        if version is None or version == "":
+            return versions[max(versions)]
+        number = version if isinstance(version, int) else _int_or_none(version)
+        if number in versions:
+            return versions[number]
+        ready = ", ".join(map(str, sorted(versions)))
+        failure = self._failed.get((name, number)) if number is not None else None
+        if failure is not None:
+            raise ModelNotReady(f"{failure.message}; ready versions: {ready}")
+        raise ModelNotFound(f"model {name!r} has no ready version {version}; versions: {ready}")
+
+    def ready(self, name: str, version: str | int | None = None) -> bool:
+        try:
+            self.get(name, version)
+        except (ModelNotFound, ModelNotReady):
+            return False
+        return True
+
+    def loaded(self) -> dict[str, list[int]]:
+        """Model name -> its ready versions (ascending)."""
+        return {name: sorted(versions) for name, versions in self._ready.items() if versions}
+
+    def failures(self) -> dict[str, str]:
+        """Model name -> the last load error of that model."""
+        return dict(self._failures)
+
+    # -- internals -----------------------------------------------------------------------
+
+    async def _sync(self, name: str, *, retry_failed: bool) -> list[int]:
+        """Load the selected versions, retire the rest (caller holds the model's lock)."""
+        available: list[int] = []
+        try:
+            available = await asyncio.to_thread(self.repository.versions, name)
+        except ModelNotFound:  # the model left the repository
+            self._failures.pop(name, None)
+            self._retire(name, {})
+            raise
+        finally:
+            for key in [k for k in self._failed if k[0] == name and k[1] not in available]:
+                del self._failed[key]  # forget failures of versions that are gone
+        selected = self.policy.select(available)
+        errors: list[str] = []
+        missing = sorted(set(self.policy.versions) - set(available))
+        if self.policy.kind == "specific" and missing:
+            listed = ", ".join(map(str, missing))
+            errors.append(f"model {name!r}: version policy asks for version(s) {listed}, not found")
+        current = dict(self._ready.get(name, {}))
+        for version in selected:
+            if version in current:
+                continue
+            known = None if retry_failed else self._failed.get((name, version))
+            try:
+                current[version] = await self._load_version(name, version, known)
+            except HeadraceError as exc:
+                errors.append(exc.message)
+                if known is None or known.message != exc.message:  # say it once per change
+                    log.warning("model %s version %d not loaded: %s", name, version, exc.message)
+                continue
+            except Exception as exc:  # a bug or OS error: keep serving the other versions
+                log.exception("model %s version %d not loaded", name, version)
+                errors.append(f"model {name!r} version {version}: {type(exc).__name__}")
+                continue
+            self._publish(name, dict(current))  # ready now; older versions still serve
+        keep = {v: loaded for v, loaded in current.items() if v in selected}
+        self._retire(name, keep or current)  # nothing selected loaded: keep what serves
+        if errors:
+            self._failures[name] = "; ".join(errors)
+            raise ModelLoadError(self._failures[name])
+        self._failures.pop(name, None)
+        return sorted(keep)
+
+    async def _load_version(self, name: str, version: int, known: _Failure | None) -> LoadedVersion:
+        found, model = await asyncio.to_thread(self._open, name, version, known)
+        config = found.config
+        try:
+            batcher = DynamicBatcher(
+                model.run,
+                max_batch_size=config.max_batch_size,
+                max_queue_delay_us=config.dynamic_batching.max_queue_delay_us,
+                preferred_batch_sizes=config.dynamic_batching.preferred_batch_sizes,
+                max_queue_size=config.dynamic_batching.max_queue_size,
+                concurrency=model.instances,
+                enabled=self.batching,
+                name=f"{name}/{version}",
+            )
+        except HeadraceError as exc:  # settings the batcher refuses (ConfigError)
+            model.close()
+            raise ModelLoadError(f"model {name!r} version {version}: {exc.message}") from exc
+        log.info("model %s version %d loaded (%d instances)", name, version, model.instances)
+        return LoadedVersion(name, version, config, found.metadata, model, batcher)
+
+    def _open(
+        self, name: str, version: int, known: _Failure | None
+    ) -> tuple[ModelVersion, ModelRunner]:
+        """Blocking: verify one version's files and build its sessions (in a worker thread)."""
+        found = self.repository.get(name, version)
+        prefix = f"model {name!r} version {version}"
+        try:
+            stamp = _stamp(found.path)
+        except OSError:
+            raise ModelLoadError(f"{prefix}: its folder cannot be read") from None
+        if known is not None and known.stamp == stamp:
+            raise ModelLoadError(known.message)  # same files as last time: same failure
+        try:
+            found.verify()
+        except (RepositoryError, OSError) as exc:
+            detail = exc.message if isinstance(exc, RepositoryError) else "files unreadable"
+            message = f"{detail} (integrity check failed; the version is refused)"
+        else:
+            instances = self.instances_override or found.config.instance_count
+            try:
+                model = self._runner_factory(found.model_file, instances=instances)
+            except ModelLoadError as exc:
+                message = f"{prefix}: {exc.message}"
+            else:
+                self._failed.pop((name, version), None)
+                return found, model
+        self._failed[(name, version)] = _Failure(stamp, message)
+        raise ModelLoadError(message)
+
+    def _retire(self, name: str, keep: dict[int, LoadedVersion]) -> set[asyncio.Task[None]]:
+        """Serve only `keep`; drain and close the other versions in the background."""
+        gone = [v for n, v in self._ready.get(name, {}).items() if n not in keep]
+        self._publish(name, keep)
+        tasks = {asyncio.create_task(self._close_version(v)) for v in gone}
+        self._retiring |= tasks
+        for task in tasks:
+            task.add_done_callback(self._retiring.discard)
+        return tasks
+
+    async def _close_version(self, loaded: LoadedVersion) -> None:
+        try:
+            await loaded.batcher.close(drain=True)
+        except Exception:
+            log.exception("draining model %s version %d failed", loaded.name, loaded.version)
+        finally:
+            await asyncio.to_thread(loaded.model.close)
+        log.info("model %s version %d unloaded", loaded.name, loaded.version)
+
+    def _publish(self, name: str, versions: dict[int, LoadedVersion]) -> None:
+        before = sorted(self._ready.get(name, {}))
+        if versions:
+            self._ready = {**self._ready, name: versions}
+        else:
+            self._ready = {n: v for n, v in self._ready.items() if n != name}
+        after = sorted(versions)
+        if after != before and self._on_change is not None:
+            try:
+                self._on_change(name, after)
+            except Exception:
+                log.exception("on_change callback failed for model %s", name)
+
+    async def _quietly(self, name: str, poll: bool) -> None:
+        """Load (or, polling, sync) one model; errors are logged and kept in failures()."""
+        try:
+            if not poll:
+                await self.load(name)
+                return
+            async with self._lock(name):
+                if name not in self._unloaded and not self._closed:
+                    await self._sync(name, retry_failed=False)
+        except HeadraceError as exc:
+            log.debug("model %s: %s", name, exc.message)
+        except Exception:
+            log.exception("loading model %s failed", name)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _known(self, name: str) -> bool:
+        """Whether the repository has `name` (only asked on error paths: it reads the disk)."""
+        if name in self._unloaded:
+            return True
+        try:
+            self.repository.versions(name)
+        except HeadraceError:
+            return False
+        return True
+
+    def _available(self) -> str:
+        names = sorted(self.loaded())
+        return f"ready models: {', '.join(names)}" if names else "no model is ready"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ShuttingDown("the model manager is closed")
+
+
+def _int_or_none(text: str) -> int | None:
+    return int(text) if text.strip().isdecimal() else None
+
+
+def _stamp(path: Path) -> Stamp:
+    """Identity of a version folder's files: any write changes a file's ctime."""
+    entries = []
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        st = entry.stat()
+        entries.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(entries)

@@ -1,0 +1,389 @@
+"""The model manager on a real repository of exported LeNet-5 models: policies, hot reload,
+integrity refusals, and zero failed requests while a new version takes over."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from headrace.errors import ModelLoadError, ModelNotFound, ModelNotReady, ShuttingDown
+from serving.model_config import DynamicBatchingConfig, ModelConfig, TensorSpec
+from serving.model_manager import ModelManager, VersionPolicy
+from serving.repository import ModelRepository
+from training.export import export_onnx
+from training.models import build_model
+
+pytestmark = pytest.mark.integration
+
+X = np.random.default_rng(0).standard_normal((1, 1, 28, 28), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two LeNet-5 models with different weights ("a", "b") and a file that is not ONNX."""
+    folder = tmp_path_factory.mktemp("exported")
+    files = {}
+    for seed, key in enumerate("ab"):
+        torch.manual_seed(seed)
+        files[key] = export_onnx(build_model("lenet5"), (1, 28, 28), folder / f"{key}.onnx")
+    files["junk"] = folder / "junk.onnx"
+    files["junk"].write_bytes(b"not an onnx model")
+    return files
+
+
+@pytest.fixture(scope="module")
+def expected(onnx_files: dict[str, Path]) -> dict[str, np.ndarray]:
+    """Logits of X by model "a" and "b", straight from ONNX Runtime."""
+    out = {}
+    for key in "ab":
+        session = ort.InferenceSession(str(onnx_files[key]), providers=["CPUExecutionProvider"])
+        out[key] = session.run(["logits"], {"input": X})[0]
+    assert not np.allclose(out["a"], out["b"])
+    return out
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> ModelRepository:
+    return ModelRepository(tmp_path / "repo")
+
+
+def config(name: str = "digits") -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        max_batch_size=8,
+        inputs=[TensorSpec(name="input", dims=[1, 28, 28])],
+        outputs=[TensorSpec(name="logits", dims=[10])],
+        dynamic_batching=DynamicBatchingConfig(max_queue_delay_us=500),
+    )
+
+
+def publish(repo: ModelRepository, source: Path, name: str = "digits") -> int:
+    return repo.publish(config(name), source, architecture="lenet5").version
+
+
+async def infer(manager: ModelManager, name: str = "digits", version: str | int | None = None):
+    loaded = manager.get(name, version)
+    result = await loaded.batcher.submit({"input": X})
+    return loaded.version, result.outputs["logits"]
+
+
+def which(logits: np.ndarray, expected: dict[str, np.ndarray]) -> str:
+    [key] = [k for k, v in expected.items() if np.allclose(logits, v, atol=1e-5)]
+    return key
+
+
+def run(coro_fn: Callable[[], object]) -> None:
+    asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+def test_load_serves_latest(repo: ModelRepository, onnx_files, expected) -> None:
+    publish(repo, onnx_files["a"])
+    publish(repo, onnx_files["b"])
+
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        assert not manager.ready("digits")
+        assert await manager.load("digits") == [2]
+        assert manager.loaded() == {"digits": [2]}
+        for version in ("", None, 2, "2"):
+            assert manager.get("digits", version).version == 2
+        loaded = manager.get("digits")
+        assert loaded.metadata.version == 2 and loaded.config == config()
+        assert loaded.model.instances == 1
+        version, logits = await infer(manager)
+        assert (version, which(logits, expected)) == (2, "b")
+        with pytest.raises(ModelNotFound, match="no ready version 1; versions: 2"):
+            manager.get("digits", 1)
+        with pytest.raises(ModelNotFound, match="no ready version"):
+            manager.get("digits", "latest")
+        assert manager.ready("digits") and not manager.ready("digits", 1)
+        assert manager.failures() == {}
+        await manager.close()
+        with pytest.raises(ShuttingDown):
+            await manager.load("digits")
+
+    run(scenario)
+
+
+def test_poll_brings_v2_in_then_retires_v1(repo: ModelRepository, onnx_files, expected) -> None:
+    publish(repo, onnx_files["a"])
+
+    async def scenario() -> None:
+        changes: list[tuple[str, list[int]]] = []
+        manager = ModelManager(repo, on_change=lambda name, vs: changes.append((name, vs)))
+        await manager.load_all()
+        old = manager.get("digits")
+        assert which((await infer(manager))[1], expected) == "a"
+
+        await manager.poll_once()  # nothing new: nothing changes
+        assert changes == [("digits", [1])]
+
+        publish(repo, onnx_files["b"])
+        await manager.poll_once()
+        # Load before unload: v2 was ready next to v1 before v1 left.
+        assert changes == [("digits", [1]), ("digits", [1, 2]), ("digits", [2])]
+        version, logits = await infer(manager)
+        assert (version, which(logits, expected)) == (2, "b")
+        with pytest.raises(ModelNotFound):
+            manager.get("digits", 1)
+
+        await manager.close()  # waits for v1's background drain too
+        with pytest.raises(ShuttingDown):
+            await old.batcher.submit({"input": X})
+        with pytest.raises(ModelNotReady):
+            old.model.run({"input": X})
+
+    run(scenario)
+
+
+def test_policy_latest_two_and_all(repo: ModelRepository, onnx_files, expected) -> None:
+    publish(repo, onnx_files["a"])
+
+    async def scenario() -> None:
+        manager = ModelManager(repo, policy=VersionPolicy(latest_n=2))
+        assert await manager.load("digits") == [1]
+        publish(repo, onnx_files["b"])
+        await manager.poll_once()
+        assert manager.loaded() == {"digits": [1, 2]}
+        assert manager.get("digits").version == 2
+        assert which((await infer(manager, version=1))[1], expected) == "a"
+        assert which((await infer(manager, version="2"))[1], expected) == "b"
+        publish(repo, onnx_files["a"])
+        await manager.poll_once()
+        assert manager.loaded() == {"digits": [2, 3]}
+        await manager.close()
+
+        every = ModelManager(repo, policy=VersionPolicy(kind="all"))
+        assert await every.load("digits") == [1, 2, 3]
+        await every.close()
+
+    run(scenario)
+
+
+def test_policy_specific_versions(repo: ModelRepository, onnx_files, expected) -> None:
+    for source in ("a", "b", "a"):
+        publish(repo, onnx_files[source])
+
+    async def scenario() -> None:
+        manager = ModelManager(repo, policy=VersionPolicy(kind="specific", versions=[1, 3]))
+        assert await manager.load("digits") == [1, 3]
+        assert manager.get("digits").version == 3
+        with pytest.raises(ModelNotFound):
+            manager.get("digits", 2)
+        await manager.close()
+
+        missing = ModelManager(repo, policy=VersionPolicy(kind="specific", versions=[2, 5]))
+        with pytest.raises(ModelLoadError, match=r"version\(s\) 5"):
+            await missing.load("digits")
+        assert missing.loaded() == {"digits": [2]}  # what exists is served
+        assert "5" in missing.failures()["digits"]
+        assert which((await infer(missing))[1], expected) == "b"
+        await missing.close()
+
+    run(scenario)
+    with pytest.raises(ValueError, match="at least one version"):
+        VersionPolicy(kind="specific")
+
+
+def test_unload_and_unknown_models(repo: ModelRepository, onnx_files) -> None:
+    publish(repo, onnx_files["a"])
+    publish(repo, onnx_files["a"], name="other")
+
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        await manager.load_all()
+        assert manager.loaded() == {"digits": [1], "other": [1]}
+        await manager.unload("digits")
+        assert manager.loaded() == {"other": [1]}
+        assert not manager.ready("digits")
+        with pytest.raises(ModelNotReady, match="'digits' is not loaded"):
+            manager.get("digits")
+        await manager.poll_once()  # unloaded on request: polling does not bring it back
+        assert not manager.ready("digits")
+
+        with pytest.raises(ModelNotFound, match="'mnist' not found; ready models: other") as err:
+            manager.get("mnist")
+        assert str(repo.root) not in err.value.message
+        with pytest.raises(ModelNotFound):
+            manager.get("../etc")
+        with pytest.raises(ModelNotFound):
+            await manager.unload("mnist")
+
+        assert await manager.load("digits") == [1]
+        assert manager.ready("digits", "1")
+        await manager.close()
+
+    run(scenario)
+
+
+def test_tampered_or_broken_versions_are_refused(repo: ModelRepository, onnx_files) -> None:
+    publish(repo, onnx_files["a"], name="good")
+    publish(repo, onnx_files["a"], name="tampered")
+    publish(repo, onnx_files["junk"], name="broken")  # correct sha256, but not ONNX
+    model_file = repo.get("tampered").model_file
+    data = bytearray(model_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model_file.write_bytes(bytes(data))
+
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        await manager.load_all()
+        assert manager.loaded() == {"good": [1]}
+        failures = manager.failures()
+        assert set(failures) == {"tampered", "broken"}
+        assert "model.onnx" in failures["tampered"] and "sha256" in failures["tampered"]
+        assert "refused" in failures["tampered"]
+        assert "'broken' version 1" in failures["broken"] and "model.onnx" in failures["broken"]
+        for message in failures.values():
+            assert str(repo.root) not in message
+        with pytest.raises(ModelNotReady, match="sha256"):
+            manager.get("tampered")
+        assert not manager.ready("tampered") and not manager.ready("broken")
+        assert (await infer(manager, "good"))[0] == 1
+
+        await manager.poll_once()  # still refused, still recorded, the good model untouched
+        assert manager.failures() == failures and manager.loaded() == {"good": [1]}
+        with pytest.raises(ModelLoadError, match="sha256"):
+            await manager.load("tampered")
+        await manager.close()
+
+    run(scenario)
+
+
+def test_tampered_new_version_keeps_old_one_serving(
+    repo: ModelRepository, onnx_files, expected
+) -> None:
+    publish(repo, onnx_files["a"])
+
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        await manager.load_all()
+        publish(repo, onnx_files["b"])
+        model_file = repo.get("digits", 2).model_file
+        model_file.write_bytes(model_file.read_bytes()[:-1])
+
+        await manager.poll_once()
+        assert manager.loaded() == {"digits": [1]}
+        assert "version 2" in manager.failures()["digits"]
+        assert which((await infer(manager))[1], expected) == "a"
+        with pytest.raises(ModelNotReady, match="sha256"):
+            manager.get("digits", 2)
+
+        publish(repo, onnx_files["b"])  # a good v3 replaces both
+        await manager.poll_once()
+        assert manager.loaded() == {"digits": [3]} and manager.failures() == {}
+        await manager.close()
+
+    run(scenario)
+
+
+def test_removed_versions_go(repo: ModelRepository, onnx_files, expected) -> None:
+    publish(repo, onnx_files["a"])
+    publish(repo, onnx_files["b"])
+
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        await manager.load_all()
+        assert manager.loaded() == {"digits": [2]}
+        (repo.root / "digits" / "2" / "metadata.json").unlink()  # v2 withdrawn
+        await manager.poll_once()
+        assert manager.loaded() == {"digits": [1]}
+        assert which((await infer(manager))[1], expected) == "a"
+        (repo.root / "digits" / "1" / "metadata.json").unlink()  # the whole model withdrawn
+        await manager.poll_once()
+        assert manager.loaded() == {}
+        with pytest.raises(ModelNotFound):
+            manager.get("digits")
+        await manager.close()
+
+    run(scenario)
+
+
+def test_concurrent_control_calls_are_serialised(repo: ModelRepository, onnx_files) -> None:
+    publish(repo, onnx_files["a"])
+
+    async def scenario() -> None:
+        changes: list[list[int]] = []
+        manager = ModelManager(repo, on_change=lambda name, vs: changes.append(vs))
+        publish(repo, onnx_files["b"])
+        await asyncio.gather(*(manager.load("digits") for _ in range(3)), manager.poll_once())
+        assert changes == [[2]]  # loaded once, not three times
+        await asyncio.gather(manager.unload("digits"), manager.unload("digits"))
+        assert changes == [[2], []]
+        await manager.close()
+
+    run(scenario)
+
+
+def test_hot_reload_under_load_fails_no_request(
+    repo: ModelRepository, onnx_files, expected
+) -> None:
+    publish(repo, onnx_files["a"])
+
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        await manager.load_all()
+        seen: list[tuple[int, str]] = []
+        errors: list[BaseException] = []
+        stop = asyncio.Event()
+        enough = {1: asyncio.Event(), 2: asyncio.Event()}
+
+        async def client() -> None:
+            while not stop.is_set():
+                try:
+                    version, logits = await infer(manager)
+                except Exception as exc:
+                    errors.append(exc)
+                    continue
+                seen.append((version, which(logits, expected)))
+                if sum(v == version for v, _ in seen) >= 40:
+                    enough[version].set()
+
+        clients = [asyncio.create_task(client()) for _ in range(4)]
+        await asyncio.wait_for(enough[1].wait(), timeout=60)
+        await asyncio.to_thread(publish, repo, onnx_files["b"])
+        await manager.poll_once()
+        await asyncio.wait_for(enough[2].wait(), timeout=60)
+        stop.set()
+        await asyncio.gather(*clients)
+        await manager.close()
+
+        assert errors == []
+        assert {pair for pair in seen} == {(1, "a"), (2, "b")}  # each version its own output
+        versions = [v for v, _ in seen]
+        first_v2 = versions.index(2)
+        # Requests that got v1 just before the switch may finish after the first v2 answer,
+        # but once v1 has drained nothing goes to it.
+        assert 1 not in versions[first_v2 + len(clients) :]
+
+    run(scenario)
+
+
+def test_run_polling_picks_up_a_new_version(repo: ModelRepository, onnx_files) -> None:
+    publish(repo, onnx_files["a"])
+
+    async def scenario() -> None:
+        changed = asyncio.Event()
+
+        def on_change(name: str, versions: list[int]) -> None:
+            if versions == [2]:
+                changed.set()
+
+        manager = ModelManager(repo, on_change=on_change)
+        await manager.load_all()
+        stop = asyncio.Event()
+        poller = asyncio.create_task(manager.run_polling(0.05, stop))
+        await asyncio.to_thread(publish, repo, onnx_files["b"])
+        await asyncio.wait_for(changed.wait(), timeout=60)
+        assert manager.get("digits").version == 2
+        stop.set()
+        await poller
+        await manager.close()
+
+    run(scenario)
