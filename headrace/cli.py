@@ -7,6 +7,7 @@ import click
 from headrace import __version__
 from headrace.commands.data import data
 from headrace.commands.gradcheck import check_grad
+from headrace.commands.infer import infer
 from headrace.commands.models import models
 from headrace.commands.serve import serve
 from headrace.commands.train import train
@@ -24,6 +25,7 @@ cli.add_command(check_grad)
 cli.add_command(data)
 cli.add_command(models)
 cli.add_command(serve)
+cli.add_command(infer)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ client's fault.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -367,4 +368,9 @@ def model_config_to_proto(
         theirs.preferred_batch_size.extend(ours.preferred_batch_sizes)
         theirs.max_queue_delay_microseconds = ours.max_queue_delay_us
         theirs.default_queue_policy.max_queue_size = ours.max_queue_size
+    # headrace extras ride in Triton's free-form parameters map, as JSON strings.
+    if config.preprocessing is not None:
+        msg.parameters["preprocessing"].string_value = config.preprocessing.model_dump_json()
+    if config.labels:
+        msg.parameters["labels"].string_value = json.dumps(config.labels)
     return msg
