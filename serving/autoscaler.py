@@ -2,8 +2,9 @@
 
 Only models whose config has an `autoscaling` section are scaled. Each tick
 smooths the queue depth (exponential moving average); above
-`target_queue_depth` per instance it adds an instance, at an empty queue with
-idle instances it removes one, never more often than `cooldown_s`. Every
+`target_queue_depth` per instance it adds an instance; with an empty queue, an
+idle instance and a smoothed depth under half the target for one instance
+fewer, it removes one; never more often than `cooldown_s`. Every
 decision is logged and counted (`autoscaler_decisions_total`).
 """
 
@@ -73,7 +74,8 @@ class Autoscaler:
         if track.depth > policy.target_queue_depth * current:
             return min(current + 1, policy.max_instances)
         idle = loaded.batcher.queue_depth == 0 and loaded.batcher.in_flight < current
-        if track.depth < 0.5 and idle:
+        # Down only when one instance fewer would still sit well under the target.
+        if idle and track.depth < policy.target_queue_depth * (current - 1) / 2:
             return max(current - 1, policy.min_instances)
         return max(min(current, policy.max_instances), policy.min_instances)
 

@@ -1,0 +1,153 @@
+"""Small serving parts on their own: request validation, token checks, autoscaling decisions."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from headrace.errors import InvalidInput
+from serving.auth import BearerTokenInterceptor, token_matches
+from serving.autoscaler import Autoscaler
+from serving.model_config import AutoscalingConfig, ModelConfig, TensorSpec
+from serving.types import InferRequest, InferTensor
+from serving.validation import validate_request
+
+CONFIG = ModelConfig(
+    name="m",
+    max_batch_size=8,
+    inputs=[TensorSpec(name="input", datatype="FP32", dims=[1, 4, 4])],
+    outputs=[TensorSpec(name="logits", datatype="FP32", dims=[3])],
+)
+
+
+def _request(array: np.ndarray, name: str = "input", **kwargs: Any) -> InferRequest:
+    return InferRequest(model_name="m", inputs=[InferTensor.from_array(name, array)], **kwargs)
+
+
+def test_valid_request_returns_rows() -> None:
+    assert validate_request(_request(np.zeros((3, 1, 4, 4), np.float32)), CONFIG) == 3
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (InferRequest(model_name="m", inputs=[]), "no inputs"),
+        (_request(np.zeros((1, 1, 4, 4), np.float32), name="other"), "unknown input 'other'"),
+        (_request(np.zeros((1, 1, 4, 4), np.float64)), "expected datatype FP32"),
+        (_request(np.zeros((1, 1, 4, 5), np.float32)), "expected shape"),
+        (_request(np.zeros((1, 4, 4), np.float32)), "expected 4 dims"),
+        (_request(np.zeros((9, 1, 4, 4), np.float32)), "batch size 9"),
+        (_request(np.full((1, 1, 4, 4), np.nan, np.float32)), "NaN"),
+        (_request(np.full((1, 1, 4, 4), np.inf, np.float32)), "NaN or infinite"),
+        (
+            _request(np.zeros((1, 1, 4, 4), np.float32), requested_outputs=["probs"]),
+            "unknown output 'probs'",
+        ),
+    ],
+)
+def test_invalid_requests_name_the_problem(request_: InferRequest, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        validate_request(request_, CONFIG)
+
+
+def test_non_finite_allowed_when_config_says_so() -> None:
+    lenient = CONFIG.model_copy(update={"reject_non_finite": False})
+    assert validate_request(_request(np.full((1, 1, 4, 4), np.nan, np.float32)), lenient) == 1
+
+
+def test_token_matching() -> None:
+    assert token_matches((("authorization", "Bearer s3cret"),), "s3cret")
+    assert token_matches((("Authorization", b"bearer s3cret"),), "s3cret")
+    assert not token_matches((("authorization", "Bearer wrong"),), "s3cret")
+    assert not token_matches((("authorization", "s3cret"),), "s3cret")
+    assert not token_matches(None, "s3cret")
+
+
+def test_auth_scopes() -> None:
+    load = "/inference.GRPCInferenceService/RepositoryModelLoad"
+    infer = "/inference.GRPCInferenceService/ModelInfer"
+    health = "/grpc.health.v1.Health/Check"
+    everything = BearerTokenInterceptor("t", "all")
+    control = BearerTokenInterceptor("t", "control")
+    assert everything.guards(load) and everything.guards(infer) and not everything.guards(health)
+    assert control.guards(load) and not control.guards(infer)
+    with pytest.raises(ValueError):
+        BearerTokenInterceptor("")
+
+
+@dataclass
+class FakeModel:
+    instances: int = 1
+
+    def set_instances(self, n: int) -> None:
+        self.instances = n
+
+
+@dataclass
+class FakeBatcher:
+    queue_depth: int = 0
+    in_flight: int = 0
+    concurrency: list[int] = field(default_factory=list)
+
+    def set_concurrency(self, n: int) -> None:
+        self.concurrency.append(n)
+
+
+@dataclass
+class FakeLoaded:
+    name: str
+    version: int
+    config: ModelConfig
+    model: FakeModel
+    batcher: FakeBatcher
+
+
+class FakeManager:
+    def __init__(self, loaded: FakeLoaded) -> None:
+        self.entry = loaded
+
+    def loaded(self) -> dict[str, list[int]]:
+        return {self.entry.name: [self.entry.version]}
+
+    def get(self, name: str, version: int) -> FakeLoaded:
+        return self.entry
+
+
+def _scaler(policy: AutoscalingConfig) -> tuple[Autoscaler, FakeLoaded, list[float]]:
+    config = CONFIG.model_copy(update={"autoscaling": policy})
+    entry = FakeLoaded("m", 1, config, FakeModel(), FakeBatcher())
+    now = [0.0]
+    scaler = Autoscaler(FakeManager(entry), clock=lambda: now[0])  # type: ignore[arg-type]
+    return scaler, entry, now
+
+
+def test_scales_up_under_queue_and_down_when_idle_with_cooldown() -> None:
+    policy = AutoscalingConfig(min_instances=1, max_instances=3, target_queue_depth=2, cooldown_s=5)
+    scaler, entry, now = _scaler(policy)
+    entry.batcher.queue_depth = 20
+    decisions = asyncio.run(scaler.step())
+    assert [(d.old, d.new) for d in decisions] == [(1, 2)]
+    assert entry.model.instances == 2 and entry.batcher.concurrency == [2]
+    assert asyncio.run(scaler.step()) == []  # cooling down
+    now[0] = 6.0
+    asyncio.run(scaler.step())
+    now[0] = 12.0
+    asyncio.run(scaler.step())
+    assert entry.model.instances == 3  # capped at max_instances
+    entry.batcher.queue_depth = 0
+    for t in (18.0, 24.0, 30.0, 36.0, 42.0):
+        now[0] = t
+        asyncio.run(scaler.step())
+    assert entry.model.instances == 1  # back to min_instances, never below
+
+
+def test_models_without_policy_are_left_alone() -> None:
+    scaler, entry, _ = _scaler(AutoscalingConfig())
+    entry.config = CONFIG
+    entry.batcher.queue_depth = 100
+    assert asyncio.run(scaler.step()) == []
+    assert entry.model.instances == 1
