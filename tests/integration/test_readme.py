@@ -1,8 +1,10 @@
 """The README is tested like code: every command in its ```sh blocks runs and succeeds.
 
 Commands run in order, as a user would type them, in a scratch folder with the
-project's virtualenv first on PATH. `make` lines are in ```text blocks: CI runs
-`make test` itself and the demo's training is covered by test_acceptance.
+project's virtualenv first on PATH. A line ending in `&` starts a server in the
+background: it is started on free ports (port 0) instead of the README's fixed
+ones, later lines talk to the ports it really got, and the test stops it.
+`make` lines are in ```text blocks: CI runs `make test` itself and the demo's training is covered by test_acceptance.
 The MNIST line needs ../shared and runs in test_acceptance instead.
 """
 
@@ -35,6 +37,29 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert "make test" in text[first_block : first_block + 200]
 
 
+def start_background(
+    argv: list[str], cwd: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """Start a `headrace serve ... &` line on free ports; map README addresses to real ones."""
+    readme_ports = {}
+    for flag in ("--port", "--metrics-port"):
+        if flag in argv:
+            at = argv.index(flag) + 1
+            readme_ports[flag], argv[at] = argv[at], "0"
+    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:  # the server prints one line when it is ready
+        if line.startswith("serving grpc="):
+            fields = dict(re.findall(r"(grpc|metrics)=(\S+)", line))
+            host, real_port = fields["grpc"].rsplit(":", 1)
+            return process, {
+                f"{host}:{readme_ports['--port']}": fields["grpc"],
+                f"{host}:{readme_ports.get('--metrics-port', '')}": f"{host}:{fields['metrics']}",
+            }
+    process.wait(timeout=30)
+    raise AssertionError(f"{argv} exited with {process.returncode} before it was ready")
+
+
 def test_every_readme_command_runs(tmp_path: Path) -> None:
     commands = readme_commands()
     assert any(c.startswith("headrace train") for c in commands)
@@ -43,18 +68,37 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
     env["PYTHONPATH"] = str(REPO_ROOT)
     for key in ("HEADRACE_MODEL_REPOSITORY", "HEADRACE_RUNS_DIR", "HEADRACE_DATA_DIR"):
         env.pop(key, None)
-    for command in commands:
-        if NEEDS_SHARED in command:
-            continue
-        argv = shlex.split(command)
-        if argv[0] == "python":
-            argv[0] = sys.executable
-        done = subprocess.run(
-            argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-        )
-        assert done.returncode == 0, f"{command!r} failed:\n{done.stdout}\n{done.stderr}"
-        if "--json" in argv:
-            assert done.stdout.strip().startswith(("{", "[")), command
+    background: list[subprocess.Popen[str]] = []
+    addresses: dict[str, str] = {}
+    try:
+        for command in commands:
+            if NEEDS_SHARED in command:
+                continue
+            for readme_address, real_address in addresses.items():
+                command = command.replace(readme_address, real_address)
+            argv = shlex.split(command.removesuffix("&"))
+            if argv[0] == "python":
+                argv[0] = sys.executable
+            if command.endswith("&"):
+                process, mapping = start_background(argv, tmp_path, env)
+                background.append(process)
+                addresses.update(mapping)
+                continue
+            done = subprocess.run(
+                argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+            )
+            assert done.returncode == 0, f"{command!r} failed:\n{done.stdout}\n{done.stderr}"
+            if "--json" in argv:
+                assert done.stdout.strip().startswith(("{", "[")), command
+    finally:
+        for process in background:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    assert all(process.returncode == 0 for process in background)  # drained cleanly
     assert (tmp_path / "model_repository" / "lenet5-digits" / "2" / "model.onnx").is_file()
 
 
