@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from headrace import __version__
-from headrace.errors import HeadraceError, ModelNotFound, ShuttingDown
+from headrace.errors import DeadlineExceeded, HeadraceError, ModelNotFound, ShuttingDown
 from serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from serving.model_config import ModelConfig, TensorSpec
 from serving.model_manager import LoadedVersion, ModelManager
@@ -149,7 +149,10 @@ class DataPlane:
             self._record_failure(model, version, exc.reason, started)
             raise
         except BaseException:
-            self._record_failure(model, version, "cancelled_or_internal", started)
+            # gRPC cancels the call when its deadline passes, before the batcher sees it.
+            expired = request.deadline is not None and time.monotonic() >= request.deadline
+            reason = DeadlineExceeded.reason if expired else "cancelled_or_internal"
+            self._record_failure(model, version, reason, started)
             raise
         total_s = time.perf_counter() - started
         self._record_success(model, version, rows, response.timings, total_s)

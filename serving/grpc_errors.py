@@ -8,6 +8,7 @@ the client sees INTERNAL with no internal detail (paths, keys, stack).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -90,6 +91,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
-            return _wrap_streaming(behavior, method) if streaming else _wrap_unary(behavior, method)
+            # A streaming handler is an async generator (yields its responses) or a coroutine
+            # that writes them with context.write() (grpc's health Watch): wrap it as it is.
+            if streaming and not inspect.iscoroutinefunction(behavior):
+                return _wrap_streaming(behavior, method)
+            return _wrap_unary(behavior, method)
 
         return replace_behavior(handler, wrap)

@@ -4,7 +4,8 @@ Commands run in order, as a user would type them, in a scratch folder with the
 project's virtualenv first on PATH. A line ending in `&` starts a server in the
 background: it is started on free ports (port 0) instead of the README's fixed
 ones, later lines talk to the ports it really got, and the test stops it.
-`make` lines are in ```text blocks: CI runs `make test` itself and the demo's training is covered by test_acceptance.
+`make` lines are in ```text blocks: CI runs `make test` itself and the demo's
+training is covered by test_acceptance.
 The MNIST line needs ../shared and runs in test_acceptance instead.
 """
 
