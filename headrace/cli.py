@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from headrace import __version__
+from headrace.commands.broker import broker
 from headrace.commands.data import data
 from headrace.commands.gradcheck import check_grad
 from headrace.commands.infer import infer
@@ -21,6 +22,7 @@ def cli() -> None:
 
 
 cli.add_command(train)
+cli.add_command(broker)
 cli.add_command(check_grad)
 cli.add_command(data)
 cli.add_command(models)

@@ -26,6 +26,14 @@ class Settings(BaseSettings):
         default=Path("runs"),
         description="Training checkpoints and TensorBoard logs (HEADRACE_RUNS_DIR).",
     )
+    kafka_bootstrap: str = Field(
+        default="127.0.0.1:9092",
+        description="Kafka bootstrap servers (HEADRACE_KAFKA_BOOTSTRAP).",
+    )
+    state_dir: Path = Field(
+        default=Path(".headrace"),
+        description="Pid and port files of processes started by the CLI (HEADRACE_STATE_DIR).",
+    )
     data_dir: Path | None = Field(
         default=None,
         description="Default folder for datasets read from files (HEADRACE_DATA_DIR).",

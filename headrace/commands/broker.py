@@ -1,0 +1,115 @@
+"""`headrace broker start|stop|status`: the embedded Kafka-protocol broker for tests and demos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from pydantic import BaseModel
+
+from headrace.errors import HeadraceError
+from headrace.settings import load_settings
+
+STATE_FILE = "broker.json"
+
+
+class BrokerState(BaseModel):
+    """What `broker start` records so `stop` and `status` find the process."""
+
+    pid: int
+    host: str
+    port: int
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _state_path(state_dir: Path | None) -> Path:
+    return (state_dir or load_settings().state_dir) / STATE_FILE
+
+
+def read_state(path: Path) -> BrokerState | None:
+    """The recorded broker, or None when there is no (valid) record."""
+    try:
+        return BrokerState.model_validate_json(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    help="Where the pid/port record lives (default HEADRACE_STATE_DIR or ./.headrace).",
+)
+
+
+@click.group("broker")
+def broker() -> None:
+    """Run the embedded Tansu broker (memory storage, loopback only)."""
+
+
+@broker.command("start")
+@click.option("--port", type=int, default=0, help="Port to listen on (default: a free one).")
+@state_dir_option
+def start(port: int, state_dir: Path | None) -> None:
+    """Start the broker in the background and print its bootstrap address."""
+    from streams.broker import EmbeddedBroker, pid_alive
+
+    path = _state_path(state_dir)
+    current = read_state(path)
+    if current is not None and pid_alive(current.pid):
+        raise HeadraceError(
+            f"a broker is already running on {current.bootstrap} (pid {current.pid}); "
+            "stop it first with `headrace broker stop`"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    embedded = EmbeddedBroker(port or None).start(detach=True, log_file=path.with_suffix(".log"))
+    assert embedded.process is not None
+    state = BrokerState(pid=embedded.process.pid, host=embedded.host, port=embedded.port)
+    path.write_text(state.model_dump_json())
+    click.echo(f"broker running on {state.bootstrap} (pid {state.pid})")
+    click.echo(f"export HEADRACE_KAFKA_BOOTSTRAP={state.bootstrap}")
+
+
+@broker.command("stop")
+@state_dir_option
+def stop(state_dir: Path | None) -> None:
+    """Stop the broker started by `headrace broker start`."""
+    from streams.broker import stop_pid
+
+    path = _state_path(state_dir)
+    state = read_state(path)
+    if state is None:
+        click.echo("no broker recorded; nothing to stop")
+        return
+    stop_pid(state.pid)
+    path.unlink(missing_ok=True)
+    click.echo(f"broker on {state.bootstrap} stopped")
+
+
+@broker.command("status")
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(state_dir: Path | None, as_json: bool) -> None:
+    """Whether the recorded broker runs and answers Kafka metadata requests (exit 1 if not)."""
+    from streams.broker import answers_metadata, pid_alive
+
+    state = read_state(_state_path(state_dir))
+    running = state is not None and pid_alive(state.pid)
+    answering = running and state is not None and answers_metadata(state.bootstrap)
+    if as_json:
+        info = {"running": running, "answering": answering}
+        if state is not None:
+            info |= {"pid": state.pid, "bootstrap": state.bootstrap}
+        click.echo(json.dumps(info))
+    elif state is None:
+        click.echo("no broker recorded")
+    else:
+        word = (
+            "answering" if answering else ("running, not answering" if running else "not running")
+        )
+        click.echo(f"broker {state.bootstrap} (pid {state.pid}): {word}")
+    if not answering:
+        raise SystemExit(1)

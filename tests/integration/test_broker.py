@@ -1,0 +1,63 @@
+"""The embedded Tansu broker: starts on a free port, speaks Kafka, and stops by pid."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from streams.broker import EmbeddedBroker, answers_metadata, pid_alive
+
+
+def test_embedded_broker_round_trip() -> None:
+    with EmbeddedBroker() as broker:
+        assert broker.process is not None
+        pid = broker.process.pid
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        producer.send("roundtrip", key=b"id-1", value=b"hello", headers=[("h", b"v")]).get(10)
+        producer.close()
+        consumer = KafkaConsumer(
+            "roundtrip",
+            bootstrap_servers=broker.bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=10_000,
+        )
+        record = next(iter(consumer))
+        consumer.close()
+        assert (record.key, record.value, record.headers) == (b"id-1", b"hello", [("h", b"v")])
+    assert not pid_alive(pid)
+    assert not answers_metadata(broker.bootstrap, timeout_s=0.5)
+
+
+def _cli(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "headrace", "broker", *args, "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_broker_cli_start_status_stop(tmp_path: Path) -> None:
+    started = _cli("start", state_dir=tmp_path)
+    assert started.returncode == 0, started.stderr
+    state = json.loads((tmp_path / "broker.json").read_text())
+    try:
+        status = _cli("status", "--json", state_dir=tmp_path)
+        assert status.returncode == 0
+        assert json.loads(status.stdout) == {
+            "running": True,
+            "answering": True,
+            "pid": state["pid"],
+            "bootstrap": f"127.0.0.1:{state['port']}",
+        }
+        again = _cli("start", state_dir=tmp_path)
+        assert again.returncode != 0 and "already running" in again.stderr
+    finally:
+        stopped = _cli("stop", state_dir=tmp_path)
+    assert stopped.returncode == 0
+    assert not pid_alive(state["pid"])
+    assert _cli("status", state_dir=tmp_path).returncode == 1
