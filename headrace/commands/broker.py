@@ -100,7 +100,7 @@ def status(state_dir: Path | None, as_json: bool) -> None:
     running = state is not None and pid_alive(state.pid)
     answering = running and state is not None and answers_metadata(state.bootstrap)
     if as_json:
-        info = {"running": running, "answering": answering}
+        info: dict[str, object] = {"running": running, "answering": answering}
         if state is not None:
             info |= {"pid": state.pid, "bootstrap": state.bootstrap}
         click.echo(json.dumps(info))
