@@ -49,14 +49,19 @@ def start_background(
             readme_ports[flag], argv[at] = argv[at], "0"
     process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
-    for line in process.stdout:  # the server prints one line when it is ready
-        if line.startswith("serving grpc="):
-            fields = dict(re.findall(r"(grpc|metrics)=(\S+)", line))
-            host, real_port = fields["grpc"].rsplit(":", 1)
-            return process, {
-                f"{host}:{readme_ports['--port']}": fields["grpc"],
-                f"{host}:{readme_ports.get('--metrics-port', '')}": f"{host}:{fields['metrics']}",
-            }
+    try:
+        for line in process.stdout:  # the server prints one line when it is ready
+            if line.startswith("serving grpc="):
+                fields = dict(re.findall(r"(grpc|metrics)=(\S+)", line))
+                host = fields["grpc"].rsplit(":", 1)[0]
+                return process, {
+                    f"{host}:{readme_ports['--port']}": fields["grpc"],
+                    f"{host}:{readme_ports['--metrics-port']}": f"{host}:{fields['metrics']}",
+                }
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
     process.wait(timeout=30)
     raise AssertionError(f"{argv} exited with {process.returncode} before it was ready")
 
