@@ -11,6 +11,7 @@ from headrace.commands.gradcheck import check_grad
 from headrace.commands.infer import infer
 from headrace.commands.models import models
 from headrace.commands.serve import serve
+from headrace.commands.topics import topics
 from headrace.commands.train import train
 from headrace.errors import HeadraceError
 
@@ -23,6 +24,7 @@ def cli() -> None:
 
 cli.add_command(train)
 cli.add_command(broker)
+cli.add_command(topics)
 cli.add_command(check_grad)
 cli.add_command(data)
 cli.add_command(models)

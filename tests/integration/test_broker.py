@@ -61,3 +61,17 @@ def test_broker_cli_start_status_stop(tmp_path: Path) -> None:
     assert stopped.returncode == 0
     assert not pid_alive(state["pid"])
     assert _cli("status", state_dir=tmp_path).returncode == 1
+
+
+def test_topic_catalogue_created_idempotently() -> None:
+    from streams.topics import CATALOGUE, create_topics, data_topic, list_topics
+
+    with EmbeddedBroker() as broker:
+        first = create_topics(broker.bootstrap, [*CATALOGUE, data_topic("digits")])
+        assert set(first.values()) == {"created"}
+        again = create_topics(broker.bootstrap)
+        assert set(again.values()) == {"exists"}
+        found = list_topics(broker.bootstrap)
+    for spec in CATALOGUE:
+        assert found[spec.name] == spec.partitions
+    assert "data-digits" in found

@@ -1,0 +1,46 @@
+"""`headrace topics create|list`: the topic catalogue on Kafka or the embedded broker."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from headrace.settings import load_settings
+
+bootstrap_option = click.option(
+    "--bootstrap", help="Kafka bootstrap servers (default HEADRACE_KAFKA_BOOTSTRAP)."
+)
+
+
+@click.group("topics")
+def topics() -> None:
+    """Create and list headrace's Kafka topics."""
+
+
+@topics.command("create")
+@bootstrap_option
+@click.option("--dataset", "datasets", multiple=True, help="Also create data-<DATASET> topics.")
+def create(bootstrap: str | None, datasets: tuple[str, ...]) -> None:
+    """Create every catalogue topic that does not exist yet (safe to run again)."""
+    from streams.topics import CATALOGUE, create_topics, data_topic
+
+    specs = [*CATALOGUE, *(data_topic(name) for name in datasets)]
+    outcome = create_topics(bootstrap or load_settings().kafka_bootstrap, specs)
+    for spec in specs:
+        click.echo(f"{spec.name:<20} {outcome[spec.name]:<8} {spec.partitions} partitions")
+
+
+@topics.command("list")
+@bootstrap_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def list_(bootstrap: str | None, as_json: bool) -> None:
+    """Topics on the cluster with their partition counts."""
+    from streams.topics import list_topics
+
+    found = list_topics(bootstrap or load_settings().kafka_bootstrap)
+    if as_json:
+        click.echo(json.dumps(found))
+        return
+    for name, partitions in found.items():
+        click.echo(f"{name:<20} {partitions} partitions")

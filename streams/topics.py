@@ -1,0 +1,93 @@
+"""The topic catalogue: every Kafka topic headrace uses, created idempotently.
+
+Names follow Kafka conventions (lower-case, dash-separated); data topics are
+per dataset (`data-<dataset>`). The embedded broker auto-creates topics with 4
+partitions and accepts but does not apply `cleanup.policy`; a real cluster
+applies every setting here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+class TopicSpec(BaseModel):
+    """One topic: its name, partitions and retention."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    retention_ms: int = Field(default=7 * DAY_MS, ge=-1, description="-1 keeps records forever.")
+    cleanup_policy: str = "delete"
+    description: str = ""
+
+    def configs(self) -> dict[str, str]:
+        return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
+
+
+CATALOGUE: tuple[TopicSpec, ...] = (
+    TopicSpec(name="inference-requests", description="Inference requests (OIP JSON or binary)."),
+    TopicSpec(name="inference-results", description="One result per request, keyed by id."),
+    TopicSpec(name="inference-dlq", retention_ms=30 * DAY_MS, description="Refused requests."),
+    TopicSpec(name="training-jobs", partitions=1, description="Training and tuning job specs."),
+    TopicSpec(name="training-events", partitions=1, description="Job progress and outcomes."),
+    TopicSpec(
+        name="model-updates",
+        partitions=1,
+        retention_ms=-1,
+        cleanup_policy="compact",
+        description="New model versions, for hot reload.",
+    ),
+)
+
+
+def data_topic(dataset: str) -> TopicSpec:
+    """The topic carrying training records of `dataset`."""
+    return TopicSpec(name=f"data-{dataset}", retention_ms=-1, description=f"Records of {dataset}.")
+
+
+def create_topics(bootstrap: str, specs: Iterable[TopicSpec] = CATALOGUE) -> dict[str, str]:
+    """Create missing topics; returns name -> "created" or "exists". Safe to run again."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        existing = set(admin.list_topics())
+        outcome: dict[str, str] = {}
+        for spec in specs:
+            if spec.name in existing:
+                outcome[spec.name] = "exists"
+                continue
+            topic = NewTopic(
+                spec.name, spec.partitions, spec.replication_factor, topic_configs=spec.configs()
+            )
+            try:
+                admin.create_topics([topic])
+                outcome[spec.name] = "created"
+            except TopicAlreadyExistsError:
+                outcome[spec.name] = "exists"
+        return outcome
+    finally:
+        admin.close()
+
+
+def list_topics(bootstrap: str) -> dict[str, int]:
+    """Topic name -> partition count, as the broker reports them."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        return {
+            name: len(consumer.partitions_for_topic(name) or ())
+            for name in sorted(consumer.topics())
+        }
+    finally:
+        consumer.close()
