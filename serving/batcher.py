@@ -6,7 +6,11 @@ a thread pool, at most `concurrency` at a time; while every slot is busy request
 keep queueing, which is where batches grow. A batch is sent when it cannot grow
 without exceeding `max_batch_size`, when it reaches the largest preferred size
 available, or when its oldest request has waited `max_queue_delay_us` (0: as soon
-as a slot is free). Only requests with the same input names, dtypes and non-batch
+as a slot is free). One exception to the wait: a lone request that finds the model
+idle right after a batch of one request is sent at once, since nothing suggests
+company is coming (a single closed-loop client would otherwise pay the full delay
+on every request); as soon as a batch of two or more forms, lone requests wait
+again. Only requests with the same input names, dtypes and non-batch
 shapes are batched together: one FIFO queue per signature, oldest head first.
 Every future is settled exactly once: with its rows of the outputs, the batch's
 error, `DeadlineExceeded` or `ShuttingDown` (both never executed), or by the
@@ -118,6 +122,7 @@ class DynamicBatcher:
         self._queued = 0
         self._in_flight = 0
         self._running = 0  # batches executing
+        self._last_batch = 2  # requests in the last batch sent; 1 = traffic is sparse
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None  # bound on the first submit
         self._task: asyncio.Task[None] | None = None
@@ -329,11 +334,14 @@ class DynamicBatcher:
             return best_n, None
         if send_now or pending >= self._max_preferred or delay_exceeded or not self._delay_s:
             return n, None
+        if n == 1 and len(group) == 1 and not self._running and self._last_batch == 1:
+            return 1, None  # sparse traffic: waiting would only add latency
         return 0, oldest + self._delay_s
 
     def _launch(self, loop: asyncio.AbstractEventLoop, batch: list[_Request], now: float) -> None:
         self._running += 1
         self._in_flight += len(batch)
+        self._last_batch = len(batch)
         queue_s = [now - req.submitted for req in batch]
         try:
             fut = loop.run_in_executor(

@@ -7,6 +7,7 @@ the transport maps to its own status codes in one place.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ class VersionStats:
     queue_ns: int = 0
     compute_ns: int = 0
     inference_count: int = 0
+    execution_count: int = 0
     last_inference_ms: int = 0
 
 
@@ -65,6 +67,7 @@ class DataPlane:
     metrics: ServingMetrics | None = None
     draining: bool = False
     stats: dict[tuple[str, str], VersionStats] = field(default_factory=dict)
+    _executions_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- health --------------------------------------------------------------------------
 
@@ -106,6 +109,9 @@ class DataPlane:
         """Statistics of one model (or all when `name` is empty)."""
         if name:
             self.manager.get(name, version or None)  # raises for unknown models
+        for model, versions in self.manager.loaded().items():  # ready versions report zeros
+            for number in versions:
+                self.stats.setdefault((model, str(number)), VersionStats())
         return {
             key: value
             for key, value in self.stats.items()
@@ -174,6 +180,11 @@ class DataPlane:
             timings=Timings(result.queue_s, result.compute_s, result.batch_size),
         )
         return response, rows
+
+    def count_execution(self, model: str, version: str) -> None:
+        """One batch executed; called from the executing thread, hence the lock."""
+        with self._executions_lock:
+            self.stats.setdefault((model, version), VersionStats()).execution_count += 1
 
     def _record_success(
         self, model: str, version: str, rows: int, timings: Timings, total_s: float

@@ -55,6 +55,9 @@ class DecodeLimits:
     max_rank: int = 32  # numpy arrays hold at most 64 dims
 
 
+_DEFAULT_LIMITS = DecodeLimits()
+
+
 # -- requests ------------------------------------------------------------------------------
 
 
@@ -163,9 +166,10 @@ def _check_structure(msg: pb.ModelInferRequest) -> bool:
     """Request-level rules; returns whether the request carries raw_input_contents."""
     if not msg.inputs:
         raise InvalidInput(f"empty request: request for model {msg.model_name!r} has no inputs")
-    for name, times in Counter(t.name for t in msg.inputs).items():
-        if times > 1:
-            raise InvalidInput(f"input {name!r} appears {times} times in the request")
+    if len(msg.inputs) > 1:  # one input (the usual case) cannot repeat a name
+        for name, times in Counter(t.name for t in msg.inputs).items():
+            if times > 1:
+                raise InvalidInput(f"input {name!r} appears {times} times in the request")
     raw = len(msg.raw_input_contents)
     if not raw:
         return False
@@ -205,7 +209,7 @@ def _decode_input(
         datatype=datatype,
         shape=shape,
         data=flat.reshape(shape),
-        parameters=parameters_to_dict(tensor.parameters),
+        parameters=parameters_to_dict(tensor.parameters) if tensor.parameters else {},
     )
 
 
@@ -213,7 +217,7 @@ def request_from_proto(
     msg: pb.ModelInferRequest, limits: DecodeLimits | None = None
 ) -> InferRequest:
     """Decode and check a ModelInferRequest; any problem is an `InvalidInput` naming the input."""
-    limits = limits or DecodeLimits()
+    limits = limits or _DEFAULT_LIMITS
     uses_raw = _check_structure(msg)
     inputs = [
         _decode_input(tensor, msg.raw_input_contents[i] if uses_raw else None, limits)
@@ -224,8 +228,8 @@ def request_from_proto(
         inputs=inputs,
         model_version=msg.model_version,
         id=msg.id,
-        requested_outputs=[output.name for output in msg.outputs],
-        parameters=parameters_to_dict(msg.parameters),
+        requested_outputs=[output.name for output in msg.outputs] if msg.outputs else [],
+        parameters=parameters_to_dict(msg.parameters) if msg.parameters else {},
     )
 
 

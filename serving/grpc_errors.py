@@ -78,7 +78,15 @@ def replace_behavior(
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Maps exceptions raised by any handler to gRPC statuses."""
+    """Maps exceptions raised by any handler to gRPC statuses.
+
+    Registered handlers are built once per method, so the wrapped copy is cached by
+    method and rebuilt only if the handler behind a method changes (per-call wrapping
+    cost about 10% of a small model's request).
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -89,7 +97,15 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
+    @staticmethod
+    def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
             # A streaming handler is an async generator (yields its responses) or a coroutine
             # that writes them with context.write() (grpc's health Watch): wrap it as it is.

@@ -45,7 +45,7 @@ def _statistics(name: str, version: str, stats: VersionStats) -> pb.ModelStatist
         version=version,
         last_inference=stats.last_inference_ms,
         inference_count=stats.inference_count,
-        execution_count=stats.success_count,
+        execution_count=stats.execution_count,
         inference_stats=pb.InferStatistics(
             success=_duration(stats.success_count, stats.success_ns),
             fail=_duration(stats.fail_count, stats.fail_ns),

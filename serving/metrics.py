@@ -8,6 +8,7 @@ at scrape time rather than copied on every request.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -49,6 +50,17 @@ class _LiveState(Collector):
         yield depth
         yield pending
         yield instances
+
+
+class _SuccessChildren(NamedTuple):
+    """The labelled series one successful request updates, for one model version."""
+
+    success: Counter
+    inferences: Counter
+    request_duration: Histogram
+    queue_duration: Histogram
+    compute_duration: Histogram
+    batch_size: Histogram
 
 
 class ServingMetrics:
@@ -109,19 +121,34 @@ class ServingMetrics:
         )
         if state is not None:
             r.register(_LiveState(state))
+        self._success_children: dict[tuple[str, str], _SuccessChildren] = {}
 
     def observe_success(
         self, model: str, version: str, rows: int, timings: Timings, total_s: float
     ) -> None:
-        self.success.labels(model, version).inc()
-        self.inferences.labels(model, version).inc(rows)
-        self.request_duration.labels(model, version).observe(total_s)
-        self.queue_duration.labels(model, version).observe(timings.queue_s)
-        self.compute_duration.labels(model, version).observe(timings.compute_s)
-        self.batch_size.labels(model, version).observe(timings.batch_size)
+        children = self._success_children.get((model, version))
+        if children is None:  # `labels()` costs a lock and a dict lookup: once per version
+            children = self._success_children[(model, version)] = _SuccessChildren(
+                self.success.labels(model, version),
+                self.inferences.labels(model, version),
+                self.request_duration.labels(model, version),
+                self.queue_duration.labels(model, version),
+                self.compute_duration.labels(model, version),
+                self.batch_size.labels(model, version),
+            )
+        children.success.inc()
+        children.inferences.inc(rows)
+        children.request_duration.observe(total_s)
+        children.queue_duration.observe(timings.queue_s)
+        children.compute_duration.observe(timings.compute_s)
+        children.batch_size.observe(timings.batch_size)
 
     def observe_failure(self, model: str, version: str, reason: str) -> None:
         self.failure.labels(model, version, reason).inc()
+
+    def observe_execution(self, model: str, version: int, rows: int) -> None:
+        """One batch executed by the model (called from the executing thread)."""
+        self.executions.labels(model, str(version)).inc()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Expose /metrics over HTTP; returns the bound port (port 0 picks a free one)."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from headrace.errors import (
@@ -42,6 +43,7 @@ from serving.runner import OnnxModel
 
 log = logging.getLogger(__name__)
 Stamp = tuple[tuple[str, int, int, int], ...]
+ExecuteHook = Callable[[str, int, int], None]  # (model, version, rows) after each executed batch
 
 
 class VersionPolicy(BaseModel):
@@ -98,6 +100,7 @@ class ModelManager:
         instances_override: int | None = None,
         on_change: Callable[[str, list[int]], None] | None = None,
         runner_factory: RunnerFactory = OnnxModel,
+        on_execute: ExecuteHook | None = None,
     ) -> None:
         self.repository = repository
         self.policy = policy or VersionPolicy()
@@ -105,6 +108,7 @@ class ModelManager:
         self.instances_override = instances_override
         self._on_change = on_change
         self._runner_factory = runner_factory
+        self._on_execute = on_execute
         self._ready: dict[str, dict[int, LoadedVersion]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._failures: dict[str, str] = {}
@@ -260,7 +264,7 @@ class ModelManager:
         config = found.config
         try:
             batcher = DynamicBatcher(
-                model.run,
+                self._counted(name, version, model),
                 max_batch_size=config.max_batch_size,
                 max_queue_delay_us=config.dynamic_batching.max_queue_delay_us,
                 preferred_batch_sizes=config.dynamic_batching.preferred_batch_sizes,
@@ -274,6 +278,21 @@ class ModelManager:
             raise ModelLoadError(f"model {name!r} version {version}: {exc.message}") from exc
         log.info("model %s version %d loaded (%d instances)", name, version, model.instances)
         return LoadedVersion(name, version, config, found.metadata, model, batcher)
+
+    def _counted(
+        self, name: str, version: int, model: ModelRunner
+    ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """`model.run`, reporting each executed batch to the `on_execute` hook if there is one."""
+        hook = self._on_execute
+        if hook is None:
+            return model.run
+
+        def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            outputs = model.run(inputs)
+            hook(name, version, len(next(iter(inputs.values()))))
+            return outputs
+
+        return run
 
     def _open(
         self, name: str, version: int, known: _Failure | None

@@ -71,13 +71,14 @@ class InferenceServer:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.health = health_aio.HealthServicer()
+        self.metrics = ServingMetrics(self._live_state)
         self.manager = ModelManager(
             ModelRepository(config.repository),
             policy=config.version_policy,
             batching=config.batching,
             on_change=self._on_model_change,
+            on_execute=self._on_execute,
         )
-        self.metrics = ServingMetrics(self._live_state)
         self.dataplane = DataPlane(self.manager, self.metrics)
         self.autoscaler = Autoscaler(self.manager, self.metrics)
         self.port = 0
@@ -102,6 +103,10 @@ class InferenceServer:
                     )
                 )
         return rows
+
+    def _on_execute(self, name: str, version: int, rows: int) -> None:
+        self.metrics.observe_execution(name, version, rows)
+        self.dataplane.count_execution(name, str(version))
 
     def _on_model_change(self, name: str, versions: list[int]) -> None:
         status = SERVING if versions else NOT_SERVING

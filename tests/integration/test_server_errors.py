@@ -340,10 +340,11 @@ def test_queue_full_refuses_exactly_the_overflow(
 def test_expired_request_is_never_executed(
     server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub, model_files: ModelFiles
 ) -> None:
-    def executed() -> int:
+    def executed() -> tuple[int, int]:
+        """(rows inferred, batches executed) of the slow model, from ModelStatistics."""
         request = pb.ModelStatisticsRequest(name="slow")
-        [stats] = stub.ModelStatistics(request, timeout=30).model_stats
-        return stats.inference_count
+        found = stub.ModelStatistics(request, timeout=30).model_stats
+        return sum(s.inference_count for s in found), sum(s.execution_count for s in found)
 
     before, executed_before = slow_counts(server.scrape()), executed()
     occupant = occupy(server, stub, 1.5, model_files)
@@ -363,7 +364,12 @@ def test_expired_request_is_never_executed(
     assert delta(before, slow_counts(server.scrape())) == {
         "success": 2, "rows": 2, "queue_full": 0, "deadline": 1,
     }  # fmt: skip
-    assert executed() - executed_before == 2
+    rows, batches = executed()
+    assert (rows - executed_before[0], batches - executed_before[1]) == (2, 2)
+    exec_counts = [
+        m.value("inference_exec_count_total", model="slow") for m in (metrics, server.scrape())
+    ]
+    assert exec_counts[1] - exec_counts[0] == 2  # the occupant's batch and the follow-up only
 
 
 # -- authentication ------------------------------------------------------------------------

@@ -131,6 +131,7 @@ def test_reflection_lists_the_services(channel: grpc.Channel) -> None:
 PER_VERSION = (
     "inference_request_success_total",
     "inference_count_total",
+    "inference_exec_count_total",
     "inference_request_duration_seconds_count",
     "inference_queue_duration_seconds_count",
     "inference_compute_duration_seconds_count",
@@ -159,6 +160,7 @@ def test_metrics_are_exposed_and_move_with_requests(
         assert after.find(name, **labels), f"{name} has no sample for {labels}"
     assert moved("inference_request_success_total") == 2
     assert moved("inference_count_total") == 6
+    assert moved("inference_exec_count_total") == 2  # two sequential requests, two batches
     assert moved("inference_request_failure_total", reason="invalid_input") == 1
     unknown = {"model": "unknown", "reason": "model_not_found"}  # no label per made-up name
     failures = [m.value("inference_request_failure_total", **unknown) for m in (before, after)]

@@ -172,6 +172,25 @@ def test_max_queue_delay_holds_a_lone_request_then_sends_it() -> None:
     run(scenario)
 
 
+def test_a_lone_request_skips_the_delay_after_a_batch_of_one() -> None:
+    async def scenario() -> None:
+        model = Model()
+        batcher = DynamicBatcher(model, max_batch_size=8, max_queue_delay_us=50_000)
+        assert (await batcher.submit(row(1))).queue_s >= 0.04  # no batch sent yet: it waits
+        assert (await batcher.submit(row(2))).queue_s < 0.03  # after a batch of one: at once
+        model.gate.clear()
+        first = await occupy(batcher, model)  # also at once
+        tasks = spawn([batcher.submit(row(i)) for i in (3, 4)])
+        await until(lambda: batcher.queue_depth == 2)
+        model.gate.set()
+        await asyncio.gather(first, *tasks)
+        assert model.sizes == [1, 1, 1, 2]
+        assert (await batcher.submit(row(5))).queue_s >= 0.04  # requests met: lone ones wait
+        await batcher.close()
+
+    run(scenario)
+
+
 def test_a_full_queue_rejects_exactly_the_overflow() -> None:
     async def scenario() -> None:
         model = Model(blocked=True)
