@@ -1,0 +1,442 @@
+"""Benchmark: headrace's gRPC serving against Ray Serve and against its own ceilings.
+
+One closed-loop async gRPC load generator (`benchmarks.loadgen`, 1/8/32/64
+concurrent streams, fixed duration after a warm-up) measures, for LeNet-5
+(transport-bound on CPU) and resnet20 (compute-bound), both with random
+weights and one sample per request sent as raw_input_contents:
+
+- headrace with dynamic batching and with batching off (`headrace serve`);
+- Ray Serve with `@serve.batch` (same max batch size and queue delay) over its
+  own gRPC ingress, speaking the identical protocol (`benchmarks.rayserve_app`);
+- the ceilings: ONNX Runtime alone at its best batch size with the server's
+  thread settings (`benchmarks.ort_ceiling`), and a grpc.aio server answering
+  ModelInfer with a canned response (`benchmarks.canned_server`);
+- an extra row: clients sending batches of `--client-batch` samples per request.
+
+Servers run on one core and the generator on another (when there are two).
+Prints a table and a final JSON line.
+
+    python -m benchmarks.serving [--duration-s 5] [--streams 1 8 32 64]
+        [--models lenet5 resnet20] [--skip-rayserve] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.procs import Processes, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL_SHAPES: dict[str, tuple[int, ...]] = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
+SHORT = {"lenet5": "lenet", "resnet20": "resnet"}
+READY = r"serving grpc=(\S+)"
+
+
+@dataclass
+class Row:
+    """One line of the table: a system, a model and a stream count."""
+
+    system: str
+    model: str
+    streams: int | None
+    qps: float
+    samples_per_s: float
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    errors: int = 0
+    server_cpu_pct: float | None = None
+    client_cpu_pct: float | None = None
+    other_cpu_pct: float | None = None  # machine busy time not ours: other people's load
+    note: str = ""
+
+
+@dataclass
+class Settings:
+    """What one run measures (from the command line)."""
+
+    models: list[str]
+    streams: list[int]
+    duration_s: float
+    warmup_s: float
+    ort_seconds: float
+    skip_rayserve: bool
+    client_batch: int
+    streams_per_channel: int
+    max_queue_delay_us: int
+    server_cpus: set[int] | None
+    client_cpu: int | None
+
+
+def publish_models(root: Path, models: list[str], max_queue_delay_us: int) -> dict[str, Path]:
+    """Random-weight models exported to ONNX and published; model name -> model.onnx."""
+    import torch
+
+    from serving.model_config import DynamicBatchingConfig, ModelConfig, TensorSpec
+    from serving.repository import ModelRepository
+    from training.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+    from training.models import build_model
+
+    torch.manual_seed(0)
+    repository = ModelRepository(root)
+    files: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="headrace-bench-export-") as tmp:
+        for name in models:
+            shape = MODEL_SHAPES[name]
+            onnx_path = export_onnx(build_model(name), shape, Path(tmp) / f"{name}.onnx")
+            config = ModelConfig(
+                name=name,
+                max_batch_size=64,
+                inputs=[TensorSpec(name=INPUT_NAME, datatype="FP32", dims=list(shape))],
+                outputs=[TensorSpec(name=OUTPUT_NAME, datatype="FP32", dims=[10])],
+                dynamic_batching=DynamicBatchingConfig(max_queue_delay_us=max_queue_delay_us),
+            )
+            files[name] = repository.publish(config, onnx_path, architecture=name).model_file
+    return files
+
+
+def _python(*module_args: str) -> list[str]:
+    return [sys.executable, "-m", *module_args]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+class Bench:
+    """Runs every measurement of one benchmark run."""
+
+    def __init__(self, settings: Settings, procs: Processes) -> None:
+        self.s = settings
+        self.procs = procs
+        self.rows: list[Row] = []
+
+    def load(
+        self,
+        system: str,
+        target: str,
+        model: str,
+        streams: list[int],
+        watch_pid: int,
+        rows: int = 1,
+        metadata: tuple[str, ...] = (),
+        note: str = "",
+    ) -> None:
+        """Run the generator (pinned to the client core) and add its rows to the table."""
+        import subprocess
+
+        s = self.s
+        argv = _python(
+            "benchmarks.loadgen", "--target", target, "--model", model,
+            "--shape", *map(str, MODEL_SHAPES[model]), "--rows", str(rows),
+            "--streams", *map(str, streams), "--duration-s", str(s.duration_s),
+            "--warmup-s", str(s.warmup_s), "--watch-pid", str(watch_pid),
+            "--streams-per-channel", str(s.streams_per_channel),
+        )  # fmt: skip
+        if metadata:
+            argv += ["--metadata", *metadata]
+        if s.client_cpu is not None:
+            argv += ["--cpu", str(s.client_cpu)]
+        budget = len(streams) * (s.duration_s + s.warmup_s + 60)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=budget, env=_env(), check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"load generator failed on {system}/{model}:\n{done.stderr[-3000:]}")
+        for line in done.stdout.splitlines():
+            r = json.loads(line)
+            kinds = ", ".join(f"{k}={v}" for k, v in r["error_kinds"].items())
+            self.rows.append(
+                Row(
+                    system,
+                    model,
+                    r["streams"],
+                    r["qps"],
+                    r["samples_per_s"],
+                    r["p50_ms"],
+                    r["p99_ms"],
+                    r["errors"],
+                    r["server_cpu_pct"],
+                    r["client_cpu_pct"],
+                    _other(r),
+                    "; ".join(filter(None, [note, kinds])),
+                )  # fmt: skip
+            )
+            print(
+                f"  {system:<30} {model:<9} {r['streams']:>3} streams: {r['qps']:>9.1f} req/s "
+                f"p99 {r['p99_ms']:.2f} ms errors {r['errors']}",
+                flush=True,
+            )
+
+    def ort_ceiling(self, model: str, model_file: Path) -> None:
+        import subprocess
+
+        argv = _python(
+            "benchmarks.ort_ceiling", "--model-file", str(model_file),
+            "--shape", *map(str, MODEL_SHAPES[model]), "--seconds", str(self.s.ort_seconds),
+        )  # fmt: skip
+        if self.s.server_cpus:
+            argv += ["--cpu", str(min(self.s.server_cpus))]
+        done = subprocess.run(argv, capture_output=True, text=True, env=_env(), check=True)
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        best = float(r["best_samples_per_s"])
+        note = f"best batch {r['best_batch']}, {r['intra_op_threads']} intra-op thread(s)"
+        self.rows.append(Row("ort ceiling (compute)", model, None, best, best, note=note))
+        print(f"  ort ceiling {model}: {best:.0f} samples/s ({note})", flush=True)
+
+    def canned(self) -> None:
+        child = self.procs.start(
+            "canned", _python("benchmarks.canned_server"), self.s.server_cpus, _env()
+        )
+        target = self.procs.wait_ready(child, READY, 60).group(1)
+        for model in self.s.models:
+            self.load("grpc canned (transport)", target, model, self.s.streams, child.pid)
+        top = max(self.s.streams)
+        if self.s.client_batch > 1:
+            self.load(
+                "grpc canned, client batch", target, "lenet5", [top], child.pid,
+                rows=self.s.client_batch, note=f"{self.s.client_batch} samples per request",
+            )  # fmt: skip
+        self.procs.stop(child)
+
+    def headrace(self, repo: Path, batching: bool) -> None:
+        argv = _python(
+            "headrace", "serve", "--repository", str(repo), "--port", "0", "--metrics-port", "0"
+        )
+        if not batching:
+            argv.append("--no-batching")
+        system = "headrace batched" if batching else "headrace unbatched"
+        child = self.procs.start(system.replace(" ", "-"), argv, self.s.server_cpus, _env())
+        target = self.procs.wait_ready(child, READY, 120).group(1)
+        for model in self.s.models:
+            self.load(system, target, model, self.s.streams, child.pid)
+        if batching and self.s.client_batch > 1:
+            self.load(
+                "headrace batched, client batch", target, "lenet5", [max(self.s.streams)],
+                child.pid, rows=self.s.client_batch,
+                note=f"{self.s.client_batch} samples per request",
+            )  # fmt: skip
+        self.procs.stop(child)
+
+    def rayserve(self, files: dict[str, Path]) -> None:
+        grpc_port, http_port = free_port(), free_port()
+        argv = _python(
+            "benchmarks.rayserve_app", "--grpc-port", str(grpc_port), "--http-port",
+            str(http_port), "--max-batch-size", "64",
+            "--batch-wait-timeout-s", str(self.s.max_queue_delay_us / 1e6),
+        )  # fmt: skip
+        for name, path in files.items():
+            argv += ["--model", f"{name}={path}"]
+        child = self.procs.start("rayserve", argv, self.s.server_cpus, _env())
+        try:
+            target = self.procs.wait_ready(child, READY, 300).group(1)
+            for model in self.s.models:
+                self.load(
+                    "ray serve @serve.batch", target, model, self.s.streams, child.pid,
+                    metadata=(f"application={model}",), note="Serve gRPC ingress",
+                )  # fmt: skip
+        finally:
+            self.procs.stop(child, timeout_s=60)
+
+
+def _other(r: dict[str, Any]) -> float:
+    ours = (r["server_cpu_pct"] or 0.0) + r["client_cpu_pct"]
+    return round(max(0.0, r["machine_cpu_pct"] - ours), 1)
+
+
+def _value(rows: list[Row], system: str, model: str, streams: int | None) -> Row | None:
+    for row in rows:
+        if row.system == system and row.model == model and row.streams == streams:
+            return row
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def summarize(rows: list[Row], settings: Settings) -> dict[str, Any]:
+    """The final JSON: the issue's keys (throughputs at the top stream count) and ratios."""
+    top = max(settings.streams)
+    out: dict[str, Any] = {}
+
+    def qps(system: str, model: str, streams: int | None = top) -> float | None:
+        row = _value(rows, system, model, streams)
+        return row.qps if row is not None else None
+
+    for model in ("lenet5", "resnet20"):
+        p = SHORT[model]
+        out[f"{p}_batched_qps"] = qps("headrace batched", model)
+        out[f"{p}_unbatched_qps"] = qps("headrace unbatched", model)
+        out[f"{p}_rayserve_qps"] = qps("ray serve @serve.batch", model)
+        out[f"{p}_transport_ceiling_qps"] = qps("grpc canned (transport)", model)
+        out[f"{p}_ort_ceiling_qps"] = qps("ort ceiling (compute)", model, None)
+    p99_32 = _value(rows, "headrace batched", "lenet5", 32)
+    out["lenet_p99_ms_32"] = p99_32.p99_ms if p99_32 is not None else None
+    out["lenet_batched_vs_transport"] = _ratio(
+        out["lenet_batched_qps"], out["lenet_transport_ceiling_qps"]
+    )
+    out["lenet_batched_vs_rayserve"] = _ratio(out["lenet_batched_qps"], out["lenet_rayserve_qps"])
+    out["resnet_batched_vs_ort"] = _ratio(out["resnet_batched_qps"], out["resnet_ort_ceiling_qps"])
+    out["resnet_batched_vs_rayserve"] = _ratio(
+        out["resnet_batched_qps"], out["resnet_rayserve_qps"]
+    )
+    for system, key in (
+        ("headrace batched, client batch", "lenet_batched_client_batch_samples_per_s"),
+        ("grpc canned, client batch", "lenet_transport_client_batch_samples_per_s"),
+    ):
+        row = _value(rows, system, "lenet5", top)
+        out[key] = row.samples_per_s if row is not None else None
+    slower = [
+        f"{model}@{n}"
+        for model in settings.models
+        for n in settings.streams
+        if (b := _value(rows, "headrace batched", model, n)) is not None
+        and (u := _value(rows, "headrace unbatched", model, n)) is not None
+        and b.qps < u.qps
+    ]
+    out["batched_slower_than_unbatched_at"] = slower
+    out["streams"] = top
+    out["duration_s"] = settings.duration_s
+    out["max_queue_delay_us"] = settings.max_queue_delay_us
+    out["errors_total"] = sum(row.errors for row in rows)
+    out["goals"] = _goals(out)
+    return out
+
+
+def _goals(out: dict[str, Any]) -> dict[str, bool | None]:
+    def at_least(key: str, bound: float) -> bool | None:
+        value = out.get(key)
+        return None if value is None else value >= bound
+
+    p99 = out.get("lenet_p99_ms_32")
+    return {
+        "lenet_batched_ge_70pct_transport": at_least("lenet_batched_vs_transport", 0.7),
+        "lenet_batched_ge_5x_rayserve": at_least("lenet_batched_vs_rayserve", 5.0),
+        "resnet_batched_ge_70pct_ort": at_least("resnet_batched_vs_ort", 0.7),
+        "resnet_batched_ge_4x_rayserve": at_least("resnet_batched_vs_rayserve", 4.0),
+        "batching_never_slower": not out["batched_slower_than_unbatched_at"],
+        "lenet_p99_lt_15ms_at_32": None if p99 is None else p99 < 15.0,
+    }
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def print_table(rows: list[Row], settings: Settings, pinning: str) -> None:
+    print()
+    print(
+        f"Serving benchmark: {settings.duration_s:g} s per point after {settings.warmup_s:g} s "
+        f"warm-up; 1 sample per request unless noted; {pinning}; "
+        f"<= {settings.streams_per_channel} streams per gRPC channel; "
+        f"max_queue_delay_us={settings.max_queue_delay_us}"
+    )
+    header = (
+        f"{'system':<31} {'model':<9} {'streams':>7} {'req/s':>9} {'samples/s':>10} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'srv cpu%':>8} {'gen cpu%':>8} "
+        f"{'other%':>6}  note"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r.system:<31} {r.model:<9} {_fmt(r.streams, 'd'):>7} {r.qps:>9.1f} "
+            f"{r.samples_per_s:>10.1f} {_fmt(r.p50_ms, '.2f'):>7} {_fmt(r.p99_ms, '.2f'):>7} "
+            f"{r.errors:>6} {_fmt(r.server_cpu_pct, '.0f'):>8} {_fmt(r.client_cpu_pct, '.0f'):>8} "
+            f"{_fmt(r.other_cpu_pct, '.0f'):>6}  {r.note}"
+        )
+
+
+def _settings(args: argparse.Namespace) -> tuple[Settings, str]:
+    from serving.model_config import DynamicBatchingConfig
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.no_pin or len(cpus) < 2:
+        server_cpus, client_cpu = None, None
+        pinning = "no pinning"
+    else:
+        server_cpus, client_cpu = {cpus[0]}, cpus[1]
+        pinning = f"servers on core {cpus[0]}, generator on core {cpus[1]}"
+    delay = args.max_queue_delay_us
+    settings = Settings(
+        models=args.models,
+        streams=args.streams,
+        duration_s=args.duration_s if args.duration_s is not None else (1.0 if args.quick else 5.0),
+        warmup_s=0.3 if args.quick else 1.0,
+        ort_seconds=0.2 if args.quick else 1.0,
+        skip_rayserve=args.skip_rayserve,
+        client_batch=args.client_batch,
+        streams_per_channel=args.streams_per_channel,
+        max_queue_delay_us=DynamicBatchingConfig().max_queue_delay_us if delay is None else delay,
+        server_cpus=server_cpus,
+        client_cpu=client_cpu,
+    )
+    return settings, pinning
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration-s", type=float, default=None, help="per point (default 5)")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument(
+        "--models", nargs="+", choices=sorted(MODEL_SHAPES), default=["lenet5", "resnet20"]
+    )
+    parser.add_argument("--skip-rayserve", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="short durations (smoke test)")
+    parser.add_argument("--client-batch", type=int, default=8, help="extra row; 1 = skip it")
+    parser.add_argument("--streams-per-channel", type=int, default=16)
+    parser.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=None,
+        help="headrace's and Ray Serve's batch wait (default: the model config's)",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    args = parser.parse_args(argv)
+    settings, pinning = _settings(args)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so `finally` stops every child
+
+    scratch = tempfile.TemporaryDirectory(prefix="headrace-bench-serving-")
+    root = Path(scratch.name)
+    procs = Processes(root)
+    bench = Bench(settings, procs)
+    try:
+        print(f"publishing {', '.join(settings.models)} (random weights) ...", flush=True)
+        files = publish_models(root / "repository", settings.models, settings.max_queue_delay_us)
+        for model in settings.models:
+            bench.ort_ceiling(model, files[model])
+        bench.canned()
+        bench.headrace(root / "repository", batching=True)
+        bench.headrace(root / "repository", batching=False)
+        if not settings.skip_rayserve:
+            bench.rayserve(files)
+    finally:
+        procs.stop_all()
+    print_table(bench.rows, settings, pinning)
+    result = summarize(bench.rows, settings)
+    if result["errors_total"]:
+        print(f"WARNING: {result['errors_total']} failed requests (see the errors column)")
+    print(json.dumps(result))
+    scratch.cleanup()
+    return result
+
+
+if __name__ == "__main__":
+    main()
