@@ -32,6 +32,7 @@ test-unit: install
 
 bench: install
 	$(BIN)/python -m benchmarks.pipeline
+	$(BIN)/python -m benchmarks.serving
 
 lint: install
 	$(BIN)/ruff check .
