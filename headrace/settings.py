@@ -26,9 +26,10 @@ class Settings(BaseSettings):
         default=Path("runs"),
         description="Training checkpoints and TensorBoard logs (HEADRACE_RUNS_DIR).",
     )
-    kafka_bootstrap: str = Field(
-        default="127.0.0.1:9092",
-        description="Kafka bootstrap servers (HEADRACE_KAFKA_BOOTSTRAP).",
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers (HEADRACE_KAFKA_BOOTSTRAP); unset = the embedded "
+        "broker started by `headrace broker start`.",
     )
     state_dir: Path = Field(
         default=Path(".headrace"),

@@ -38,6 +38,20 @@ def read_state(path: Path) -> BrokerState | None:
         return None
 
 
+def resolve_bootstrap(flag: str | None) -> str:
+    """Bootstrap servers: the flag, else HEADRACE_KAFKA_BOOTSTRAP, else the embedded broker."""
+    settings = load_settings()
+    if flag or settings.kafka_bootstrap:
+        return str(flag or settings.kafka_bootstrap)
+    state = read_state(settings.state_dir / STATE_FILE)
+    if state is None:
+        raise HeadraceError(
+            "no Kafka cluster configured: set HEADRACE_KAFKA_BOOTSTRAP (or --bootstrap), "
+            "or start the embedded broker with `headrace broker start`"
+        )
+    return state.bootstrap
+
+
 state_dir_option = click.option(
     "--state-dir",
     type=click.Path(path_type=Path),

@@ -6,10 +6,11 @@ import json
 
 import click
 
-from headrace.settings import load_settings
+from headrace.commands.broker import resolve_bootstrap
 
 bootstrap_option = click.option(
-    "--bootstrap", help="Kafka bootstrap servers (default HEADRACE_KAFKA_BOOTSTRAP)."
+    "--bootstrap",
+    help="Kafka bootstrap servers (default HEADRACE_KAFKA_BOOTSTRAP, else the embedded broker).",
 )
 
 
@@ -26,7 +27,7 @@ def create(bootstrap: str | None, datasets: tuple[str, ...]) -> None:
     from streams.topics import CATALOGUE, create_topics, data_topic
 
     specs = [*CATALOGUE, *(data_topic(name) for name in datasets)]
-    outcome = create_topics(bootstrap or load_settings().kafka_bootstrap, specs)
+    outcome = create_topics(resolve_bootstrap(bootstrap), specs)
     for spec in specs:
         click.echo(f"{spec.name:<20} {outcome[spec.name]:<8} {spec.partitions} partitions")
 
@@ -38,7 +39,7 @@ def list_(bootstrap: str | None, as_json: bool) -> None:
     """Topics on the cluster with their partition counts."""
     from streams.topics import list_topics
 
-    found = list_topics(bootstrap or load_settings().kafka_bootstrap)
+    found = list_topics(resolve_bootstrap(bootstrap))
     if as_json:
         click.echo(json.dumps(found))
         return

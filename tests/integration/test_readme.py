@@ -97,6 +97,14 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
             if "--json" in argv:
                 assert done.stdout.strip().startswith(("{", "[")), command
     finally:
+        # A broker the README started and a failed line left behind: stop it by its pid.
+        subprocess.run(
+            [sys.executable, "-m", "headrace", "broker", "stop"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
         for process in background:
             process.terminate()
             try:
