@@ -1,0 +1,190 @@
+"""Kafka records <-> inference requests, results and DLQ records; no consumer or producer here.
+
+A request record's value is either OIP JSON (`InferenceRequestMessage`, the
+default) or a binary OIP `ModelInferRequest`, told apart by the
+`content-type` header. The record key is the `request_id`; a binary payload
+carries the model in `model_name` and the id in the key (or its `id` field).
+Every way a record can be unusable raises `RecordRejected` with the DLQ reason
+and the stage, so the agent can write exactly one DLQ record for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+from pydantic import ValidationError
+
+from headrace.errors import HeadraceError, InvalidInput
+from protos import grpc_service_pb2 as pb
+from serving.grpc_convert import request_from_proto
+from serving.json_convert import request_from_json, response_to_json
+from serving.types import InferRequest, InferResponse
+from streams.messages import (
+    CONTENT_TYPE_HEADER,
+    JSON_CONTENT_TYPE,
+    DLQRecord,
+    InferenceRequestMessage,
+    InferenceResultMessage,
+    RecordRef,
+    Stage,
+    TensorJSON,
+    Timings,
+)
+
+MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+DLQ_PAYLOAD_BYTES = 64 * 1024  # larger originals are referenced by topic/partition/offset
+Headers = Sequence[tuple[str, bytes]]
+
+
+class RecordRejected(HeadraceError):
+    """A record that cannot become a request; `reason` and `stage` go into its DLQ record."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, reason: str = "invalid_input", stage: Stage = "decode"):
+        super().__init__(message)
+        self.reason = reason
+        self.stage = stage
+
+    def __reduce__(self) -> tuple[type[RecordRejected], tuple[str, str, Stage]]:  # type: ignore[override]
+        return (type(self), (self.message, self.reason, self.stage))
+
+
+@dataclass
+class DecodedRequest:
+    """A usable request and what its result needs: where to send it and when it was made."""
+
+    request: InferRequest
+    reply_to: str | None
+    created_at: float | None
+    deadline_unix: float | None
+
+
+def header(headers: Headers | None, name: str) -> str | None:
+    for key, value in headers or ():
+        if key.lower() == name:
+            return value.decode("utf-8", "replace")
+    return None
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode("utf-8", "replace")
+
+
+def decode_request(
+    key: bytes | None, value: bytes | None, headers: Headers | None
+) -> DecodedRequest:
+    """A request record -> `DecodedRequest`, or `RecordRejected` saying why not."""
+    if value is None:
+        raise RecordRejected("a tombstone (null value) is not a request", "tombstone")
+    if len(value) > MAX_PAYLOAD_BYTES:
+        raise RecordRejected(
+            f"payload of {len(value)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit; "
+            "send fewer rows per request",
+            "payload_too_large",
+        )
+    content_type = (header(headers, CONTENT_TYPE_HEADER) or JSON_CONTENT_TYPE).lower()
+    if content_type.startswith("application/x-protobuf"):
+        return _decode_protobuf(key, value)
+    if not content_type.startswith("application/json"):
+        raise RecordRejected(
+            f"unsupported content-type {content_type!r}", "unsupported_content_type"
+        )
+    return _decode_json(key, value)
+
+
+def _decode_json(key: bytes | None, value: bytes) -> DecodedRequest:
+    try:
+        body = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecordRejected(f"value is not JSON: {exc}", "not_json") from None
+    if isinstance(body, dict) and "request_id" not in body and key:
+        body["request_id"] = _text(key)
+    try:
+        message = InferenceRequestMessage.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        reason = "missing_request_id" if _lacks_request_id(exc) else "invalid_schema"
+        raise RecordRejected(f"request does not match the schema: {problems}", reason) from None
+    try:
+        request = request_from_json(message.model_dump(), message.model, message.version or "")
+    except InvalidInput as exc:
+        raise RecordRejected(exc.message, "invalid_input") from None
+    request.id = message.request_id
+    return DecodedRequest(request, message.reply_to, message.created_at, message.deadline)
+
+
+def _lacks_request_id(exc: ValidationError) -> bool:
+    return any(e["loc"] == ("request_id",) and e["type"] == "missing" for e in exc.errors())
+
+
+def _decode_protobuf(key: bytes | None, value: bytes) -> DecodedRequest:
+    try:
+        message = pb.ModelInferRequest.FromString(value)
+    except DecodeError as exc:
+        raise RecordRejected(f"value is not a ModelInferRequest: {exc}", "not_protobuf") from None
+    request_id = _text(key) or message.id
+    if not request_id:
+        raise RecordRejected(
+            "a binary request needs a record key (its request_id)", "missing_request_id"
+        )
+    if not message.model_name:
+        raise RecordRejected("the ModelInferRequest has no model_name", "invalid_schema")
+    try:
+        request = request_from_proto(message)
+    except InvalidInput as exc:
+        raise RecordRejected(exc.message, "invalid_input") from None
+    request.id = request_id
+    return DecodedRequest(request, None, None, None)
+
+
+def encode_result(
+    response: InferResponse, request_id: str, timings: Timings, created_at: float | None
+) -> bytes:
+    """The JSON value of a result record."""
+    body = response_to_json(response)
+    message = InferenceResultMessage(
+        request_id=request_id,
+        model=response.model_name,
+        model_version=response.model_version,
+        outputs=[TensorJSON.model_validate(t) for t in body["outputs"]],
+        timings=timings,
+        request_created_at=created_at,
+    )
+    return message.model_dump_json().encode()
+
+
+def dlq_record(
+    request_id: str | None,
+    error: HeadraceError,
+    stage: Stage,
+    value: bytes | None,
+    source: RecordRef | None,
+    attempt: int = 1,
+) -> bytes:
+    """The JSON value of a DLQ record; small originals are kept, large ones referenced."""
+    payload = encoding = None
+    if value is not None and len(value) <= DLQ_PAYLOAD_BYTES:
+        try:
+            payload, encoding = value.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(value).decode(), "base64"
+    record = DLQRecord(
+        request_id=request_id,
+        error_code=error.reason,
+        message=error.message,
+        stage=stage,
+        attempt=attempt,
+        payload=payload,
+        payload_encoding=encoding,  # type: ignore[arg-type]
+        source=source,
+        failed_at=time.time(),
+    )
+    return record.model_dump_json().encode()
