@@ -10,6 +10,7 @@ from headrace.commands.data import data
 from headrace.commands.gradcheck import check_grad
 from headrace.commands.infer import infer
 from headrace.commands.models import models
+from headrace.commands.produce import produce, results
 from headrace.commands.serve import serve
 from headrace.commands.topics import topics
 from headrace.commands.train import train
@@ -30,6 +31,8 @@ cli.add_command(data)
 cli.add_command(models)
 cli.add_command(serve)
 cli.add_command(infer)
+cli.add_command(produce)
+cli.add_command(results)
 
 
 def main() -> None:

@@ -1,0 +1,148 @@
+"""`headrace produce` and `headrace results`: the two ends of the Kafka inference path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from headrace.commands.broker import resolve_bootstrap
+from headrace.settings import load_settings
+
+bootstrap_option = click.option(
+    "--bootstrap",
+    help="Kafka bootstrap servers (default HEADRACE_KAFKA_BOOTSTRAP, else the embedded broker).",
+)
+
+
+@click.command("produce")
+@click.option("--model", required=True, help="Model name in the workers' repository.")
+@click.option("--dataset", default="digits", show_default=True, help="Where samples come from.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Folder of a file dataset.")
+@click.option("--n", "count", type=int, default=1000, show_default=True, help="Requests to send.")
+@click.option("--rate", type=float, help="Requests per second (default: as fast as possible).")
+@click.option(
+    "--format",
+    "payload_format",
+    type=click.Choice(["json", "binary"]),
+    default="json",
+    show_default=True,
+    help="OIP JSON, or binary ModelInferRequest (content-type header).",
+)
+@click.option("--topic", default="inference-requests", show_default=True)
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path),
+    help="Write request ids and true labels here, for `headrace results --manifest`.",
+)
+@bootstrap_option
+def produce(
+    model: str,
+    dataset: str,
+    data_dir: Path | None,
+    count: int,
+    rate: float | None,
+    payload_format: str,
+    topic: str,
+    manifest: Path | None,
+    bootstrap: str | None,
+) -> None:
+    """Send COUNT real samples of the test split of DATASET as inference requests."""
+    from tqdm import tqdm
+
+    from streams.producer import produce_requests
+    from training.datasets import load_splits
+
+    if count < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--n")
+    test = load_splits(dataset, data_dir or load_settings().data_dir).test
+    with tqdm(total=count, unit="req", desc="producing", disable=None) as bar:
+        seconds = produce_requests(
+            resolve_bootstrap(bootstrap),
+            topic,
+            model,
+            test.images,
+            test.labels,
+            count,
+            payload_format,  # type: ignore[arg-type]
+            rate,
+            manifest,
+            on_sent=lambda sent: _advance(bar, sent),
+        )
+    click.echo(f"produced {count} requests to {topic} in {seconds:.2f} s ({count / seconds:.0f}/s)")
+
+
+def _advance(bar: Any, sent: int) -> None:
+    bar.update(sent)
+
+
+@click.command("results")
+@click.option("--topic", default="inference-results", show_default=True)
+@click.option("--dlq-topic", default="inference-dlq", show_default=True)
+@click.option("--follow", is_flag=True, help="Keep reading new records until Ctrl-C.")
+@click.option("--idle-s", type=float, default=5.0, show_default=True, help="Stop after this quiet.")
+@click.option(
+    "--manifest", type=click.Path(path_type=Path, exists=True), help="Labels, for accuracy."
+)
+@click.option("--quiet", is_flag=True, help="Only the summary, not one line per record.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the summary as JSON.")
+@bootstrap_option
+def results(
+    topic: str,
+    dlq_topic: str,
+    follow: bool,
+    idle_s: float,
+    manifest: Path | None,
+    quiet: bool,
+    as_json: bool,
+    bootstrap: str | None,
+) -> None:
+    """Print results and DLQ records from the beginning, then a summary (accuracy with labels)."""
+    from streams.messages import DLQRecord
+    from streams.results import Summary, add_record, consume, predicted_class, read_manifest
+
+    labels = read_manifest(manifest) if manifest is not None else {}
+    summary = Summary()
+    try:
+        for record_topic, value in consume(
+            resolve_bootstrap(bootstrap), [topic, dlq_topic], follow, idle_s
+        ):
+            record = add_record(summary, record_topic, value, dlq_topic, labels)
+            if record is None or quiet or as_json:
+                continue
+            if isinstance(record, DLQRecord):
+                where = f"{record.error_code} ({record.stage})"
+                click.echo(f"DLQ {record.request_id}: {where}: {record.message}")
+            else:
+                click.echo(
+                    f"{record.request_id}: class {predicted_class(record)} "
+                    f"(model {record.model} v{record.model_version}, "
+                    f"batch {record.timings.batch_size})"
+                )
+    except KeyboardInterrupt:
+        pass
+    report = {
+        "results": summary.results,
+        "dlq": summary.dlq,
+        "distinct_request_ids": len(summary.request_ids),
+        "duplicates": summary.duplicates,
+        "latency_p50_ms": summary.latency_ms(50),
+        "latency_p99_ms": summary.latency_ms(99),
+        "accuracy": summary.accuracy,
+    }
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(
+        f"{summary.results} results, {sum(summary.dlq.values())} DLQ records {summary.dlq}, "
+        f"{summary.duplicates} duplicates"
+    )
+    if summary.latencies_s:
+        click.echo(
+            f"end-to-end latency p50 {report['latency_p50_ms']:.1f} ms, "
+            f"p99 {report['latency_p99_ms']:.1f} ms"
+        )
+    if summary.accuracy is not None:
+        click.echo(f"accuracy {summary.accuracy:.4f} on {summary.labelled} labelled results")

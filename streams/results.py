@@ -1,0 +1,103 @@
+"""Read result and DLQ records back and summarise them (what `headrace results` does)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from streams.messages import DLQRecord, InferenceResultMessage
+
+
+@dataclass
+class Summary:
+    """Counts, end-to-end latency and, with a manifest, accuracy (first outcome per id)."""
+
+    results: int = 0
+    dlq: dict[str, int] = field(default_factory=dict)
+    latencies_s: list[float] = field(default_factory=list)
+    correct: int = 0
+    labelled: int = 0
+    request_ids: set[str] = field(default_factory=set)
+    duplicates: int = 0
+
+    def latency_ms(self, percentile: float) -> float | None:
+        if not self.latencies_s:
+            return None
+        return float(np.percentile(self.latencies_s, percentile) * 1000)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+
+def read_manifest(path: Path) -> dict[str, int]:
+    """request_id -> true label, from the file `headrace produce --manifest` wrote."""
+    labels: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            labels[str(row["request_id"])] = int(row["label"])
+    return labels
+
+
+def predicted_class(result: InferenceResultMessage) -> int | None:
+    """Argmax of the first output, for classifiers."""
+    if not result.outputs or not result.outputs[0].data:
+        return None
+    return int(np.argmax(np.asarray(result.outputs[0].data, dtype=np.float64)))
+
+
+def consume(
+    bootstrap: str, topics: list[str], follow: bool, idle_s: float = 5.0
+) -> Iterator[tuple[str, bytes | None]]:
+    """(topic, value) of every record from the beginning; stops after `idle_s` unless following."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=-1 if follow else int(idle_s * 1000),
+    )
+    try:
+        for record in consumer:
+            yield record.topic, record.value
+    finally:
+        consumer.close()
+
+
+def add_record(
+    summary: Summary, topic: str, value: bytes | None, dlq_topic: str, labels: dict[str, int]
+) -> InferenceResultMessage | DLQRecord | None:
+    """Fold one record into `summary`; returns it parsed (None if unreadable)."""
+    if value is None:
+        return None
+    record: InferenceResultMessage | DLQRecord
+    try:
+        if topic == dlq_topic:
+            record = DLQRecord.model_validate_json(value)
+            summary.dlq[record.error_code] = summary.dlq.get(record.error_code, 0) + 1
+            request_id = record.request_id
+        else:
+            record = result = InferenceResultMessage.model_validate_json(value)
+            summary.results += 1
+            request_id = result.request_id
+            if result.request_created_at is not None:
+                summary.latencies_s.append(result.produced_at - result.request_created_at)
+            if request_id in labels and request_id not in summary.request_ids:
+                summary.labelled += 1
+                summary.correct += int(predicted_class(result) == labels[request_id])
+    except ValidationError:
+        return None
+    if request_id is not None:
+        if request_id in summary.request_ids:
+            summary.duplicates += 1
+        summary.request_ids.add(request_id)
+    return record

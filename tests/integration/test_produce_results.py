@@ -1,0 +1,94 @@
+"""`headrace produce` writes decodable requests; `headrace results` summarises what comes back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from streams.broker import EmbeddedBroker
+from streams.codec import decode_request
+from streams.messages import DLQRecord, InferenceResultMessage, TensorJSON
+
+
+@pytest.fixture(scope="module")
+def bootstrap() -> Iterator[str]:
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap
+
+
+def _cli(*args: str, bootstrap: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, HEADRACE_KAFKA_BOOTSTRAP=bootstrap)
+    return subprocess.run(
+        [sys.executable, "-m", "headrace", *args], capture_output=True, text=True, env=env,
+        timeout=180,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("payload_format", ["json", "binary"])
+def test_produce_sends_decodable_requests_with_a_manifest(
+    bootstrap: str, tmp_path: Path, payload_format: str
+) -> None:
+    topic = f"requests-{payload_format}"
+    manifest = tmp_path / "manifest.jsonl"
+    done = _cli(
+        "produce", "--model", "lenet5-digits", "--n", "50", "--topic", topic,
+        "--format", payload_format, "--manifest", str(manifest), bootstrap=bootstrap,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "produced 50 requests" in done.stdout
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert len({r["request_id"] for r in rows}) == 50
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000
+    )
+    records = list(consumer)
+    consumer.close()
+    assert len(records) == 50
+    decoded = [decode_request(r.key, r.value, r.headers) for r in records]
+    assert {d.request.id for d in decoded} == {r["request_id"] for r in rows}
+    tensor = decoded[0].request.inputs[0]
+    assert (tensor.datatype, tensor.shape) == ("UINT8", (1, 1, 28, 28))
+
+
+def test_results_summarises_results_dlq_duplicates_and_accuracy(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "labels.jsonl"
+    manifest.write_text(
+        "\n".join(json.dumps({"request_id": f"r{i}", "label": i % 2}) for i in range(4)) + "\n"
+    )
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+
+    def result(request_id: str, predicted: int) -> bytes:
+        scores = [1.0, 0.0] if predicted == 0 else [0.0, 1.0]
+        outputs = [TensorJSON(name="logits", datatype="FP32", shape=[1, 2], data=scores)]
+        message = InferenceResultMessage(
+            request_id=request_id, model="m", model_version="1", outputs=outputs,
+            request_created_at=1.0, produced_at=1.25,
+        )  # fmt: skip
+        return message.model_dump_json().encode()
+
+    for request_id, predicted in [("r0", 0), ("r1", 1), ("r2", 1), ("r2", 1)]:
+        producer.send("res", key=request_id.encode(), value=result(request_id, predicted))
+    dlq = DLQRecord(request_id="r3", error_code="invalid_input", message="bad", stage="validate")
+    producer.send("dlq", key=b"r3", value=dlq.model_dump_json().encode())
+    producer.flush()
+    producer.close()
+
+    done = _cli(
+        "results", "--topic", "res", "--dlq-topic", "dlq", "--idle-s", "3",
+        "--manifest", str(manifest), "--json", bootstrap=bootstrap,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["results"] == 4 and summary["dlq"] == {"invalid_input": 1}
+    assert summary["distinct_request_ids"] == 4 and summary["duplicates"] == 1
+    assert summary["accuracy"] == pytest.approx(2 / 3)  # r2 (labelled 0) is wrong; counted once
+    assert summary["latency_p50_ms"] == pytest.approx(250.0)
