@@ -85,7 +85,7 @@ class InferenceServer:
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _live_state(self) -> list[tuple[str, str, int, int, int]]:
         rows = []
@@ -110,8 +110,12 @@ class InferenceServer:
 
     def _on_model_change(self, name: str, versions: list[int]) -> None:
         status = SERVING if versions else NOT_SERVING
-        task = asyncio.get_running_loop().create_task(self.health.set(name, status))
-        self._tasks.append(task)
+        self._track(asyncio.get_running_loop().create_task(self.health.set(name, status)))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """Keep a background task referenced until it ends (and no longer)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         interceptors: list[grpc.aio.ServerInterceptor] = []
@@ -157,12 +161,10 @@ class InferenceServer:
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
         if cfg.poll_interval_s > 0:
-            self._tasks.append(
+            self._track(
                 asyncio.create_task(self.manager.run_polling(cfg.poll_interval_s, self._stop))
             )
-        self._tasks.append(
-            asyncio.create_task(self.autoscaler.run(cfg.autoscale_interval_s, self._stop))
-        )
+        self._track(asyncio.create_task(self.autoscaler.run(cfg.autoscale_interval_s, self._stop)))
         log.info("serving on %s:%d", cfg.host, self.port)
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -174,9 +176,10 @@ class InferenceServer:
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.config.grace_s if grace_s is None else grace_s)
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.manager.close()
 
     async def wait_closed(self) -> None:
