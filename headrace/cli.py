@@ -12,6 +12,7 @@ from headrace.commands.infer import infer
 from headrace.commands.models import models
 from headrace.commands.produce import produce, results
 from headrace.commands.serve import serve
+from headrace.commands.stream import stream
 from headrace.commands.topics import topics
 from headrace.commands.train import train
 from headrace.errors import HeadraceError
@@ -31,6 +32,7 @@ cli.add_command(data)
 cli.add_command(models)
 cli.add_command(serve)
 cli.add_command(infer)
+cli.add_command(stream)
 cli.add_command(produce)
 cli.add_command(results)
 

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
         default=Path(".headrace"),
         description="Pid and port files of processes started by the CLI (HEADRACE_STATE_DIR).",
     )
+    stream_group: str = Field(
+        default="headrace-stream",
+        description="Consumer group of `headrace stream worker` (HEADRACE_STREAM_GROUP).",
+    )
     data_dir: Path | None = Field(
         default=None,
         description="Default folder for datasets read from files (HEADRACE_DATA_DIR).",

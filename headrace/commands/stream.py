@@ -1,0 +1,93 @@
+"""`headrace stream worker`: consume inference requests, produce results or DLQ records."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from headrace.commands.options import build_config
+from headrace.errors import HeadraceError
+from headrace.settings import load_settings
+
+
+@click.group("stream")
+def stream() -> None:
+    """Kafka stream processing (Faust agents)."""
+
+
+@stream.command("worker")
+@click.option("--repository", type=click.Path(path_type=Path), help="Model repository folder.")
+@click.option(
+    "--bootstrap",
+    help="Kafka bootstrap servers (default HEADRACE_KAFKA_BOOTSTRAP, else the embedded broker).",
+)
+@click.option("--group", help="Consumer group id (default HEADRACE_STREAM_GROUP).")
+@click.option("--concurrency", type=int, default=1, show_default=True, help="Batches in flight.")
+@click.option("--max-batch", type=int, default=64, show_default=True, help="Records per batch.")
+@click.option(
+    "--max-delay-ms", type=float, default=5.0, show_default=True, help="Longest wait for a batch."
+)
+@click.option("--metrics-port", type=int, help="Prometheus /metrics port (0 = free; unset = off).")
+@click.option(
+    "--loglevel",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+)
+def worker(
+    repository: Path | None,
+    bootstrap: str | None,
+    group: str | None,
+    concurrency: int,
+    max_batch: int,
+    max_delay_ms: float,
+    metrics_port: int | None,
+    loglevel: str,
+) -> None:
+    """Run inference on `inference-requests`; each request gets one result or one DLQ record.
+
+    Creates the catalogue topics if missing, loads every model of the repository,
+    prints `stream worker ready group=... bootstrap=...` once consuming, and stops
+    cleanly (exit 0) on SIGTERM or Ctrl-C.
+    """
+    from kafka.errors import KafkaError
+
+    from headrace.commands.broker import resolve_bootstrap
+    from streams.broker import answers_metadata
+    from streams.config import StreamWorkerConfig
+    from streams.topics import create_topics
+    from streams.worker import run_worker
+
+    settings = load_settings()
+    logging.basicConfig(
+        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    config = build_config(
+        StreamWorkerConfig,
+        repository=repository or settings.model_repository,
+        bootstrap=resolve_bootstrap(bootstrap),
+        group_id=group or settings.stream_group,
+        concurrency=concurrency,
+        max_batch=max_batch,
+        max_delay_s=max_delay_ms / 1000.0,
+        metrics_port=metrics_port,
+    )
+    unreachable = HeadraceError(
+        f"cannot reach Kafka at {config.bootstrap}; start the embedded broker with "
+        "`headrace broker start` or set HEADRACE_KAFKA_BOOTSTRAP"
+    )
+    if not answers_metadata(config.bootstrap, timeout_s=5.0):
+        raise unreachable
+    try:
+        create_topics(config.bootstrap)
+    except KafkaError:
+        raise unreachable from None
+
+    def announce(fields: dict[str, str]) -> None:
+        click.echo("stream worker ready " + " ".join(f"{k}={v}" for k, v in fields.items()))
+
+    code = run_worker(config, announce, loglevel=loglevel)
+    if code:
+        raise SystemExit(code)

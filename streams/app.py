@@ -1,0 +1,221 @@
+"""The stream worker: a Faust app whose agent runs inference batches from `inference-requests`.
+
+The agent takes up to `max_batch` records (or what arrived within
+`max_delay_s`) with Faust's `Stream.take_events` -- `take()` with the events, so
+each record's key, headers and position stay available -- and hands them to
+`streams.inference.handle_batch`, which gives every record exactly one outcome
+(a result or a DLQ record). The outcomes are produced with `acks=all` and their
+acknowledgements awaited before the agent asks for the next batch, which is when
+Faust acks the taken events and may commit their offsets: at-least-once.
+`streams.offsets.OffsetGate` keeps that true with concurrent actors.
+
+If the batch is cancelled (the worker stops) it is given `STOP_GRACE_S` to
+finish; a batch that does not finish, or whose outcomes cannot be produced, has
+its events held (an extra reference), so Faust never marks them acked and they
+are consumed again after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+import faust
+from faust.types import EventT, StreamT
+
+from streams.config import StreamWorkerConfig
+from streams.inference import InferenceBackend, Outcome, SourceRecord, Topics, handle_batch
+from streams.metrics import StreamMetrics
+from streams.offsets import OffsetGate, Position
+
+log = logging.getLogger(__name__)
+
+# DESIGN.md, "Known facts about the embedded broker": fast group joins, earliest offsets,
+# acks from all replicas, frequent commits; they are sound on Apache Kafka as well.
+BROKER_SETTINGS: dict[str, Any] = {
+    "broker_session_timeout": 2.0,
+    "broker_heartbeat_interval": 0.3,
+    "broker_rebalance_timeout": 10.0,
+    "consumer_auto_offset_reset": "earliest",
+    "producer_acks": -1,
+    "broker_commit_interval": 0.2,
+    "broker_commit_every": 100,
+}
+FETCH_BYTES = 8 * 1024 * 1024  # above the codec's 4 MiB limit, so oversized records reach the DLQ
+PRODUCE_ATTEMPTS = 3
+PRODUCE_BACKOFF_S = 0.5
+STOP_GRACE_S = 10.0
+
+
+class ProduceFailed(Exception):
+    """Outcomes could not be produced; their records must not be acked."""
+
+
+def build_app(config: StreamWorkerConfig) -> faust.App:
+    """A Faust app for `config`: no web server, no tables, at-least-once."""
+    return faust.App(
+        config.group_id,  # the app id is the consumer group id
+        broker=config.broker_urls(),
+        store="memory://",
+        web_enabled=False,
+        autodiscover=False,
+        processing_guarantee="at_least_once",
+        stream_wait_empty=True,
+        consumer_max_fetch_size=FETCH_BYTES,
+        **BROKER_SETTINGS,
+    )
+
+
+def source_record(event: EventT) -> SourceRecord:
+    message = event.message
+    return SourceRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=_header_pairs(message.headers),
+        timestamp_s=message.timestamp or None,
+    )
+
+
+def _header_pairs(headers: Any) -> list[tuple[str, bytes]]:
+    items = headers.items() if isinstance(headers, Mapping) else headers or ()
+    return [(str(name), bytes(value)) for name, value in items]
+
+
+def _hold(events: Sequence[EventT]) -> None:
+    """An extra reference per event: Faust's ack after the batch then never completes."""
+    for event in events:
+        event.message.incref()
+
+
+class StreamWorker:
+    """The Faust app, its batch-inference agent and the outcome producer."""
+
+    def __init__(
+        self,
+        config: StreamWorkerConfig,
+        backend: InferenceBackend,
+        metrics: StreamMetrics | None = None,
+        on_ready: Callable[[], None] | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.metrics = metrics
+        self.topics = Topics(config.requests_topic, config.results_topic, config.dlq_topic)
+        self.gate = OffsetGate()
+        self.failed: BaseException | None = None
+        self._on_ready = on_ready
+        self._on_fatal = on_fatal
+        self._announced = False
+        self.app = build_app(config)
+        self.requests = self.app.topic(
+            config.requests_topic,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        self.app.agent(self.requests, name="batch-infer", concurrency=config.concurrency)(
+            self._consume
+        )
+        self.app.on_partitions_assigned.connect(self._assigned)
+        self.app.on_partitions_revoked.connect(self._revoked)
+
+    # -- Faust hooks -----------------------------------------------------------------------
+
+    async def _assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        if not self._announced:
+            self._announced = True
+            if self._on_ready is not None:
+                self._on_ready()
+
+    async def _revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked = args[0] if args else kwargs.get("revoked", ())
+        self.gate.forget(revoked)
+
+    async def _consume(self, stream: StreamT) -> None:
+        """The agent: one call per concurrent actor, each with its own stream on a shared queue."""
+
+        def track(value: Any) -> Any:  # runs as each record is dequeued, in offset order
+            event = stream.current_event
+            if event is not None:
+                self.gate.received(event.message.tp, event.message.offset)
+            return value
+
+        stream.add_processor(track)
+        config = self.config
+        batches = cast(faust.Stream, stream).take_events  # StreamT does not declare it
+        async for events in batches(config.max_batch, within=config.max_delay_s):
+            await self._handle_taken(events)
+
+    # -- one batch -------------------------------------------------------------------------
+
+    async def _handle_taken(self, events: Sequence[EventT]) -> None:
+        """Return only when the batch's outcomes are produced (or its events are held)."""
+        if self.failed is not None:
+            _hold(events)  # stopping after a fatal error: leave the records for a restart
+            return
+        positions: list[Position] = [(e.message.tp, e.message.offset) for e in events]
+        records = [source_record(e) for e in events]
+        task = asyncio.ensure_future(self._process(records, positions))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait({task}, timeout=STOP_GRACE_S)
+            if not task.done() or task.cancelled() or task.exception() is not None:
+                task.cancel()
+                _hold(events)
+            raise
+        except Exception as exc:  # outcomes not produced: nothing of this batch may be acked
+            _hold(events)
+            self.failed = exc
+            log.critical("stopping: %s", exc)
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
+
+    async def _process(self, records: list[SourceRecord], positions: list[Position]) -> None:
+        outcomes = await handle_batch(records, self.backend, self.topics)
+        await self._produce(outcomes)
+        self.gate.finished(positions)
+        if self.metrics is not None:
+            results = sum(1 for o in outcomes if o.kind == "result")
+            reasons = [o.reason or "internal" for o in outcomes if o.kind == "dlq"]
+            self.metrics.observe_batch(len(records), results, reasons)
+        if self.gate.blocking(positions):
+            if self.metrics is not None:
+                self.metrics.ack_waits.inc()
+            await self.gate.wait_earlier(positions)
+
+    async def _produce(self, outcomes: list[Outcome]) -> None:
+        """Produce every outcome and wait for the broker's acknowledgements (retrying a few)."""
+        producer = self.app.producer
+
+        async def send(outcome: Outcome) -> None:
+            delivery = await producer.send(
+                outcome.topic, outcome.key, outcome.value, None, None, outcome.headers
+            )
+            await delivery
+
+        pending = outcomes
+        for attempt in range(1, PRODUCE_ATTEMPTS + 1):
+            answers = await asyncio.gather(*(send(o) for o in pending), return_exceptions=True)
+            failed = [o for o, a in zip(pending, answers, strict=True) if a is not None]
+            if not failed:
+                return
+            errors = {repr(a) for a in answers if a is not None}
+            log.warning(
+                "%d of %d outcomes not produced (attempt %d): %s",
+                len(failed), len(pending), attempt, "; ".join(sorted(errors)),
+            )  # fmt: skip
+            pending = failed
+            if attempt < PRODUCE_ATTEMPTS:
+                await asyncio.sleep(PRODUCE_BACKOFF_S * attempt)
+        raise ProduceFailed(
+            f"{len(pending)} outcomes could not be produced after {PRODUCE_ATTEMPTS} attempts; "
+            "check that the broker is reachable and the result topics exist"
+        )

@@ -1,0 +1,53 @@
+"""The stream worker's settings, validated once at the entry point (`headrace stream worker`).
+
+The broker timings are not options: they are the values the embedded broker
+needs (see DESIGN.md, "Known facts about the embedded broker") and work on
+Apache Kafka too, so they live as constants in `streams.app`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_GROUP = "headrace-stream"
+
+
+class StreamWorkerConfig(BaseModel):
+    """What one `headrace stream worker` process consumes, runs and where it reports."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repository: Path = Field(description="Model repository folder.")
+    bootstrap: str = Field(min_length=1, description="Kafka bootstrap servers, comma-separated.")
+    group_id: str = Field(
+        default=DEFAULT_GROUP,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Consumer group (and Faust app id); workers of one group share the work.",
+    )
+    concurrency: int = Field(default=1, ge=1, le=64, description="Batches in flight at once.")
+    max_batch: int = Field(default=64, ge=1, le=4096, description="Records per taken batch.")
+    max_delay_s: float = Field(
+        default=0.005, gt=0, le=10.0, description="Longest wait to fill a batch, in seconds."
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Prometheus /metrics port (0 = free, None = off)."
+    )
+    requests_topic: str = "inference-requests"
+    results_topic: str = "inference-results"
+    dlq_topic: str = "inference-dlq"
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdecimal():
+                raise ValueError(f"bootstrap server {server!r} must be HOST:PORT")
+        return value
+
+    def broker_urls(self) -> list[str]:
+        """The bootstrap servers as Faust broker URLs."""
+        return [f"kafka://{server.strip()}" for server in self.bootstrap.split(",")]

@@ -1,0 +1,242 @@
+"""One taken batch of request records -> exactly one outcome per record; no Kafka client here.
+
+Each record is decoded (`streams.codec`), checked against its deadline,
+preprocessed when its model's config says how to turn integer pixels into FP32
+input, and the survivors run concurrently through the dataplane (the code path
+of the gRPC server), so its dynamic batcher merges them. Every way a record can
+fail becomes a DLQ outcome saying why; nothing here raises for a bad record.
+
+Result timings: `queue_s` is the time from the record's Kafka timestamp to the
+start of its batch plus its wait in the dynamic batcher; `preprocess_s` covers
+decoding and preprocessing; `infer_s` is the model's compute time for the
+executed batch, whose row count is `batch_size`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+from headrace.errors import (
+    DeadlineExceeded,
+    HeadraceError,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+)
+from serving.client import apply_preprocessing
+from serving.model_config import ModelConfig
+from serving.types import InferRequest, InferResponse, InferTensor
+from streams.codec import DecodedRequest, RecordRejected, decode_request, dlq_record, encode_result
+from streams.messages import CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, RecordRef, Stage, Timings
+
+log = logging.getLogger(__name__)
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+JSON_HEADERS = [(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE.encode())]
+VALIDATE_ERRORS = (InvalidInput, ModelNotFound, ModelNotReady)
+
+
+class InferenceBackend(Protocol):
+    """What the stream needs from `serving.dataplane.DataPlane`."""
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig: ...
+
+    async def infer(self, request: InferRequest) -> InferResponse: ...
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """A consumed request record, as the stream saw it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+    timestamp_s: float | None = None  # the record's Kafka timestamp
+
+
+@dataclass
+class Outcome:
+    """The one record produced for a request: a result or a DLQ record."""
+
+    kind: Literal["result", "dlq"]
+    topic: str
+    key: bytes | None
+    value: bytes
+    request_id: str | None
+    reason: str | None = None  # DLQ reason
+    headers: list[tuple[str, bytes]] = field(default_factory=lambda: list(JSON_HEADERS))
+
+
+@dataclass
+class _Runnable:
+    index: int
+    decoded: DecodedRequest
+    preprocess_s: float
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Where outcomes go and which topic a reply must never target."""
+
+    requests: str = "inference-requests"
+    results: str = "inference-results"
+    dlq: str = "inference-dlq"
+
+
+async def handle_batch(
+    records: Sequence[SourceRecord], backend: InferenceBackend, topics: Topics = Topics()
+) -> list[Outcome]:
+    """One outcome per record, in the order of `records`."""
+    started_wall = time.time()
+    outcomes: list[Outcome | None] = [None] * len(records)
+    runnable: list[_Runnable] = []
+    for index, record in enumerate(records):
+        began = time.perf_counter()
+        try:
+            decoded = _prepare(record, backend, topics)
+        except _Refused as refused:
+            outcomes[index] = _dlq(record, refused.request_id, refused.error, refused.stage, topics)
+            continue
+        runnable.append(_Runnable(index, decoded, time.perf_counter() - began))
+    answers = await asyncio.gather(
+        *(backend.infer(item.decoded.request) for item in runnable), return_exceptions=True
+    )
+    for item, answer in zip(runnable, answers, strict=True):
+        record = records[item.index]
+        request_id = item.decoded.request.id
+        if isinstance(answer, InferResponse):
+            outcomes[item.index] = _result(record, item, answer, started_wall, topics)
+        elif isinstance(answer, HeadraceError):
+            stage: Stage = "validate" if isinstance(answer, VALIDATE_ERRORS) else "infer"
+            outcomes[item.index] = _dlq(record, request_id, answer, stage, topics)
+        else:  # a bug or a cancelled batcher: still exactly one outcome
+            log.error("request %s failed in the model: %r", request_id, answer)
+            error = HeadraceError(
+                f"internal error while running the model ({type(answer).__name__})"
+            )
+            outcomes[item.index] = _dlq(record, request_id, error, "infer", topics)
+    missing = [i for i, outcome in enumerate(outcomes) if outcome is None]
+    assert not missing, f"records without an outcome: {missing}"  # one outcome per record
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+class _Refused(Exception):
+    def __init__(self, error: HeadraceError, stage: Stage, request_id: str | None) -> None:
+        super().__init__(error.message)
+        self.error, self.stage, self.request_id = error, stage, request_id
+
+
+def _key_text(key: bytes | None) -> str | None:
+    return key.decode("utf-8", "replace") if key else None
+
+
+def _prepare(record: SourceRecord, backend: InferenceBackend, topics: Topics) -> DecodedRequest:
+    """Decode, check the deadline and reply topic, preprocess; `_Refused` says why not."""
+    try:
+        decoded = decode_request(record.key, record.value, record.headers)
+    except RecordRejected as exc:
+        raise _Refused(exc, exc.stage, _key_text(record.key)) from None
+    except Exception as exc:  # never let one record take the worker down
+        log.exception(
+            "decoding record %s-%d@%d failed", record.topic, record.partition, record.offset
+        )
+        error = HeadraceError(f"the record could not be decoded ({type(exc).__name__})")
+        raise _Refused(error, "decode", _key_text(record.key)) from None
+    request = decoded.request
+    reply_to = decoded.reply_to
+    if reply_to is not None and (not TOPIC_NAME.match(reply_to) or reply_to == topics.requests):
+        error = InvalidInput(
+            f"reply_to {reply_to!r} is not a usable topic name; use letters, digits, '.', '_', '-' "
+            "and not the requests topic"
+        )
+        raise _Refused(error, "validate", request.id)
+    if decoded.deadline_unix is not None:
+        remaining_s = decoded.deadline_unix - time.time()
+        if remaining_s <= 0:
+            error = DeadlineExceeded(
+                f"the request's deadline passed {-remaining_s:.3f} s before it could run; "
+                "send it again with a later deadline"
+            )
+            raise _Refused(error, "validate", request.id)
+        request.deadline = time.monotonic() + remaining_s
+    try:
+        _preprocess(request, backend)
+    except HeadraceError as exc:
+        raise _Refused(exc, "preprocess", request.id) from None
+    except Exception as exc:
+        log.exception("preprocessing request %s failed", request.id)
+        error = InvalidInput(f"the input could not be preprocessed ({type(exc).__name__})")
+        raise _Refused(error, "preprocess", request.id) from None
+    return decoded
+
+
+def _preprocess(request: InferRequest, backend: InferenceBackend) -> None:
+    """Integer pixels -> FP32 input, for models whose config has a preprocessing spec."""
+    if not any(tensor.data.dtype.kind in "iu" for tensor in request.inputs):
+        return
+    try:
+        config = backend.model_config(request.model_name, request.model_version)
+    except HeadraceError:
+        return  # the dataplane reports the unknown model with its metrics
+    spec = config.preprocessing
+    if spec is None:
+        return
+    fp32_inputs = {s.name for s in config.inputs if s.datatype == "FP32"}
+    for position, tensor in enumerate(request.inputs):
+        if tensor.data.dtype.kind not in "iu" or tensor.name not in fp32_inputs:
+            continue
+        pixels = np.asarray(tensor.data).reshape(tensor.shape)
+        if pixels.ndim != 4 or pixels.shape[1] != len(spec.mean):
+            raise InvalidInput(
+                f"input {tensor.name!r}: pixels must be [batch, {len(spec.mean)}, H, W] "
+                f"(NCHW) to be preprocessed, got {list(tensor.shape)}"
+            )
+        request.inputs[position] = InferTensor.from_array(
+            tensor.name, apply_preprocessing(pixels, spec)
+        )
+
+
+def _source(record: SourceRecord) -> RecordRef:
+    return RecordRef(topic=record.topic, partition=record.partition, offset=record.offset)
+
+
+def _dlq(
+    record: SourceRecord,
+    request_id: str | None,
+    error: HeadraceError,
+    stage: Stage,
+    topics: Topics,
+) -> Outcome:
+    value = dlq_record(request_id, error, stage, record.value, _source(record))
+    key = request_id.encode() if request_id else record.key
+    return Outcome("dlq", topics.dlq, key, value, request_id, reason=error.reason)
+
+
+def _result(
+    record: SourceRecord,
+    item: _Runnable,
+    response: InferResponse,
+    started_wall: float,
+    topics: Topics,
+) -> Outcome:
+    waited_s = max(0.0, started_wall - record.timestamp_s) if record.timestamp_s else 0.0
+    timings = Timings(
+        queue_s=waited_s + response.timings.queue_s,
+        preprocess_s=item.preprocess_s,
+        infer_s=response.timings.compute_s,
+        batch_size=response.timings.batch_size,
+    )
+    request_id = item.decoded.request.id
+    value = encode_result(response, request_id, timings, item.decoded.created_at)
+    topic = item.decoded.reply_to or topics.results
+    return Outcome("result", topic, request_id.encode(), value, request_id)

@@ -1,0 +1,103 @@
+"""Runs one stream worker process: models loaded, metrics exposed, Faust's worker lifecycle.
+
+Faust's `Worker` owns the event loop and the signal handlers: SIGTERM or
+SIGINT stops the app (the agents finish or hold their batch, the consumer
+commits what is safe) and the process exits 0. The models are loaded on that
+same loop before the worker starts, so the batchers live where the agent runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+import faust
+
+from serving.dataplane import DataPlane
+from serving.metrics import ServingMetrics
+from serving.model_manager import ModelManager
+from serving.repository import ModelRepository
+from streams.app import StreamWorker
+from streams.config import StreamWorkerConfig
+from streams.metrics import StreamMetrics
+
+EXIT_BATCH_FAILED = 3
+EXIT_STOP_TIMEOUT = 4
+STOP_DEADLINE_S = 30.0  # a stop that hangs (say the broker vanished) ends the process anyway
+
+
+class _Worker(faust.Worker):
+    """Faust's worker, with a watchdog once a stop signal arrives.
+
+    aiokafka's consumer thread can hang in `stop()` when the broker is gone; the
+    watchdog turns that into a prompt exit instead of a process that never ends.
+    """
+
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:  # mode's signal hook
+        if not self._signal_stop_time:
+            watchdog = threading.Timer(STOP_DEADLINE_S, os._exit, args=(EXIT_STOP_TIMEOUT,))
+            watchdog.daemon = True
+            watchdog.start()
+        super()._schedule_shutdown(signal)
+
+
+def _live_state(manager: ModelManager) -> list[tuple[str, str, int, int, int]]:
+    rows = []
+    for name, versions in manager.loaded().items():
+        for version in versions:
+            loaded = manager.get(name, version)
+            batcher = loaded.batcher
+            rows.append(
+                (name, str(version), batcher.queue_depth, batcher.in_flight, loaded.model.instances)
+            )
+    return rows
+
+
+def run_worker(
+    config: StreamWorkerConfig,
+    announce: Callable[[dict[str, str]], None],
+    loglevel: str = "warning",
+) -> int:
+    """Run until SIGTERM/SIGINT; `announce` gets the ready fields once consuming. Exit code."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    serving_metrics = ServingMetrics(lambda: _live_state(manager))
+    manager = ModelManager(
+        ModelRepository(config.repository),
+        on_execute=lambda name, version, rows: serving_metrics.observe_execution(
+            name, version, rows
+        ),
+    )
+    dataplane = DataPlane(manager, serving_metrics)
+    loop.run_until_complete(manager.load_all())
+    metrics = StreamMetrics(serving_metrics)
+    metrics_port = None if config.metrics_port is None else metrics.serve(config.metrics_port)
+    models = ",".join(f"{n}:{max(v)}" for n, v in sorted(manager.loaded().items())) or "none"
+
+    def ready() -> None:
+        announce(
+            {
+                "group": config.group_id,
+                "bootstrap": config.bootstrap,
+                "metrics": str(metrics_port),
+                "models": models,
+            }
+        )
+
+    def fatal(exc: BaseException) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # Faust's handler stops the worker cleanly
+
+    stream = StreamWorker(config, dataplane, metrics, on_ready=ready, on_fatal=fatal)
+    worker = _Worker(stream.app, loop=loop, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    else:  # pragma: no cover - execute_from_commandline always exits
+        code = 0
+    if stream.failed is not None:
+        return EXIT_BATCH_FAILED
+    return code

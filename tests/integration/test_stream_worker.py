@@ -1,0 +1,388 @@
+"""`headrace stream worker` on the embedded broker: requests in, exactly one outcome out.
+
+One worker process (concurrency 2) serves the whole module; each test uses its
+own request ids and reads `inference-results` and `inference-dlq` with a fresh
+consumer group until every id it sent has an outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from server_fixtures import (
+    REPO_ROOT,
+    Metrics,
+    export_lenet,
+    lenet_config,
+    publish,
+    reference,
+    wait_until,
+)
+
+from protos import grpc_service_pb2 as pb
+from serving.client import apply_preprocessing
+from serving.model_config import PreprocessingSpec
+from streams.broker import EmbeddedBroker
+from streams.messages import CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE
+
+READY_PREFIX = "stream worker ready "
+MODEL = "lenet"
+PREPROCESSING = PreprocessingSpec(mean=[0.1307], std=[0.3081])
+OUTCOME_TOPICS = ("inference-results", "inference-dlq")
+SHAPE = [1, 1, 28, 28]
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[str]
+    fields: dict[str, str]
+    log_file: Path
+
+    def log_tail(self) -> str:
+        return self.log_file.read_text(errors="replace")[-4000:]
+
+    def scrape(self) -> Metrics:
+        url = f"http://127.0.0.1:{self.fields['metrics']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return Metrics(response.read().decode())
+
+    def stop(self, timeout_s: float = 40.0) -> int:
+        """SIGTERM by pid and wait; SIGKILL if it hangs. The exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+
+@dataclass
+class Setup:
+    bootstrap: str
+    model_file: Path
+    worker: WorkerProcess
+    folder: Path
+
+
+def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+@contextlib.contextmanager
+def running_worker(
+    bootstrap: str, repository: Path, group: str, log_file: Path
+) -> Iterator[WorkerProcess]:
+    """`headrace stream worker` (concurrency 2) until its ready line; stopped by pid on exit."""
+    command = [sys.executable, "-m", "headrace", "stream", "worker",
+               "--repository", str(repository), "--bootstrap", bootstrap, "--group", group,
+               "--concurrency", "2", "--max-batch", "64", "--max-delay-ms", "5",
+               "--metrics-port", "0", "--loglevel", "info"]  # fmt: skip
+    with log_file.open("w") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True
+        )
+    worker = WorkerProcess(process, {}, log_file)
+    try:
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True).start()
+        deadline = time.monotonic() + 60
+        while not worker.fields:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError("no ready line in 60 s:\n" + worker.log_tail()) from None
+            if line is None:
+                process.wait(timeout=10)
+                raise AssertionError(
+                    f"the worker exited with {process.returncode}:\n" + worker.log_tail()
+                )
+            if line.startswith(READY_PREFIX):
+                worker.fields = dict(p.split("=", 1) for p in line.split()[3:])
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    folder = tmp_path_factory.mktemp("stream")
+    model_file = export_lenet(folder / "lenet.onnx", seed=0)
+    config = lenet_config(MODEL, max_batch_size=64, preprocessing=PREPROCESSING)
+    publish(folder / "repo", config, model_file)
+    with EmbeddedBroker() as broker:
+        group = f"worker-{uuid.uuid4().hex[:8]}"
+        with running_worker(broker.bootstrap, folder / "repo", group, folder / "w.log") as worker:
+            yield Setup(broker.bootstrap, model_file, worker, folder)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def producer(bootstrap: str, **options: Any) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **options)
+
+
+def json_request(request_id: str, array: np.ndarray, datatype: str = "FP32", **extra: Any) -> bytes:
+    body = {
+        "request_id": request_id,
+        "model": MODEL,
+        "inputs": [
+            {"name": "input", "datatype": datatype, "shape": list(array.shape),
+             "data": array.ravel().tolist()}
+        ],
+        **extra,
+    }  # fmt: skip
+    return json.dumps(body).encode()
+
+
+def collect(
+    bootstrap: str,
+    wanted: set[str],
+    timeout_s: float = 120.0,
+    by_payload: set[str] = frozenset(),
+    duplicates: list[str] | None = None,
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Outcomes of `wanted` request ids (and of DLQ records whose payload is in `by_payload`):
+    id (or payload) -> (topic, parsed value). A second outcome for one id fails the test,
+    unless `duplicates` is given: then its id is appended there (at-least-once allows it).
+
+    Reads every partition of both outcome topics from the earliest offset (the embedded
+    broker's end offsets are wrong, so records are counted by consuming them)."""
+    consumer = KafkaConsumer(  # no group: assigned partitions read from the start, no join wait
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    consumer.assign(
+        [
+            TopicPartition(topic, partition)
+            for topic in OUTCOME_TOPICS
+            for partition in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+    )
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(found) < len(wanted) + len(by_payload):
+            if time.monotonic() > deadline:
+                missing = sorted((wanted | by_payload) - set(found))[:5]
+                raise AssertionError(f"{len(missing)}+ requests without an outcome: {missing}")
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    value = json.loads(record.value)
+                    name = value.get("request_id")
+                    if name is None and value.get("payload") in by_payload:
+                        name = value["payload"]
+                    if name in wanted or name in by_payload:
+                        if name in found:
+                            assert duplicates is not None, f"two outcomes for {name}"
+                            duplicates.append(name)
+                        found[name] = (record.topic, value)
+    finally:
+        consumer.close()
+    return found
+
+
+def logits(result: dict[str, Any]) -> np.ndarray:
+    output = result["outputs"][0]
+    return np.asarray(output["data"], np.float32).reshape(output["shape"])
+
+
+# -- tests ---------------------------------------------------------------------------------
+
+
+def test_thousand_requests_all_get_results_equal_to_onnxruntime(setup: Setup) -> None:
+    n = 1000
+    rng = np.random.default_rng(7)
+    floats = rng.standard_normal((n, 1, 28, 28), dtype=np.float32)
+    pixels = rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)
+    prefix = f"a-{uuid.uuid4().hex[:6]}-"
+    ids = [f"{prefix}{i}" for i in range(n)]
+    send = producer(setup.bootstrap)
+    started = time.perf_counter()
+    for i, request_id in enumerate(ids):  # odd ids carry raw pixels the worker preprocesses
+        value = (
+            json_request(request_id, pixels[i : i + 1], "UINT8")
+            if i % 2
+            else json_request(request_id, floats[i : i + 1])
+        )
+        send.send("inference-requests", key=request_id.encode(), value=value)
+    send.flush()
+    send.close()
+    produced_s = time.perf_counter() - started
+    outcomes = collect(setup.bootstrap, set(ids))
+    elapsed = time.perf_counter() - started
+    print(
+        f"\nstream worker: {n} requests end to end in {elapsed:.2f} s = {n / elapsed:.0f} req/s "
+        f"(producing them took {produced_s:.2f} s)"
+    )
+    dlq = {k: v for k, (topic, v) in outcomes.items() if topic != "inference-results"}
+    assert not dlq, f"{len(dlq)} requests went to the DLQ, e.g. {next(iter(dlq.values()))}"
+    inputs = np.where(
+        (np.arange(n) % 2 == 1)[:, None, None, None],
+        apply_preprocessing(pixels, PREPROCESSING),
+        floats,
+    )
+    expected = reference(setup.model_file, inputs)
+    got = np.concatenate([logits(outcomes[request_id][1]) for request_id in ids])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    timings = outcomes[ids[0]][1]["timings"]
+    assert timings["batch_size"] >= 1 and timings["infer_s"] > 0 and timings["queue_s"] >= 0
+    metrics = setup.worker.scrape()
+    assert metrics.value("stream_messages_in_total") >= n
+    assert metrics.value("stream_results_total") >= n
+    assert metrics.value("inference_request_success_total", model=MODEL) >= n
+    print("batches whose ack waited for an earlier batch:", metrics.value("stream_ack_waits_total"))
+
+
+def test_bad_records_each_get_one_dlq_record_and_good_ones_results(setup: Setup) -> None:
+    tag = uuid.uuid4().hex[:6]
+    image = np.random.default_rng(3).standard_normal((1, 1, 28, 28), dtype=np.float32)
+    nan_image = image.copy()
+    nan_image[0, 0, 0, 0] = math.nan
+    missing_id_value = json.dumps(
+        {"model": MODEL, "inputs": [{"name": "input", "datatype": "FP32", "shape": SHAPE,
+                                     "data": image.ravel().tolist()}], "parameters": {"t": tag}}
+    )  # fmt: skip
+    unknown_model = {**json.loads(json_request(f"unknown-{tag}", image)), "model": "no-such"}
+    bad: dict[str, tuple[bytes | None, str, str]] = {  # request id: value, reason, stage
+        f"notjson-{tag}": (b"{not json", "not_json", "decode"),
+        f"schema-{tag}": (
+            json.dumps({"request_id": f"schema-{tag}", "model": MODEL, "inputs": "no"}).encode(),
+            "invalid_schema",
+            "decode",
+        ),
+        f"unknown-{tag}": (json.dumps(unknown_model).encode(), "model_not_found", "validate"),
+        f"shape-{tag}": (
+            json_request(f"shape-{tag}", image.reshape(1, 1, 14, 56)),
+            "invalid_input",
+            "validate",
+        ),
+        f"dtype-{tag}": (
+            json_request(f"dtype-{tag}", image.astype(np.float64), "FP64"),
+            "invalid_input",
+            "validate",
+        ),
+        f"nan-{tag}": (json_request(f"nan-{tag}", nan_image), "invalid_input", "validate"),
+        f"big-{tag}": (
+            b'{"pad": "' + b"x" * (5 * 1024 * 1024) + b'"}',
+            "payload_too_large",
+            "decode",
+        ),
+        f"tomb-{tag}": (None, "tombstone", "decode"),
+        f"late-{tag}": (
+            json_request(f"late-{tag}", image, deadline=time.time() - 1),
+            "deadline_exceeded",
+            "validate",
+        ),
+    }
+    good = [f"good-{tag}-{i}" for i in range(20)]
+    send = producer(setup.bootstrap, max_request_size=8 * 1024 * 1024)
+    for i, request_id in enumerate(good):
+        send.send(
+            "inference-requests", key=request_id.encode(), value=json_request(request_id, image)
+        )
+        if i < len(bad):
+            bad_id = list(bad)[i]
+            send.send("inference-requests", key=bad_id.encode(), value=bad[bad_id][0])
+    send.send("inference-requests", value=missing_id_value.encode())  # no key, no request_id
+    send.flush()
+    send.close()
+    outcomes = collect(setup.bootstrap, set(good) | set(bad), by_payload={missing_id_value})
+    for request_id in good:
+        topic, value = outcomes[request_id]
+        assert topic == "inference-results", value
+    for request_id, (_, reason, stage) in bad.items():
+        topic, value = outcomes[request_id]
+        assert topic == "inference-dlq", value
+        assert (value["error_code"], value["stage"]) == (reason, stage), value
+        assert value["source"]["topic"] == "inference-requests"
+        assert value["message"]
+    topic, value = outcomes[missing_id_value]
+    assert topic == "inference-dlq" and value["error_code"] == "missing_request_id", value
+    assert value["request_id"] is None
+    assert outcomes[f"big-{tag}"][1]["payload"] is None  # referenced by position, not copied
+    metrics = setup.worker.scrape()
+    assert metrics.value("stream_dlq_total", reason="tombstone") >= 1
+    assert metrics.value("stream_dlq_total", reason="not_json") >= 1
+
+
+def test_binary_protobuf_request_gets_a_result(setup: Setup) -> None:
+    request_id = f"proto-{uuid.uuid4().hex[:6]}"
+    image = np.random.default_rng(5).standard_normal((2, 1, 28, 28), dtype=np.float32)
+    message = pb.ModelInferRequest(model_name=MODEL)
+    message.inputs.add(name="input", datatype="FP32", shape=list(image.shape))
+    message.raw_input_contents.append(image.tobytes())
+    send = producer(setup.bootstrap)
+    headers = [(CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE.encode())]
+    send.send(
+        "inference-requests",
+        key=request_id.encode(),
+        value=message.SerializeToString(),
+        headers=headers,
+    )
+    send.flush()
+    send.close()
+    topic, value = collect(setup.bootstrap, {request_id}, timeout_s=60)[request_id]
+    assert topic == "inference-results", value
+    np.testing.assert_allclose(
+        logits(value), reference(setup.model_file, image), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_sigkill_mid_stream_loses_no_request(setup: Setup) -> None:
+    """At-least-once: a worker killed mid-stream leaves no request without an outcome once a
+    second worker of the same group takes over from the committed offsets."""
+    n = 3000
+    ids = [f"k-{uuid.uuid4().hex[:6]}-{i}" for i in range(n)]
+    image = np.random.default_rng(9).integers(0, 256, (1, 1, 28, 28), dtype=np.uint8)
+    group = f"killed-{uuid.uuid4().hex[:8]}"
+    send = producer(setup.bootstrap)
+    with running_worker(
+        setup.bootstrap, setup.folder / "repo", group, setup.folder / "killed.log"
+    ) as first:
+        for request_id in ids:
+            send.send("inference-requests", key=request_id.encode(), value=json_request(
+                request_id, image, "UINT8"))  # fmt: skip
+        send.flush()
+        wait_until(
+            lambda: first.scrape().value("stream_results_total") >= n // 4,
+            "a quarter of the results",
+            timeout_s=60,
+        )
+        first.process.kill()  # SIGKILL: no chance to commit or finish anything
+        first.process.wait(timeout=10)
+    send.close()
+    with running_worker(setup.bootstrap, setup.folder / "repo", group, setup.folder / "second.log"):
+        duplicates: list[str] = []
+        outcomes = collect(setup.bootstrap, set(ids), duplicates=duplicates)
+    assert all(topic == "inference-results" for topic, _ in outcomes.values())
+    print(f"\nafter SIGKILL: {len(duplicates)} duplicate results of {n} requests")
+
+
+def test_sigterm_stops_the_worker_cleanly(setup: Setup) -> None:
+    assert setup.worker.stop() == 0, setup.worker.log_tail()
+    assert "Traceback" not in setup.worker.log_file.read_text(errors="replace")

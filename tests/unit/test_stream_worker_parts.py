@@ -1,0 +1,145 @@
+"""The stream worker's parts without a broker: the offset gate and one batch's outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import numpy as np
+import pytest
+
+from headrace.errors import ModelNotFound
+from serving.model_config import ModelConfig, PreprocessingSpec, TensorSpec
+from serving.types import InferRequest, InferResponse, InferTensor, Timings
+from serving.validation import validate_request
+from streams.inference import SourceRecord, handle_batch
+from streams.offsets import OffsetGate
+
+# -- OffsetGate ----------------------------------------------------------------------------
+
+
+def test_gate_holds_a_later_batch_until_earlier_records_finish() -> None:
+    async def scenario() -> list[str]:
+        gate, order = OffsetGate(), []
+        first = [("p0", o) for o in range(0, 10)]
+        second = [("p0", o) for o in range(10, 20)]
+        for tp, offset in first + second:
+            gate.received(tp, offset)
+
+        async def later() -> None:
+            gate.finished(second)
+            await gate.wait_earlier(second)
+            order.append("second released")
+
+        task = asyncio.create_task(later())
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        order.append("first finished")
+        gate.finished(first)
+        await asyncio.wait_for(task, 1)
+        assert gate.pending() == 0
+        return order
+
+    assert asyncio.run(scenario()) == ["first finished", "second released"]
+
+
+def test_gate_ignores_other_partitions_and_forgets_revoked_ones() -> None:
+    async def scenario() -> None:
+        gate = OffsetGate()
+        gate.received("p0", 0)
+        gate.received("p1", 5)
+        gate.finished([("p1", 5)])
+        await asyncio.wait_for(gate.wait_earlier([("p1", 5)]), 1)  # p0 is not its business
+        gate.received("p1", 6)
+        gate.finished([("p1", 6)])
+        assert gate.blocking([("p0", 3)])
+        gate.forget(["p0"])
+        await asyncio.wait_for(gate.wait_earlier([("p0", 3)]), 1)
+
+    asyncio.run(scenario())
+
+
+# -- handle_batch --------------------------------------------------------------------------
+
+CONFIG = ModelConfig(
+    name="m",
+    max_batch_size=8,
+    inputs=[TensorSpec(name="input", datatype="FP32", dims=[1, 2, 2])],
+    outputs=[TensorSpec(name="out", dims=[1])],
+    preprocessing=PreprocessingSpec(scale=0.5, mean=[1.0], std=[2.0]),
+)
+
+
+class FakeBackend:
+    """Validates like the dataplane and answers the sum of each row."""
+
+    def __init__(self) -> None:
+        self.seen: list[InferRequest] = []
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        if name != "m":
+            raise ModelNotFound(f"model {name!r} not found")
+        return CONFIG
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        self.seen.append(request)
+        if request.model_name == "boom":
+            raise RuntimeError("a bug")
+        config = self.model_config(request.model_name)
+        validate_request(request, config)
+        data = request.inputs[0].data.reshape(request.inputs[0].shape)
+        out = data.reshape(data.shape[0], -1).sum(1, keepdims=True).astype(np.float32)
+        return InferResponse("m", "1", [InferTensor.from_array("out", out)], request.id,
+                             timings=Timings(0.001, 0.002, 3))  # fmt: skip
+
+
+def request_value(request_id: str, data: list[float] | list[int], datatype: str = "FP32",
+                  model: str = "m", **extra: object) -> bytes:  # fmt: skip
+    tensor = {"name": "input", "datatype": datatype, "shape": [1, 1, 2, 2], "data": data}
+    return json.dumps(
+        {"request_id": request_id, "model": model, "inputs": [tensor], **extra}
+    ).encode()
+
+
+def record(offset: int, value: bytes | None, key: bytes | None = None) -> SourceRecord:
+    return SourceRecord("inference-requests", 0, offset, key, value, [], time.time() - 0.5)
+
+
+def test_every_record_gets_exactly_one_outcome() -> None:
+    backend = FakeBackend()
+    records = [
+        record(0, request_value("ok", [1.0, 2.0, 3.0, 4.0])),
+        record(1, request_value("pixels", [2, 4, 6, 8], "UINT8")),
+        record(2, b"nope", key=b"k2"),
+        record(3, None, key=b"tomb"),
+        record(4, request_value("unknown", [1.0] * 4, model="other")),
+        record(5, request_value("late", [1.0] * 4, deadline=time.time() - 1)),
+        record(6, request_value("loop", [1.0] * 4, reply_to="inference-requests")),
+        record(7, request_value("bug", [1.0] * 4, model="boom")),
+        record(8, request_value("elsewhere", [1.0] * 4, reply_to="my-replies")),
+    ]
+    outcomes = asyncio.run(handle_batch(records, backend))
+    assert len(outcomes) == len(records)
+    kinds = [(o.kind, o.topic, o.reason) for o in outcomes]
+    assert kinds == [
+        ("result", "inference-results", None),
+        ("result", "inference-results", None),
+        ("dlq", "inference-dlq", "not_json"),
+        ("dlq", "inference-dlq", "tombstone"),
+        ("dlq", "inference-dlq", "model_not_found"),
+        ("dlq", "inference-dlq", "deadline_exceeded"),
+        ("dlq", "inference-dlq", "invalid_input"),
+        ("dlq", "inference-dlq", "internal"),
+        ("result", "my-replies", None),
+    ]
+    assert [o.key for o in outcomes[:4]] == [b"ok", b"pixels", b"k2", b"tomb"]
+    result = json.loads(outcomes[0].value)
+    assert result["outputs"][0]["data"] == [10.0]
+    assert result["timings"]["batch_size"] == 3 and result["timings"]["queue_s"] >= 0.5
+    pixels = json.loads(outcomes[1].value)["outputs"][0]["data"][0]
+    assert pixels == pytest.approx(sum((p * 0.5 - 1.0) / 2.0 for p in [2, 4, 6, 8]))
+    assert backend.seen[1].inputs[0].datatype == "FP32"  # preprocessed before the model
+    assert "late" not in [r.id for r in backend.seen]  # never run
+    unknown = json.loads(outcomes[4].value)
+    assert (unknown["stage"], unknown["source"]["offset"]) == ("validate", 4)
