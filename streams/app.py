@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -108,6 +109,7 @@ class StreamWorker:
         self.metrics = metrics
         self.topics = Topics(config.requests_topic, config.results_topic, config.dlq_topic)
         self.gate = OffsetGate()
+        self.positions: dict[Any, int] = {}  # partition -> next offset the agent will take
         self.failed: BaseException | None = None
         self._on_ready = on_ready
         self._on_fatal = on_fatal
@@ -137,6 +139,22 @@ class StreamWorker:
     async def _revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked = args[0] if args else kwargs.get("revoked", ())
         self.gate.forget(revoked)
+        for tp in revoked:
+            self.positions.pop(tp, None)
+
+    def consumer_lag(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, records not yet taken) for the assigned partitions we have read.
+
+        The embedded broker reports a wrong log end offset (DESIGN.md), so this gauge is only
+        meaningful on Apache Kafka.
+        """
+        consumer = self.app.consumer
+        lags = []
+        for tp in consumer.assignment():
+            if tp in self.positions:
+                lag = max(0, consumer.highwater(tp) - self.positions[tp])
+                lags.append((tp.topic, tp.partition, lag))
+        return lags
 
     async def _consume(self, stream: StreamT) -> None:
         """The agent: one call per concurrent actor, each with its own stream on a shared queue."""
@@ -145,6 +163,7 @@ class StreamWorker:
             event = stream.current_event
             if event is not None:
                 self.gate.received(event.message.tp, event.message.offset)
+                self.positions[event.message.tp] = event.message.offset + 1
             return value
 
         stream.add_processor(track)
@@ -185,7 +204,11 @@ class StreamWorker:
         if self.metrics is not None:
             results = sum(1 for o in outcomes if o.kind == "result")
             reasons = [o.reason or "internal" for o in outcomes if o.kind == "dlq"]
-            self.metrics.observe_batch(len(records), results, reasons)
+            now = time.time()
+            latencies = [
+                now - o.created_at for o in outcomes if o.kind == "result" and o.created_at
+            ]
+            self.metrics.observe_batch(len(records), results, reasons, latencies)
         if self.gate.blocking(positions):
             if self.metrics is not None:
                 self.metrics.ack_waits.inc()

@@ -75,6 +75,7 @@ class Outcome:
     request_id: str | None
     reason: str | None = None  # DLQ reason
     headers: list[tuple[str, bytes]] = field(default_factory=lambda: list(JSON_HEADERS))
+    created_at: float | None = None  # when the request was made (its own field, else its record's)
 
 
 @dataclass
@@ -239,4 +240,5 @@ def _result(
     request_id = item.decoded.request.id
     value = encode_result(response, request_id, timings, item.decoded.created_at)
     topic = item.decoded.reply_to or topics.results
-    return Outcome("result", topic, request_id.encode(), value, request_id)
+    created_at = item.decoded.created_at or record.timestamp_s
+    return Outcome("result", topic, request_id.encode(), value, request_id, created_at=created_at)

@@ -6,9 +6,35 @@ dataplane's `ServingMetrics`; these count what the stream itself sees.
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from serving.metrics import ServingMetrics
+
+
+class _LagCollector(Collector):
+    def __init__(self, source: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily(
+            "stream_consumer_lag",
+            "Records in the partition not yet taken by this worker.",
+            labels=["topic", "partition"],
+        )
+        try:
+            rows = list(self.source())
+        except Exception:  # the consumer is starting or stopping: report nothing this scrape
+            rows = []
+        for topic, partition, lag in rows:
+            gauge.add_metric([topic, str(partition)], lag)
+        yield gauge
+
+
+E2E_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class StreamMetrics:
@@ -30,18 +56,37 @@ class StreamMetrics:
             registry=registry,
         )
 
+        self.end_to_end = Histogram(
+            "stream_end_to_end_latency_seconds",
+            "From the request's creation (its created_at, else its record timestamp) to its "
+            "result being acknowledged by the broker.",
+            buckets=E2E_BUCKETS_S,
+            registry=registry,
+        )
         self.ack_waits = Counter(
             "stream_ack_waits",
             "Batches whose ack waited for an earlier batch of the same partition to finish.",
             registry=registry,
         )
 
-    def observe_batch(self, records: int, results: int, dlq_reasons: list[str]) -> None:
+    def observe_batch(
+        self,
+        records: int,
+        results: int,
+        dlq_reasons: list[str],
+        latencies_s: Sequence[float] = (),
+    ) -> None:
         self.messages_in.inc(records)
+        for latency in latencies_s:
+            self.end_to_end.observe(latency)
         if results:
             self.results.inc(results)
         for reason in dlq_reasons:
             self.dlq.labels(reason).inc()
+
+    def watch_lag(self, source: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        """Expose `stream_consumer_lag{topic,partition}` read from `source` at scrape time."""
+        self.serving.registry.register(_LagCollector(source))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         return self.serving.serve(port, host)

@@ -91,6 +91,7 @@ def run_worker(
         os.kill(os.getpid(), signal.SIGTERM)  # Faust's handler stops the worker cleanly
 
     stream = StreamWorker(config, dataplane, metrics, on_ready=ready, on_fatal=fatal)
+    metrics.watch_lag(stream.consumer_lag)
     worker = _Worker(stream.app, loop=loop, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()

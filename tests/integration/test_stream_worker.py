@@ -255,6 +255,9 @@ def test_thousand_requests_all_get_results_equal_to_onnxruntime(setup: Setup) ->
     assert metrics.value("stream_messages_in_total") >= n
     assert metrics.value("stream_results_total") >= n
     assert metrics.value("inference_request_success_total", model=MODEL) >= n
+    assert metrics.value("stream_end_to_end_latency_seconds_count") >= n
+    assert metrics.value("stream_end_to_end_latency_seconds_sum") > 0
+    assert "# TYPE stream_consumer_lag gauge" in metrics.text
     print("batches whose ack waited for an earlier batch:", metrics.value("stream_ack_waits_total"))
 
 
