@@ -1,8 +1,11 @@
-"""The serving half of `make demo`: start `headrace serve`, query it with Triton's client, stop it.
+"""The running half of `make demo`: the Kafka path and the gRPC path on a trained model.
 
-Run as `python -m headrace.demo --repository DIR --model NAME`. It sends a few
-digits from the embedded dataset's test split (preprocessed as the model's
-config.json says) through `tritonclient.grpc` and prints the predictions.
+Run as `python -m headrace.demo --repository DIR --model NAME [--requests 1000]`.
+It starts the embedded broker, a stream worker and `headrace serve`; produces
+real digits from the embedded dataset's test split as inference requests and
+reads the results back (throughput, end-to-end latency percentiles, accuracy);
+then sends a few digits through Triton's own client (`tritonclient.grpc`).
+Everything it starts is stopped at the end, by pid, also on errors.
 """
 
 from __future__ import annotations
@@ -11,76 +14,108 @@ import argparse
 import signal
 import subprocess
 import sys
+import tempfile
+import time
+from contextlib import ExitStack
 from pathlib import Path
 
-import numpy as np
-
-from serving.repository import ModelRepository
+from streams.broker import EmbeddedBroker
+from streams.producer import produce_requests
+from streams.results import Summary, add_record, consume, read_manifest
+from streams.topics import create_topics
 from training.datasets import load_splits
 
-READY_PREFIX = "serving grpc="
+WORKER_READY = "stream worker ready "
+IDLE_S = 30.0  # give up when no outcome arrives for this long
 
 
-def start_server(repository: Path) -> tuple[subprocess.Popen[str], str]:
-    """Start `headrace serve` on free ports; returns the process and its gRPC address."""
+def start_process(argv: list[str], ready_prefix: str) -> tuple[subprocess.Popen[str], str]:
+    """Start a headrace command; returns it and its ready line once printed."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "headrace", "serve", "--repository", str(repository),
-         "--port", "0", "--metrics-port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "headrace", *argv], stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout is not None
     for line in process.stdout:
-        if line.startswith(READY_PREFIX):
-            return process, line.split()[1].removeprefix("grpc=")
+        if line.startswith(ready_prefix):
+            return process, line.strip()
     process.wait()
-    raise RuntimeError(f"headrace serve exited with code {process.returncode} before it was ready")
+    raise RuntimeError(
+        f"headrace {argv[0]} exited with code {process.returncode} before it was ready"
+    )
 
 
-def preprocess(pixels: np.ndarray, scale: float, mean: list[float], std: list[float]) -> np.ndarray:
-    """uint8 (N, C, H, W) -> float32 model input, as the model's config.json says."""
-    m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
-    return ((pixels.astype(np.float32) * scale - m) / s).astype(np.float32)
+def stop_process(process: subprocess.Popen[str]) -> None:
+    """SIGTERM and wait; SIGKILL if it does not stop in a minute."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def kafka_demo(repository: Path, model: str, requests: int, stack: ExitStack) -> None:
+    """Broker + stream worker; produce `requests` digits; summarise the results topic."""
+    broker = stack.enter_context(EmbeddedBroker())
+    create_topics(broker.bootstrap)
+    print(f"embedded broker on {broker.bootstrap}")
+    worker, ready = start_process(
+        ["stream", "worker", "--repository", str(repository), "--bootstrap", broker.bootstrap],
+        WORKER_READY,
+    )
+    stack.callback(stop_process, worker)
+    print(ready)
+    test = load_splits("digits").test
+    manifest = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "manifest.jsonl"
+    started = time.perf_counter()
+    seconds = produce_requests(
+        broker.bootstrap, "inference-requests", model, test.images, test.labels, requests,
+        manifest=manifest,
+    )  # fmt: skip
+    print(f"produced {requests} digit requests in {seconds:.2f} s")
+    labels = read_manifest(manifest)
+    summary = Summary()
+    records = consume(
+        broker.bootstrap, ["inference-results", "inference-dlq"], follow=False, idle_s=IDLE_S
+    )
+    for topic, value in records:  # stops early once every request is answered
+        add_record(summary, topic, value, "inference-dlq", labels)
+        if len(summary.request_ids & labels.keys()) >= requests:
+            break
+    records.close()
+    elapsed = time.perf_counter() - started
+    outcomes = len(summary.request_ids & labels.keys())
+    print(
+        f"{outcomes}/{requests} requests answered in {elapsed:.2f} s "
+        f"({outcomes / elapsed:.0f} requests/s end to end, produce included); "
+        f"{summary.results} results, DLQ {summary.dlq or 'empty'}, {summary.duplicates} duplicates"
+    )
+    p50, p99 = summary.latency_ms(50), summary.latency_ms(99)
+    if p50 is not None and p99 is not None:
+        print(f"end-to-end latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    if summary.accuracy is not None:
+        print(f"accuracy from the results topic: {summary.accuracy:.4f}")
+
+
+def grpc_demo(repository: Path, model: str, count: int) -> None:
+    """`headrace serve` queried with tritonclient, in its own process: tritonclient's generated
+    `inference` protos and ours cannot be loaded into one Python process."""
+    argv = ["--repository", str(repository), "--model", model, "--count", str(count)]
+    subprocess.run([sys.executable, "-m", "headrace.demo_grpc", *argv], check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--model", default="lenet5-digits")
-    parser.add_argument("--count", type=int, default=8, help="digits to send")
+    parser.add_argument("--requests", type=int, default=1000, help="Kafka requests (0 = skip)")
+    parser.add_argument("--grpc-count", type=int, default=8, help="digits sent over gRPC")
     args = parser.parse_args(argv)
-
-    import tritonclient.grpc as triton
-
-    config = ModelRepository(args.repository).config(args.model)
-    if config.preprocessing is None:
-        raise SystemExit(f"model {args.model} has no preprocessing spec in its config.json")
-    test = load_splits("digits").test
-    pixels, labels = test.images[: args.count], test.labels[: args.count]
-    batch = preprocess(pixels, config.preprocessing.scale, config.preprocessing.mean,
-                       config.preprocessing.std)  # fmt: skip
-
-    process, address = start_server(args.repository)
-    try:
-        client = triton.InferenceServerClient(url=address)
-        print(f"server live={client.is_server_live()} ready={client.is_server_ready()} "
-              f"model ready={client.is_model_ready(args.model)} at {address}")  # fmt: skip
-        correct = 0
-        for i in range(len(batch)):
-            infer_input = triton.InferInput(config.inputs[0].name, [1, *batch.shape[1:]], "FP32")
-            infer_input.set_data_from_numpy(batch[i : i + 1])
-            result = client.infer(args.model, [infer_input])
-            logits = result.as_numpy(config.outputs[0].name)
-            predicted = int(np.argmax(logits[0]))
-            correct += int(predicted == labels[i])
-            print(f"digit {i}: label {labels[i]} predicted {config.labels[predicted]} "
-                  f"(model version {result.get_response().model_version})")  # fmt: skip
-        print(f"{correct}/{len(batch)} correct through tritonclient.grpc")
-        client.close()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+    with ExitStack() as stack:
+        if args.requests > 0:
+            kafka_demo(args.repository, args.model, args.requests, stack)
+    grpc_demo(args.repository, args.model, args.grpc_count)
     return 0
 
 

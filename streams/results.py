@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +54,7 @@ def predicted_class(result: InferenceResultMessage) -> int | None:
 
 def consume(
     bootstrap: str, topics: list[str], follow: bool, idle_s: float = 5.0
-) -> Iterator[tuple[str, bytes | None]]:
+) -> Generator[tuple[str, bytes | None], None, None]:
     """(topic, value) of every record from the beginning; stops after `idle_s` unless following."""
     from kafka import KafkaConsumer
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 
@@ -93,6 +94,8 @@ def run_worker(
     stream = StreamWorker(config, dataplane, metrics, on_ready=ready, on_fatal=fatal)
     metrics.watch_lag(stream.consumer_lag)
     worker = _Worker(stream.app, loop=loop, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    if not sys.stdout.isatty():
+        worker.spinner = None  # Faust draws it with terminal escapes, which garble piped output
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

@@ -43,3 +43,18 @@ def test_mnist_default_settings_reach_98_percent(mnist_dir: Path, tmp_path: Path
         ["--model", "lenet5", "--dataset", "mnist", "--data-dir", str(mnist_dir)], tmp_path
     )
     assert float(report["test_accuracy"]) >= 0.98  # type: ignore[arg-type]
+
+
+def test_demo_runs_the_kafka_and_grpc_paths(tmp_path: Path) -> None:
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "-m headrace.demo --repository" in makefile
+    _train(["--model", "lenet5", "--dataset", "digits", "--epochs", "2"], tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "headrace.demo", "--repository", "model_repository",
+         "--model", "lenet5-digits", "--requests", "200", "--grpc-count", "3"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "200/200 requests answered" in done.stdout
+    assert "accuracy from the results topic" in done.stdout
+    assert "correct through tritonclient.grpc" in done.stdout

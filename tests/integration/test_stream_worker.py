@@ -7,16 +7,9 @@ consumer group until every id it sent has an outcome.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import queue
-import signal
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,54 +18,24 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from server_fixtures import (
-    REPO_ROOT,
-    Metrics,
-    export_lenet,
-    lenet_config,
-    publish,
-    reference,
-    wait_until,
+from server_fixtures import reference, wait_until
+from stream_fixtures import (
+    MODEL,
+    PREPROCESSING,
+    WorkerProcess,
+    collect,
+    json_request,
+    producer,
+    publish_lenet,
+    running_worker,
 )
 
 from protos import grpc_service_pb2 as pb
 from serving.client import apply_preprocessing
-from serving.model_config import PreprocessingSpec
 from streams.broker import EmbeddedBroker
 from streams.messages import CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE
 
-READY_PREFIX = "stream worker ready "
-MODEL = "lenet"
-PREPROCESSING = PreprocessingSpec(mean=[0.1307], std=[0.3081])
-OUTCOME_TOPICS = ("inference-results", "inference-dlq")
 SHAPE = [1, 1, 28, 28]
-
-
-@dataclass
-class WorkerProcess:
-    process: subprocess.Popen[str]
-    fields: dict[str, str]
-    log_file: Path
-
-    def log_tail(self) -> str:
-        return self.log_file.read_text(errors="replace")[-4000:]
-
-    def scrape(self) -> Metrics:
-        url = f"http://127.0.0.1:{self.fields['metrics']}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return Metrics(response.read().decode())
-
-    def stop(self, timeout_s: float = 40.0) -> int:
-        """SIGTERM by pid and wait; SIGKILL if it hangs. The exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        return self.process.returncode
 
 
 @dataclass
@@ -83,126 +46,17 @@ class Setup:
     folder: Path
 
 
-def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
-@contextlib.contextmanager
-def running_worker(
-    bootstrap: str, repository: Path, group: str, log_file: Path
-) -> Iterator[WorkerProcess]:
-    """`headrace stream worker` (concurrency 2) until its ready line; stopped by pid on exit."""
-    command = [sys.executable, "-m", "headrace", "stream", "worker",
-               "--repository", str(repository), "--bootstrap", bootstrap, "--group", group,
-               "--concurrency", "2", "--max-batch", "64", "--max-delay-ms", "5",
-               "--metrics-port", "0", "--loglevel", "info"]  # fmt: skip
-    with log_file.open("w") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True
-        )
-    worker = WorkerProcess(process, {}, log_file)
-    try:
-        lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True).start()
-        deadline = time.monotonic() + 60
-        while not worker.fields:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError("no ready line in 60 s:\n" + worker.log_tail()) from None
-            if line is None:
-                process.wait(timeout=10)
-                raise AssertionError(
-                    f"the worker exited with {process.returncode}:\n" + worker.log_tail()
-                )
-            if line.startswith(READY_PREFIX):
-                worker.fields = dict(p.split("=", 1) for p in line.split()[3:])
-        yield worker
-    finally:
-        worker.stop()
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     folder = tmp_path_factory.mktemp("stream")
-    model_file = export_lenet(folder / "lenet.onnx", seed=0)
-    config = lenet_config(MODEL, max_batch_size=64, preprocessing=PREPROCESSING)
-    publish(folder / "repo", config, model_file)
+    repository, model_file = publish_lenet(folder)
     with EmbeddedBroker() as broker:
         group = f"worker-{uuid.uuid4().hex[:8]}"
-        with running_worker(broker.bootstrap, folder / "repo", group, folder / "w.log") as worker:
+        with running_worker(broker.bootstrap, repository, group, folder / "w.log") as worker:
             yield Setup(broker.bootstrap, model_file, worker, folder)
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def producer(bootstrap: str, **options: Any) -> KafkaProducer:
-    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **options)
-
-
-def json_request(request_id: str, array: np.ndarray, datatype: str = "FP32", **extra: Any) -> bytes:
-    body = {
-        "request_id": request_id,
-        "model": MODEL,
-        "inputs": [
-            {"name": "input", "datatype": datatype, "shape": list(array.shape),
-             "data": array.ravel().tolist()}
-        ],
-        **extra,
-    }  # fmt: skip
-    return json.dumps(body).encode()
-
-
-def collect(
-    bootstrap: str,
-    wanted: set[str],
-    timeout_s: float = 120.0,
-    by_payload: set[str] = frozenset(),
-    duplicates: list[str] | None = None,
-) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Outcomes of `wanted` request ids (and of DLQ records whose payload is in `by_payload`):
-    id (or payload) -> (topic, parsed value). A second outcome for one id fails the test,
-    unless `duplicates` is given: then its id is appended there (at-least-once allows it).
-
-    Reads every partition of both outcome topics from the earliest offset (the embedded
-    broker's end offsets are wrong, so records are counted by consuming them)."""
-    consumer = KafkaConsumer(  # no group: assigned partitions read from the start, no join wait
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
-    consumer.assign(
-        [
-            TopicPartition(topic, partition)
-            for topic in OUTCOME_TOPICS
-            for partition in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-    )
-    found: dict[str, tuple[str, dict[str, Any]]] = {}
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(found) < len(wanted) + len(by_payload):
-            if time.monotonic() > deadline:
-                missing = sorted((wanted | by_payload) - set(found))[:5]
-                raise AssertionError(f"{len(missing)}+ requests without an outcome: {missing}")
-            for records in consumer.poll(timeout_ms=200).values():
-                for record in records:
-                    value = json.loads(record.value)
-                    name = value.get("request_id")
-                    if name is None and value.get("payload") in by_payload:
-                        name = value["payload"]
-                    if name in wanted or name in by_payload:
-                        if name in found:
-                            assert duplicates is not None, f"two outcomes for {name}"
-                            duplicates.append(name)
-                        found[name] = (record.topic, value)
-    finally:
-        consumer.close()
-    return found
 
 
 def logits(result: dict[str, Any]) -> np.ndarray:
