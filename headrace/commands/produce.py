@@ -74,6 +74,21 @@ def produce(
     click.echo(f"produced {count} requests to {topic} in {seconds:.2f} s ({count / seconds:.0f}/s)")
 
 
+def _print_record(record: Any) -> None:
+    """One line for a result or a DLQ record."""
+    from streams.messages import DLQRecord
+    from streams.results import predicted_class
+
+    if isinstance(record, DLQRecord):
+        where = f"{record.error_code} ({record.stage})"
+        click.echo(f"DLQ {record.request_id}: {where}: {record.message}")
+        return
+    click.echo(
+        f"{record.request_id}: class {predicted_class(record)} "
+        f"(model {record.model} v{record.model_version}, batch {record.timings.batch_size})"
+    )
+
+
 def _advance(bar: Any, sent: int) -> None:
     bar.update(sent)
 
@@ -83,6 +98,9 @@ def _advance(bar: Any, sent: int) -> None:
 @click.option("--dlq-topic", default="inference-dlq", show_default=True)
 @click.option("--follow", is_flag=True, help="Keep reading new records until Ctrl-C.")
 @click.option("--idle-s", type=float, default=5.0, show_default=True, help="Stop after this quiet.")
+@click.option(
+    "--expect", type=int, help="Stop once this many distinct request ids have an outcome."
+)
 @click.option(
     "--manifest", type=click.Path(path_type=Path, exists=True), help="Labels, for accuracy."
 )
@@ -94,14 +112,14 @@ def results(
     dlq_topic: str,
     follow: bool,
     idle_s: float,
+    expect: int | None,
     manifest: Path | None,
     quiet: bool,
     as_json: bool,
     bootstrap: str | None,
 ) -> None:
     """Print results and DLQ records from the beginning, then a summary (accuracy with labels)."""
-    from streams.messages import DLQRecord
-    from streams.results import Summary, add_record, consume, predicted_class, read_manifest
+    from streams.results import Summary, add_record, consume, read_manifest
 
     labels = read_manifest(manifest) if manifest is not None else {}
     summary = Summary()
@@ -110,17 +128,10 @@ def results(
             resolve_bootstrap(bootstrap), [topic, dlq_topic], follow, idle_s
         ):
             record = add_record(summary, record_topic, value, dlq_topic, labels)
-            if record is None or quiet or as_json:
-                continue
-            if isinstance(record, DLQRecord):
-                where = f"{record.error_code} ({record.stage})"
-                click.echo(f"DLQ {record.request_id}: {where}: {record.message}")
-            else:
-                click.echo(
-                    f"{record.request_id}: class {predicted_class(record)} "
-                    f"(model {record.model} v{record.model_version}, "
-                    f"batch {record.timings.batch_size})"
-                )
+            if record is not None and not (quiet or as_json):
+                _print_record(record)
+            if expect is not None and len(summary.request_ids) >= expect:
+                break
     except KeyboardInterrupt:
         pass
     report = {

@@ -50,7 +50,9 @@ def start_background(
     process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     try:
-        for line in process.stdout:  # the server prints one line when it is ready
+        for line in process.stdout:  # servers and workers print one line when ready
+            if line.startswith("stream worker ready "):
+                return process, {}
             if line.startswith("serving grpc="):
                 fields = dict(re.findall(r"(grpc|metrics)=(\S+)", line))
                 host = fields["grpc"].rsplit(":", 1)[0]
@@ -75,6 +77,7 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
     for key in ("HEADRACE_MODEL_REPOSITORY", "HEADRACE_RUNS_DIR", "HEADRACE_DATA_DIR"):
         env.pop(key, None)
     background: list[subprocess.Popen[str]] = []
+    outputs: list[str] = []
     addresses: dict[str, str] = {}
     try:
         for command in commands:
@@ -94,10 +97,18 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
                 argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
             )
             assert done.returncode == 0, f"{command!r} failed:\n{done.stdout}\n{done.stderr}"
+            outputs.append(done.stdout)
             if "--json" in argv:
                 assert done.stdout.strip().startswith(("{", "[")), command
     finally:
-        # A broker the README started and a failed line left behind: stop it by its pid.
+        for process in background:  # workers before the broker they talk to
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        # The broker the README started (it says to stop it by hand): stop it by its pid.
         subprocess.run(
             [sys.executable, "-m", "headrace", "broker", "stop"],
             cwd=tmp_path,
@@ -105,15 +116,9 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
             capture_output=True,
             timeout=60,
         )
-        for process in background:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
     assert all(process.returncode == 0 for process in background)  # drained cleanly
     assert (tmp_path / "model_repository" / "lenet5-digits" / "2" / "model.onnx").is_file()
+    assert any("250 results" in out for out in outputs)  # every README request was answered
 
 
 @pytest.mark.parametrize("command", ["train", "check-grad", "data", "models"])
