@@ -280,18 +280,23 @@ class ServerProcess:
         return self.scrape().value("inference_in_flight_requests", model=model)
 
     def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM by pid and wait; SIGKILL if it does not exit in time. The exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        return self.process.returncode
+        return stop_process(self.process, timeout_s)
 
 
-def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
+def stop_process(process: subprocess.Popen[str], timeout_s: float) -> int:
+    """SIGTERM by pid and wait; SIGKILL if it does not exit in time. The exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    return int(process.returncode)
+
+
+def pump(stream: Any, lines: queue.Queue[str | None]) -> None:
+    """Copy a child's output lines to a queue (None at the end), for a reader thread."""
     for line in stream:
         lines.put(line)
     lines.put(None)
@@ -318,7 +323,7 @@ def running_server(
     server: ServerProcess | None = None
     try:
         lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True).start()
+        threading.Thread(target=pump, args=(process.stdout, lines), daemon=True).start()
         deadline = time.monotonic() + ready_timeout_s
         while server is None:
             try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +25,15 @@ from typing import Any
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from server_fixtures import REPO_ROOT, Metrics, export_lenet, lenet_config, publish
+from server_fixtures import (
+    REPO_ROOT,
+    Metrics,
+    export_lenet,
+    lenet_config,
+    publish,
+    pump,
+    stop_process,
+)
 
 from serving.model_config import PreprocessingSpec
 
@@ -72,20 +79,7 @@ class WorkerProcess:
 
     def stop(self, timeout_s: float = 40.0) -> int:
         """SIGTERM by pid and wait; SIGKILL if it hangs. The exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        return self.process.returncode
-
-
-def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
+        return stop_process(self.process, timeout_s)
 
 
 @contextlib.contextmanager
@@ -110,7 +104,7 @@ def running_worker(
     worker = WorkerProcess(process, {}, log_file)
     try:
         lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True).start()
+        threading.Thread(target=pump, args=(process.stdout, lines), daemon=True).start()
         deadline = time.monotonic() + ready_timeout_s
         while not worker.fields:
             try:
