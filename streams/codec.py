@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from pydantic import ValidationError
@@ -99,6 +100,38 @@ def decode_request(
 
 
 def _decode_json(key: bytes | None, value: bytes) -> DecodedRequest:
+    try:  # fast path: pydantic parses and validates the bytes in one pass (2.5x json.loads)
+        message = InferenceRequestMessage.model_validate_json(value)
+    except ValidationError:  # anything unusual takes the path that explains what is wrong
+        message = _validate_json_slowly(key, value)
+    try:
+        request = request_from_json(_request_body(message), message.model, message.version or "")
+    except InvalidInput as exc:
+        raise RecordRejected(exc.message, "invalid_input") from None
+    request.id = message.request_id
+    return DecodedRequest(request, message.reply_to, message.created_at, message.deadline)
+
+
+def _request_body(message: InferenceRequestMessage) -> dict[str, Any]:
+    """What `request_from_json` reads of the message, without `model_dump` copying every value."""
+    return {
+        "inputs": [
+            {
+                "name": t.name,
+                "datatype": t.datatype,
+                "shape": t.shape,
+                "data": t.data,
+                "parameters": t.parameters,
+            }
+            for t in message.inputs
+        ],
+        "outputs": [{"name": o.name} for o in message.outputs],
+        "parameters": message.parameters,
+    }
+
+
+def _validate_json_slowly(key: bytes | None, value: bytes) -> InferenceRequestMessage:
+    """JSON -> message, the record key standing in for a missing request_id; or why not."""
     try:
         body = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -113,12 +146,7 @@ def _decode_json(key: bytes | None, value: bytes) -> DecodedRequest:
         )
         reason = "missing_request_id" if _lacks_request_id(exc) else "invalid_schema"
         raise RecordRejected(f"request does not match the schema: {problems}", reason) from None
-    try:
-        request = request_from_json(message.model_dump(), message.model, message.version or "")
-    except InvalidInput as exc:
-        raise RecordRejected(exc.message, "invalid_input") from None
-    request.id = message.request_id
-    return DecodedRequest(request, message.reply_to, message.created_at, message.deadline)
+    return message
 
 
 def _lacks_request_id(exc: ValidationError) -> bool:
