@@ -33,6 +33,7 @@ test-unit: install
 bench: install
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.streaming
 
 lint: install
 	$(BIN)/ruff check .
