@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     from kafka.structs import OffsetAndMetadata, TopicPartition
 
     from headrace.errors import HeadraceError
-    from serving.client import apply_preprocessing
     from serving.repository import ModelRepository
     from serving.runner import OnnxModel
     from serving.types import InferResponse, InferTensor, Timings
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                         for tensor in request.inputs:
                             data = np.asarray(tensor.data).reshape(tensor.shape)
                             if spec is not None and data.dtype.kind in "iu":
-                                data = apply_preprocessing(data, spec)
+                                data = spec.apply(data)
                             inputs[tensor.name] = data
                         preprocess_s = time.perf_counter() - began
                         began = time.perf_counter()

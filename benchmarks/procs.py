@@ -14,7 +14,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -43,13 +42,6 @@ class Child:
     def tail(self, chars: int = 3000) -> str:
         text = self.stderr.read_text(errors="replace") if self.stderr.exists() else ""
         return text[-chars:]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS says is free now (for programs that cannot take port 0)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def session_members(sid: int) -> list[int]:

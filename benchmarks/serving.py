@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.procs import Processes, free_port
+from benchmarks.procs import Processes
+from streams.broker import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_SHAPES: dict[str, tuple[int, ...]] = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}

@@ -11,7 +11,6 @@ Everything it starts is stopped at the end, by pid, also on errors.
 from __future__ import annotations
 
 import argparse
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from headrace.processes import stop_process
 from streams.broker import EmbeddedBroker
 from streams.producer import produce_requests
 from streams.results import Summary, add_record, consume, read_manifest
@@ -42,17 +42,6 @@ def start_process(argv: list[str], ready_prefix: str) -> tuple[subprocess.Popen[
     raise RuntimeError(
         f"headrace {argv[0]} exited with code {process.returncode} before it was ready"
     )
-
-
-def stop_process(process: subprocess.Popen[str]) -> None:
-    """SIGTERM and wait; SIGKILL if it does not stop in a minute."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def kafka_demo(repository: Path, model: str, requests: int, stack: ExitStack) -> None:

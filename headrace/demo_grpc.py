@@ -8,25 +8,17 @@ with headrace's own, so it touches nothing that imports `protos`.
 from __future__ import annotations
 
 import argparse
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from serving.model_config import PreprocessingSpec
+from headrace.processes import stop_process
 from serving.repository import ModelRepository
 from training.datasets import load_splits
 
 READY_PREFIX = "serving grpc="
-
-
-def preprocess(pixels: np.ndarray, spec: PreprocessingSpec) -> np.ndarray:
-    """uint8 (N, C, H, W) -> float32 model input, as the model's config.json says."""
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
-    return ((pixels.astype(np.float32) * spec.scale - mean) / std).astype(np.float32)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.preprocessing is None:
         raise SystemExit(f"model {args.model} has no preprocessing spec in its config.json")
     test = load_splits("digits").test
-    batch = preprocess(test.images[: args.count], config.preprocessing)
+    batch = config.preprocessing.apply(test.images[: args.count])
     server = subprocess.Popen(
         [sys.executable, "-m", "headrace", "serve", "--repository", str(args.repository),
          "--port", "0", "--metrics-port", "0"],
@@ -77,13 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{correct}/{len(batch)} correct through tritonclient.grpc")
         client.close()
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        stop_process(server)
     return 0
 
 

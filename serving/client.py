@@ -46,13 +46,6 @@ class ModelConfigView:
     labels: list[str]
 
 
-def apply_preprocessing(pixels: np.ndarray, spec: PreprocessingSpec) -> np.ndarray:
-    """Raw pixels (N, C, H, W) -> float32 model input: `(pixels * scale - mean[c]) / std[c]`."""
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
-    return ((pixels.astype(np.float32) * spec.scale - mean) / std).astype(np.float32)
-
-
 class InferenceClient:
     """Blocking client for one server address."""
 

@@ -13,6 +13,7 @@ import re
 from datetime import UTC, datetime
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
@@ -53,6 +54,12 @@ class PreprocessingSpec(BaseModel):
     mean: list[float] = Field(description="Per-channel mean subtracted after scaling.")
     std: list[float] = Field(description="Per-channel standard deviation divided by.")
     layout: Literal["NCHW"] = "NCHW"
+
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw pixels (N, C, H, W) -> float32 model input: `(pixels * scale - mean[c]) / std[c]`."""
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        return ((pixels.astype(np.float32) * self.scale - mean) / std).astype(np.float32)
 
     @model_validator(mode="after")
     def _same_channels(self) -> PreprocessingSpec:

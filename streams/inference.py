@@ -31,7 +31,6 @@ from headrace.errors import (
     ModelNotFound,
     ModelNotReady,
 )
-from serving.client import apply_preprocessing
 from serving.model_config import ModelConfig
 from serving.types import InferRequest, InferResponse, InferTensor
 from streams.codec import DecodedRequest, RecordRejected, decode_request, dlq_record, encode_result
@@ -202,9 +201,7 @@ def _preprocess(request: InferRequest, backend: InferenceBackend) -> None:
                 f"input {tensor.name!r}: pixels must be [batch, {len(spec.mean)}, H, W] "
                 f"(NCHW) to be preprocessed, got {list(tensor.shape)}"
             )
-        request.inputs[position] = InferTensor.from_array(
-            tensor.name, apply_preprocessing(pixels, spec)
-        )
+        request.inputs[position] = InferTensor.from_array(tensor.name, spec.apply(pixels))
 
 
 def _source(record: SourceRecord) -> RecordRef:

@@ -49,7 +49,7 @@ def infer(
     import grpc
     import numpy as np
 
-    from serving.client import InferenceClient, apply_preprocessing
+    from serving.client import InferenceClient
     from serving.types import DATATYPE_TO_NUMPY
 
     array = np.load(input_file, allow_pickle=False)
@@ -63,7 +63,7 @@ def infer(
         wanted = DATATYPE_TO_NUMPY[spec.datatype]
         view = client.model_config(model, version)
         if array.dtype.kind in "ui" and wanted.kind == "f" and view.preprocessing is not None:
-            array = apply_preprocessing(array, view.preprocessing)  # raw pixels
+            array = view.preprocessing.apply(array)  # raw pixels
         if array.dtype != wanted:
             if not np.can_cast(array.dtype, wanted, casting="same_kind"):
                 raise InvalidInput(

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
+from headrace.processes import stop_process
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from serving.model_config import DynamicBatchingConfig, ModelConfig, TensorSpec
@@ -281,18 +281,6 @@ class ServerProcess:
 
     def stop(self, timeout_s: float = 30.0) -> int:
         return stop_process(self.process, timeout_s)
-
-
-def stop_process(process: subprocess.Popen[str], timeout_s: float) -> int:
-    """SIGTERM by pid and wait; SIGKILL if it does not exit in time. The exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-    return int(process.returncode)
 
 
 def pump(stream: Any, lines: queue.Queue[str | None]) -> None:

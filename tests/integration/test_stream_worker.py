@@ -31,7 +31,6 @@ from stream_fixtures import (
 )
 
 from protos import grpc_service_pb2 as pb
-from serving.client import apply_preprocessing
 from streams.broker import EmbeddedBroker
 from streams.messages import CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE
 
@@ -96,7 +95,7 @@ def test_thousand_requests_all_get_results_equal_to_onnxruntime(setup: Setup) ->
     assert not dlq, f"{len(dlq)} requests went to the DLQ, e.g. {next(iter(dlq.values()))}"
     inputs = np.where(
         (np.arange(n) % 2 == 1)[:, None, None, None],
-        apply_preprocessing(pixels, PREPROCESSING),
+        PREPROCESSING.apply(pixels),
         floats,
     )
     expected = reference(setup.model_file, inputs)

@@ -151,3 +151,13 @@ def test_models_without_policy_are_left_alone() -> None:
     entry.batcher.queue_depth = 100
     assert asyncio.run(scaler.step()) == []
     assert entry.model.instances == 1
+
+
+def test_preprocessing_spec_scales_and_standardises_per_channel() -> None:
+    from serving.model_config import PreprocessingSpec
+
+    spec = PreprocessingSpec(scale=0.5, mean=[1.0, 0.0], std=[2.0, 4.0])
+    pixels = np.array([[[[2]], [[8]]]], dtype=np.uint8)  # (1, 2, 1, 1)
+    out = spec.apply(pixels)
+    assert out.dtype == np.float32
+    assert out.reshape(-1).tolist() == [0.0, 1.0]  # (2*0.5-1)/2, (8*0.5-0)/4
