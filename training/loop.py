@@ -28,6 +28,7 @@ from training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoin
 from training.config import TrainConfig
 from training.datasets.base import DatasetSplits
 from training.evaluate import evaluate
+from training.hooks import TrainingHook
 from training.preprocess import BatchPipeline
 
 
@@ -92,6 +93,7 @@ class Trainer:
         pipeline: BatchPipeline,
         config: TrainConfig,
         run_dir: Path,
+        hooks: list[TrainingHook] | None = None,
     ) -> None:
         self.model = model
         self.splits = splits
@@ -107,6 +109,9 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
         self.bad_epochs = 0
         self.history: list[EpochRecord] = []
+        self.hooks = list(hooks or [])
+        for hook in self.hooks:
+            hook.attach(self)
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -164,14 +169,20 @@ class Trainer:
             )
             inputs = self.pipeline.train_batch(images[index])
             targets = labels[index]
+            for hook in self.hooks:
+                inputs, targets = hook.on_batch(self.model, inputs, targets)
             logits = self.model(inputs)
             loss = F.cross_entropy(logits, targets, weight=self.loss_weights)
+            for hook in self.hooks:
+                extra = hook.extra_loss(self.model)
+                if extra is not None:
+                    loss = loss + extra
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total_loss += float(loss.detach()) * len(index)
+            total_loss += float(loss.detach()) * len(targets)
             correct += int((logits.argmax(1) == targets).sum())
-            seen += len(index)
+            seen += len(targets)
             if bar is not None:
                 bar.update(len(index))
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}")

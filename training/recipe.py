@@ -19,9 +19,11 @@ from training.config import TrainConfig
 from training.datasets import DatasetSplits, load_splits
 from training.evaluate import EvalMetrics, evaluate
 from training.export import INPUT_NAME, OUTPUT_NAME, export_onnx, verify_onnx
+from training.hooks import PublishInfo, build_hooks
 from training.loop import EpochCallback, FitResult, Trainer
 from training.models import build_model
 from training.preprocess import BatchPipeline
+from training.published import WEIGHTS_FILE, save_weights
 
 REPORT_FILE = "report.json"
 
@@ -79,7 +81,7 @@ class TrainRecipe:
             cfg.seed,
         )
         self._splits = splits
-        self._trainer = Trainer(model, splits, pipeline, cfg, self.run_dir)
+        self._trainer = Trainer(model, splits, pipeline, cfg, self.run_dir, build_hooks(cfg))
 
     def run(self) -> None:
         trainer, splits = self._require()
@@ -138,13 +140,18 @@ class TrainRecipe:
             preprocessing=trainer.pipeline.stats.to_spec(),
             labels=list(splits.classes),
         )
+        info = PublishInfo()
+        for hook in trainer.hooks:
+            info = info.merged(hook.publish_info(trainer.model))
         with tempfile.TemporaryDirectory(prefix="headrace-export-") as tmp:
             onnx_path = export_onnx(trainer.model, shape, Path(tmp) / "model.onnx")
             diff = verify_onnx(trainer.model, onnx_path, shape)
+            weights = save_weights(trainer.model, Path(tmp) / WEIGHTS_FILE)
             published = ModelRepository(cfg.repository).publish(
                 config,
                 onnx_path,
                 architecture=cfg.model,
+                extra_files={WEIGHTS_FILE: weights},
                 metrics={
                     "test_accuracy": test.accuracy,
                     "test_balanced_accuracy": test.balanced_accuracy,
@@ -152,6 +159,7 @@ class TrainRecipe:
                     "val_loss": fit.best_val_loss,
                     "epochs_run": float(fit.epochs_run),
                     "onnx_max_abs_diff": diff,
+                    **info.metrics,
                 },
                 lineage={
                     "dataset": cfg.dataset,
@@ -160,7 +168,11 @@ class TrainRecipe:
                     "train_samples": len(splits.train),
                     "preprocess": cfg.preprocess.model_dump_json(),
                     "trained_at_unix": int(time.time()),
+                    **info.lineage,
                 },
+                dp_epsilon=info.dp_epsilon,
+                dp_delta=info.dp_delta,
+                watermark_id=info.watermark_id,
             )
         return published.version, diff
 
