@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serving.model_config import check_model_name
 from training.datasets import DATASETS
+from training.distributed.config import DistributedConfig
 from training.models import MODELS
 from training.preprocess.config import PreprocessConfig
 
@@ -56,6 +57,9 @@ class TrainConfig(BaseModel):
         default=64, ge=1, description="Serving max batch size in config.json."
     )
     progress: bool = Field(default=True, description="Show a progress bar on stderr.")
+    distributed: DistributedConfig | None = Field(
+        default=None, description="Train on Ray workers (see training/distributed); None = local."
+    )
 
     @field_validator("model")
     @classmethod

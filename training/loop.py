@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -42,6 +42,9 @@ class EpochRecord(BaseModel):
     val_accuracy: float
     seconds: float
     samples_per_s: float
+    bytes_communicated: int | None = Field(
+        default=None, description="Bytes this worker sent in the epoch (distributed runs)."
+    )
 
 
 class FitResult(BaseModel):

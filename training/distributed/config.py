@@ -1,0 +1,85 @@
+"""How a training job is spread over workers: strategy, local-SGD period and gradient compression.
+
+This is the `distributed` section of a training job spec and of `TrainConfig`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class NoCompression(BaseModel):
+    """Gradients travel as float32."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["none"] = "none"
+
+
+class Fp16Compression(BaseModel):
+    """Gradients travel as float16 (half the bytes)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["fp16"] = "fp16"
+
+
+class TopKCompression(BaseModel):
+    """Only the largest `ratio` of gradient entries travel (values + indices)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["topk"] = "topk"
+    ratio: float = Field(default=0.01, gt=0, le=1, description="Fraction of entries sent.")
+    error_feedback: bool = Field(
+        default=True, description="Add what was not sent to the next step's gradient."
+    )
+
+
+class PowerSgdCompression(BaseModel):
+    """Low-rank (PowerSGD) gradient approximation of the given rank."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["powersgd"] = "powersgd"
+    rank: int = Field(default=2, ge=1, le=64, description="Rank of the approximation.")
+    warmup_steps: int = Field(
+        default=0, ge=0, description="Steps sent uncompressed before compression starts."
+    )
+
+
+Compression = Annotated[
+    NoCompression | Fp16Compression | TopKCompression | PowerSgdCompression,
+    Field(discriminator="kind"),
+]
+
+
+class DistributedConfig(BaseModel):
+    """`distributed:` in a job spec. One worker means plain single-process training on Ray."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: int = Field(default=1, ge=1, le=1024, description="Training processes (Ray workers).")
+    strategy: Literal["allreduce", "parameter_server", "hybrid"] = Field(
+        default="allreduce",
+        description="allreduce: DDP over gloo; parameter_server: Ray actors hold parameter "
+        "shards; hybrid: fully-connected layers through the parameter server, the rest by "
+        "allreduce.",
+    )
+    sync_every: int = Field(
+        default=1, ge=1, le=10_000, description="Local-SGD period: steps between synchronisations."
+    )
+    compression: Compression = Field(default_factory=NoCompression)
+    server_shards: int = Field(
+        default=1, ge=1, le=64, description="Parameter-server actors (parameter_server, hybrid)."
+    )
+
+    @field_validator("compression", mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        """`compression: topk` means the kind with its default settings."""
+        return {"kind": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistributedConfig:
+        if self.strategy == "allreduce" and self.server_shards != 1:
+            raise ValueError("server_shards applies to parameter_server and hybrid only")
+        return self
