@@ -1,0 +1,166 @@
+"""`headrace train submit|status|events|cancel|agent`: training jobs over Kafka, run on Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from headrace.commands.broker import resolve_bootstrap
+from headrace.commands.options import build_config
+from headrace.errors import HeadraceError
+from headrace.settings import load_settings
+
+_bootstrap_option = click.option(
+    "--bootstrap",
+    help="Kafka bootstrap servers (default HEADRACE_KAFKA_BOOTSTRAP, else the embedded broker).",
+)
+
+
+def _reachable(bootstrap_flag: str | None) -> str:
+    from streams.broker import answers_metadata
+    from streams.topics import create_topics
+
+    bootstrap = resolve_bootstrap(bootstrap_flag)
+    if not answers_metadata(bootstrap, timeout_s=5.0):
+        raise HeadraceError(
+            f"cannot reach Kafka at {bootstrap}; start the embedded broker with "
+            "`headrace broker start` or set HEADRACE_KAFKA_BOOTSTRAP"
+        )
+    create_topics(bootstrap)
+    return bootstrap
+
+
+@click.command("submit")
+@click.argument("spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_bootstrap_option
+@click.option("--job-id", help="Job id (default: the spec's, else a new one).")
+@click.option(
+    "--cpus",
+    type=int,
+    help="CPUs the Ray cluster offers, to check `workers` (default: this host's).",
+)
+def submit(spec_file: Path, bootstrap: str | None, job_id: str | None, cpus: int | None) -> None:
+    """Check SPEC_FILE (YAML or JSON) and put it on the training-jobs topic; prints the job id."""
+    from streams.job_client import submit_job
+    from training.job_spec import parse_job_spec
+
+    spec = parse_job_spec(
+        spec_file.read_text(), available_cpus=cpus or os.cpu_count(), source=str(spec_file)
+    )
+    if job_id is not None:
+        spec = parse_job_spec({**spec.model_dump(mode="json"), "job_id": job_id}, source="--job-id")
+    click.echo(submit_job(_reachable(bootstrap), spec))
+
+
+@click.command("cancel")
+@click.argument("job_id")
+@_bootstrap_option
+def cancel(job_id: str, bootstrap: str | None) -> None:
+    """Ask the agent to cancel JOB_ID (queued or running)."""
+    from streams.job_client import cancel_job
+
+    cancel_job(_reachable(bootstrap), job_id)
+    click.echo(f"cancel requested for {job_id}")
+
+
+@click.command("events")
+@click.option("--job", "job_id", help="Only this job's events.")
+@click.option("--follow", is_flag=True, help="Keep printing new events (Ctrl-C to stop).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@_bootstrap_option
+def events(job_id: str | None, follow: bool, as_json: bool, bootstrap: str | None) -> None:
+    """Print training events (epochs, retries, outcomes) from the training-events topic."""
+    from streams.job_client import read_events
+
+    for event in read_events(_reachable(bootstrap), job_id, follow=follow):
+        click.echo(event.model_dump_json() if as_json else event.describe())
+
+
+@click.command("status")
+@click.argument("job_id")
+@click.option("--wait", "wait_s", type=float, default=0.0, help="Wait up to this many seconds "
+              "for the job to end.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the latest event as JSON.")
+@_bootstrap_option
+def status(job_id: str, wait_s: float, as_json: bool, bootstrap: str | None) -> None:
+    """Show JOB_ID's latest state; exits 1 if it failed, was rejected or cancelled."""
+    from streams.job_client import read_events
+    from streams.job_messages import TERMINAL_EVENTS
+
+    address = _reachable(bootstrap)
+    deadline = time.monotonic() + wait_s
+    while True:
+        history = list(read_events(address, job_id, idle_s=1.0))
+        latest = history[-1] if history else None
+        if latest is not None and latest.event in TERMINAL_EVENTS:
+            break
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    if latest is None:
+        raise HeadraceError(f"no events for job {job_id!r}; is `headrace train agent` running?")
+    click.echo(latest.model_dump_json() if as_json else latest.describe())
+    if latest.event in {"failed", "rejected", "cancelled"}:
+        raise SystemExit(1)
+
+
+@click.command("agent")
+@_bootstrap_option
+@click.option("--repository", type=click.Path(path_type=Path), help="Model repository folder.")
+@click.option("--runs-dir", type=click.Path(path_type=Path), help="Run folders, one per job.")
+@click.option("--group", default="headrace-training", show_default=True, help="Consumer group.")
+@click.option("--ray-cpus", type=int, help="CPUs of a local Ray (default all; RAY_ADDRESS wins).")
+@click.option(
+    "--loglevel",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def agent(
+    bootstrap: str | None,
+    repository: Path | None,
+    runs_dir: Path | None,
+    group: str,
+    ray_cpus: int | None,
+    loglevel: str,
+) -> None:
+    """Run training jobs from the training-jobs topic on Ray until SIGTERM or Ctrl-C.
+
+    Prints `training agent ready ...` once it consumes; progress goes to
+    training-events and new model versions are announced on model-updates.
+    """
+    from streams.job_agent import JobAgent, JobAgentConfig
+    from training.ray_jobs import connect_ray, run_on_ray
+
+    logging.basicConfig(
+        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    settings = load_settings()
+    config = build_config(
+        JobAgentConfig,
+        bootstrap=_reachable(bootstrap),
+        repository=repository or settings.model_repository,
+        runs_dir=runs_dir or settings.runs_dir,
+        group_id=group,
+        ray_cpus=ray_cpus,
+    )
+    cpus = connect_ray(config.ray_cpus)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    job_agent = JobAgent(config, run_on_ray, available_cpus=cpus)
+
+    def ready() -> None:
+        click.echo(
+            f"training agent ready group={config.group_id} bootstrap={config.bootstrap} "
+            f"ray_cpus={cpus}"
+        )
+
+    job_agent.run(stop, on_ready=ready)

@@ -1,0 +1,208 @@
+"""The training-job agent: runs each job from `training-jobs` on Ray, reports on `training-events`.
+
+Jobs run one at a time in a background thread while the main loop keeps polling
+the topic, so a `cancel` command reaches the running job at once and later
+submissions wait their turn. A command's offset is committed only after its job
+has ended (at-least-once): an agent killed mid-job runs it again after a
+restart, resuming from the job's last checkpoint, and a job that had already
+finished is reported from its saved report instead of being trained twice.
+New versions are announced on `model-updates` (keyed by model name).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from streams.job_messages import (
+    EVENTS_TOPIC,
+    JOBS_TOPIC,
+    UPDATES_TOPIC,
+    JobCommand,
+    ModelUpdate,
+    TrainingEvent,
+)
+from streams.job_runner import JobRunner, JobRunnerConfig
+from training.job_spec import TrainingJobSpec
+
+log = logging.getLogger(__name__)
+POLL_MS = 200
+
+
+class JobAgentConfig(BaseModel):
+    """What `headrace train agent` consumes and where it publishes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bootstrap: str = Field(min_length=1, description="Kafka bootstrap servers.")
+    repository: Path
+    runs_dir: Path
+    group_id: str = Field(default="headrace-training", pattern=r"^[A-Za-z0-9._-]+$")
+    ray_cpus: int | None = Field(
+        default=None, ge=1, description="CPUs of a local Ray (ignored with RAY_ADDRESS)."
+    )
+
+
+@dataclass
+class _Job:
+    offset: int
+    partition: int
+    spec: TrainingJobSpec
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+class JobAgent:
+    """Consumer loop + one job thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: JobAgentConfig,
+        train: Callable[..., object],
+        available_cpus: int | None,
+    ) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        self.config = config
+        self.producer = KafkaProducer(bootstrap_servers=config.bootstrap, acks="all", linger_ms=0)
+        self.consumer = KafkaConsumer(
+            JOBS_TOPIC,
+            bootstrap_servers=config.bootstrap,
+            group_id=config.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=300,
+            max_poll_interval_ms=3_600_000,
+        )
+        self.runner = JobRunner(
+            JobRunnerConfig(
+                repository=config.repository,
+                runs_dir=config.runs_dir,
+                available_cpus=available_cpus,
+            ),
+            train,  # type: ignore[arg-type]
+            self.emit,
+            self.announce,
+        )
+        self.pending: deque[_Job] = deque()
+        self.running: _Job | None = None
+        self.next_offsets: dict[int, int] = {}
+        self.unfinished: dict[int, set[int]] = {}
+        self.committed: dict[int, int] = {}
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def emit(self, event: TrainingEvent) -> None:
+        self.producer.send(
+            EVENTS_TOPIC, key=event.job_id.encode(), value=event.model_dump_json().encode()
+        ).get(timeout=30)
+        log.info("%s", event.describe())
+
+    def announce(self, update: ModelUpdate) -> None:
+        self.producer.send(
+            UPDATES_TOPIC, key=update.model.encode(), value=update.model_dump_json().encode()
+        ).get(timeout=30)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, on_ready: Callable[[], None] | None = None) -> None:
+        """Poll, dispatch and commit until `stop` is set; the running job is cancelled on stop."""
+        ready = False
+        try:
+            while not stop.is_set():
+                batches = self.consumer.poll(timeout_ms=POLL_MS)
+                if not ready and self.consumer.assignment():
+                    ready = True
+                    if on_ready is not None:
+                        on_ready()
+                for tp, records in batches.items():
+                    for record in records:
+                        self._receive(tp.partition, record.offset, record.value)
+                self._reap()
+                self._start_next()
+                self._commit()
+        finally:
+            if self.running is not None:
+                self.running.cancelled.set()
+                if self.running.thread is not None:
+                    self.running.thread.join(timeout=60)
+            self.consumer.close(autocommit=False)
+            self.producer.flush(timeout=30)
+            self.producer.close(timeout=30)
+
+    def _receive(self, partition: int, offset: int, value: bytes | None) -> None:
+        self.unfinished.setdefault(partition, set()).add(offset)
+        self.next_offsets[partition] = offset + 1
+        try:
+            command = JobCommand.model_validate_json(value or b"")
+        except ValidationError as exc:
+            reason = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()
+            )
+            self.emit(TrainingEvent(job_id="unknown", event="rejected", reason=reason))
+            self._finish(partition, offset)
+            return
+        if command.command == "cancel":
+            self._cancel(command.job_id)
+            self._finish(partition, offset)
+            return
+        spec = self.runner.validate(command.job_id, command.spec)
+        if spec is None:
+            self._finish(partition, offset)
+            return
+        self.pending.append(_Job(offset, partition, spec))
+
+    def _cancel(self, job_id: str) -> None:
+        if self.running is not None and self.running.spec.job_id == job_id:
+            self.running.cancelled.set()
+            return
+        for job in list(self.pending):
+            if job.spec.job_id == job_id:
+                self.pending.remove(job)
+                self.emit(TrainingEvent(job_id=job_id, event="cancelled", reason="before start"))
+                self._finish(job.partition, job.offset)
+                return
+        log.warning("cancel for job %s, which is not queued or running here", job_id)
+
+    def _start_next(self) -> None:
+        if self.running is not None or not self.pending:
+            return
+        job = self.pending.popleft()
+        job.thread = threading.Thread(
+            target=self.runner.execute,
+            args=(job.spec, job.cancelled),
+            name=f"job-{job.spec.job_id}",
+            daemon=True,
+        )
+        self.running = job
+        job.thread.start()
+
+    def _reap(self) -> None:
+        job = self.running
+        if job is not None and job.thread is not None and not job.thread.is_alive():
+            self.running = None
+            self._finish(job.partition, job.offset)
+
+    def _finish(self, partition: int, offset: int) -> None:
+        self.unfinished.get(partition, set()).discard(offset)
+
+    def _commit(self) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        offsets = {}
+        for partition, next_offset in self.next_offsets.items():
+            open_offsets = self.unfinished.get(partition)
+            point = min(open_offsets) if open_offsets else next_offset
+            if self.committed.get(partition) != point:
+                offsets[TopicPartition(JOBS_TOPIC, partition)] = OffsetAndMetadata(point, "", -1)
+                self.committed[partition] = point
+        if offsets:
+            self.consumer.commit(offsets)

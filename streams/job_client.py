@@ -1,0 +1,51 @@
+"""The user's side of training jobs: submit and cancel commands, read and follow job events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pydantic import ValidationError
+
+from streams.job_messages import EVENTS_TOPIC, JOBS_TOPIC, JobCommand, TrainingEvent
+from streams.results import consume
+from training.job_spec import TrainingJobSpec, spec_to_json
+
+
+def _send(bootstrap: str, command: JobCommand) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        producer.send(
+            JOBS_TOPIC, key=command.job_id.encode(), value=command.model_dump_json().encode()
+        ).get(timeout=30)
+    finally:
+        producer.close(timeout=30)
+
+
+def submit_job(bootstrap: str, spec: TrainingJobSpec) -> str:
+    """Put a validated spec on `training-jobs` (acknowledged by the broker); returns the job id."""
+    import json
+
+    payload = json.loads(spec_to_json(spec))
+    payload.pop("job_id", None)
+    _send(bootstrap, JobCommand(command="submit", job_id=spec.job_id, spec=payload))
+    return spec.job_id
+
+
+def cancel_job(bootstrap: str, job_id: str) -> None:
+    """Ask the agent to cancel a queued or running job."""
+    _send(bootstrap, JobCommand(command="cancel", job_id=job_id))
+
+
+def read_events(
+    bootstrap: str, job_id: str | None = None, follow: bool = False, idle_s: float = 2.0
+) -> Iterator[TrainingEvent]:
+    """Events from the beginning (of one job, or all); stops after `idle_s` unless following."""
+    for _, value in consume(bootstrap, [EVENTS_TOPIC], follow=follow, idle_s=idle_s):
+        try:
+            event = TrainingEvent.model_validate_json(value or b"")
+        except ValidationError:
+            continue  # not ours; the topic is shared with other producers
+        if job_id is None or event.job_id == job_id:
+            yield event

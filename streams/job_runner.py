@@ -1,0 +1,172 @@
+"""Running one submitted training job: validate, train on Ray with retries, publish, announce.
+
+`JobRunner.execute` turns a job command into events (`accepted` or `rejected`,
+`started`, one `epoch` per epoch, `retrying` after a worker crash, then
+`succeeded`, `failed` or `cancelled`) through an `emit` callable, and announces
+a published version through `announce`. It knows nothing about Kafka, so tests
+can drive it directly; `streams.job_agent` wires it to the topics.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from headrace.errors import ConfigError, HeadraceError, JobCancelled, WorkerCrashed
+from streams.job_messages import ModelUpdate, TrainingEvent
+from training.checkpoint import checkpoint_path
+from training.config import TrainConfig
+from training.job_spec import TrainingJobSpec, parse_job_spec
+from training.loop import EpochRecord
+from training.recipe import REPORT_FILE, TrainReport
+
+Emit = Callable[[TrainingEvent], None]
+Announce = Callable[[ModelUpdate], None]
+Train = Callable[[TrainConfig, Callable[[EpochRecord], None], Callable[[], bool]], TrainReport]
+
+
+class JobRunnerConfig(BaseModel):
+    """Where the agent keeps models and runs, and how much Ray can give a job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repository: Path = Field(description="Model repository new versions are published to.")
+    runs_dir: Path = Field(description="Run folders (checkpoints, TensorBoard), one per job.")
+    available_cpus: int | None = Field(default=None, ge=1, description="Ray CPUs; None = unknown.")
+
+
+class JobRunner:
+    """Executes jobs one at a time (see the module docstring)."""
+
+    def __init__(self, config: JobRunnerConfig, train: Train, emit: Emit, announce: Announce):
+        self.config = config
+        self._train = train
+        self._emit = emit
+        self._announce = announce
+
+    def validate(self, job_id: str, spec: dict[str, Any] | None) -> TrainingJobSpec | None:
+        """The parsed spec, or None after emitting `rejected` with every problem listed."""
+        try:
+            if spec is None:
+                raise ConfigError("a submit command needs a spec")
+            parsed = parse_job_spec({**spec, "job_id": job_id}, self.config.available_cpus)
+        except ConfigError as exc:
+            self._emit(TrainingEvent(job_id=job_id, event="rejected", reason=exc.message))
+            return None
+        self._emit(TrainingEvent(job_id=job_id, event="accepted", model=parsed.train.model_name))
+        return parsed
+
+    def train_config(self, spec: TrainingJobSpec) -> TrainConfig:
+        """The spec's training settings with the agent's folders and the job's lineage."""
+        return spec.train.model_copy(
+            update={
+                "repository": self.config.repository,
+                "runs_dir": self.config.runs_dir,
+                "run_id": spec.job_id,
+                "progress": False,
+                "lineage": {**spec.train.lineage, "job_id": spec.job_id},
+            }
+        )
+
+    def execute(self, spec: TrainingJobSpec, cancelled: threading.Event) -> None:
+        """Run the job to its end; every outcome is an event, nothing is raised."""
+        job_id = spec.job_id
+        config = self.train_config(spec)
+        run_dir = config.runs_dir / f"{config.model_name}-{job_id}"
+        finished = _finished_report(run_dir)
+        if finished is not None:  # a restarted agent met a job it had already done
+            self._succeeded(job_id, finished, attempt=1)
+            return
+        for attempt in range(1, spec.max_retries + 2):
+            if checkpoint_path(run_dir).is_file() and not _distributed(config):
+                config = config.model_copy(update={"resume": run_dir})
+            self._emit(TrainingEvent(job_id=job_id, event="started", attempt=attempt))
+            try:
+                report = self._train(
+                    config, self._epoch_emitter(job_id, attempt, config.epochs), cancelled.is_set
+                )
+            except JobCancelled:
+                self._emit(TrainingEvent(job_id=job_id, event="cancelled", attempt=attempt))
+                return
+            except WorkerCrashed as exc:
+                if attempt <= spec.max_retries and not cancelled.is_set():
+                    self._emit(
+                        TrainingEvent(
+                            job_id=job_id, event="retrying", attempt=attempt, reason=exc.message
+                        )
+                    )
+                    continue
+                self._failed(job_id, attempt, f"{exc.message}; gave up after {attempt} attempts")
+                return
+            except HeadraceError as exc:
+                self._failed(job_id, attempt, exc.message)
+                return
+            except Exception as exc:  # a job must end in an event, whatever broke
+                self._failed(job_id, attempt, f"{type(exc).__name__}: {exc}")
+                return
+            self._succeeded(job_id, report, attempt)
+            return
+
+    def _epoch_emitter(
+        self, job_id: str, attempt: int, epochs: int
+    ) -> Callable[[EpochRecord], None]:
+        def emit(record: EpochRecord) -> None:
+            self._emit(
+                TrainingEvent(
+                    job_id=job_id,
+                    event="epoch",
+                    attempt=attempt,
+                    epoch=record.epoch,
+                    epochs=epochs,
+                    train_loss=record.train_loss,
+                    val_loss=record.val_loss,
+                    val_accuracy=record.val_accuracy,
+                    samples_per_s=record.samples_per_s,
+                    bytes_communicated=record.bytes_communicated,
+                )
+            )
+
+        return emit
+
+    def _failed(self, job_id: str, attempt: int, reason: str) -> None:
+        self._emit(TrainingEvent(job_id=job_id, event="failed", attempt=attempt, reason=reason))
+
+    def _succeeded(self, job_id: str, report: TrainReport, attempt: int) -> None:
+        if report.version is not None:
+            self._announce(
+                ModelUpdate(
+                    model=report.name,
+                    version=report.version,
+                    job_id=job_id,
+                    metrics={"test_accuracy": report.test_accuracy},
+                )
+            )
+        self._emit(
+            TrainingEvent(
+                job_id=job_id,
+                event="succeeded",
+                attempt=attempt,
+                model=report.name,
+                version=report.version,
+                test_accuracy=report.test_accuracy,
+            )
+        )
+
+
+def _distributed(config: TrainConfig) -> bool:
+    return config.distributed is not None and config.distributed.workers > 1
+
+
+def _finished_report(run_dir: Path) -> TrainReport | None:
+    path = run_dir / REPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return TrainReport.model_validate(json.loads(path.read_text()))
+    except (ValueError, OSError):
+        return None

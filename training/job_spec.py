@@ -1,0 +1,147 @@
+"""Training job specs: the versioned YAML/JSON document a user submits to the training-jobs topic.
+
+A spec names the job and its limits and carries the training settings
+(`TrainConfig` fields: model, dataset, hyper-parameters, `distributed`,
+`privacy`, `watermark`). Keys may sit at the top level, as users write them,
+or under `train:`. Where models are stored and runs are kept is the agent's
+business, so a spec cannot set those. `parse_job_spec` reports every problem
+at once, resource checks included, before anything reaches Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from headrace.errors import ConfigError
+from training.config import TrainConfig
+
+SCHEMA_VERSION = 1
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+AGENT_OWNED = frozenset({"repository", "runs_dir", "run_id", "resume", "progress", "lineage"})
+"""TrainConfig fields the agent sets; a spec that sets them is refused."""
+
+
+def new_job_id() -> str:
+    """A short unique job id."""
+    return f"job-{uuid.uuid4().hex[:12]}"
+
+
+class DataSelection(BaseModel):
+    """Train on a data topic's shards, up to (excluding) an offset per partition."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    up_to_offset: dict[int, int] | None = Field(
+        default=None, description="Partition -> offset bound; None = everything ingested so far."
+    )
+
+
+class TrainingJobSpec(BaseModel):
+    """One training job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    kind: Literal["train"] = "train"
+    job_id: str = Field(default_factory=new_job_id, pattern=JOB_ID_PATTERN)
+    max_retries: int = Field(
+        default=2, ge=0, le=20, description="Restarts from the last checkpoint after a crash."
+    )
+    train: TrainConfig = Field(description="Model, dataset, hyper-parameters, distribution.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_train_fields(cls, data: Any) -> Any:
+        """Top-level training keys (model, epochs, distributed, ...) move under `train`."""
+        if not isinstance(data, dict):
+            return data
+        own = set(cls.model_fields)
+        train = dict(data.get("train") or {})
+        outer = {key: value for key, value in data.items() if key in own}
+        for key, value in data.items():
+            if key not in own:
+                train[key] = value
+        train.setdefault("progress", False)
+        return {**outer, "train": train}
+
+    @property
+    def workers(self) -> int:
+        return self.train.distributed.workers if self.train.distributed else 1
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        location = [str(part) for part in error["loc"]]
+        if location[:1] == ["train"]:
+            location = location[1:]
+        where = ".".join(location)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        given = error.get("input")
+        if isinstance(given, str | int | float) and not error["type"].startswith("value_error"):
+            message += f" (got {given!r})"
+        problems.append(f"{where}: {message}" if where else message)
+    return problems
+
+
+def _load_document(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML or JSON"
+        raise ConfigError(f"job spec {source} is malformed{where}: {problem}") from None
+
+
+def parse_job_spec(
+    document: str | dict[str, Any], available_cpus: int | None = None, source: str = "<spec>"
+) -> TrainingJobSpec:
+    """Validate a spec (YAML/JSON text or a dict), listing every problem in one ConfigError."""
+    data = _load_document(document, source) if isinstance(document, str) else document
+    if not isinstance(data, dict):
+        raise ConfigError(f"job spec {source} must be a mapping of settings, not {data!r:.60}")
+    problems: list[str] = []
+    train_keys = set(data) | set(data.get("train") or {})
+    for key in sorted(AGENT_OWNED & train_keys):
+        problems.append(f"{key}: set by the training agent, not by a job spec")
+    spec: TrainingJobSpec | None = None
+    cleaned = {k: v for k, v in data.items() if k not in AGENT_OWNED}
+    if isinstance(cleaned.get("train"), dict):
+        cleaned["train"] = {k: v for k, v in cleaned["train"].items() if k not in AGENT_OWNED}
+    try:
+        spec = TrainingJobSpec.model_validate(cleaned)
+    except ValidationError as exc:
+        problems.extend(_problems(exc))
+    workers = _requested_workers(data)
+    if available_cpus is not None and workers is not None and workers > available_cpus:
+        problems.append(
+            f"distributed.workers: {workers} workers need {workers} CPUs but only "
+            f"{available_cpus} are available"
+        )
+    if problems or spec is None:
+        raise ConfigError(f"invalid job spec {source}:\n  " + "\n  ".join(problems))
+    return spec
+
+
+def _requested_workers(data: dict[str, Any]) -> int | None:
+    section = data.get("distributed") or (data.get("train") or {}).get("distributed")
+    workers = section.get("workers") if isinstance(section, dict) else None
+    return workers if isinstance(workers, int) and not isinstance(workers, bool) else None
+
+
+def spec_to_json(spec: TrainingJobSpec) -> str:
+    """The spec as it travels on the topic (agent-owned fields left out)."""
+    payload = spec.model_dump(mode="json")
+    payload["train"] = {k: v for k, v in payload["train"].items() if k not in AGENT_OWNED}
+    return json.dumps(payload)
+
+
+def valid_job_id(job_id: str) -> bool:
+    return re.match(JOB_ID_PATTERN, job_id) is not None
