@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REPOSITORY ?= model_repository
 PYTEST_ARGS ?=
+COMPOSE := docker compose -f infra/docker-compose.yml
+KAFKA_BOOTSTRAP ?= localhost:9092
 
-.PHONY: install demo test test-unit bench lint format clean protos
+.PHONY: install demo test test-unit bench lint format clean protos compose-up compose-down test-kafka
 
 install: $(STAMP)
 
@@ -17,6 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	sh infra/get-promtool.sh $(BIN)
 	touch $(STAMP)
 
 demo: install
@@ -30,10 +33,29 @@ test: install
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
+# The stack of infra/docker-compose.yml on Apache Kafka (needs Docker): Kafka on localhost:9092,
+# gRPC on :8001, Prometheus on :9090, Grafana on :3000. README: "Run on real Kafka".
+compose-up:
+	$(COMPOSE) up -d --build --wait
+
+compose-down:
+	$(COMPOSE) down -v
+
+# The whole suite against the compose stack's Apache Kafka instead of embedded brokers,
+# including the tests only a real broker can run (tests/integration/test_real_kafka.py). The
+# stack's own serve and stream workers are stopped first: they would consume the tests' records.
+test-kafka: install
+	$(COMPOSE) up -d --wait kafka
+	$(COMPOSE) stop serve stream-worker
+	HEADRACE_KAFKA_BOOTSTRAP=$(KAFKA_BOOTSTRAP) HEADRACE_KAFKA_RESTART="$(COMPOSE) restart kafka" \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
 bench: install
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.streaming
+	$(BIN)/python -m benchmarks.privacy
+	$(BIN)/python -m benchmarks.robustness
 
 lint: install
 	$(BIN)/ruff check .

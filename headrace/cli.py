@@ -7,14 +7,18 @@ import click
 from headrace import __version__
 from headrace.commands.broker import broker
 from headrace.commands.data import data
+from headrace.commands.data_ingest import ingest, publish
 from headrace.commands.gradcheck import check_grad
 from headrace.commands.infer import infer
+from headrace.commands.jobs import agent, cancel, events, status, submit
 from headrace.commands.models import models
 from headrace.commands.produce import produce, results
+from headrace.commands.security import security
 from headrace.commands.serve import serve
 from headrace.commands.stream import stream
 from headrace.commands.topics import topics
 from headrace.commands.train import train
+from headrace.commands.watermark import watermark
 from headrace.errors import HeadraceError
 
 
@@ -25,16 +29,22 @@ def cli() -> None:
 
 
 cli.add_command(train)
+for _job_command in (submit, status, events, cancel, agent):
+    train.add_command(_job_command)
 cli.add_command(broker)
 cli.add_command(topics)
 cli.add_command(check_grad)
 cli.add_command(data)
+for _data_command in (ingest, publish):
+    data.add_command(_data_command)
 cli.add_command(models)
 cli.add_command(serve)
 cli.add_command(infer)
 cli.add_command(stream)
 cli.add_command(produce)
 cli.add_command(results)
+cli.add_command(security)
+cli.add_command(watermark)
 
 
 def main() -> None:

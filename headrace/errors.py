@@ -122,8 +122,36 @@ class ModelLoadError(HeadraceError):
     reason = "model_load_failed"
 
 
+class UnsafeModel(ModelLoadError):
+    """A model file would make the loader read outside its version folder (or follow a link)."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    reason = "unsafe_model"
+
+
 class ShuttingDown(HeadraceError):
     """The server is draining and refuses new work."""
 
     grpc_status = "UNAVAILABLE"
     reason = "shutting_down"
+
+
+class WatermarkError(HeadraceError):
+    """A watermark key is missing or unusable, or a model cannot be checked for a watermark."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    reason = "watermark_error"
+
+
+class JobCancelled(HeadraceError):
+    """A training job was cancelled on request."""
+
+    grpc_status = "CANCELLED"
+    reason = "cancelled"
+
+
+class WorkerCrashed(HeadraceError):
+    """A training worker process died; the job may be retried from its last checkpoint."""
+
+    grpc_status = "UNAVAILABLE"
+    reason = "worker_crashed"

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         default=None,
         description="Default folder for datasets read from files (HEADRACE_DATA_DIR).",
     )
+    data_root: Path = Field(
+        default=Path("data"),
+        description="Where `headrace data ingest` writes dataset shards and training on shards "
+        "reads them: <root>/<dataset>/shards (HEADRACE_DATA_ROOT).",
+    )
 
 
 def load_settings() -> Settings:

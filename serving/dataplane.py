@@ -105,6 +105,21 @@ class DataPlane:
     def model_config(self, name: str, version: str = "") -> ModelConfig:
         return self.manager.get(name, version or None).config
 
+    def version_parameters(self, name: str, version: str = "") -> dict[str, str]:
+        """A ready version's own metadata as strings (for ModelConfig's parameters map):
+        its number, and the privacy budget and watermark id it was published with."""
+        loaded = self.manager.get(name, version or None)
+        meta = loaded.metadata
+        parameters = {"version": str(loaded.version)}
+        for key, value in (
+            ("dp_epsilon", meta.dp_epsilon),
+            ("dp_delta", meta.dp_delta),
+            ("watermark_id", meta.watermark_id),
+        ):
+            if value is not None:
+                parameters[key] = repr(value) if isinstance(value, float) else str(value)
+        return parameters
+
     def statistics(self, name: str = "", version: str = "") -> dict[tuple[str, str], VersionStats]:
         """Statistics of one model (or all when `name` is empty)."""
         if name:

@@ -339,12 +339,15 @@ def model_metadata_to_proto(
 
 
 def model_config_to_proto(
-    config: ModelConfig, versions: Sequence[int] | None = None
+    config: ModelConfig,
+    versions: Sequence[int] | None = None,
+    parameters: Mapping[str, str] | None = None,
 ) -> mc.ModelConfig:
     """Our config.json as Triton's ModelConfig (dims without the batch axis, as in Triton).
 
     `versions` (the versions served) becomes a `specific` version policy; without it the
-    policy is Triton's default, the latest version.
+    policy is Triton's default, the latest version. `parameters` (a version's metadata,
+    e.g. dp_epsilon) go into the free-form parameters map as strings.
     """
     msg = mc.ModelConfig(
         name=config.name,
@@ -377,4 +380,6 @@ def model_config_to_proto(
         msg.parameters["preprocessing"].string_value = config.preprocessing.model_dump_json()
     if config.labels:
         msg.parameters["labels"].string_value = json.dumps(config.labels)
+    for key, value in (parameters or {}).items():
+        msg.parameters[key].string_value = value
     return msg

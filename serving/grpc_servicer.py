@@ -96,7 +96,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelConfigRequest, context: Context
     ) -> pb.ModelConfigResponse:
         config = self.dataplane.model_config(request.name, request.version)
-        return pb.ModelConfigResponse(config=model_config_to_proto(config))
+        parameters = self.dataplane.version_parameters(request.name, request.version)
+        return pb.ModelConfigResponse(config=model_config_to_proto(config, parameters=parameters))
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Context

@@ -24,6 +24,8 @@ UNKNOWN_MODEL = "unknown"  # label for requests naming a model that does not exi
 
 # (model, version, queue depth, in-flight requests, instances) for each loaded version
 StateSource = Callable[[], Iterable[tuple[str, str, int, int, int]]]
+# (model, version, dp epsilon, dp delta) for each loaded version trained with differential privacy
+PrivacySource = Callable[[], Iterable[tuple[str, str, float, float]]]
 
 
 class _LiveState(Collector):
@@ -52,6 +54,32 @@ class _LiveState(Collector):
         yield instances
 
 
+class _PrivacyBudget(Collector):
+    """The privacy budget each loaded version was trained with, read at scrape time, so a
+    version's series appear when it loads and disappear when it is unloaded."""
+
+    def __init__(self, source: PrivacySource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["model", "version"]
+        epsilon = GaugeMetricFamily(
+            "model_dp_epsilon",
+            "Differential-privacy epsilon spent training the loaded version.",
+            labels=labels,
+        )
+        delta = GaugeMetricFamily(
+            "model_dp_delta",
+            "Differential-privacy delta of the loaded version's epsilon.",
+            labels=labels,
+        )
+        for model, version, eps, dlt in self.source():
+            epsilon.add_metric([model, version], eps)
+            delta.add_metric([model, version], dlt)
+        yield epsilon
+        yield delta
+
+
 class _SuccessChildren(NamedTuple):
     """The labelled series one successful request updates, for one model version."""
 
@@ -66,7 +94,9 @@ class _SuccessChildren(NamedTuple):
 class ServingMetrics:
     """The counters and histograms the dataplane and autoscaler update."""
 
-    def __init__(self, state: StateSource | None = None) -> None:
+    def __init__(
+        self, state: StateSource | None = None, privacy: PrivacySource | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         labels = ["model", "version"]
         r = self.registry
@@ -119,8 +149,17 @@ class ServingMetrics:
             ["model", "version", "direction"],
             registry=r,
         )
+        self.load_failures = Counter(
+            "model_load_failures",
+            "Model versions refused or failed at load, by reason (integrity_check_failed, "
+            "unsafe_model, model_load_failed); counted once per change of the files.",
+            [*labels, "reason"],
+            registry=r,
+        )
         if state is not None:
             r.register(_LiveState(state))
+        if privacy is not None:
+            r.register(_PrivacyBudget(privacy))
         self._success_children: dict[tuple[str, str], _SuccessChildren] = {}
 
     def observe_success(
@@ -149,6 +188,10 @@ class ServingMetrics:
     def observe_execution(self, model: str, version: int, rows: int) -> None:
         """One batch executed by the model (called from the executing thread)."""
         self.executions.labels(model, str(version)).inc()
+
+    def observe_load_failure(self, model: str, version: int, reason: str) -> None:
+        """A version was refused or failed to load (called from a loading thread)."""
+        self.load_failures.labels(model, str(version), reason).inc()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Expose /metrics over HTTP; returns the bound port (port 0 picks a free one)."""

@@ -4,7 +4,9 @@ A `VersionPolicy` (Triton's: latest N, all, specific) selects each model's versi
 `load(name)` loads the selected versions not loaded yet, then retires the others: load
 before unload, so an update never leaves a model dark. If no selected version loads
 (say a tampered file), the versions already serving stay and the error goes to
-`failures()`. Integrity checks (sha256) and session building run in worker threads.
+`failures()` (and to the `on_load_failure` hook, once per change of the files).
+Integrity checks (sha256, then `security.model_files`: no external data or link
+reaching outside the version folder) and session building run in worker threads.
 
 A retired version leaves the ready set at once, so new requests go to the new one,
 while its batcher drains in the background. `get()` hands out a `LoadedVersion`:
@@ -34,16 +36,19 @@ from headrace.errors import (
     ModelNotReady,
     RepositoryError,
     ShuttingDown,
+    UnsafeModel,
 )
+from security.model_files import check_version_files
 from serving.batcher import DynamicBatcher
 from serving.interfaces import ModelRunner, RunnerFactory
 from serving.model_config import ModelConfig, VersionMetadata
-from serving.repository import ModelRepository, ModelVersion
+from serving.repository import MODEL_FILE, ModelRepository, ModelVersion
 from serving.runner import OnnxModel
 
 log = logging.getLogger(__name__)
 Stamp = tuple[tuple[str, int, int, int], ...]
 ExecuteHook = Callable[[str, int, int], None]  # (model, version, rows) after each executed batch
+LoadFailureHook = Callable[[str, int, str], None]  # (model, version, reason) per refused load
 
 
 class VersionPolicy(BaseModel):
@@ -101,6 +106,7 @@ class ModelManager:
         on_change: Callable[[str, list[int]], None] | None = None,
         runner_factory: RunnerFactory = OnnxModel,
         on_execute: ExecuteHook | None = None,
+        on_load_failure: LoadFailureHook | None = None,
     ) -> None:
         self.repository = repository
         self.policy = policy or VersionPolicy()
@@ -109,6 +115,7 @@ class ModelManager:
         self._on_change = on_change
         self._runner_factory = runner_factory
         self._on_execute = on_execute
+        self._on_load_failure = on_load_failure
         self._ready: dict[str, dict[int, LoadedVersion]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._failures: dict[str, str] = {}
@@ -306,8 +313,16 @@ class ModelManager:
             raise ModelLoadError(f"{prefix}: its folder cannot be read") from None
         if known is not None and known.stamp == stamp:
             raise ModelLoadError(known.message)  # same files as last time: same failure
+        error: type[ModelLoadError] = ModelLoadError
+        reason = "integrity_check_failed"
         try:
             found.verify()
+            check_version_files(found.path, MODEL_FILE, found.metadata.sha256)
+        except UnsafeModel as exc:
+            message = f"{prefix}: {exc.message} (unsafe model files; the version is refused)"
+            error, reason = UnsafeModel, exc.reason
+        except ModelLoadError as exc:  # not ONNX at all
+            message, reason = f"{prefix}: {exc.message}", exc.reason
         except (RepositoryError, OSError) as exc:
             detail = exc.message if isinstance(exc, RepositoryError) else "files unreadable"
             message = f"{detail} (integrity check failed; the version is refused)"
@@ -316,12 +331,17 @@ class ModelManager:
             try:
                 model = self._runner_factory(found.model_file, instances=instances)
             except ModelLoadError as exc:
-                message = f"{prefix}: {exc.message}"
+                message, reason = f"{prefix}: {exc.message}", exc.reason
             else:
                 self._failed.pop((name, version), None)
                 return found, model
         self._failed[(name, version)] = _Failure(stamp, message)
-        raise ModelLoadError(message)
+        if self._on_load_failure is not None:
+            try:
+                self._on_load_failure(name, version, reason)
+            except Exception:
+                log.exception("on_load_failure callback failed for model %s", name)
+        raise error(message)
 
     def _retire(self, name: str, keep: dict[int, LoadedVersion]) -> set[asyncio.Task[None]]:
         """Serve only `keep`; drain and close the other versions in the background."""

@@ -6,6 +6,9 @@ inter-op thread and `intra_op_threads` intra-op threads, so N instances
 running at once use about N * intra_op_threads cores (`default_threads`
 splits the cores this process may use between the instances).
 
+Before any session is built, the file's ONNX external data must lie inside its
+folder (`security.model_files`): no `..`, absolute path or symlink out.
+
 `run` blocks: it takes an idle session from a `queue.Queue` (waiting when all
 are busy), runs it and gives it back, so at most N requests execute at once
 and any number of threads may call it. `set_instances` builds new sessions
@@ -25,7 +28,15 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-from headrace.errors import ConfigError, HeadraceError, InvalidInput, ModelLoadError, ModelNotReady
+from headrace.errors import (
+    ConfigError,
+    HeadraceError,
+    InvalidInput,
+    ModelLoadError,
+    ModelNotReady,
+    UnsafeModel,
+)
+from security.model_files import check_external_data
 
 Shape = tuple[int | str | None, ...]
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
@@ -62,6 +73,7 @@ class OnnxModel:
         self._pending = 0  # sessions being built by set_instances
         self._closed = False
 
+        self._check_external_data()
         threads = self._threads(instances)
         sessions = [self._new_session(threads) for _ in range(instances)]
         first = sessions[0]
@@ -152,6 +164,17 @@ class OnnxModel:
                 self._idle.put(None)
                 return
             self._live -= 1
+
+    def _check_external_data(self) -> None:
+        """Refuse (UnsafeModel) a file whose external data lies outside its folder."""
+        if not self._file.is_file():
+            return  # `_new_session` says so
+        try:
+            check_external_data(self._file)
+        except UnsafeModel:
+            raise
+        except ModelLoadError:
+            pass  # not ONNX at all: ONNX Runtime's own message says why, in `_new_session`
 
     def _new_session(self, threads: int) -> ort.InferenceSession:
         name = self._file.name

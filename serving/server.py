@@ -71,13 +71,14 @@ class InferenceServer:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.health = health_aio.HealthServicer()
-        self.metrics = ServingMetrics(self._live_state)
+        self.metrics = ServingMetrics(self._live_state, privacy=self._privacy_state)
         self.manager = ModelManager(
             ModelRepository(config.repository),
             policy=config.version_policy,
             batching=config.batching,
             on_change=self._on_model_change,
             on_execute=self._on_execute,
+            on_load_failure=self.metrics.observe_load_failure,
         )
         self.dataplane = DataPlane(self.manager, self.metrics)
         self.autoscaler = Autoscaler(self.manager, self.metrics)
@@ -102,6 +103,15 @@ class InferenceServer:
                         loaded.model.instances,
                     )
                 )
+        return rows
+
+    def _privacy_state(self) -> list[tuple[str, str, float, float]]:
+        rows = []
+        for name, versions in self.manager.loaded().items():
+            for version in versions:
+                meta = self.manager.get(name, version).metadata
+                if meta.dp_epsilon is not None and meta.dp_delta is not None:
+                    rows.append((name, str(version), meta.dp_epsilon, meta.dp_delta))
         return rows
 
     def _on_execute(self, name: str, version: int, rows: int) -> None:

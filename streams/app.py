@@ -73,6 +73,15 @@ class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+        # Faust counts offsets it never saw (compaction, transaction markers) as done, so the
+        # commit can pass them. On a topic whose offsets are contiguous, a jump means records
+        # were skipped on the way: an app made with `contiguous_offsets=True` leaves them undone.
+        if getattr(self.app, "contiguous_offsets", False):
+            log.warning("%s: offsets %d..%d skipped by the fetcher", tp, offset_from, offset_to)
+            return
+        await super()._add_gap(tp, offset_from, offset_to)
+
 
 class _Transport(faust_aiokafka.Transport):
     """Faust's aiokafka transport, with `FETCH_MAX_WAIT_MS` instead of its fixed 1500 ms."""
@@ -81,23 +90,36 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class _App(faust.App):
+    contiguous_offsets = False
+
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)
 
 
+def new_app(
+    app_id: str, broker: list[str], contiguous_offsets: bool = False, **settings: Any
+) -> faust.App:
+    """A Faust app on the short-fetch transport: no web server, in-memory tables,
+    at-least-once, `BROKER_SETTINGS`; `settings` add to or override those. With
+    `contiguous_offsets` the consumer never commits past an offset it did not see."""
+    options: dict[str, Any] = {
+        "store": "memory://",
+        "web_enabled": False,
+        "autodiscover": False,
+        "processing_guarantee": "at_least_once",
+        "stream_wait_empty": True,
+        "consumer_max_fetch_size": FETCH_BYTES,
+        **BROKER_SETTINGS,
+        **settings,
+    }
+    app = _App(app_id, broker=broker, **options)
+    app.contiguous_offsets = contiguous_offsets  # read by `_Consumer._add_gap`
+    return app
+
+
 def build_app(config: StreamWorkerConfig) -> faust.App:
     """A Faust app for `config`: no web server, no tables, at-least-once."""
-    return _App(
-        config.group_id,  # the app id is the consumer group id
-        broker=config.broker_urls(),
-        store="memory://",
-        web_enabled=False,
-        autodiscover=False,
-        processing_guarantee="at_least_once",
-        stream_wait_empty=True,
-        consumer_max_fetch_size=FETCH_BYTES,
-        **BROKER_SETTINGS,
-    )
+    return new_app(config.group_id, config.broker_urls())  # the app id is the consumer group id
 
 
 def source_record(event: EventT) -> SourceRecord:
@@ -118,7 +140,7 @@ def _header_pairs(headers: Any) -> list[tuple[str, bytes]]:
     return [(str(name), bytes(value)) for name, value in items]
 
 
-def _hold(events: Sequence[EventT]) -> None:
+def hold_events(events: Sequence[EventT]) -> None:
     """An extra reference per event: Faust's ack after the batch then never completes."""
     for event in events:
         event.message.incref()
@@ -208,7 +230,7 @@ class StreamWorker:
     async def _handle_taken(self, events: Sequence[EventT]) -> None:
         """Return only when the batch's outcomes are produced (or its events are held)."""
         if self.failed is not None:
-            _hold(events)  # stopping after a fatal error: leave the records for a restart
+            hold_events(events)  # stopping after a fatal error: leave the records for a restart
             return
         positions: list[Position] = [(e.message.tp, e.message.offset) for e in events]
         records = [source_record(e) for e in events]
@@ -219,10 +241,10 @@ class StreamWorker:
             await asyncio.wait({task}, timeout=STOP_GRACE_S)
             if not task.done() or task.cancelled() or task.exception() is not None:
                 task.cancel()
-                _hold(events)
+                hold_events(events)
             raise
         except Exception as exc:  # outcomes not produced: nothing of this batch may be acked
-            _hold(events)
+            hold_events(events)
             self.failed = exc
             log.critical("stopping: %s", exc)
             if self._on_fatal is not None:
@@ -246,30 +268,33 @@ class StreamWorker:
             await self.gate.wait_earlier(positions)
 
     async def _produce(self, outcomes: list[Outcome]) -> None:
-        """Produce every outcome and wait for the broker's acknowledgements (retrying a few)."""
-        producer = self.app.producer
+        await produce_outcomes(self.app.producer, outcomes)
 
-        async def send(outcome: Outcome) -> None:
-            delivery = await producer.send(
-                outcome.topic, outcome.key, outcome.value, None, None, outcome.headers
-            )
-            await delivery
 
-        pending = outcomes
-        for attempt in range(1, PRODUCE_ATTEMPTS + 1):
-            answers = await asyncio.gather(*(send(o) for o in pending), return_exceptions=True)
-            failed = [o for o, a in zip(pending, answers, strict=True) if a is not None]
-            if not failed:
-                return
-            errors = {repr(a) for a in answers if a is not None}
-            log.warning(
-                "%d of %d outcomes not produced (attempt %d): %s",
-                len(failed), len(pending), attempt, "; ".join(sorted(errors)),
-            )  # fmt: skip
-            pending = failed
-            if attempt < PRODUCE_ATTEMPTS:
-                await asyncio.sleep(PRODUCE_BACKOFF_S * attempt)
-        raise ProduceFailed(
-            f"{len(pending)} outcomes could not be produced after {PRODUCE_ATTEMPTS} attempts; "
-            "check that the broker is reachable and the result topics exist"
+async def produce_outcomes(producer: Any, outcomes: Sequence[Outcome]) -> None:
+    """Produce every outcome and wait for the broker's acknowledgements (retrying a few)."""
+
+    async def send(outcome: Outcome) -> None:
+        delivery = await producer.send(
+            outcome.topic, outcome.key, outcome.value, None, None, outcome.headers
         )
+        await delivery
+
+    pending = list(outcomes)
+    for attempt in range(1, PRODUCE_ATTEMPTS + 1):
+        answers = await asyncio.gather(*(send(o) for o in pending), return_exceptions=True)
+        failed = [o for o, a in zip(pending, answers, strict=True) if a is not None]
+        if not failed:
+            return
+        errors = {repr(a) for a in answers if a is not None}
+        log.warning(
+            "%d of %d outcomes not produced (attempt %d): %s",
+            len(failed), len(pending), attempt, "; ".join(sorted(errors)),
+        )  # fmt: skip
+        pending = failed
+        if attempt < PRODUCE_ATTEMPTS:
+            await asyncio.sleep(PRODUCE_BACKOFF_S * attempt)
+    raise ProduceFailed(
+        f"{len(pending)} outcomes could not be produced after {PRODUCE_ATTEMPTS} attempts; "
+        "check that the broker is reachable and the result topics exist"
+    )

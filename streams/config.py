@@ -35,6 +35,15 @@ class StreamWorkerConfig(BaseModel):
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="Prometheus /metrics port (0 = free, None = off)."
     )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address /metrics listens on (0.0.0.0 in a container, for Prometheus).",
+    )
+    poll_interval_s: float = Field(
+        default=2.0, ge=0, description="Seconds between model repository polls (0 = off)."
+    )
+    updates_topic: str = "model-updates"
     requests_topic: str = "inference-requests"
     results_topic: str = "inference-results"
     dlq_topic: str = "inference-dlq"

@@ -29,6 +29,7 @@ from streams.job_messages import (
     TrainingEvent,
 )
 from streams.job_runner import JobRunner, JobRunnerConfig
+from training.datasets.shards import DEFAULT_DATA_ROOT
 from training.job_spec import TrainingJobSpec
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class JobAgentConfig(BaseModel):
     group_id: str = Field(default="headrace-training", pattern=r"^[A-Za-z0-9._-]+$")
     ray_cpus: int | None = Field(
         default=None, ge=1, description="CPUs of a local Ray (ignored with RAY_ADDRESS)."
+    )
+    data_root: Path = Field(
+        default=DEFAULT_DATA_ROOT, description="Data root of jobs that train on ingested shards."
     )
 
 
@@ -86,6 +90,7 @@ class JobAgent:
                 repository=config.repository,
                 runs_dir=config.runs_dir,
                 available_cpus=available_cpus,
+                data_root=config.data_root,
             ),
             train,  # type: ignore[arg-type]
             self.emit,

@@ -21,6 +21,7 @@ from headrace.errors import ConfigError, HeadraceError, JobCancelled, WorkerCras
 from streams.job_messages import ModelUpdate, TrainingEvent
 from training.checkpoint import checkpoint_path
 from training.config import TrainConfig
+from training.datasets.shards import DEFAULT_DATA_ROOT, ShardSource
 from training.job_spec import TrainingJobSpec, parse_job_spec
 from training.loop import EpochRecord
 from training.recipe import REPORT_FILE, TrainReport
@@ -38,6 +39,9 @@ class JobRunnerConfig(BaseModel):
     repository: Path = Field(description="Model repository new versions are published to.")
     runs_dir: Path = Field(description="Run folders (checkpoints, TensorBoard), one per job.")
     available_cpus: int | None = Field(default=None, ge=1, description="Ray CPUs; None = unknown.")
+    data_root: Path = Field(
+        default=DEFAULT_DATA_ROOT, description="Data root of jobs that train on ingested shards."
+    )
 
 
 class JobRunner:
@@ -70,8 +74,16 @@ class JobRunner:
                 "run_id": spec.job_id,
                 "progress": False,
                 "lineage": {**spec.train.lineage, "job_id": spec.job_id},
+                "data_source": self._shard_source(spec.train.data_source),
             }
         )
+
+    def _shard_source(self, source: ShardSource | None) -> ShardSource | None:
+        """The agent's data root, as an absolute path (Ray workers may run elsewhere)."""
+        if source is None:
+            return None
+        root = (source.root or self.config.data_root).resolve()
+        return source.model_copy(update={"root": root})
 
     def execute(self, spec: TrainingJobSpec, cancelled: threading.Event) -> None:
         """Run the job to its end; every outcome is an event, nothing is raised."""

@@ -44,6 +44,9 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         cleanup_policy="compact",
         description="New model versions, for hot reload.",
     ),
+    TopicSpec(
+        name="data-dlq", retention_ms=30 * DAY_MS, description="Refused training-data records."
+    ),
 )
 
 

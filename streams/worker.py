@@ -23,14 +23,16 @@ from serving.model_manager import ModelManager
 from serving.repository import ModelRepository
 from streams.app import StreamWorker
 from streams.config import StreamWorkerConfig
+from streams.job_messages import ModelUpdate
 from streams.metrics import StreamMetrics
+from streams.model_updates import follow_model_updates
 
 EXIT_BATCH_FAILED = 3
 EXIT_STOP_TIMEOUT = 4
 STOP_DEADLINE_S = 30.0  # a stop that hangs (say the broker vanished) ends the process anyway
 
 
-class _Worker(faust.Worker):
+class WatchdogWorker(faust.Worker):
     """Faust's worker, with a watchdog once a stop signal arrives.
 
     aiokafka's consumer thread can hang in `stop()` when the broker is gone; the
@@ -57,6 +59,23 @@ def _live_state(manager: ModelManager) -> list[tuple[str, str, int, int, int]]:
     return rows
 
 
+def _reload_models(app: faust.App, manager: ModelManager, config: StreamWorkerConfig) -> None:
+    """New versions go live without a restart: on announcements and on a polling timer."""
+
+    async def announced(update: ModelUpdate) -> None:
+        await manager.poll_once()
+
+    async def follow() -> None:
+        await follow_model_updates(config.bootstrap, announced, config.updates_topic)
+
+    async def poll() -> None:
+        await manager.poll_once()
+
+    app.task(follow)
+    if config.poll_interval_s > 0:
+        app.timer(interval=config.poll_interval_s)(poll)
+
+
 def run_worker(
     config: StreamWorkerConfig,
     announce: Callable[[dict[str, str]], None],
@@ -75,7 +94,11 @@ def run_worker(
     dataplane = DataPlane(manager, serving_metrics)
     loop.run_until_complete(manager.load_all())
     metrics = StreamMetrics(serving_metrics)
-    metrics_port = None if config.metrics_port is None else metrics.serve(config.metrics_port)
+    metrics_port = (
+        None
+        if config.metrics_port is None
+        else metrics.serve(config.metrics_port, config.metrics_host)
+    )
     models = ",".join(f"{n}:{max(v)}" for n, v in sorted(manager.loaded().items())) or "none"
 
     def ready() -> None:
@@ -92,8 +115,11 @@ def run_worker(
         os.kill(os.getpid(), signal.SIGTERM)  # Faust's handler stops the worker cleanly
 
     stream = StreamWorker(config, dataplane, metrics, on_ready=ready, on_fatal=fatal)
+    _reload_models(stream.app, manager, config)
     metrics.watch_lag(stream.consumer_lag)
-    worker = _Worker(stream.app, loop=loop, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker = WatchdogWorker(
+        stream.app, loop=loop, loglevel=loglevel, quiet=True, redirect_stdouts=False
+    )
     if not sys.stdout.isatty():
         worker.spinner = None  # Faust draws it with terminal escapes, which garble piped output
     try:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from security.adversarial.config import AdversarialConfig
+from security.privacy.config import PrivacyConfig
+from security.watermark.config import WatermarkConfig
 from serving.model_config import check_model_name
-from training.datasets import DATASETS
+from training.datasets import DATASETS, ShardSource
 from training.distributed.config import DistributedConfig
 from training.models import MODELS
 from training.preprocess.config import PreprocessConfig
+from training.privacy import privacy_problems, with_dp_defaults
 
 
 class TrainConfig(BaseModel):
@@ -22,6 +26,11 @@ class TrainConfig(BaseModel):
     model: str = Field(default="lenet5", description="Registered architecture name.")
     dataset: str = Field(default="digits", description="Registered dataset name.")
     data_dir: Path | None = Field(default=None, description="Folder of a file-based dataset.")
+    data_source: ShardSource | None = Field(
+        default=None,
+        description="Train on the dataset's ingested shards (up to an offset per partition) "
+        "instead of its files; the selection is recorded in the lineage.",
+    )
     epochs: int = Field(default=50, ge=1, le=10_000, description="Most epochs to run.")
     batch_size: int = Field(default=64, ge=1, le=65_536)
     learning_rate: float = Field(default=1e-3, gt=0, le=10)
@@ -57,9 +66,30 @@ class TrainConfig(BaseModel):
         default=64, ge=1, description="Serving max batch size in config.json."
     )
     progress: bool = Field(default=True, description="Show a progress bar on stderr.")
+    adversarial: AdversarialConfig | None = Field(
+        default=None,
+        description="Adversarial training (PGD or FGSM, security/adversarial); None = off.",
+    )
+    watermark: WatermarkConfig | None = Field(
+        default=None, description="Embed the watermark of a secret key (security/watermark)."
+    )
+    lineage: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description="Extra lineage recorded at publish (job id, offsets)."
+    )
     distributed: DistributedConfig | None = Field(
         default=None, description="Train on Ray workers (see training/distributed); None = local."
     )
+    privacy: PrivacyConfig | None = Field(
+        default=None,
+        description="Differentially private training (DP-SGD with Opacus, security/privacy); "
+        "fields left unset then take the DP defaults of training/privacy.py. None = off.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dp_defaults(cls, data: Any) -> Any:
+        """With a privacy section, hyper-parameters left unset take the DP-SGD defaults."""
+        return with_dp_defaults(data) if isinstance(data, dict) else data
 
     @field_validator("model")
     @classmethod
@@ -83,10 +113,11 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         problems: list[str] = []
-        if DATASETS[self.dataset][1] and self.data_dir is None:
+        if DATASETS[self.dataset][1] and self.data_dir is None and self.data_source is None:
             problems.append(f"dataset {self.dataset!r} is read from files: pass --data-dir FOLDER")
         if self.val_fraction + self.test_fraction >= 0.9:
             problems.append("val_fraction + test_fraction must leave at least 10% for training")
+        problems.extend(privacy_problems(self))
         if problems:
             raise ValueError("; ".join(problems))
         return self

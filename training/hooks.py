@@ -9,7 +9,8 @@ is plain supervised training.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, Field
@@ -46,6 +47,21 @@ class TrainingHook:
     def attach(self, trainer: Trainer) -> None:
         """Called once when the trainer is built (before any resume)."""
 
+    def detach(self, trainer: Trainer) -> None:
+        """Called once when `fit` has trained: undo what `attach` did to the model."""
+
+    def epoch_batches(self) -> Iterable[torch.Tensor] | None:
+        """One epoch's index batches into the training split (int64, possibly empty), or
+        None for the trainer's shuffled slices of `batch_size` (DP: Poisson sampling)."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the hook needs to resume (tensors and plain values); saved in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()` from a checkpoint ({} when the checkpoint has none)."""
+
     def on_batch(
         self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +72,11 @@ class TrainingHook:
         """A term added to the batch loss, or None."""
         return None
 
+    def selection_loss(self, model: nn.Module) -> float | None:
+        """A validation loss that replaces the clean one for early stopping, the plateau
+        schedule and best-weights selection (e.g. the loss under attack), or None."""
+        return None
+
     def publish_info(self, model: nn.Module) -> PublishInfo:
         """Metadata for the published version, computed after training."""
         return PublishInfo()
@@ -64,4 +85,16 @@ class TrainingHook:
 def build_hooks(config: TrainConfig) -> list[TrainingHook]:
     """The hooks a training config asks for, in the order they run on each batch."""
     hooks: list[TrainingHook] = []
+    if config.adversarial is not None:  # first: watermark trigger inputs are not attacked
+        from training.adversarial import AdversarialHook  # imports this module: load it late
+
+        hooks.append(AdversarialHook(config.adversarial))
+    if config.watermark is not None:
+        from security.watermark.hook import WatermarkHook  # imports this module: load it late
+
+        hooks.append(WatermarkHook.from_config(config.watermark))
+    if config.privacy is not None:  # TrainConfig refuses it beside the other hooks
+        from training.privacy import PrivacyHook  # imports this module: load it late
+
+        hooks.append(PrivacyHook(config.privacy))
     return hooks

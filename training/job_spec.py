@@ -2,7 +2,8 @@
 
 A spec names the job and its limits and carries the training settings
 (`TrainConfig` fields: model, dataset, hyper-parameters, `distributed`,
-`privacy`, `watermark`). Keys may sit at the top level, as users write them,
+`privacy`, `watermark`, `data_source` to train on ingested shards up to an
+offset per partition). Keys may sit at the top level, as users write them,
 or under `train:`. Where models are stored and runs are kept is the agent's
 business, so a spec cannot set those. `parse_job_spec` reports every problem
 at once, resource checks included, before anything reaches Ray.
@@ -30,16 +31,6 @@ AGENT_OWNED = frozenset({"repository", "runs_dir", "run_id", "resume", "progress
 def new_job_id() -> str:
     """A short unique job id."""
     return f"job-{uuid.uuid4().hex[:12]}"
-
-
-class DataSelection(BaseModel):
-    """Train on a data topic's shards, up to (excluding) an offset per partition."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    up_to_offset: dict[int, int] | None = Field(
-        default=None, description="Partition -> offset bound; None = everything ingested so far."
-    )
 
 
 class TrainingJobSpec(BaseModel):

@@ -11,7 +11,7 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,7 @@ class Trainer:
             "history": [record.model_dump() for record in self.history],
             "architecture": self.config.model,
             "dataset": self.config.dataset,
+            "hooks": {type(hook).__name__: hook.state_dict() for hook in self.hooks},
         }
 
     def restore(self, path: Path) -> None:
@@ -156,26 +157,28 @@ class Trainer:
         self.bad_epochs = int(state["bad_epochs"])
         self.pipeline.generator.set_state(state["generator"])
         self.history = [EpochRecord(**record) for record in state["history"]]
+        hook_states = state.get("hooks", {})
+        for hook in self.hooks:
+            hook.load_state_dict(hook_states.get(type(hook).__name__, {}))
 
     # -- training ----------------------------------------------------------------------------
 
     def _train_epoch(self, bar: tqdm[Any] | None) -> tuple[float, float, int]:
         self.model.train()
         train = self.splits.train
-        order = self.pipeline.epoch_order()
         images = torch.from_numpy(train.images)
         labels = torch.from_numpy(train.labels)
         total_loss, correct, seen = 0.0, 0, 0
-        for start in range(0, len(order), self.config.batch_size):
-            index = torch.from_numpy(
-                np.ascontiguousarray(order[start : start + self.config.batch_size])
-            )
+        for index in self._epoch_batches():
             inputs = self.pipeline.train_batch(images[index])
             targets = labels[index]
             for hook in self.hooks:
                 inputs, targets = hook.on_batch(self.model, inputs, targets)
             logits = self.model(inputs)
-            loss = F.cross_entropy(logits, targets, weight=self.loss_weights)
+            if len(targets) == 0:  # Poisson sampling (DP) may draw an empty batch: a step
+                loss = logits.sum() * 0.0  # of noise only, whose loss must not be NaN
+            else:
+                loss = F.cross_entropy(logits, targets, weight=self.loss_weights)
             for hook in self.hooks:
                 extra = hook.extra_loss(self.model)
                 if extra is not None:
@@ -188,8 +191,21 @@ class Trainer:
             seen += len(targets)
             if bar is not None:
                 bar.update(len(index))
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+                bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}")
         return total_loss / max(seen, 1), correct / max(seen, 1), seen
+
+    def _epoch_batches(self) -> Iterator[torch.Tensor]:
+        """One epoch's index batches: a hook's (DP's Poisson sampling) or shuffled slices."""
+        for hook in self.hooks:
+            batches = hook.epoch_batches()
+            if batches is not None:
+                yield from batches
+                return
+        order = self.pipeline.epoch_order()
+        for start in range(0, len(order), self.config.batch_size):
+            yield torch.from_numpy(
+                np.ascontiguousarray(order[start : start + self.config.batch_size])
+            )
 
     def fit(self, on_epoch: EpochCallback | None = None) -> FitResult:
         """Train until the epoch budget or early stopping; restores the best weights."""
@@ -205,6 +221,8 @@ class Trainer:
                     on_epoch(record)
                 save_checkpoint(checkpoint_path(self.run_dir), self.state())
                 stopped_early = self._patience_exhausted()
+        for hook in self.hooks:
+            hook.detach(self)
         self.model.load_state_dict(self.best_state)
         return FitResult(
             epochs_run=self.epoch,
@@ -243,13 +261,17 @@ class Trainer:
         val = evaluate(
             self.model, self.splits.val, self.pipeline.eval_batch, self.splits.num_classes
         )
+        selection = val.loss  # a hook may select on another loss (e.g. under attack)
+        for hook in self.hooks:
+            replaced = hook.selection_loss(self.model)
+            selection = replaced if replaced is not None else selection
         seconds = time.perf_counter() - tic
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(val.loss)
+            self.scheduler.step(selection)
         elif self.scheduler is not None:
             self.scheduler.step()
-        if val.loss < self.best_val_loss:
-            self.best_val_loss, self.best_epoch, self.bad_epochs = val.loss, self.epoch, 0
+        if selection < self.best_val_loss:
+            self.best_val_loss, self.best_epoch, self.bad_epochs = selection, self.epoch, 0
             self.best_state = copy.deepcopy(self.model.state_dict())
         else:
             self.bad_epochs += 1

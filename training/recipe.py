@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,14 +47,22 @@ class TrainReport(BaseModel):
     onnx_max_abs_diff: float | None
     run_dir: str
     repository: str | None
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
 
 
 class TrainRecipe:
     """Training as a recipe: `setup`, `run`, `save`, `cleanup`."""
 
-    def __init__(self, config: TrainConfig, on_epoch: EpochCallback | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        on_epoch: EpochCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.config = config
         self.on_epoch = on_epoch
+        self.should_stop = should_stop
         run_id = config.run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         self.run_dir = config.runs_dir / f"{config.model_name}-{run_id}"
         if config.resume is not None:
@@ -68,7 +77,12 @@ class TrainRecipe:
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         splits = load_splits(
-            cfg.dataset, cfg.data_dir, cfg.seed, cfg.val_fraction, cfg.test_fraction
+            cfg.dataset,
+            cfg.data_dir,
+            cfg.seed,
+            cfg.val_fraction,
+            cfg.test_fraction,
+            source=cfg.data_source,
         )
         channels, size, _ = splits.input_shape
         model = build_model(cfg.model, splits.num_classes, in_channels=channels, image_size=size)
@@ -85,7 +99,15 @@ class TrainRecipe:
 
     def run(self) -> None:
         trainer, splits = self._require()
-        self._fit = trainer.fit(self.on_epoch)
+        distributed = self.config.distributed
+        if distributed is not None and distributed.workers > 1:
+            from training.distributed import fit_distributed
+
+            result = fit_distributed(self.config, self.run_dir, self.on_epoch, self.should_stop)
+            trainer.model.load_state_dict(result.best_state)
+            self._fit = result.fit
+        else:
+            self._fit = trainer.fit(self.on_epoch)
         self._test = evaluate(
             trainer.model, splits.test, trainer.pipeline.eval_batch, splits.num_classes
         )
@@ -96,8 +118,11 @@ class TrainRecipe:
             raise RuntimeError("run() must finish before save()")
         version: int | None = None
         diff: float | None = None
+        info = PublishInfo()
+        for hook in trainer.hooks:
+            info = info.merged(hook.publish_info(trainer.model))
         if self.config.publish:
-            version, diff = self._publish(trainer, splits, self._fit, self._test)
+            version, diff = self._publish(trainer, splits, self._fit, self._test, info)
         report = TrainReport(
             model=self.config.model,
             name=self.config.model_name,
@@ -114,6 +139,8 @@ class TrainRecipe:
             onnx_max_abs_diff=diff,
             run_dir=str(self.run_dir),
             repository=str(self.config.repository) if self.config.publish else None,
+            dp_epsilon=info.dp_epsilon,
+            dp_delta=info.dp_delta,
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / REPORT_FILE).write_text(report.model_dump_json(indent=2))
@@ -128,7 +155,12 @@ class TrainRecipe:
         return self._trainer, self._splits
 
     def _publish(
-        self, trainer: Trainer, splits: DatasetSplits, fit: FitResult, test: EvalMetrics
+        self,
+        trainer: Trainer,
+        splits: DatasetSplits,
+        fit: FitResult,
+        test: EvalMetrics,
+        info: PublishInfo,
     ) -> tuple[int, float]:
         cfg = self.config
         shape = splits.input_shape
@@ -140,9 +172,6 @@ class TrainRecipe:
             preprocessing=trainer.pipeline.stats.to_spec(),
             labels=list(splits.classes),
         )
-        info = PublishInfo()
-        for hook in trainer.hooks:
-            info = info.merged(hook.publish_info(trainer.model))
         with tempfile.TemporaryDirectory(prefix="headrace-export-") as tmp:
             onnx_path = export_onnx(trainer.model, shape, Path(tmp) / "model.onnx")
             diff = verify_onnx(trainer.model, onnx_path, shape)
@@ -164,10 +193,14 @@ class TrainRecipe:
                 lineage={
                     "dataset": cfg.dataset,
                     "seed": cfg.seed,
+                    "val_fraction": cfg.val_fraction,  # with seed: the splits, reproducibly
+                    "test_fraction": cfg.test_fraction,
                     "run_dir": str(self.run_dir),
                     "train_samples": len(splits.train),
                     "preprocess": cfg.preprocess.model_dump_json(),
                     "trained_at_unix": int(time.time()),
+                    **splits.lineage,  # e.g. the shard bounds trained on
+                    **cfg.lineage,
                     **info.lineage,
                 },
                 dp_epsilon=info.dp_epsilon,
@@ -177,9 +210,13 @@ class TrainRecipe:
         return published.version, diff
 
 
-def run_training(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainReport:
+def run_training(
+    config: TrainConfig,
+    on_epoch: EpochCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainReport:
     """Run the whole recipe and return its report."""
-    recipe = TrainRecipe(config, on_epoch)
+    recipe = TrainRecipe(config, on_epoch, should_stop)
     try:
         recipe.setup()
         recipe.run()

@@ -11,19 +11,48 @@ from headrace.settings import load_settings
 
 @click.group("data")
 def data() -> None:
-    """Inspect datasets."""
+    """Inspect datasets; ingest training data from Kafka into shards."""
 
 
 @data.command("profile")
 @click.option("--dataset", required=True, help="digits, mnist or cifar10.")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder of a file-based dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the profile as JSON.")
-def profile(dataset: str, data_dir: Path | None, as_json: bool) -> None:
-    """Class counts, imbalance ratio, per-channel mean/std and exact duplicates of DATASET."""
+@click.option(
+    "--ingested",
+    is_flag=True,
+    help="The records ingested from Kafka (`headrace data ingest`), as its class-counts Faust "
+    "table says, instead of the dataset's files.",
+)
+@click.option("--group", help="With --ingested: the ingestion group (default headrace-ingest-*).")
+@click.option("--bootstrap", help="With --ingested: Kafka bootstrap servers.")
+@click.option("--expect", type=int, help="With --ingested: wait until this many are ingested.")
+@click.option("--timeout-s", type=float, default=60.0, show_default=True, help="For --expect.")
+def profile(
+    dataset: str,
+    data_dir: Path | None,
+    as_json: bool,
+    ingested: bool,
+    group: str | None,
+    bootstrap: str | None,
+    expect: int | None,
+    timeout_s: float,
+) -> None:
+    """Class counts, imbalance ratio, per-channel mean/std and exact duplicates of DATASET.
+
+    With --ingested: class counts of the records ingested so far and how far each
+    partition of data-DATASET got (the bounds `headrace train --up-to-offset` takes).
+    """
     import numpy as np
 
     from training.datasets import ImageArrays, load_raw
     from training.preprocess import profile_arrays
+
+    if ingested:
+        from headrace.commands.data_ingest import show_ingested_profile
+
+        show_ingested_profile(dataset, bootstrap, group, expect, timeout_s, as_json)
+        return
 
     raw = load_raw(dataset, data_dir or load_settings().data_dir)
     arrays = raw.data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -48,13 +49,14 @@ def _reachable(bootstrap_flag: str | None) -> str:
 def submit(spec_file: Path, bootstrap: str | None, job_id: str | None, cpus: int | None) -> None:
     """Check SPEC_FILE (YAML or JSON) and put it on the training-jobs topic; prints the job id."""
     from streams.job_client import submit_job
-    from training.job_spec import parse_job_spec
+    from training.job_spec import parse_job_spec, spec_to_json
 
     spec = parse_job_spec(
         spec_file.read_text(), available_cpus=cpus or os.cpu_count(), source=str(spec_file)
     )
-    if job_id is not None:
-        spec = parse_job_spec({**spec.model_dump(mode="json"), "job_id": job_id}, source="--job-id")
+    if job_id is not None:  # the spec as submitted: without the fields only the agent sets
+        submitted = json.loads(spec_to_json(spec))
+        spec = parse_job_spec({**submitted, "job_id": job_id}, source="--job-id")
     click.echo(submit_job(_reachable(bootstrap), spec))
 
 
@@ -150,6 +152,7 @@ def agent(
         runs_dir=runs_dir or settings.runs_dir,
         group_id=group,
         ray_cpus=ray_cpus,
+        data_root=settings.data_root,  # jobs with `data_source: {kind: shards}` read it
     )
     cpus = connect_ray(config.ray_cpus)
     stop = threading.Event()

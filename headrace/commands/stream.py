@@ -31,6 +31,20 @@ def stream() -> None:
 )
 @click.option("--metrics-port", type=int, help="Prometheus /metrics port (0 = free; unset = off).")
 @click.option(
+    "--poll-interval-s",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds between repository scans for new versions (0 = off; model-updates "
+    "announcements reload at once either way).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address /metrics listens on (0.0.0.0 in a container).",
+)
+@click.option(
     "--loglevel",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="warning",
@@ -44,6 +58,8 @@ def worker(
     max_batch: int,
     max_delay_ms: float,
     metrics_port: int | None,
+    poll_interval_s: float,
+    metrics_host: str,
     loglevel: str,
 ) -> None:
     """Run inference on `inference-requests`; each request gets one result or one DLQ record.
@@ -73,6 +89,8 @@ def worker(
         max_batch=max_batch,
         max_delay_s=max_delay_ms / 1000.0,
         metrics_port=metrics_port,
+        poll_interval_s=poll_interval_s,
+        metrics_host=metrics_host,
     )
     unreachable = HeadraceError(
         f"cannot reach Kafka at {config.bootstrap}; start the embedded broker with "

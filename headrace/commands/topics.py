@@ -22,14 +22,26 @@ def topics() -> None:
 @topics.command("create")
 @bootstrap_option
 @click.option("--dataset", "datasets", multiple=True, help="Also create data-<DATASET> topics.")
-def create(bootstrap: str | None, datasets: tuple[str, ...]) -> None:
+@click.option(
+    "--replication-factor",
+    type=click.IntRange(min=1),
+    help="Copies of each partition (default: the catalogue's 1; 3 on a three-broker cluster).",
+)
+def create(
+    bootstrap: str | None, datasets: tuple[str, ...], replication_factor: int | None
+) -> None:
     """Create every catalogue topic that does not exist yet (safe to run again)."""
     from streams.topics import CATALOGUE, create_topics, data_topic
 
     specs = [*CATALOGUE, *(data_topic(name) for name in datasets)]
+    if replication_factor is not None:
+        specs = [s.model_copy(update={"replication_factor": replication_factor}) for s in specs]
     outcome = create_topics(resolve_bootstrap(bootstrap), specs)
     for spec in specs:
-        click.echo(f"{spec.name:<20} {outcome[spec.name]:<8} {spec.partitions} partitions")
+        click.echo(
+            f"{spec.name:<20} {outcome[spec.name]:<8} {spec.partitions} partitions, "
+            f"replication factor {spec.replication_factor}"
+        )
 
 
 @topics.command("list")

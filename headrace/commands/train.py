@@ -7,11 +7,14 @@ from pathlib import Path
 
 import click
 
+from headrace.commands.adversarial_options import adversarial_options, adversarial_settings
 from headrace.commands.options import build_config
+from headrace.commands.privacy_options import dp_defaults_apply, privacy_options, privacy_settings
+from headrace.commands.shard_options import shard_options, shard_settings
 from headrace.settings import load_settings
 
 
-@click.command("train")
+@click.group("train", invoke_without_command=True)
 @click.option("--model", default="lenet5", show_default=True, help="Registered architecture.")
 @click.option("--dataset", default="digits", show_default=True, help="digits, mnist or cifar10.")
 @click.option(
@@ -19,6 +22,7 @@ from headrace.settings import load_settings
     type=click.Path(path_type=Path),
     help="Folder of a file-based dataset (default HEADRACE_DATA_DIR).",
 )
+@shard_options
 @click.option("--epochs", type=int, default=50, show_default=True, help="Most epochs to run.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True)
@@ -49,6 +53,13 @@ from headrace.settings import load_settings
     show_default=True,
     help="Class balancing by weighted sampler or class-weighted loss.",
 )
+@adversarial_options
+@privacy_options
+@click.option(
+    "--watermark-key",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Embed the watermark of this key (`headrace watermark keygen`) while training.",
+)
 @click.option("--name", help="Repository model name (default MODEL-DATASET).")
 @click.option(
     "--repository",
@@ -70,6 +81,9 @@ def train(
     model: str,
     dataset: str,
     data_dir: Path | None,
+    from_shards: bool,
+    up_to_offset: tuple[str, ...],
+    data_root: Path | None,
     epochs: int,
     batch_size: int,
     learning_rate: float,
@@ -82,6 +96,16 @@ def train(
     augment: bool,
     normalize: bool,
     balance: str,
+    adversarial: str | None,
+    adv_epsilon: float,
+    adv_steps: int,
+    adv_step_size: float | None,
+    adv_clean_fraction: float,
+    adv_warmup_epochs: int,
+    dp_epsilon: float | None,
+    dp_delta: float | None,
+    max_grad_norm: float | None,
+    watermark_key: Path | None,
     name: str | None,
     repository: Path | None,
     runs_dir: Path | None,
@@ -90,16 +114,22 @@ def train(
     publish: bool,
     as_json: bool,
 ) -> None:
-    """Train MODEL on DATASET, verify its ONNX export and publish it to the model repository."""
+    """Train MODEL on DATASET, verify its ONNX export and publish it to the model repository.
+
+    With a subcommand (submit, status, events, cancel, agent): training jobs over Kafka on Ray.
+    """
+    if click.get_current_context().invoked_subcommand is not None:
+        return
     from training.config import TrainConfig
     from training.recipe import run_training
 
     settings = load_settings()
     config = build_config(
-        TrainConfig,
+        dp_defaults_apply(TrainConfig),  # flags left unset take the DP defaults when private
         model=model,
         dataset=dataset,
         data_dir=data_dir or settings.data_dir,
+        data_source=shard_settings(from_shards, up_to_offset, data_root, settings.data_root),
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
@@ -110,6 +140,16 @@ def train(
         seed=seed,
         patience=patience,
         preprocess={"normalize": normalize, "augment": {"enabled": augment}, "balance": balance},
+        adversarial=adversarial_settings(
+            adversarial,
+            adv_epsilon,
+            adv_steps,
+            adv_step_size,
+            adv_clean_fraction,
+            adv_warmup_epochs,
+        ),
+        privacy=privacy_settings(dp_epsilon, dp_delta, max_grad_norm),
+        watermark={"key_file": watermark_key} if watermark_key else None,
         name=name,
         publish=publish,
         repository=repository or settings.model_repository,

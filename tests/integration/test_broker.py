@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka_fixtures import kafka_cluster
 
 from streams.broker import EmbeddedBroker, answers_metadata, pid_alive
 
@@ -66,12 +67,12 @@ def test_broker_cli_start_status_stop(tmp_path: Path) -> None:
 def test_topic_catalogue_created_idempotently() -> None:
     from streams.topics import CATALOGUE, create_topics, data_topic, list_topics
 
-    with EmbeddedBroker() as broker:
-        first = create_topics(broker.bootstrap, [*CATALOGUE, data_topic("digits")])
+    with kafka_cluster() as bootstrap:  # embedded, or Apache Kafka with these topics deleted
+        first = create_topics(bootstrap, [*CATALOGUE, data_topic("digits")])
         assert set(first.values()) == {"created"}
-        again = create_topics(broker.bootstrap)
+        again = create_topics(bootstrap)
         assert set(again.values()) == {"exists"}
-        found = list_topics(broker.bootstrap)
+        found = list_topics(bootstrap)
     for spec in CATALOGUE:
         assert found[spec.name] == spec.partitions
     assert "data-digits" in found

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
+from kafka_fixtures import kafka_cluster
 
-from streams.broker import EmbeddedBroker
 from streams.codec import decode_request
 from streams.messages import DLQRecord, InferenceResultMessage, TensorJSON
 
 
 @pytest.fixture(scope="module")
 def bootstrap() -> Iterator[str]:
-    with EmbeddedBroker() as broker:
-        yield broker.bootstrap
+    with kafka_cluster() as bootstrap:
+        yield bootstrap
 
 
 def _cli(*args: str, bootstrap: str) -> subprocess.CompletedProcess[str]:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from kafka_fixtures import external_bootstrap, prepare_external
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
@@ -51,7 +53,9 @@ def start_background(
     assert process.stdout is not None
     try:
         for line in process.stdout:  # servers and workers print one line when ready
-            if line.startswith("stream worker ready "):
+            if line.startswith(
+                ("stream worker ready ", "training agent ready ", "data ingest ready ")
+            ):
                 return process, {}
             if line.startswith("serving grpc="):
                 fields = dict(re.findall(r"(grpc|metrics)=(\S+)", line))
@@ -71,11 +75,16 @@ def start_background(
 def test_every_readme_command_runs(tmp_path: Path) -> None:
     commands = readme_commands()
     assert any(c.startswith("headrace train") for c in commands)
+    if external_bootstrap():  # the Kafka commands then run on it: start from empty topics
+        prepare_external(str(external_bootstrap()))
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["PYTHONPATH"] = str(REPO_ROOT)
-    for key in ("HEADRACE_MODEL_REPOSITORY", "HEADRACE_RUNS_DIR", "HEADRACE_DATA_DIR"):
+    for key in (
+        "HEADRACE_MODEL_REPOSITORY", "HEADRACE_RUNS_DIR", "HEADRACE_DATA_DIR", "HEADRACE_DATA_ROOT"
+    ):  # fmt: skip
         env.pop(key, None)
+    shutil.copytree(REPO_ROOT / "examples", tmp_path / "examples")  # README runs from the root
     background: list[subprocess.Popen[str]] = []
     outputs: list[str] = []
     addresses: dict[str, str] = {}

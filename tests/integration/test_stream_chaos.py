@@ -2,8 +2,9 @@
 and goes, on the embedded broker. At-least-once: every request id gets an outcome (a result or a
 DLQ record); duplicates are allowed, counted and reported, never asserted to be zero.
 
-Each test has its own broker (a new group reads the requests topic from the earliest offset, so
-a shared broker would make each test re-run the previous test's requests) and waits on observed
+Each test has its own broker, or on Apache Kafka (HEADRACE_KAFKA_BOOTSTRAP) freshly deleted
+topics (kafka_fixtures.py): a new group reads the requests topic from the earliest offset, so
+a shared topic would make each test re-run the previous test's requests. Each test waits on observed
 outcomes with bounded deadlines, never on sleeps. Every process is stopped by its pid.
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kafka_fixtures import kafka_cluster
 from server_fixtures import wait_until
 from stream_fixtures import (
     OutcomeTally,
@@ -28,8 +30,6 @@ from stream_fixtures import (
     publish_lenet,
     running_worker,
 )
-
-from streams.broker import EmbeddedBroker
 
 WAIT_S = 240.0  # generous bound per wait; the normal run takes a few seconds per wait
 
@@ -48,8 +48,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def chaos(repository: Path, tmp_path: Path) -> Iterator[Chaos]:
-    with EmbeddedBroker() as broker:
-        yield Chaos(broker.bootstrap, repository, tmp_path)
+    with kafka_cluster() as bootstrap:
+        yield Chaos(bootstrap, repository, tmp_path)
 
 
 def test_three_sigkills_during_ten_thousand_requests_lose_none(chaos: Chaos) -> None:

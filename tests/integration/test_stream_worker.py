@@ -1,4 +1,5 @@
-"""`headrace stream worker` on the embedded broker: requests in, exactly one outcome out.
+"""`headrace stream worker` on the embedded broker (or the Apache Kafka HEADRACE_KAFKA_BOOTSTRAP
+names, see kafka_fixtures.py): requests in, exactly one outcome out.
 
 One worker process (concurrency 2) serves the whole module; each test uses its
 own request ids and reads `inference-results` and `inference-dlq` with a fresh
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from kafka_fixtures import kafka_cluster
 from server_fixtures import reference, wait_until
 from stream_fixtures import (
     MODEL,
@@ -31,7 +33,6 @@ from stream_fixtures import (
 )
 
 from protos import grpc_service_pb2 as pb
-from streams.broker import EmbeddedBroker
 from streams.messages import CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE
 
 SHAPE = [1, 1, 28, 28]
@@ -49,10 +50,10 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     folder = tmp_path_factory.mktemp("stream")
     repository, model_file = publish_lenet(folder)
-    with EmbeddedBroker() as broker:
+    with kafka_cluster() as bootstrap:
         group = f"worker-{uuid.uuid4().hex[:8]}"
-        with running_worker(broker.bootstrap, repository, group, folder / "w.log") as worker:
-            yield Setup(broker.bootstrap, model_file, worker, folder)
+        with running_worker(bootstrap, repository, group, folder / "w.log") as worker:
+            yield Setup(bootstrap, model_file, worker, folder)
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -3,32 +3,43 @@
 `digits` is embedded (scikit-learn's handwritten digits at 28x28); `mnist`
 reads a folder of IDX files and `cifar10` a folder of the python pickle
 batches. `load_splits` gives train / val / test arrays, the same for the same
-seed on every machine.
+seed on every machine. With a `ShardSource` they come from the shards the
+ingestion worker wrote instead (`training.datasets.shards`), and the splits
+carry the selection's lineage.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from headrace.errors import DatasetError, UnknownName
 from training.datasets.base import DatasetSplits, ImageArrays, RawDataset
 from training.datasets.cifar10 import load_cifar10
 from training.datasets.digits import load_digits_28
 from training.datasets.mnist import load_mnist
+from training.datasets.schema import SCHEMAS, DatasetSchema, dataset_schema
+from training.datasets.shards import ShardSource, select_shards
 
 __all__ = [
     "DATASETS",
+    "SCHEMAS",
+    "DatasetSchema",
     "DatasetSplits",
     "ImageArrays",
     "RawDataset",
+    "ShardSource",
+    "dataset_schema",
     "load_raw",
     "load_splits",
     "split_raw",
 ]
+
+MIN_SHARD_RECORDS = 20
 
 # name -> (loader, needs a data folder)
 DATASETS: dict[str, tuple[Callable[..., RawDataset], bool]] = {
@@ -57,9 +68,15 @@ def _stratified_split(
     arrays: ImageArrays, fraction: float, seed: int
 ) -> tuple[ImageArrays, ImageArrays]:
     """Split off `fraction` of the rows, keeping class proportions where possible."""
+    from sklearn.model_selection import train_test_split  # slow to import; needed only here
+
     index = np.arange(len(arrays))
     counts = np.bincount(arrays.labels)
-    stratify = arrays.labels if counts[counts > 0].min() >= 2 else None
+    classes = int((counts > 0).sum())
+    held = math.ceil(fraction * len(arrays))  # as train_test_split rounds
+    # stratifying needs two samples per class and room for every class on both sides
+    fits = counts[counts > 0].min() >= 2 and classes <= held <= len(arrays) - classes
+    stratify = arrays.labels if fits else None
     keep, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
     return arrays.subset(np.sort(keep)), arrays.subset(np.sort(held))
 
@@ -84,6 +101,18 @@ def load_splits(
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    source: ShardSource | None = None,
 ) -> DatasetSplits:
-    """Load a dataset by name and split it deterministically by `seed`."""
-    return split_raw(load_raw(name, data_dir), seed, val_fraction, test_fraction)
+    """Load a dataset by name (from its shards with `source`) and split it by `seed`."""
+    if source is None:
+        return split_raw(load_raw(name, data_dir), seed, val_fraction, test_fraction)
+    schema = dataset_schema(name)
+    selection = select_shards(name, schema, source)
+    if len(selection.rows) < MIN_SHARD_RECORDS:
+        raise DatasetError(
+            f"only {len(selection.rows)} records selected from the shards of {name!r}; training "
+            f"needs at least {MIN_SHARD_RECORDS} to split off validation and test records"
+        )
+    raw = RawDataset(name=name, classes=schema.classes, data=selection.arrays)
+    splits = split_raw(raw, seed, val_fraction, test_fraction)
+    return dataclasses.replace(splits, lineage=selection.lineage())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,6 +54,8 @@ class DatasetSplits:
     train: ImageArrays
     val: ImageArrays
     test: ImageArrays
+    lineage: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+    """Where the records came from, recorded with a published version (e.g. shard bounds)."""
 
     @property
     def num_classes(self) -> int:

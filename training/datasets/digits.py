@@ -8,9 +8,6 @@ bilinear interpolation to MNIST's 28x28 and scaled to 0..255.
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from sklearn.datasets import load_digits
 
 from training.datasets.base import ImageArrays, RawDataset
 
@@ -19,6 +16,11 @@ IMAGE_SIZE = 28
 
 def load_digits_28() -> RawDataset:
     """All digits images as uint8 (N, 1, 28, 28) with their labels."""
+    # imported here: the dataset registry (and the schemas beside it) load without torch
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     small = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
     large = F.interpolate(

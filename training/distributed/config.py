@@ -71,6 +71,13 @@ class DistributedConfig(BaseModel):
     server_shards: int = Field(
         default=1, ge=1, le=64, description="Parameter-server actors (parameter_server, hybrid)."
     )
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        le=100,
+        description="Times the worker group is restarted from the last checkpoint after a "
+        "worker dies.",
+    )
 
     @field_validator("compression", mode="before")
     @classmethod
@@ -80,6 +87,21 @@ class DistributedConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> DistributedConfig:
+        problems = []
         if self.strategy == "allreduce" and self.server_shards != 1:
-            raise ValueError("server_shards applies to parameter_server and hybrid only")
+            problems.append("server_shards applies to parameter_server and hybrid only")
+        if self.strategy != "allreduce" and self.compression.kind == "powersgd":
+            problems.append(
+                "powersgd compresses allreduce buckets: use strategy allreduce, "
+                "or compression fp16/topk with parameter_server and hybrid"
+            )
+        if self.sync_every > 1 and self.strategy != "allreduce":
+            problems.append("sync_every > 1 (local SGD) applies to strategy allreduce only")
+        if self.sync_every > 1 and self.compression.kind != "none":
+            problems.append(
+                "sync_every > 1 averages parameters every few steps, uncompressed: "
+                "set compression none, or sync_every 1 to compress gradients"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self

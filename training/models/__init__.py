@@ -13,6 +13,7 @@ from torch import nn
 
 from headrace.errors import UnknownName
 from training.models.lenet import LeNet5
+from training.models.lenet_wide import LeNetWide
 from training.models.resnet import ResNetSmall
 
 __all__ = ["MODELS", "ModelEntry", "build_model", "input_shape"]
@@ -32,6 +33,12 @@ MODELS: dict[str, ModelEntry] = {
         factory=lambda classes, channels, size: LeNet5(classes, channels, size),
         default_input=(1, 28, 28),
         description="LeNet-5 (tanh, average pooling), 28x28 or 32x32 input",
+    ),
+    "lenet5-wide": ModelEntry(
+        factory=lambda classes, channels, size: LeNetWide(classes, channels, size),
+        default_input=(1, 28, 28),
+        description="LeNet layout, 16/32 channels, 128 hidden, ReLU and max pooling "
+        "(for adversarial training), 28x28 or 32x32 input",
     ),
     "resnet20": ModelEntry(
         factory=lambda classes, channels, size: ResNetSmall(classes, channels, 3),

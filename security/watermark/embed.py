@@ -1,0 +1,129 @@
+"""Marking models: train a new one with the watermark, or fine-tune a published version with it.
+
+Training a new model is the ordinary recipe with `TrainConfig.watermark` set.
+Fine-tuning starts from a published version's torch weights (`weights.pt`,
+loaded verified), keeps the preprocessing the version was served with, trains
+on its dataset with the hooks the config asks for (the watermark hook among
+them, or none for a clean fine-tune), and publishes the result as a new
+version with `finetuned_from` in its lineage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from headrace.errors import ConfigError
+from serving.repository import ModelVersion
+from training.config import TrainConfig
+from training.datasets import load_splits
+from training.hooks import PublishInfo, TrainingHook, build_hooks
+from training.loop import EpochCallback, Trainer
+from training.preprocess import BatchPipeline, PreprocessConfig
+from training.preprocess.normalize import PIXEL_SCALE, ChannelStats
+from training.published import load_published_model
+from training.recipe import TrainRecipe, TrainReport
+
+
+class _FineTuneLineage(TrainingHook):
+    """Records which version a fine-tuned model started from."""
+
+    def __init__(self, source: ModelVersion) -> None:
+        self.source = source
+
+    def publish_info(self, model: nn.Module) -> PublishInfo:
+        return PublishInfo(lineage={"finetuned_from": f"{self.source.name}:{self.source.version}"})
+
+
+class FineTuneRecipe(TrainRecipe):
+    """`TrainRecipe` that starts from a published version instead of fresh weights."""
+
+    def __init__(
+        self, config: TrainConfig, source: ModelVersion, on_epoch: EpochCallback | None = None
+    ) -> None:
+        super().__init__(config, on_epoch)
+        self.source = source
+
+    def setup(self) -> None:
+        cfg = self.config
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        splits = load_splits(
+            cfg.dataset,
+            cfg.data_dir,
+            cfg.seed,
+            cfg.val_fraction,
+            cfg.test_fraction,
+            source=cfg.data_source,
+        )
+        served = self.source.config
+        dims, classes = list(served.inputs[0].dims), served.outputs[0].dims[-1]
+        if list(splits.input_shape) != dims or splits.num_classes != classes:
+            raise ConfigError(
+                f"dataset {cfg.dataset!r} has inputs {list(splits.input_shape)} and "
+                f"{splits.num_classes} classes but model {self.source.name!r} takes {dims} and "
+                f"answers {classes}; fine-tune on the dataset the model was trained on"
+            )
+        model = load_published_model(self.source).train()
+        pipeline = BatchPipeline(
+            cfg.preprocess,
+            cfg.dataset,
+            splits.train.images,
+            splits.train.labels,
+            splits.num_classes,
+            cfg.seed,
+        )
+        spec = served.preprocessing
+        if spec is not None:  # keep the normalisation clients already apply
+            if abs(spec.scale - PIXEL_SCALE) > 1e-12:
+                raise ConfigError(
+                    f"model {self.source.name!r} scales pixels by {spec.scale}, not 1/255; "
+                    "it cannot be fine-tuned by this recipe"
+                )
+            pipeline.stats = ChannelStats(tuple(spec.mean), tuple(spec.std))
+        hooks = [*build_hooks(cfg), _FineTuneLineage(self.source)]
+        self._splits = splits
+        self._trainer = Trainer(model, splits, pipeline, cfg, self.run_dir, hooks)
+
+
+def finetune_config(source: ModelVersion, **overrides: Any) -> TrainConfig:
+    """A config that continues `source` on its own dataset and publishes beside it.
+
+    Defaults: the version's architecture, dataset, seed, split fractions and
+    preprocessing (from its lineage), 3 epochs at a constant learning rate, no
+    early stopping; `overrides` win (e.g. `epochs`, `learning_rate`,
+    `data_dir`, `watermark`, `name`).
+    """
+    lineage = source.metadata.lineage
+    values: dict[str, Any] = {
+        "model": source.metadata.architecture,
+        "dataset": lineage.get("dataset", "digits"),
+        "seed": lineage.get("seed", 0),
+        **{k: lineage[k] for k in ("val_fraction", "test_fraction") if k in lineage},
+        "epochs": 3,
+        "lr_schedule": "none",
+        "patience": 0,
+        "name": source.name,
+        "repository": Path(source.path).parent.parent,
+    }
+    preprocess = lineage.get("preprocess")
+    if isinstance(preprocess, str):
+        values["preprocess"] = PreprocessConfig.model_validate_json(preprocess)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def finetune_published(
+    source: ModelVersion, config: TrainConfig, on_epoch: EpochCallback | None = None
+) -> TrainReport:
+    """Fine-tune `source` as `config` says and publish it (when `config.publish`)."""
+    recipe = FineTuneRecipe(config, source, on_epoch)
+    try:
+        recipe.setup()
+        recipe.run()
+        return recipe.save()
+    finally:
+        recipe.cleanup()

@@ -1,0 +1,348 @@
+"""The ingestion worker: a Faust app appending valid records of `data-<dataset>` to shards.
+
+Its agent takes up to `flush_records` records (or what arrived within
+`flush_interval_s`) with `Stream.take_events`, then, for that batch: produces
+the DLQ records of the bad ones and waits for their acknowledgements, writes
+one shard per partition (atomically, `training.datasets.shards`), and updates
+the `class-counts` Faust table. Only then does it ask for the next batch, which
+is when Faust acks the batch's records and may commit their offsets; Faust
+flushes the producer (DLQ and table changelog) before it commits. So a record's
+offset is committed only after the shard holding it is on disk: at-least-once.
+Records below the shards' coverage are skipped after a restart
+(`streams.ingest`), and readers de-duplicate by (partition, offset) anyway.
+
+Two Faust behaviours would break that, so the app turns them off. Faust counts
+offsets it did not see arrive in order as done (meant for compacted topics);
+with a table, its recovery seeks the partitions back to the committed offsets
+after records were already delivered, its read position jumps, and the commit
+then passed records whose shard was not written yet (records were lost after a
+SIGKILL in tests/integration/test_data_ingest.py): `contiguous_offsets=True`
+(`streams.app`). And a fatal error exits at once (code 3) instead of Faust's
+graceful stop, which would wait forever for the held records.
+
+The table holds one `ClassCounts` per partition of the topic, keyed
+`<dataset>:p<partition>`: each key is written only by the worker that owns that
+partition, so the changelog (`<group>-class-counts-changelog`, whose latest
+value per key `headrace data profile --ingested` reads) never interleaves two
+writers' counts for one key. It uses the producer's key partitioner, so it can
+be written after the batch, outside Faust's per-event context. Shards are the
+truth: when a partition is assigned its counts are re-read from its shards, and
+a recovered table value that disagrees (a crash between a shard and its table
+update) is corrected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import faust
+from faust.types import TP, EventT, StreamT
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from headrace.errors import DatasetError
+from streams.app import hold_events, new_app, produce_outcomes, source_record
+from streams.data_messages import DATA_DLQ_TOPIC, ClassCounts, counts_key
+from streams.inference import SourceRecord
+from streams.ingest import PartitionState, plan_batch
+from streams.topics import data_topic
+from training.datasets.schema import SCHEMAS, dataset_schema
+from training.datasets.shards import remove_temporaries, shards_dir, write_shard
+
+log = logging.getLogger(__name__)
+TABLE_NAME = "class-counts"
+STOP_GRACE_S = 10.0
+REWIND_INTERVAL_S = 1.0
+REWIND_LIMIT_S = 30.0
+EXIT_BATCH_FAILED = 3
+
+
+def default_group(dataset: str) -> str:
+    """The ingestion worker's consumer group (and Faust app id) for `dataset`."""
+    return f"headrace-ingest-{dataset}"
+
+
+def changelog_topic(group: str) -> str:
+    """The class-counts table's changelog topic of an ingestion group."""
+    return f"{group}-{TABLE_NAME}-changelog"
+
+
+class IngestConfig(BaseModel):
+    """What one `headrace data ingest` process consumes and where it writes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="Registered dataset; its records' schema.")
+    bootstrap: str = Field(min_length=1, description="Kafka bootstrap servers, comma-separated.")
+    data_root: Path = Field(description="Shards go to <data_root>/<dataset>/shards.")
+    group_id: str = Field(
+        default="",
+        pattern=r"^([A-Za-z0-9._-]+)?$",
+        description="Consumer group and Faust app id; default headrace-ingest-<dataset>.",
+    )
+    flush_records: int = Field(default=500, ge=1, le=100_000, description="Most records a shard.")
+    flush_interval_s: float = Field(
+        default=2.0, gt=0, le=300, description="Longest wait to fill a shard, in seconds."
+    )
+    dlq_topic: str = DATA_DLQ_TOPIC
+    partitions: int = Field(
+        default=4, ge=1, description="Partitions of the data topic (and of the table changelog)."
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in SCHEMAS:
+            raise ValueError(f"unknown dataset {value!r} (choose {', '.join(sorted(SCHEMAS))})")
+        return value
+
+    def model_post_init(self, context: Any) -> None:
+        if not self.group_id:
+            self.group_id = default_group(self.dataset)
+
+    @property
+    def topic(self) -> str:
+        return data_topic(self.dataset).name
+
+    @property
+    def shards(self) -> Path:
+        return shards_dir(self.data_root, self.dataset)
+
+    def broker_urls(self) -> list[str]:
+        return [f"kafka://{server.strip()}" for server in self.bootstrap.split(",")]
+
+
+class IngestWorker:
+    """The Faust app, its ingestion agent and the class-counts table."""
+
+    def __init__(
+        self,
+        config: IngestConfig,
+        on_ready: Callable[[], None] | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.schema = dataset_schema(config.dataset)
+        self.states: dict[int, PartitionState] = {}
+        self.failed: BaseException | None = None
+        self.totals = {"rows": 0, "dlq": 0, "skipped": 0, "shards": 0}
+        self._on_ready, self._on_fatal = on_ready, on_fatal
+        # partition -> (offset to read again from, since when, last seek)
+        self._rewinding: dict[int, tuple[int, float, float]] = {}
+        self._announced = False
+        # table recovery misses the last changelog record on the embedded broker otherwise
+        self.app = new_app(
+            config.group_id,
+            config.broker_urls(),
+            contiguous_offsets=True,  # never commit past a record no shard holds
+            producer_max_batch_size=1,
+            topic_partitions=config.partitions,
+        )
+        self.topic = self.app.topic(
+            config.topic,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        self.table = self.app.Table(
+            TABLE_NAME,
+            default=None,
+            key_type=bytes,  # bytes keys and values: the raw serializer
+            value_type=bytes,
+            partitions=config.partitions,
+            use_partitioner=True,
+        )
+        self.app.agent(self.topic, name="ingest", concurrency=1)(self._consume)
+        self.app.on_partitions_assigned.connect(self._assigned)
+        self.app.on_partitions_revoked.connect(self._revoked)
+
+    # -- Faust hooks -----------------------------------------------------------------------
+
+    async def _assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        if not self._announced:
+            self._announced = True
+            if self._on_ready is not None:
+                self._on_ready()
+
+    async def _revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked = args[0] if args else kwargs.get("revoked", ())
+        for tp in revoked:
+            if tp.topic == self.config.topic:  # its next owner re-reads the shards
+                self.states.pop(tp.partition, None)
+
+    async def _consume(self, stream: StreamT) -> None:
+        config = self.config
+        batches = cast(faust.Stream, stream).take_events  # StreamT does not declare it
+        async for events in batches(config.flush_records, within=config.flush_interval_s):
+            await self._handle_taken(events)
+
+    # -- one batch -------------------------------------------------------------------------
+
+    async def _handle_taken(self, events: Sequence[EventT]) -> None:
+        """Return only when the batch's shards are on disk (or its events are held)."""
+        if self.failed is not None:
+            hold_events(events)  # stopping after a fatal error: leave the records for a restart
+            return
+        task = asyncio.ensure_future(self._process([source_record(e) for e in events]))
+        try:
+            held = await asyncio.shield(task)
+            hold_events([e for e in events if (e.message.partition, e.message.offset) in held])
+        except asyncio.CancelledError:
+            await asyncio.wait({task}, timeout=STOP_GRACE_S)
+            if not task.done() or task.cancelled() or task.exception() is not None:
+                task.cancel()
+                hold_events(events)
+            raise
+        except Exception as exc:  # shards or DLQ records not written: nothing may be acked
+            hold_events(events)
+            self.failed = exc
+            log.critical("stopping: %s", exc)
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
+
+    async def _process(self, records: list[SourceRecord]) -> set[tuple[int, int]]:
+        """Handle one batch; returns the (partition, offset) of records held back after a gap."""
+        for partition in sorted({r.partition for r in records}):
+            if partition not in self.states:
+                await self._load_state(partition)
+        plan = plan_batch(records, self.schema, self.states, self.config.dlq_topic)
+        await produce_outcomes(self.app.producer, plan.dlq)
+        for shard in plan.shards:
+            images, labels, offsets = shard.arrays(self.schema)
+            written = await asyncio.to_thread(
+                write_shard,
+                self.config.shards,
+                shard.partition,
+                shard.first_offset,
+                shard.last_offset,
+                images,
+                labels,
+                offsets,
+                shard.record_ids,
+            )
+            state = self.states[shard.partition]
+            state.add(written, labels, offsets, shard.record_ids)
+            self._publish(state)
+            log.info(
+                "%s: %d records, %d to the DLQ", written.path.name, len(labels),
+                shard.last_offset - shard.first_offset + 1 - len(labels),
+            )  # fmt: skip
+        self.totals["rows"] += sum(len(s.records) for s in plan.shards)
+        self.totals["dlq"] += len(plan.dlq)
+        self.totals["skipped"] += plan.skipped
+        self.totals["shards"] += len(plan.shards)
+        await self._rewind(plan.rewind)
+        return plan.held
+
+    async def _rewind(self, rewind: dict[int, int]) -> None:
+        """Read partitions again from the first offset a gap skipped (at most once a second);
+        a gap that does not close within `REWIND_LIMIT_S` stops the worker."""
+        now = time.monotonic()
+        for partition, (offset, _, _) in list(self._rewinding.items()):
+            state = self.states.get(partition)
+            if state is None or (partition not in rewind and state.next_offset > offset):
+                del self._rewinding[partition]  # the missing records arrived, or it was revoked
+        for partition, offset in rewind.items():
+            first, since, last_seek = self._rewinding.get(partition, (offset, now, 0.0))
+            if first != offset:
+                since, last_seek = now, 0.0
+            if now - since > REWIND_LIMIT_S:
+                raise DatasetError(
+                    f"partition {partition} of {self.config.topic}: offsets from {offset} on "
+                    f"cannot be read for {REWIND_LIMIT_S:g} s (deleted by retention, or shards "
+                    "of another topic); ingest into a new --data-root"
+                )
+            if now - last_seek >= REWIND_INTERVAL_S:
+                log.warning(
+                    "partition %d: offsets from %d were skipped by the consumer; reading again",
+                    partition, offset,
+                )  # fmt: skip
+                await self.app.consumer.seek(TP(self.config.topic, partition), offset)
+                last_seek = now
+            self._rewinding[partition] = (offset, since, last_seek)
+
+    async def _load_state(self, partition: int) -> None:
+        """The partition's counts from its shards; the table is corrected if it disagrees."""
+        if removed := remove_temporaries(self.config.shards, partition):
+            log.info("partition %d: removed %d half-written shard(s)", partition, removed)
+        state = await asyncio.to_thread(
+            PartitionState.from_shards, self.config.shards, self.schema, partition
+        )
+        self.states[partition] = state
+        key = counts_key(self.config.dataset, partition)
+        raw = self.table.get(key)
+        try:
+            recovered = None if raw is None else ClassCounts.model_validate_json(raw)
+        except ValidationError:
+            recovered = None
+        if recovered is not None and state.agrees_with(recovered):
+            return
+        if recovered is not None or state.records or state.next_offset:
+            said = (
+                "nothing"
+                if recovered is None
+                else (f"{recovered.records} records up to offset {recovered.next_offset}")
+            )
+            log.warning(
+                "partition %d: the class-counts table said %s, the shards hold %d records up "
+                "to offset %d; publishing the shards' counts",
+                partition, said, state.records, state.next_offset,
+            )  # fmt: skip
+            self._publish(state)
+
+    def _publish(self, state: PartitionState) -> None:
+        value = state.to_counts(self.config.dataset).model_dump_json().encode()
+        self.table[counts_key(self.config.dataset, state.partition)] = value
+
+
+def run_ingest(
+    config: IngestConfig,
+    announce: Callable[[dict[str, str]], None],
+    loglevel: str = "warning",
+) -> int:
+    """Run until SIGTERM/SIGINT; `announce` gets the ready fields once consuming. Exit code."""
+    from streams.worker import WatchdogWorker
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    def ready() -> None:
+        announce(
+            {
+                "dataset": config.dataset,
+                "topic": config.topic,
+                "group": config.group_id,
+                "bootstrap": config.bootstrap,
+                "shards": str(config.shards),
+                "table": changelog_topic(config.group_id),
+            }
+        )
+
+    def fatal(exc: BaseException) -> None:
+        # Exit at once: Faust's graceful stop waits for the held records, which never get acked.
+        # Nothing is lost: their offsets are not committed and shards are written atomically.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(EXIT_BATCH_FAILED)
+
+    ingest = IngestWorker(config, on_ready=ready, on_fatal=fatal)
+    worker = WatchdogWorker(
+        ingest.app, loop=loop, loglevel=loglevel, quiet=True, redirect_stdouts=False
+    )
+    if not sys.stdout.isatty():
+        worker.spinner = None  # Faust draws it with terminal escapes, which garble piped output
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    else:  # pragma: no cover - execute_from_commandline always exits
+        code = 0
+    log.info("ingested %s", ingest.totals)
+    return EXIT_BATCH_FAILED if ingest.failed is not None else code

@@ -1,0 +1,96 @@
+"""`headrace security robustness` in-process on a freshly published (untrained) model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from headrace.commands.security import security
+from headrace.errors import ConfigError, HeadraceError
+from serving.model_config import ModelConfig, TensorSpec
+from serving.repository import ModelRepository
+from training.adversarial import published_pixel_model
+from training.export import export_onnx
+from training.models import build_model
+from training.preprocess import ChannelStats
+from training.published import WEIGHTS_FILE, save_weights
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = build_model("lenet5-wide").eval()
+    config = ModelConfig(
+        name="wide",
+        max_batch_size=8,
+        inputs=[TensorSpec(name="input", dims=[1, 28, 28])],
+        outputs=[TensorSpec(name="logits", dims=[10])],
+        preprocessing=ChannelStats((0.2,), (0.3,)).to_spec(),
+    )
+    root = tmp_path / "repo"
+    ModelRepository(root).publish(
+        config,
+        export_onnx(model, (1, 28, 28), tmp_path / "m.onnx"),
+        architecture="lenet5-wide",
+        extra_files={WEIGHTS_FILE: save_weights(model, tmp_path / WEIGHTS_FILE)},
+        lineage={"dataset": "digits", "seed": 0},
+    )
+    return root
+
+
+def test_the_pixel_model_applies_the_published_normalisation(repo: Path) -> None:
+    wrapped = published_pixel_model(ModelRepository(repo).get("wide"))
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(wrapped(x), wrapped.model((x - 0.2) / 0.3), atol=1e-6)
+
+
+def test_table_output(repo: Path) -> None:
+    args = ["robustness", "--model", "wide", "--repository", str(repo), "--limit", "10"]
+    result = CliRunner().invoke(security, [*args, "--steps", "2", "--epsilons", "0,0.3"])
+    assert result.exit_code == 0, result.output
+    assert "wide version 1 (lenet5-wide) on the digits test split" in result.output
+    assert "fgsm acc" in result.output and "0.300" in result.output
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--epsilons", "0,2"], "between 0 and 1"),
+        (["--epsilons", "a,b"], "numbers separated by commas"),
+        (["--step-size", "3"], "--step-size must be in"),
+        (["--dataset", "nosuch"], "unknown dataset 'nosuch'"),
+    ],
+)
+def test_bad_flags_say_what_to_do(repo: Path, flags: list[str], message: str) -> None:
+    args = ["robustness", "--model", "wide", "--repository", str(repo), *flags]
+    result = CliRunner().invoke(security, args)
+    assert result.exit_code != 0
+    assert isinstance(result.exception, HeadraceError)
+    assert message in result.exception.message
+
+
+def test_a_dataset_of_another_shape_is_refused(tmp_path: Path) -> None:
+    model = build_model("lenet5-wide", image_size=32).eval()
+    config = ModelConfig(
+        name="wide32",
+        max_batch_size=8,
+        inputs=[TensorSpec(name="input", dims=[1, 32, 32])],
+        outputs=[TensorSpec(name="logits", dims=[10])],
+        preprocessing=ChannelStats((0.2,), (0.3,)).to_spec(),
+    )
+    ModelRepository(tmp_path / "repo").publish(
+        config,
+        export_onnx(model, (1, 32, 32), tmp_path / "m.onnx"),
+        architecture="lenet5-wide",
+        extra_files={WEIGHTS_FILE: save_weights(model, tmp_path / WEIGHTS_FILE)},
+    )
+    args = ["robustness", "--model", "wide32", "--repository", str(tmp_path / "repo")]
+    result = CliRunner().invoke(security, args)
+    assert isinstance(result.exception, ConfigError)
+    assert "has images of shape (1, 28, 28), but model 'wide32' takes (1, 32, 32)" in (
+        result.exception.message
+    )
