@@ -54,8 +54,10 @@ bench: install
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.streaming
+	$(BIN)/python -m benchmarks.distributed
 	$(BIN)/python -m benchmarks.privacy
 	$(BIN)/python -m benchmarks.robustness
+	$(BIN)/python -m benchmarks.watermark
 
 lint: install
 	$(BIN)/ruff check .

@@ -43,7 +43,7 @@ class EpochRecord(BaseModel):
     seconds: float
     samples_per_s: float
     bytes_communicated: int | None = Field(
-        default=None, description="Bytes this worker sent in the epoch (distributed runs)."
+        default=None, description="Bytes all workers sent in the epoch (distributed runs), counted."
     )
 
 

@@ -280,18 +280,20 @@ def test_cancel_stops_a_running_job(stack: Stack) -> None:
     assert "cancel-me" not in ModelRepository(stack.repository).list_models()
 
 
-def _train_task_processes() -> list[psutil.Process]:
+def _train_task_processes(agent_pid: int) -> list[psutil.Process]:
+    """The agent's Ray worker running the training task (only this agent's descendants)."""
     found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any("_train_task" in part for part in process.info["cmdline"] or []):
-            found.append(process)
+    for process in psutil.Process(agent_pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if any("_train_task" in part for part in process.cmdline()):
+                found.append(process)
     return found
 
 
 def test_crashed_worker_is_retried_from_its_checkpoint(stack: Stack) -> None:
-    job_id = _submit(stack, "model: lenet5\nepochs: 4\npatience: 0\nname: crashy\n", "crash")
+    job_id = _submit(stack, "model: lenet5\nepochs: 15\npatience: 0\nname: crashy\n", "crash")
     _events_until(stack, job_id, {"epoch"})
-    victims = _train_task_processes()
+    victims = _train_task_processes(stack.agent.pid)
     assert victims, "no Ray training task process found"
     for process in victims:
         os.kill(process.pid, signal.SIGKILL)
@@ -299,4 +301,4 @@ def test_crashed_worker_is_retried_from_its_checkpoint(stack: Stack) -> None:
     kinds = [e.event for e in history]
     assert "retrying" in kinds and history[-1].event == "succeeded", kinds
     second = [e.epoch or 0 for e in history if e.event == "epoch" and e.attempt == 2]
-    assert second and second[0] > 1 and second[-1] == 4, second  # resumed, not restarted
+    assert second and second[0] > 1 and second[-1] == 15, second  # resumed, not restarted

@@ -168,12 +168,17 @@ class RayRun(BaseModel):
     outcome: str
 
 
+def _last_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[-1][:300]
+
+
 def _failure_message(exc: BaseException) -> str:
+    """The first failed worker's error, in one line."""
     failures = getattr(exc, "worker_failures", None)
     if isinstance(failures, dict) and failures:
         rank, error = sorted(failures.items())[0]
-        return f"worker {rank}: {type(error).__name__}: {str(error).splitlines()[-1][:300]}"
-    return f"{type(exc).__name__}: {str(exc).splitlines()[-1][:300] if str(exc) else ''}"
+        return f"worker {rank}: {type(error).__name__}: {_last_line(error)}"
+    return f"{type(exc).__name__}: {_last_line(exc)}"
 
 
 def run_on_ray(

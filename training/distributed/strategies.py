@@ -24,7 +24,6 @@ through the counting group; DDP does not broadcast them.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -218,7 +217,6 @@ class ServerSync(Synchronizer):
         self.counter = counter
         self.encoder = PushEncoder(config.distributed.compression)
         self.generation = 0
-        self.exchange_seconds = 0.0
 
     def step(self) -> None:
         pushes = []
@@ -227,9 +225,7 @@ class ServerSync(Synchronizer):
                 [torch.zeros(p.numel()) if p.grad is None else p.grad.reshape(-1) for p in params]
             )
             pushes.append(self.encoder.encode(shard, flat))
-        tic = time.perf_counter()
         weights = self.servers.exchange(self.generation, pushes)
-        self.exchange_seconds += time.perf_counter() - tic
         self.counter.add(sum(push.nbytes for push in pushes))
         self.counter.add(sum(int(w.nbytes) for w in weights))
         self._copy_in(weights)
