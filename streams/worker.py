@@ -29,7 +29,7 @@ from streams.model_updates import follow_model_updates
 
 EXIT_BATCH_FAILED = 3
 EXIT_STOP_TIMEOUT = 4
-STOP_DEADLINE_S = 30.0  # a stop that hangs (say the broker vanished) ends the process anyway
+STOP_DEADLINE_S = 45.0  # a stop that hangs (say the broker vanished) ends the process anyway
 
 
 class WatchdogWorker(faust.Worker):

@@ -20,7 +20,7 @@ from training.config import TrainConfig
 from training.datasets import DatasetSplits, load_splits
 from training.evaluate import EvalMetrics, evaluate
 from training.export import INPUT_NAME, OUTPUT_NAME, export_onnx, verify_onnx
-from training.hooks import PublishInfo, build_hooks
+from training.hooks import PublishInfo, TrainingHook, build_hooks
 from training.loop import EpochCallback, FitResult, Trainer
 from training.models import build_model
 from training.preprocess import BatchPipeline
@@ -84,8 +84,7 @@ class TrainRecipe:
             cfg.test_fraction,
             source=cfg.data_source,
         )
-        channels, size, _ = splits.input_shape
-        model = build_model(cfg.model, splits.num_classes, in_channels=channels, image_size=size)
+        model = self.initial_model(splits)
         pipeline = BatchPipeline(
             cfg.preprocess,
             cfg.dataset,
@@ -94,8 +93,25 @@ class TrainRecipe:
             splits.num_classes,
             cfg.seed,
         )
+        self.adapt_pipeline(pipeline)
         self._splits = splits
-        self._trainer = Trainer(model, splits, pipeline, cfg, self.run_dir, build_hooks(cfg))
+        self._trainer = Trainer(model, splits, pipeline, cfg, self.run_dir, self.hooks())
+
+    # -- steps a derived recipe may change (fine-tuning starts from a published model) ------
+
+    def initial_model(self, splits: DatasetSplits) -> torch.nn.Module:
+        """The model training starts from: fresh weights of the configured architecture."""
+        channels, size, _ = splits.input_shape
+        return build_model(
+            self.config.model, splits.num_classes, in_channels=channels, image_size=size
+        )
+
+    def adapt_pipeline(self, pipeline: BatchPipeline) -> None:
+        """Adjust the fitted preprocessing before training (nothing by default)."""
+
+    def hooks(self) -> list[TrainingHook]:
+        """The training hooks of this run."""
+        return build_hooks(self.config)
 
     def run(self) -> None:
         trainer, splits = self._require()

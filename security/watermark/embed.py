@@ -13,15 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from headrace.errors import ConfigError
 from serving.repository import ModelVersion
 from training.config import TrainConfig
-from training.datasets import load_splits
+from training.datasets import DatasetSplits
 from training.hooks import PublishInfo, TrainingHook, build_hooks
-from training.loop import EpochCallback, Trainer
+from training.loop import EpochCallback
 from training.preprocess import BatchPipeline, PreprocessConfig
 from training.preprocess.normalize import PIXEL_SCALE, ChannelStats
 from training.published import load_published_model
@@ -47,46 +46,32 @@ class FineTuneRecipe(TrainRecipe):
         super().__init__(config, on_epoch)
         self.source = source
 
-    def setup(self) -> None:
-        cfg = self.config
-        torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        splits = load_splits(
-            cfg.dataset,
-            cfg.data_dir,
-            cfg.seed,
-            cfg.val_fraction,
-            cfg.test_fraction,
-            source=cfg.data_source,
-        )
+    def initial_model(self, splits: DatasetSplits) -> nn.Module:
+        """The published model, after checking that the dataset fits it."""
         served = self.source.config
         dims, classes = list(served.inputs[0].dims), served.outputs[0].dims[-1]
         if list(splits.input_shape) != dims or splits.num_classes != classes:
             raise ConfigError(
-                f"dataset {cfg.dataset!r} has inputs {list(splits.input_shape)} and "
+                f"dataset {self.config.dataset!r} has inputs {list(splits.input_shape)} and "
                 f"{splits.num_classes} classes but model {self.source.name!r} takes {dims} and "
                 f"answers {classes}; fine-tune on the dataset the model was trained on"
             )
-        model = load_published_model(self.source).train()
-        pipeline = BatchPipeline(
-            cfg.preprocess,
-            cfg.dataset,
-            splits.train.images,
-            splits.train.labels,
-            splits.num_classes,
-            cfg.seed,
-        )
-        spec = served.preprocessing
-        if spec is not None:  # keep the normalisation clients already apply
-            if abs(spec.scale - PIXEL_SCALE) > 1e-12:
-                raise ConfigError(
-                    f"model {self.source.name!r} scales pixels by {spec.scale}, not 1/255; "
-                    "it cannot be fine-tuned by this recipe"
-                )
-            pipeline.stats = ChannelStats(tuple(spec.mean), tuple(spec.std))
-        hooks = [*build_hooks(cfg), _FineTuneLineage(self.source)]
-        self._splits = splits
-        self._trainer = Trainer(model, splits, pipeline, cfg, self.run_dir, hooks)
+        return load_published_model(self.source).train()
+
+    def adapt_pipeline(self, pipeline: BatchPipeline) -> None:
+        """Keep the normalisation clients of the published model already apply."""
+        spec = self.source.config.preprocessing
+        if spec is None:
+            return
+        if abs(spec.scale - PIXEL_SCALE) > 1e-12:
+            raise ConfigError(
+                f"model {self.source.name!r} scales pixels by {spec.scale}, not 1/255; "
+                "it cannot be fine-tuned by this recipe"
+            )
+        pipeline.stats = ChannelStats(tuple(spec.mean), tuple(spec.std))
+
+    def hooks(self) -> list[TrainingHook]:
+        return [*build_hooks(self.config), _FineTuneLineage(self.source)]
 
 
 def finetune_config(source: ModelVersion, **overrides: Any) -> TrainConfig:
