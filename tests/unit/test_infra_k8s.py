@@ -69,8 +69,8 @@ def test_consistency_check_fails_on_a_broken_copy(old: str, new: str, expected: 
 
 def test_worker_grace_period_must_outlast_its_stop_deadline() -> None:
     text = (K8S_DIR / "stream-worker.yaml").read_text()
-    old = "terminationGracePeriodSeconds: 40"
+    old = "terminationGracePeriodSeconds: 60"
     assert old in text
-    documents = [d for d in yaml.safe_load_all(text.replace(old, old[:-2] + "30")) if d]
+    documents = [d for d in yaml.safe_load_all(text.replace(old, old[:-2] + "45")) if d]
     problems = k8s_consistency_problems(documents)
     assert any("own stop deadline" in p for p in problems), problems
