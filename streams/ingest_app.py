@@ -308,7 +308,7 @@ def run_ingest(
     loglevel: str = "warning",
 ) -> int:
     """Run until SIGTERM/SIGINT; `announce` gets the ready fields once consuming. Exit code."""
-    from streams.worker import WatchdogWorker
+    from streams.worker import run_faust_app
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -333,16 +333,6 @@ def run_ingest(
         os._exit(EXIT_BATCH_FAILED)
 
     ingest = IngestWorker(config, on_ready=ready, on_fatal=fatal)
-    worker = WatchdogWorker(
-        ingest.app, loop=loop, loglevel=loglevel, quiet=True, redirect_stdouts=False
-    )
-    if not sys.stdout.isatty():
-        worker.spinner = None  # Faust draws it with terminal escapes, which garble piped output
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    else:  # pragma: no cover - execute_from_commandline always exits
-        code = 0
+    code = run_faust_app(ingest.app, loop, loglevel)
     log.info("ingested %s", ingest.totals)
     return EXIT_BATCH_FAILED if ingest.failed is not None else code

@@ -47,6 +47,18 @@ class WatchdogWorker(faust.Worker):
         super()._schedule_shutdown(signal)
 
 
+def run_faust_app(app: faust.App, loop: asyncio.AbstractEventLoop, loglevel: str) -> int:
+    """Run `app` under `WatchdogWorker` until SIGTERM/SIGINT or a fatal error; its exit code."""
+    worker = WatchdogWorker(app, loop=loop, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    if not sys.stdout.isatty():
+        worker.spinner = None  # Faust draws it with terminal escapes, which garble piped output
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0  # pragma: no cover - execute_from_commandline always exits
+
+
 def _live_state(manager: ModelManager) -> list[tuple[str, str, int, int, int]]:
     rows = []
     for name, versions in manager.loaded().items():
@@ -117,17 +129,7 @@ def run_worker(
     stream = StreamWorker(config, dataplane, metrics, on_ready=ready, on_fatal=fatal)
     _reload_models(stream.app, manager, config)
     metrics.watch_lag(stream.consumer_lag)
-    worker = WatchdogWorker(
-        stream.app, loop=loop, loglevel=loglevel, quiet=True, redirect_stdouts=False
-    )
-    if not sys.stdout.isatty():
-        worker.spinner = None  # Faust draws it with terminal escapes, which garble piped output
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    else:  # pragma: no cover - execute_from_commandline always exits
-        code = 0
+    code = run_faust_app(stream.app, loop, loglevel)
     if stream.failed is not None:
         return EXIT_BATCH_FAILED
     return code
