@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -96,6 +98,13 @@ class _App(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
+def _data_dir(app_id: str) -> Path:
+    """Faust's data folder (empty with memory tables), kept out of the working directory."""
+    path = Path(tempfile.gettempdir()) / "headrace-faust" / f"{app_id}-data"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def new_app(
     app_id: str, broker: list[str], contiguous_offsets: bool = False, **settings: Any
 ) -> faust.App:
@@ -109,6 +118,7 @@ def new_app(
         "processing_guarantee": "at_least_once",
         "stream_wait_empty": True,
         "consumer_max_fetch_size": FETCH_BYTES,
+        "datadir": _data_dir(app_id),
         **BROKER_SETTINGS,
         **settings,
     }
