@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
+from faust.sensors import Sensor
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import EventT, StreamT, TransportT
+from faust.types import TP, EventT, StreamT, TransportT
 
 from streams.config import StreamWorkerConfig
 from streams.inference import InferenceBackend, Outcome, SourceRecord, Topics, handle_batch
@@ -128,8 +129,12 @@ def new_app(
 
 
 def build_app(config: StreamWorkerConfig) -> faust.App:
-    """A Faust app for `config`: no web server, no tables, at-least-once."""
-    return new_app(config.group_id, config.broker_urls())  # the app id is the consumer group id
+    """A Faust app for `config`: no web server, no tables, at-least-once. Faust removes a
+    partition from the fetcher when its stream buffer (`max_buffered`) is under pressure and
+    adds it back once the buffer has drained: a saturated runner stops the fetching."""
+    return new_app(  # the app id is the consumer group id
+        config.group_id, config.broker_urls(), stream_buffer_maxsize=config.max_buffered
+    )
 
 
 def source_record(event: EventT) -> SourceRecord:
@@ -154,6 +159,17 @@ def hold_events(events: Sequence[EventT]) -> None:
     """An extra reference per event: Faust's ack after the batch then never completes."""
     for event in events:
         event.message.incref()
+
+
+class BackpressureSensor(Sensor):
+    """Counts Faust's pauses of a partition's fetching when its stream buffer fills."""
+
+    def __init__(self, metrics: StreamMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def on_topic_buffer_full(self, tp: TP) -> None:
+        self.metrics.backpressure_pauses.labels(tp.topic).inc()
 
 
 class StreamWorker:
@@ -190,6 +206,9 @@ class StreamWorker:
         )
         self.app.on_partitions_assigned.connect(self._assigned)
         self.app.on_partitions_revoked.connect(self._revoked)
+        if metrics is not None:
+            self.app.sensors.add(BackpressureSensor(metrics))
+            metrics.watch_paused(self.paused_partitions)
 
     # -- Faust hooks -----------------------------------------------------------------------
 
@@ -204,6 +223,10 @@ class StreamWorker:
         self.gate.forget(revoked)
         for tp in revoked:
             self.positions.pop(tp, None)
+
+    def paused_partitions(self) -> int:
+        """Partitions whose fetching is paused because their buffer is full."""
+        return len(getattr(self.app.consumer, "_buffered_partitions", ()))
 
     def consumer_lag(self) -> list[tuple[str, int, int]]:
         """(topic, partition, records not yet taken) for the assigned partitions we have read.

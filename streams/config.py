@@ -32,6 +32,13 @@ class StreamWorkerConfig(BaseModel):
     max_delay_s: float = Field(
         default=0.005, gt=0, le=10.0, description="Longest wait to fill a batch, in seconds."
     )
+    max_buffered: int = Field(
+        default=4096,
+        ge=8,
+        le=1_000_000,
+        description="Records fetched but not yet taken into a batch; when the buffer nears this, "
+        "fetching pauses until it has drained to half (backpressure).",
+    )
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="Prometheus /metrics port (0 = free, None = off)."
     )

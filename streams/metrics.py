@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -63,6 +63,13 @@ class StreamMetrics:
             buckets=E2E_BUCKETS_S,
             registry=registry,
         )
+        self.backpressure_pauses = Counter(
+            "stream_backpressure_pauses",
+            "Times a partition's fetching was paused because the worker's buffer of records not "
+            "yet batched was full (backpressure; it resumes once the buffer has drained).",
+            ["topic"],
+            registry=registry,
+        )
         self.ack_waits = Counter(
             "stream_ack_waits",
             "Batches whose ack waited for an earlier batch of the same partition to finish.",
@@ -87,6 +94,15 @@ class StreamMetrics:
     def watch_lag(self, source: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
         """Expose `stream_consumer_lag{topic,partition}` read from `source` at scrape time."""
         self.serving.registry.register(_LagCollector(source))
+
+    def watch_paused(self, source: Callable[[], int]) -> None:
+        """Expose `stream_paused_partitions`, read from `source` at scrape time."""
+        paused = Gauge(
+            "stream_paused_partitions",
+            "Partitions whose fetching is paused by backpressure right now.",
+            registry=self.serving.registry,
+        )
+        paused.set_function(source)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         return self.serving.serve(port, host)

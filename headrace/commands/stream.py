@@ -29,6 +29,13 @@ def stream() -> None:
 @click.option(
     "--max-delay-ms", type=float, default=5.0, show_default=True, help="Longest wait for a batch."
 )
+@click.option(
+    "--max-buffered",
+    type=int,
+    default=4096,
+    show_default=True,
+    help="Records fetched ahead of the batches; fetching pauses when the buffer is full.",
+)
 @click.option("--metrics-port", type=int, help="Prometheus /metrics port (0 = free; unset = off).")
 @click.option(
     "--poll-interval-s",
@@ -57,6 +64,7 @@ def worker(
     concurrency: int,
     max_batch: int,
     max_delay_ms: float,
+    max_buffered: int,
     metrics_port: int | None,
     poll_interval_s: float,
     metrics_host: str,
@@ -87,6 +95,7 @@ def worker(
         group_id=group or settings.stream_group,
         concurrency=concurrency,
         max_batch=max_batch,
+        max_buffered=max_buffered,
         max_delay_s=max_delay_ms / 1000.0,
         metrics_port=metrics_port,
         poll_interval_s=poll_interval_s,
