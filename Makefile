@@ -45,10 +45,11 @@ compose-down:
 
 # The whole suite against the compose stack's Apache Kafka instead of embedded brokers,
 # including the tests only a real broker can run (tests/integration/test_real_kafka.py). The
-# stack's own serve and stream workers are stopped first: they would consume the tests' records.
+# stack's own serve, stream workers and training agent are stopped first: they would consume
+# the tests' records.
 test-kafka: install
 	$(COMPOSE) up -d --wait kafka
-	$(COMPOSE) stop serve stream-worker
+	$(COMPOSE) stop serve stream-worker training-agent
 	HEADRACE_KAFKA_BOOTSTRAP=$(KAFKA_BOOTSTRAP) HEADRACE_KAFKA_RESTART="$(COMPOSE) restart kafka" \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -60,6 +61,7 @@ bench: install
 	$(BIN)/python -m benchmarks.privacy
 	$(BIN)/python -m benchmarks.robustness
 	$(BIN)/python -m benchmarks.watermark
+	$(BIN)/python -m benchmarks.tuning
 
 lint: install
 	$(BIN)/ruff check .

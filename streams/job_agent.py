@@ -28,12 +28,14 @@ from streams.job_messages import (
     ModelUpdate,
     TrainingEvent,
 )
+from streams.job_metrics import TrainingMetrics
 from streams.job_runner import JobRunner, JobRunnerConfig
 from training.datasets.shards import DEFAULT_DATA_ROOT
 from training.job_spec import TrainingJobSpec
 
 log = logging.getLogger(__name__)
 POLL_MS = 200
+STOP_JOIN_S = 60.0  # on stop, how long the cancelled job gets to end (deployments allow more)
 
 
 class JobAgentConfig(BaseModel):
@@ -50,6 +52,14 @@ class JobAgentConfig(BaseModel):
     )
     data_root: Path = Field(
         default=DEFAULT_DATA_ROOT, description="Data root of jobs that train on ingested shards."
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Prometheus /metrics port (0 = free, None = off)."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address /metrics listens on (0.0.0.0 in a container, for Prometheus).",
     )
 
 
@@ -70,10 +80,12 @@ class JobAgent:
         config: JobAgentConfig,
         train: Callable[..., object],
         available_cpus: int | None,
+        metrics: TrainingMetrics | None = None,
     ) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
         self.config = config
+        self.metrics = metrics
         self.producer = KafkaProducer(bootstrap_servers=config.bootstrap, acks="all", linger_ms=0)
         self.consumer = KafkaConsumer(
             JOBS_TOPIC,
@@ -105,6 +117,10 @@ class JobAgent:
     # -- outputs ---------------------------------------------------------------------------
 
     def emit(self, event: TrainingEvent) -> None:
+        # The one place metrics learn what happened; first, so that whoever reads the event
+        # off the topic finds /metrics already updated.
+        if self.metrics is not None:
+            self.metrics.observe(event)
         self.producer.send(
             EVENTS_TOPIC, key=event.job_id.encode(), value=event.model_dump_json().encode()
         ).get(timeout=30)
@@ -137,7 +153,7 @@ class JobAgent:
             if self.running is not None:
                 self.running.cancelled.set()
                 if self.running.thread is not None:
-                    self.running.thread.join(timeout=60)
+                    self.running.thread.join(timeout=STOP_JOIN_S)
             self.consumer.close(autocommit=False)
             self.producer.flush(timeout=30)
             self.producer.close(timeout=30)

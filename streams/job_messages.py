@@ -51,6 +51,7 @@ class TrainingEvent(BaseModel):
     val_loss: float | None = None
     val_accuracy: float | None = None
     samples_per_s: float | None = None
+    epoch_s: float | None = Field(default=None, description="Wall time of the epoch.")
     bytes_communicated: int | None = None
     model: str | None = None
     version: int | None = None

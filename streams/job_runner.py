@@ -139,6 +139,7 @@ class JobRunner:
                     val_loss=record.val_loss,
                     val_accuracy=record.val_accuracy,
                     samples_per_s=record.samples_per_s,
+                    epoch_s=record.seconds,
                     bytes_communicated=record.bytes_communicated,
                 )
             )

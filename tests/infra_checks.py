@@ -299,8 +299,10 @@ def _arg(args: list[str], flag: str) -> str | None:
 
 
 def k8s_consistency_problems(documents: list[dict[str, Any]]) -> list[str]:
-    """Container args parse with our CLI; termination grace covers the drain in the code."""
+    """Container args parse with our CLI; termination grace covers the drain (serve), the stop
+    deadline (stream worker) or the cancelled job's end (training agent) in the code."""
     from serving.server import ServeConfig
+    from streams.job_agent import STOP_JOIN_S
     from streams.worker import STOP_DEADLINE_S
 
     problems = []
@@ -328,6 +330,11 @@ def k8s_consistency_problems(documents: list[dict[str, Any]]) -> list[str]:
                 f"container {name}: terminationGracePeriodSeconds {grace_period} <= the worker's "
                 f"own stop deadline {STOP_DEADLINE_S:g} s"
             )
+        if args[:2] == ["train", "agent"] and grace_period < STOP_JOIN_S + 10:
+            problems.append(
+                f"container {name}: terminationGracePeriodSeconds {grace_period} < the "
+                f"{STOP_JOIN_S:g} s a cancelled job gets on stop + 10 s to close the clients"
+            )
         problems += [f"container {name}: {p}" for p in loopback_problems(args)]
     return problems
 
@@ -338,4 +345,9 @@ def loopback_problems(argv: list[str]) -> list[str]:
         return ["`headrace serve` without --host 0.0.0.0 is unreachable from outside"]
     if argv[:2] == ["stream", "worker"] and _arg(argv, "--metrics-host") != "0.0.0.0":
         return ["the worker's /metrics without --metrics-host 0.0.0.0 cannot be scraped"]
+    if argv[:2] == ["train", "agent"]:
+        if _arg(argv, "--metrics-port") is None:
+            return ["the agent without --metrics-port exports no /metrics to scrape"]
+        if _arg(argv, "--metrics-host") != "0.0.0.0":
+            return ["the agent's /metrics without --metrics-host 0.0.0.0 cannot be scraped"]
     return []

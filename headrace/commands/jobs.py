@@ -118,6 +118,13 @@ def status(job_id: str, wait_s: float, as_json: bool, bootstrap: str | None) -> 
 @click.option("--runs-dir", type=click.Path(path_type=Path), help="Run folders, one per job.")
 @click.option("--group", default="headrace-training", show_default=True, help="Consumer group.")
 @click.option("--ray-cpus", type=int, help="CPUs of a local Ray (default all; RAY_ADDRESS wins).")
+@click.option("--metrics-port", type=int, help="Prometheus /metrics port (0 = free; unset = off).")
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address /metrics listens on (0.0.0.0 in a container).",
+)
 @click.option(
     "--loglevel",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -130,14 +137,18 @@ def agent(
     runs_dir: Path | None,
     group: str,
     ray_cpus: int | None,
+    metrics_port: int | None,
+    metrics_host: str,
     loglevel: str,
 ) -> None:
     """Run training jobs from the training-jobs topic on Ray until SIGTERM or Ctrl-C.
 
-    Prints `training agent ready ...` once it consumes; progress goes to
-    training-events and new model versions are announced on model-updates.
+    Prints `training agent ready ... metrics=PORT` once it consumes; progress goes to
+    training-events (and to /metrics with --metrics-port) and new model versions are
+    announced on model-updates.
     """
     from streams.job_agent import JobAgent, JobAgentConfig
+    from streams.job_metrics import TrainingMetrics
     from training.ray_jobs import connect_ray, run_on_ray
 
     logging.basicConfig(
@@ -153,17 +164,29 @@ def agent(
         group_id=group,
         ray_cpus=ray_cpus,
         data_root=settings.data_root,  # jobs with `data_source: {kind: shards}` read it
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
+    metrics, served_port = None, None
+    if config.metrics_port is not None:  # before Ray's slow start, so a taken port fails fast
+        metrics = TrainingMetrics()
+        try:
+            served_port = metrics.serve(config.metrics_port, config.metrics_host)
+        except OSError as exc:
+            raise HeadraceError(
+                f"cannot serve /metrics on {config.metrics_host}:{config.metrics_port}: "
+                f"{exc.strerror}; pick another --metrics-port (0 = any free port)"
+            ) from None
     cpus = connect_ray(config.ray_cpus)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    job_agent = JobAgent(config, run_on_ray, available_cpus=cpus)
+    job_agent = JobAgent(config, run_on_ray, available_cpus=cpus, metrics=metrics)
 
     def ready() -> None:
         click.echo(
             f"training agent ready group={config.group_id} bootstrap={config.bootstrap} "
-            f"ray_cpus={cpus}"
+            f"ray_cpus={cpus} metrics={served_port}"
         )
 
     job_agent.run(stop, on_ready=ready)

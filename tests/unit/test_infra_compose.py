@@ -36,9 +36,15 @@ def test_compose_file_agrees_with_the_code() -> None:
     services = model["services"]
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert {"topic-init", "model-init", "serve", "stream-worker", "prometheus", "grafana"} <= set(
-        services
-    )
+    assert {
+        "topic-init", "model-init", "serve", "stream-worker", "training-agent", "prometheus",
+        "grafana",
+    } <= set(services)  # fmt: skip
+    agent = services["training-agent"]
+    volumes = {v["target"]: v for v in agent["volumes"]}
+    served = {v["target"]: v for v in services["serve"]["volumes"]}
+    assert volumes["/models"]["source"] == served["/models"]["source"]  # serve sees new versions
+    assert not volumes["/models"].get("read_only")
 
 
 @pytest.mark.parametrize(
@@ -64,6 +70,9 @@ def test_compose_config_fails_on_a_broken_copy(
         ('--grace-s, "10"', '--grace-seconds, "10"', "No such option: --grace-seconds"),
         ("--metrics-host, 0.0.0.0, ", "", "cannot be scraped"),
         ("[topics, create,", "[topic, create,", "No such command 'topic'"),
+        ('--ray-cpus, "2"]', '--ray-cpu, "2"]', "No such option: --ray-cpu"),
+        ('"8004", --metrics-host, 0.0.0.0,', '"8004",', "cannot be scraped"),
+        ('--metrics-port, "8004", --metrics-host, 0.0.0.0, ', "", "exports no /metrics"),
     ],
 )
 def test_consistency_check_fails_on_a_broken_copy(
@@ -79,9 +88,9 @@ def test_consistency_check_fails_on_a_broken_copy(
 
 def test_consistency_check_fails_when_a_one_shot_is_not_waited_for(tmp_path: Path) -> None:
     text = COMPOSE_FILE.read_text()
-    # The stream worker no longer waits for topic-init: `up --wait` would fail when it exits.
+    # Nothing waits for topic-init any more: `up --wait` would fail when it exits.
     old = "      topic-init:\n        condition: service_completed_successfully\n"
-    assert text.count(old) == 1
+    assert text.count(old) == 2  # the stream worker and the training agent
     broken = copy_infra(tmp_path, text.replace(old, ""))
     problems = compose_consistency_problems(compose_model(broken))
     assert any("topic-init runs once" in p for p in problems), problems

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from infra_checks import K8S_DIR, k8s_consistency_problems, k8s_documents, k8s_problems
+from infra_checks import (
+    K8S_DIR,
+    containers,
+    k8s_consistency_problems,
+    k8s_documents,
+    k8s_problems,
+)
 
 MANIFESTS = sorted(K8S_DIR.glob("*.yaml"))
 
@@ -25,6 +31,9 @@ def test_manifests_agree_with_the_code() -> None:
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap"} <= kinds
     assert {"PersistentVolumeClaim"} <= kinds
     assert k8s_consistency_problems(documents) == []
+    commands = [c["args"][:2] for _pod, c in containers(documents)]
+    assert ["serve", "--host"] in commands and ["stream", "worker"] in commands
+    assert ["train", "agent"] in commands
 
 
 @pytest.mark.parametrize(
@@ -74,3 +83,30 @@ def test_worker_grace_period_must_outlast_its_stop_deadline() -> None:
     documents = [d for d in yaml.safe_load_all(text.replace(old, old[:-2] + "45")) if d]
     problems = k8s_consistency_problems(documents)
     assert any("own stop deadline" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("terminationGracePeriodSeconds: 90", "terminationGracePeriodSeconds: 30",
+         "terminationGracePeriodSeconds 30 < the 60 s a cancelled job gets"),
+        ('"8004", --metrics-host, 0.0.0.0]', '"8004"]', "cannot be scraped"),
+        ("args: [train, agent,", "args: [train, agents,", "No such command 'agents'"),
+    ],
+)  # fmt: skip
+def test_training_agent_checks_fail_on_a_broken_copy(old: str, new: str, expected: str) -> None:
+    text = (K8S_DIR / "training-agent.yaml").read_text()
+    assert old in text
+    documents = [d for d in yaml.safe_load_all(text.replace(old, new, 1)) if d]
+    problems = k8s_consistency_problems(documents)
+    assert any(expected in p for p in problems), problems
+
+
+def test_training_agent_schema_check_fails_on_a_broken_copy(tmp_path: Path) -> None:
+    text = (K8S_DIR / "training-agent.yaml").read_text()
+    old = "            claimName: headrace-runs"
+    assert old in text
+    broken = tmp_path / "training-agent.yaml"
+    broken.write_text(text.replace(old, "            claimNam: headrace-runs", 1))
+    problems = k8s_problems(broken)
+    assert any("'claimName' is a required property" in p for p in problems), problems

@@ -64,7 +64,7 @@ def test_promql_names_and_problems() -> None:
 
 
 def test_prometheus_config_scrapes_every_metrics_port(metrics_ports: dict[str, int]) -> None:
-    assert metrics_ports == {"serve": 8002, "stream-worker": 8003}
+    assert metrics_ports == {"serve": 8002, "stream-worker": 8003, "training-agent": 8004}
     assert prometheus_problems(PROMETHEUS_FILE, metrics_ports) == []
 
 
@@ -74,6 +74,11 @@ def test_prometheus_config_scrapes_every_metrics_port(metrics_ports: dict[str, i
         ('"serve:8002"', '"serve:8001"', "serve serves /metrics on 8002"),
         ('"serve:8002"', '"server:8002"', "server is no service"),
         ("port: 8003", "port: 8004", "stream-worker serves /metrics on 8003"),
+        (
+            '"training-agent:8004"',
+            '"training-agent:8003"',
+            "training-agent serves /metrics on 8004",
+        ),
         ("  scrape_interval: 5s", "  scrape_interva: 5s", "scrape_interva"),
         ("  scrape_interval: 5s", "  scrape_interval: 5 seconds", "scrape_interval"),
         ("        type: A\n", "        type: B\n", "type"),
@@ -122,7 +127,8 @@ def test_promtool_accepts_the_config_and_refuses_a_broken_copy(tmp_path: Path) -
 def test_dashboard_is_well_formed() -> None:
     assert dashboard_problems(DASHBOARD_FILE, provisioned_datasource_uids()) == []
     titles = [p["title"] for p in json.loads(DASHBOARD_FILE.read_text())["panels"]]
-    for topic in ("Throughput", "latency", "Batch sizes", "Queue depth", "Consumer lag", "DLQ"):
+    for topic in ("Throughput", "latency", "Batch sizes", "Queue depth", "Consumer lag", "DLQ",
+                  "Privacy budget", "Training progress", "Training jobs"):  # fmt: skip
         assert any(topic in title for title in titles), (topic, titles)
     quantiles = [e for e in dashboard_exprs(DASHBOARD_FILE) if "histogram_quantile" in e]
     assert quantiles and all("_bucket[" in e for e in quantiles)

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
 from infra_checks import COMPOSE_FILE, REPO_ROOT, cli_problems, compose_model
+
+from training.job_spec import parse_job_spec
 
 README = REPO_ROOT / "README.md"
 
@@ -42,6 +45,12 @@ def test_real_kafka_steps_use_what_exists(tmp_path: Path, monkeypatch: pytest.Mo
             for flag in ("--manifest", "--input"):
                 if flag in argv:
                     Path(argv[argv.index(flag) + 1]).touch()
+            if argv[1:3] == ["train", "submit"]:  # a spec from the clone, for the stack's agent
+                assert "training-agent" in services, "no agent in the stack to run the job"
+                spec = Path(argv[3])
+                parse_job_spec((REPO_ROOT / spec).read_text(), source=str(spec))
+                spec.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(REPO_ROOT / spec, spec)
             assert cli_problems(argv[1:]) == [], command
             if "--model" in argv:
                 name = argv[argv.index("--model") + 1]
@@ -53,6 +62,7 @@ def test_real_kafka_steps_use_what_exists(tmp_path: Path, monkeypatch: pytest.Mo
     assert {"make", "headrace", "export"} <= seen
     produced = [c for c in commands if c.startswith("headrace produce")]
     assert produced and any(c.startswith("headrace results") for c in commands)
+    assert any(c.startswith("headrace train submit") for c in commands)
 
 
 def test_kubernetes_steps_name_existing_files() -> None:
