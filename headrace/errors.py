@@ -155,3 +155,17 @@ class WorkerCrashed(HeadraceError):
 
     grpc_status = "UNAVAILABLE"
     reason = "worker_crashed"
+
+
+class TuningError(HeadraceError):
+    """A tuning experiment cannot start, stopped answering, or produced no usable trial."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    reason = "tuning_failed"
+
+
+class CompressionError(HeadraceError):
+    """A model cannot be compressed as asked (an architecture or a pairing it cannot handle)."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    reason = "compression_failed"

@@ -72,6 +72,13 @@ class TrainingHook:
         """A term added to the batch loss, or None."""
         return None
 
+    def logits_loss(
+        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor | None:
+        """A term added to the batch loss that needs the model's outputs on the batch it
+        trained on (e.g. knowledge distillation), or None."""
+        return None
+
     def selection_loss(self, model: nn.Module) -> float | None:
         """A validation loss that replaces the clean one for early stopping, the plateau
         schedule and best-weights selection (e.g. the loss under attack), or None."""

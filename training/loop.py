@@ -180,9 +180,12 @@ class Trainer:
             else:
                 loss = F.cross_entropy(logits, targets, weight=self.loss_weights)
             for hook in self.hooks:
-                extra = hook.extra_loss(self.model)
-                if extra is not None:
-                    loss = loss + extra
+                for extra in (
+                    hook.extra_loss(self.model),
+                    hook.logits_loss(self.model, inputs, targets, logits),
+                ):
+                    if extra is not None:
+                        loss = loss + extra
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -207,8 +210,11 @@ class Trainer:
                 np.ascontiguousarray(order[start : start + self.config.batch_size])
             )
 
-    def fit(self, on_epoch: EpochCallback | None = None) -> FitResult:
-        """Train until the epoch budget or early stopping; restores the best weights."""
+    def fit(
+        self, on_epoch: EpochCallback | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> FitResult:
+        """Train until the epoch budget, early stopping or `should_stop()` (asked after each
+        epoch, e.g. by a tuning assessor); restores the best weights."""
         if self.config.resume is not None:
             self.restore(self.config.resume)
         started = time.perf_counter()
@@ -220,7 +226,7 @@ class Trainer:
                 if on_epoch is not None:
                     on_epoch(record)
                 save_checkpoint(checkpoint_path(self.run_dir), self.state())
-                stopped_early = self._patience_exhausted()
+                stopped_early = self._patience_exhausted() or bool(should_stop and should_stop())
         for hook in self.hooks:
             hook.detach(self)
         self.model.load_state_dict(self.best_state)
