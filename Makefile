@@ -62,6 +62,7 @@ bench: install
 	$(BIN)/python -m benchmarks.robustness
 	$(BIN)/python -m benchmarks.watermark
 	$(BIN)/python -m benchmarks.tuning
+	$(BIN)/python -m benchmarks.compression
 
 lint: install
 	$(BIN)/ruff check .

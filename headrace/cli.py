@@ -6,6 +6,7 @@ import click
 
 from headrace import __version__
 from headrace.commands.broker import broker
+from headrace.commands.compress import compress
 from headrace.commands.data import data
 from headrace.commands.data_ingest import ingest, publish
 from headrace.commands.gradcheck import check_grad
@@ -18,6 +19,7 @@ from headrace.commands.serve import serve
 from headrace.commands.stream import stream
 from headrace.commands.topics import topics
 from headrace.commands.train import train
+from headrace.commands.tune import tune
 from headrace.commands.watermark import watermark
 from headrace.errors import HeadraceError
 
@@ -45,6 +47,8 @@ cli.add_command(produce)
 cli.add_command(results)
 cli.add_command(security)
 cli.add_command(watermark)
+cli.add_command(compress)
+cli.add_command(tune)
 
 
 def main() -> None:

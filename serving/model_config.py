@@ -136,6 +136,11 @@ class VersionMetadata(BaseModel):
     version: int = Field(ge=1)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     architecture: str = Field(description="Registered model name, e.g. lenet5.")
+    architecture_options: dict[str, float] = Field(
+        default_factory=dict,
+        description="Options the architecture was built with (width, dropout); "
+        "absent keys take the architecture's defaults.",
+    )
     metrics: dict[str, float] = Field(default_factory=dict)
     lineage: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     dp_epsilon: float | None = None

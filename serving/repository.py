@@ -205,6 +205,7 @@ class ModelRepository:
         model_file: Path,
         *,
         architecture: str,
+        architecture_options: dict[str, float] | None = None,
         metrics: dict[str, float] | None = None,
         lineage: dict[str, str | int | float | bool | None] | None = None,
         extra_files: dict[str, Path] | None = None,
@@ -225,7 +226,9 @@ class ModelRepository:
                 raise ConfigError(f"cannot publish model {name!r}: {key} is {value}, not finite")
         try:
             metadata = VersionMetadata(
-                version=1, architecture=architecture, metrics=metrics or {}, lineage=lineage or {},
+                version=1, architecture=architecture,
+                architecture_options=architecture_options or {},
+                metrics=metrics or {}, lineage=lineage or {},
                 dp_epsilon=dp_epsilon, dp_delta=dp_delta, watermark_id=watermark_id,
             )  # fmt: skip
         except ValidationError as exc:

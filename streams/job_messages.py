@@ -18,7 +18,15 @@ EVENTS_TOPIC = "training-events"
 UPDATES_TOPIC = "model-updates"
 
 EventKind = Literal[
-    "accepted", "rejected", "started", "epoch", "retrying", "succeeded", "failed", "cancelled"
+    "accepted",
+    "rejected",
+    "started",
+    "epoch",
+    "trial",
+    "retrying",
+    "succeeded",
+    "failed",
+    "cancelled",
 ]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"rejected", "succeeded", "failed", "cancelled"})
 
@@ -57,12 +65,25 @@ class TrainingEvent(BaseModel):
     version: int | None = None
     test_accuracy: float | None = None
     reason: str | None = Field(default=None, description="Why a job failed or was refused.")
+    experiment_id: str | None = Field(default=None, description="NNI experiment (tuning jobs).")
+    web_ui: str | None = Field(default=None, description="NNI web UI address (tuning, started).")
+    trial_id: str | None = Field(default=None, description="A finished trial, or the best one.")
+    trial_status: str | None = Field(default=None, description="SUCCEEDED, FAILED, ...")
+    trial_number: int | None = Field(default=None, description="Finished trials so far.")
+    trials: int | None = Field(default=None, description="Trial budget of a tuning job.")
+    hyper_parameters: dict[str, str | int | float | bool] | None = None
 
     def describe(self) -> str:
         """One human-readable line."""
         parts = [self.job_id] if self.event == "epoch" else [f"{self.job_id} {self.event}"]
         if self.attempt > 1:
             parts.append(f"attempt {self.attempt}")
+        if self.web_ui is not None:
+            parts.append(f"experiment {self.experiment_id} web UI {self.web_ui}")
+        if self.event == "trial":
+            parts.append(f"{self.trial_number}/{self.trials} {self.trial_id} {self.trial_status}")
+            if self.val_loss is not None:
+                parts.append(f"val_loss {self.val_loss:.4f} val_acc {self.val_accuracy:.4f}")
         if self.epoch is not None:
             parts.append(f"epoch {self.epoch}/{self.epochs}")
             parts.append(f"loss {self.train_loss:.4f} val_acc {self.val_accuracy:.4f}")
@@ -71,6 +92,8 @@ class TrainingEvent(BaseModel):
                 parts.append(f"{self.bytes_communicated} bytes sent")
         if self.version is not None:
             parts.append(f"-> {self.model} version {self.version}")
+            if self.trial_id is not None:
+                parts.append(f"(best trial {self.trial_id})")
         if self.test_accuracy is not None:
             parts.append(f"test_acc {self.test_accuracy:.4f}")
         if self.reason:

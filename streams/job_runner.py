@@ -4,7 +4,8 @@
 `started`, one `epoch` per epoch, `retrying` after a worker crash, then
 `succeeded`, `failed` or `cancelled`) through an `emit` callable, and announces
 a published version through `announce`. It knows nothing about Kafka, so tests
-can drive it directly; `streams.job_agent` wires it to the topics.
+can drive it directly; `streams.job_agent` wires it to the topics. A `kind: tune`
+job is handed to `streams.tune_job` (an NNI experiment; `trial` events).
 """
 
 from __future__ import annotations
@@ -47,11 +48,19 @@ class JobRunnerConfig(BaseModel):
 class JobRunner:
     """Executes jobs one at a time (see the module docstring)."""
 
-    def __init__(self, config: JobRunnerConfig, train: Train, emit: Emit, announce: Announce):
+    def __init__(
+        self,
+        config: JobRunnerConfig,
+        train: Train,
+        emit: Emit,
+        announce: Announce,
+        tune: Callable[..., Any] | None = None,
+    ):
         self.config = config
         self._train = train
         self._emit = emit
         self._announce = announce
+        self._tune = tune  # tuning jobs (streams.tune_job); None = training.tuning's run_tuning
 
     def validate(self, job_id: str, spec: dict[str, Any] | None) -> TrainingJobSpec | None:
         """The parsed spec, or None after emitting `rejected` with every problem listed."""
@@ -89,6 +98,19 @@ class JobRunner:
         """Run the job to its end; every outcome is an event, nothing is raised."""
         job_id = spec.job_id
         config = self.train_config(spec)
+        if spec.kind == "tune":  # an NNI experiment on this machine, not a Ray task
+            from streams.tune_job import execute_tune
+
+            execute_tune(
+                spec,
+                config,
+                self.config.runs_dir,
+                cancelled,
+                self._emit,
+                self._announce,
+                self._tune,
+            )
+            return
         run_dir = config.runs_dir / f"{config.model_name}-{job_id}"
         finished = _finished_report(run_dir)
         if finished is not None:  # a restarted agent met a job it had already done

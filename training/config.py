@@ -24,6 +24,12 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str = Field(default="lenet5", description="Registered architecture name.")
+    width: float = Field(
+        default=1.0, gt=0, le=16, description="Channel multiplier of the model; 1.0 = classic."
+    )
+    dropout: float = Field(
+        default=0.0, ge=0, lt=1, description="Dropout after the model's hidden layers; 0 = none."
+    )
     dataset: str = Field(default="digits", description="Registered dataset name.")
     data_dir: Path | None = Field(default=None, description="Folder of a file-based dataset.")
     data_source: ShardSource | None = Field(

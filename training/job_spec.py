@@ -6,7 +6,9 @@ A spec names the job and its limits and carries the training settings
 offset per partition). Keys may sit at the top level, as users write them,
 or under `train:`. Where models are stored and runs are kept is the agent's
 business, so a spec cannot set those. `parse_job_spec` reports every problem
-at once, resource checks included, before anything reaches Ray.
+at once, resource checks included, before anything reaches Ray. A spec with
+`kind: tune` and a `tune:` section (tuner, assessor, trials, concurrency,
+search_space) is a tuning job: the training settings are every trial's base.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from headrace.errors import ConfigError
 from training.config import TrainConfig
+from training.tuning.config import TuneSettings
 
 SCHEMA_VERSION = 1
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -39,12 +42,29 @@ class TrainingJobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
-    kind: Literal["train"] = "train"
+    kind: Literal["train", "tune"] = Field(
+        default="train",
+        description="train: one model; tune: an NNI search (the `tune:` section) whose best "
+        "trial is published; `train` then holds every trial's base settings.",
+    )
     job_id: str = Field(default_factory=new_job_id, pattern=JOB_ID_PATTERN)
     max_retries: int = Field(
         default=2, ge=0, le=20, description="Restarts from the last checkpoint after a crash."
     )
     train: TrainConfig = Field(description="Model, dataset, hyper-parameters, distribution.")
+    tune: TuneSettings | None = Field(
+        default=None, description="Tuner, assessor, trials, concurrency, search space (kind tune)."
+    )
+
+    @model_validator(mode="after")
+    def _kind_sections(self) -> TrainingJobSpec:
+        if self.kind == "train" and self.tune is not None:
+            raise ValueError("a tune: section needs kind: tune")
+        if self.kind == "tune":
+            self.tune = self.tune or TuneSettings()
+            if self.train.distributed is not None and self.train.distributed.workers > 1:
+                raise ValueError("tuning trials run one process each: drop distributed")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -111,6 +131,13 @@ def parse_job_spec(
     except ValidationError as exc:
         problems.extend(_problems(exc))
     workers = _requested_workers(data)
+    section = data.get("tune")
+    concurrency = section.get("concurrency") if isinstance(section, dict) else None
+    if isinstance(concurrency, int) and available_cpus is not None and concurrency > available_cpus:
+        problems.append(
+            f"tune.concurrency: {concurrency} trials at once need {concurrency} CPUs but only "
+            f"{available_cpus} are available"
+        )
     if available_cpus is not None and workers is not None and workers > available_cpus:
         problems.append(
             f"distributed.workers: {workers} workers need {workers} CPUs but only "

@@ -4,7 +4,9 @@ Each published version carries `weights.pt` (the model's `state_dict`, tensors
 only) so later jobs (fine-tuning, watermark checks, robustness reports,
 compression) can start from the exact published model. Loading checks every
 file's sha256 first and reads the weights with `weights_only=True`: no pickle
-from the repository is ever executed.
+from the repository is ever executed. Compressed versions (`headrace compress`:
+pruned or quantized layers) are published as ONNX only and are refused here
+with the name of the version they came from.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ def load_published_model(version: ModelVersion) -> nn.Module:
     version.verify()
     path = version.path / WEIGHTS_FILE
     if WEIGHTS_FILE not in version.metadata.sha256 or not path.is_file():
+        origin = version.metadata.lineage.get("compressed_from")
+        if origin is not None:  # pruned/quantized layers no longer fit the registered architecture
+            raise RepositoryError(
+                f"model {version.name!r} version {version.version} is a compressed model "
+                f"({version.metadata.lineage.get('compression')}, from {origin}) published as "
+                f"ONNX only, without torch weights; use its source {origin} instead"
+            )
         raise RepositoryError(
             f"model {version.name!r} version {version.version} has no {WEIGHTS_FILE}; "
             "it was published without torch weights (train it again with `headrace train`)"
@@ -48,11 +57,14 @@ def load_published_model(version: ModelVersion) -> nn.Module:
         raise RepositoryError(f"model {version.name!r}: {WEIGHTS_FILE} is not a state_dict")
     config = version.config
     channels, size = config.inputs[0].dims[0], config.inputs[0].dims[-1]
+    options = version.metadata.architecture_options  # empty for versions published before it
     model = build_model(
         version.metadata.architecture,
         num_classes=config.outputs[0].dims[-1],
         in_channels=channels,
         image_size=size,
+        width=options.get("width", 1.0),
+        dropout=options.get("dropout", 0.0),
     )
     try:
         model.load_state_dict(state)

@@ -103,7 +103,12 @@ class TrainRecipe:
         """The model training starts from: fresh weights of the configured architecture."""
         channels, size, _ = splits.input_shape
         return build_model(
-            self.config.model, splits.num_classes, in_channels=channels, image_size=size
+            self.config.model,
+            splits.num_classes,
+            in_channels=channels,
+            image_size=size,
+            width=self.config.width,
+            dropout=self.config.dropout,
         )
 
     def adapt_pipeline(self, pipeline: BatchPipeline) -> None:
@@ -123,7 +128,7 @@ class TrainRecipe:
             trainer.model.load_state_dict(result.best_state)
             self._fit = result.fit
         else:
-            self._fit = trainer.fit(self.on_epoch)
+            self._fit = trainer.fit(self.on_epoch, self.should_stop)
         self._test = evaluate(
             trainer.model, splits.test, trainer.pipeline.eval_batch, splits.num_classes
         )
@@ -196,6 +201,7 @@ class TrainRecipe:
                 config,
                 onnx_path,
                 architecture=cfg.model,
+                architecture_options={"width": cfg.width, "dropout": cfg.dropout},
                 extra_files={WEIGHTS_FILE: weights},
                 metrics={
                     "test_accuracy": test.accuracy,

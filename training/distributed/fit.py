@@ -120,7 +120,9 @@ def fit_distributed(
         source=config.data_source,
     )
     channels, size, _ = splits.input_shape
-    model = build_model(config.model, splits.num_classes, channels, size)
+    model = build_model(
+        config.model, splits.num_classes, channels, size, config.width, config.dropout
+    )
     layout = shard_layout(model, dcfg.strategy, dcfg.server_shards)
     if dcfg.strategy != "allreduce" and not all(layout):
         raise ConfigError(

@@ -163,7 +163,9 @@ class _Worker:
         )
         channels, size, _ = self.splits.input_shape
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model, self.splits.num_classes, channels, size)
+        self.model = build_model(
+            cfg.model, self.splits.num_classes, channels, size, cfg.width, cfg.dropout
+        )
         self.pipeline = BatchPipeline(
             cfg.preprocess,
             cfg.dataset,

@@ -6,13 +6,16 @@ max pooling: conv 16@5x5 -> maxpool -> conv 32@5x5 -> maxpool -> 128 -> classes.
 Robustness to L-inf attacks needs capacity (Madry et al. use 32/64 channels
 and 1024 units); this is the smallest step up from LeNet-5 that PGD training
 on one CPU core turns into a robust MNIST model in minutes (see
-benchmarks/robustness.py).
+benchmarks/robustness.py). `width` multiplies channels and hidden units;
+`dropout` > 0 adds dropout after the hidden layer (same state_dict names).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from training.models.lenet import activation, scaled
 
 
 class LeNetWide(nn.Module):
@@ -25,10 +28,13 @@ class LeNetWide(nn.Module):
         image_size: int = 28,
         channels: tuple[int, int] = (16, 32),
         hidden: int = 128,
+        width: float = 1.0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         padding = 2 if image_size == 28 else 0
-        first, second = channels
+        first, second = scaled(channels[0], width), scaled(channels[1], width)
+        hidden = scaled(hidden, width)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, first, kernel_size=5, padding=padding),
             nn.ReLU(),
@@ -40,7 +46,7 @@ class LeNetWide(nn.Module):
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(second * 5 * 5, hidden),
-            nn.ReLU(),
+            activation(nn.ReLU, dropout),
             nn.Linear(hidden, num_classes),
         )
 

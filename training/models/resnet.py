@@ -2,13 +2,16 @@
 
 Three stages of basic blocks with 16, 32 and 64 channels; `blocks_per_stage=3`
 gives ResNet-20 (about 0.27 M parameters). Downsampling uses a strided 1x1
-projection shortcut.
+projection shortcut. `width` multiplies the three stages' channels; `dropout`
+> 0 drops pooled features before the classifier (same state_dict names).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from training.models.lenet import scaled
 
 
 class BasicBlock(nn.Module):
@@ -37,23 +40,32 @@ class ResNetSmall(nn.Module):
     """ResNet for 32x32 inputs; returns logits."""
 
     def __init__(
-        self, num_classes: int = 10, in_channels: int = 3, blocks_per_stage: int = 3
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        blocks_per_stage: int = 3,
+        width: float = 1.0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        widths = [scaled(units, width) for units in (16, 32, 64)]
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 3, padding=1, bias=False),
-            nn.BatchNorm2d(16),
+            nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
             nn.ReLU(),
         )
         layers: list[nn.Module] = []
-        channels = 16
-        for stage, width in enumerate((16, 32, 64)):
+        channels = widths[0]
+        for stage, out_channels in enumerate(widths):
             for block in range(blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
-                layers.append(BasicBlock(channels, width, stride))
-                channels = width
+                layers.append(BasicBlock(channels, out_channels, stride))
+                channels = out_channels
         self.stages = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+        flatten = nn.Flatten() if dropout <= 0 else nn.Sequential(nn.Flatten(), nn.Dropout(dropout))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), flatten, nn.Linear(channels, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))

@@ -1,0 +1,241 @@
+"""`headrace tune`: hyper-parameter search with NNI; the best trial's model is published.
+
+`headrace tune --model lenet5 --dataset digits --tuner TPE --trials 8` starts an
+NNI experiment (local training service; web UI on a free port, its URL
+printed), prints each trial as it finishes and a summary table at the end, and
+publishes the best trial. `--resume ID` continues a stopped experiment;
+`headrace tune view ID` serves a finished experiment's web UI again.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from headrace.commands.options import build_config
+from headrace.settings import load_settings
+
+TUNER_NAMES = ["TPE", "GP", "Anneal", "Random", "BOHB"]
+ASSESSOR_NAMES = ["Medianstop", "Curvefitting"]
+
+
+def _experiment_dir(given: Path | None) -> Path:
+    return given if given is not None else load_settings().runs_dir / "tune"
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _params(params: dict[str, object]) -> str:
+    def one(value: object) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    return " ".join(f"{key}={one(value)}" for key, value in sorted(params.items()))
+
+
+def _table(rows: list[object], best: str | None = None) -> str:
+    from training.tuning.runner import TrialRow
+
+    lines = [f"  {'#':>3} {'trial':<8} {'status':<14} {'val loss':>9} {'val acc':>8}  params"]
+    for row in rows:
+        assert isinstance(row, TrialRow)
+        mark = "*" if row.trial_id == best else " "
+        lines.append(
+            f"{mark} {row.sequence:>3} {row.trial_id:<8} {row.status:<14} "
+            f"{_fmt(row.val_loss):>9} {_fmt(row.val_accuracy):>8}  {_params(row.params)}"
+        )
+    return "\n".join(lines)
+
+
+@click.group("tune", invoke_without_command=True)
+@click.option("--model", default="lenet5", show_default=True, help="Registered architecture.")
+@click.option("--dataset", default="digits", show_default=True, help="digits, mnist or cifar10.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="Folder of a file-based dataset (default HEADRACE_DATA_DIR).",
+)
+@click.option(
+    "--tuner",
+    type=click.Choice(TUNER_NAMES, case_sensitive=False),
+    default="TPE",
+    show_default=True,
+    help="NNI tuner (BOHB is an advisor that also sets each trial's epochs).",
+)
+@click.option(
+    "--assessor",
+    type=click.Choice(ASSESSOR_NAMES, case_sensitive=False),
+    help="Stop poor trials early from their per-epoch curves (default: none).",
+)
+@click.option("--trials", type=int, default=10, show_default=True, help="Trials in all.")
+@click.option("--concurrency", type=int, default=1, show_default=True, help="Trials at once.")
+@click.option("--epochs", type=int, default=5, show_default=True, help="Most epochs per trial.")
+@click.option(
+    "--search-space",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="NNI search space (JSON or YAML); default: learning rate, batch size, width, "
+    "dropout, weight decay, optimizer (see docs/tuning.md).",
+)
+@click.option("--port", type=int, help="Web UI / REST port (default: a free port).")
+@click.option(
+    "--repository",
+    type=click.Path(path_type=Path),
+    help="Model repository (default HEADRACE_MODEL_REPOSITORY or ./model_repository).",
+)
+@click.option("--name", help="Repository model name of the best trial (default MODEL-DATASET).")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seeds splits, training, tuner."
+)
+@click.option(
+    "--experiment-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where NNI keeps experiments and trial archives (default RUNS_DIR/tune).",
+)
+@click.option("--max-duration-s", type=int, help="Stop starting trials after this long.")
+@click.option(
+    "--experiment-id",
+    help="Id of the new experiment (letters, digits, - and _; default a random one).",
+)
+@click.option("--resume", "resume_id", help="Continue the stopped experiment with this id.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the final report as JSON.")
+def tune(
+    model: str,
+    dataset: str,
+    data_dir: Path | None,
+    tuner: str,
+    assessor: str | None,
+    trials: int,
+    concurrency: int,
+    epochs: int,
+    search_space: Path | None,
+    port: int | None,
+    repository: Path | None,
+    name: str | None,
+    seed: int,
+    experiment_dir: Path | None,
+    max_duration_s: int | None,
+    experiment_id: str | None,
+    resume_id: str | None,
+    as_json: bool,
+) -> None:
+    """Search hyper-parameters of MODEL on DATASET with NNI and publish the best trial.
+
+    With the subcommand `view EXPERIMENT_ID`: serve a finished experiment's web UI.
+    """
+    if click.get_current_context().invoked_subcommand is not None:
+        return
+    from training.config import TrainConfig
+    from training.tuning.config import TuneConfig
+    from training.tuning.runner import TrialRow, run_tuning
+    from training.tuning.search_space import load_search_space
+
+    settings = load_settings()
+    tuner = next(n for n in TUNER_NAMES if n.lower() == tuner.lower())
+    if assessor is not None:
+        assessor = next(n for n in ASSESSOR_NAMES if n.lower() == assessor.lower())
+    train = build_config(
+        TrainConfig,
+        model=model,
+        dataset=dataset,
+        data_dir=data_dir or settings.data_dir,
+        epochs=epochs,
+        seed=seed,
+        name=name,
+        repository=repository or settings.model_repository,
+        progress=False,
+    )
+    config = build_config(
+        TuneConfig,
+        train=train,
+        tuner=tuner,
+        assessor=assessor,
+        trials=trials,
+        concurrency=concurrency,
+        search_space=load_search_space(search_space),
+        experiment_dir=_experiment_dir(experiment_dir),
+        port=port,
+        max_duration_s=max_duration_s,
+    )
+    if resume_id is None:
+        from training.tuning.tuners import check_available
+
+        check_available(config.tuner)
+    started: list[str] = []
+    done: list[TrialRow] = []
+
+    def on_started(experiment_id: str, url: str) -> None:
+        started.append(experiment_id)
+        click.echo(f"experiment {experiment_id}: web UI {url}", err=as_json)
+
+    def on_trial(row: TrialRow) -> None:
+        done.append(row)
+        if as_json:
+            return
+        click.echo(
+            f"trial {len(done)}/{config.trials} {row.trial_id} {row.status}: "
+            f"val loss {_fmt(row.val_loss)} acc {_fmt(row.val_accuracy)} {_params(row.params)}"
+        )
+
+    try:
+        report = run_tuning(
+            config,
+            resume_id=resume_id,
+            experiment_id=experiment_id,
+            on_started=on_started,
+            on_trial=on_trial,
+        )
+    except KeyboardInterrupt:
+        if started:
+            click.echo(
+                f"stopped experiment {started[0]}; continue it with "
+                f"`headrace tune --resume {started[0]} --experiment-dir {config.experiment_dir}`",
+                err=True,
+            )
+        raise click.Abort() from None
+    if as_json:
+        click.echo(report.model_dump_json())
+        return
+    click.echo(_table(list(report.trials), report.best_trial_id))
+    click.echo(
+        f"best trial {report.best_trial_id}: val loss {report.best_val_loss:.4f}, test accuracy "
+        f"{report.test_accuracy:.4f}; published {report.name} version {report.version} "
+        f"to {report.repository}"
+    )
+
+
+@tune.command("view")
+@click.argument("experiment_id")
+@click.option(
+    "--experiment-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where the experiment was kept (default RUNS_DIR/tune).",
+)
+@click.option("--port", type=int, help="Web UI port (default: a free port).")
+@click.option(
+    "--timeout-s",
+    type=float,
+    help="Stop serving after this many seconds (default: until Ctrl-C).",
+)
+def view(
+    experiment_id: str, experiment_dir: Path | None, port: int | None, timeout_s: float | None
+) -> None:
+    """Serve the web UI of a stopped EXPERIMENT_ID again, read-only, until Ctrl-C."""
+    from training.tuning.nni_experiment import NniExperiment
+    from training.tuning.runner import trial_row
+
+    experiment = NniExperiment(_experiment_dir(experiment_dir), experiment_id)
+    try:
+        experiment.view(port)
+        click.echo(f"experiment {experiment_id}: web UI {experiment.url} (Ctrl-C to stop)")
+        rows = [trial_row(experiment.folder, trial) for trial in experiment.trials()]
+        click.echo(_table(list(rows)))
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic())))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        experiment.stop()

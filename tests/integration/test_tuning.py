@@ -1,0 +1,139 @@
+"""A real NNI experiment (local training service): web UI, REST API, cancel, resume, view, publish.
+
+Tiny trials (digits, one epoch). The first run is cancelled after its first
+trial; while it runs the web UI answers 200 and the REST API lists the trial.
+`--resume` finishes the trial budget and publishes the best trial with its
+experiment id, trial id and hyper-parameters in the lineage; `view` serves the
+finished experiment again. Every node manager this test starts is gone at the
+end (checked by pid; killed by pid if a failure left one behind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from headrace.errors import JobCancelled
+from serving.repository import ModelRepository
+from training.config import TrainConfig
+from training.tuning.config import TuneConfig
+from training.tuning.nni_experiment import NniExperiment
+from training.tuning.runner import TrialRow, run_tuning
+
+SPACE = {
+    "learning_rate": {"_type": "loguniform", "_value": [1e-3, 1e-2]},
+    "width": {"_type": "choice", "_value": [0.5, 1.0]},
+}
+
+
+def _cmdline(process: psutil.Process) -> str:
+    with contextlib.suppress(psutil.Error):
+        return " ".join(process.cmdline())
+    return ""
+
+
+def _alive(process: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    return False
+
+
+def _experiment_processes() -> list[psutil.Process]:
+    """Every process the experiment runs under us: NNI's node manager (`node ... main.js`),
+    its tuner dispatcher and the trials; the node manager must be among them."""
+    found = psutil.Process().children(recursive=True)
+    assert any("main.js" in _cmdline(p) for p in found), "no node manager running"
+    return found
+
+
+@pytest.fixture
+def no_leftover() -> Iterator[list[psutil.Process]]:
+    """Collects the experiment's processes seen; none may outlive the test (killed by pid if so)."""
+    seen: list[psutil.Process] = []
+    yield seen
+    alive = [p for p in seen if _alive(p)]
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    assert not alive, f"left running: {[(p.pid, _cmdline(p)[:80]) for p in alive]}"
+
+
+def test_tuning_run_cancel_resume_view_and_publish(
+    tmp_path: Path, no_leftover: list[psutil.Process]
+) -> None:
+    config = TuneConfig(
+        train=TrainConfig(epochs=1, repository=tmp_path / "repo", name="tuned"),
+        tuner="TPE",
+        assessor="Medianstop",
+        trials=2,
+        concurrency=1,
+        search_space=SPACE,
+        experiment_dir=tmp_path / "tune",
+    )
+    checks: dict[str, object] = {}
+    finished: list[TrialRow] = []
+
+    def on_started(experiment_id: str, url: str) -> None:
+        no_leftover.extend(_experiment_processes())
+        checks["id"], checks["ui"] = experiment_id, _http_get(url)[0]
+        checks["port"] = int(url.split(":")[2].split("/")[0])
+
+    def on_trial(row: TrialRow) -> None:
+        finished.append(row)
+        no_leftover.extend(psutil.Process().children(recursive=True))
+        api = f"http://127.0.0.1:{checks['port']}/api/v1/nni/trial-jobs"
+        checks["listed"] = [job["trialJobId"] for job in json.loads(_http_get(api)[1])]
+
+    with pytest.raises(JobCancelled):
+        run_tuning(
+            config, on_started=on_started, on_trial=on_trial, should_stop=lambda: bool(finished)
+        )
+    assert checks["ui"] == 200
+    assert finished and finished[0].status == "SUCCEEDED" and finished[0].val_loss is not None
+    assert finished[0].trial_id in checks["listed"]  # type: ignore[operator]
+    experiment_id = str(checks["id"])
+    assert not [p for p in no_leftover if _alive(p)]
+    # every process of the cancelled run (node manager, dispatcher, trials) is gone
+
+    resumed: list[str] = []
+    report = run_tuning(
+        config,
+        resume_id=experiment_id,
+        on_started=lambda _id, _url: no_leftover.extend(_experiment_processes()),
+        on_trial=lambda row: resumed.append(row.trial_id),
+    )
+    succeeded = [row for row in report.trials if row.status == "SUCCEEDED"]
+    assert len(succeeded) == 2 and finished[0].trial_id in resumed
+    best = min(succeeded, key=lambda row: row.val_loss or float("inf"))
+    assert report.best_trial_id == best.trial_id and report.version == 1
+
+    version = ModelRepository(tmp_path / "repo").get("tuned", 1)
+    lineage = version.metadata.lineage
+    assert lineage["tune_experiment_id"] == experiment_id
+    assert lineage["tune_trial_id"] == best.trial_id
+    params = json.loads(str(lineage["tune_hyper_parameters"]))
+    assert params == best.params and set(params) == set(SPACE)
+    assert version.metadata.architecture_options["width"] == params["width"]
+    archive = tmp_path / "tune" / experiment_id / "trials" / best.trial_id
+    assert {"weights.pt", "trial.json", "fit.json"} <= {p.name for p in archive.iterdir()}
+
+    viewer = NniExperiment(tmp_path / "tune", experiment_id)
+    try:
+        viewer.view()
+        no_leftover.extend(_experiment_processes())
+        assert _http_get(viewer.url)[0] == 200
+        assert {t.trial_id for t in viewer.trials()} >= {row.trial_id for row in succeeded}
+    finally:
+        viewer.stop()
+
+
+def _http_get(url: str) -> tuple[int, bytes]:
+    """Status and body of a GET (urllib raises for statuses >= 400)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return int(response.status), response.read()

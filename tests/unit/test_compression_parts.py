@@ -1,0 +1,172 @@
+"""Compression job parts: config checks, source and teacher choice, measurements, report table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from headrace.errors import ConfigError, ModelNotFound, RepositoryError
+from serving.model_config import ModelConfig, PreprocessingSpec, TensorSpec
+from serving.repository import ModelRepository, ModelVersion
+from training.compression.config import CompressConfig, parse_model_ref
+from training.compression.measure import compare_latency, onnx_accuracy
+from training.compression.report import (
+    CompressionReport,
+    ReportRow,
+    format_report,
+    stored_weights,
+)
+from training.compression.sources import (
+    Renormalized,
+    load_teacher,
+    uncompressed_version,
+)
+from training.datasets.base import ImageArrays
+from training.export import export_onnx
+from training.models import build_model
+from training.published import WEIGHTS_FILE, load_published_model, save_weights
+
+SPEC = PreprocessingSpec(mean=[0.1], std=[0.3])
+
+
+def test_config_needs_a_method_and_valid_values() -> None:
+    with pytest.raises(ValidationError, match="nothing to do"):
+        CompressConfig(source="m")
+    with pytest.raises(ValidationError, match="sparsity needs a pruning method"):
+        CompressConfig(source="m", quant="int8", sparsity=0.3)
+    for sparsity in (0.0, 1.0, 1.5):
+        with pytest.raises(ValidationError, match="sparsity"):
+            CompressConfig(source="m", prune="l1", sparsity=sparsity)
+    with pytest.raises(ValidationError, match="quant"):
+        CompressConfig(source="m", quant="int2")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="invalid model reference"):
+        CompressConfig(source="m", distill_from="teacher:zero")
+    config = CompressConfig(source="m", prune="l2", quant="int4", distill_from="t:3")
+    assert config.target_sparsity == 0.5 and config.quant_bits == 4
+    assert config.summary() == "prune-l2-0.5+distill+int4"
+
+
+def test_model_references() -> None:
+    assert parse_model_ref("lenet5-digits") == ("lenet5-digits", None)
+    assert parse_model_ref("lenet5-digits:12") == ("lenet5-digits", 12)
+    for bad in ("a:0", "a:-1", "../x", "a:b"):
+        with pytest.raises(ValueError):
+            parse_model_ref(bad)
+
+
+def _publish(
+    repo: ModelRepository,
+    tmp: Path,
+    name: str,
+    classes: int = 10,
+    lineage: dict | None = None,
+    weights: bool = True,
+    spec: PreprocessingSpec = SPEC,
+) -> ModelVersion:
+    model = build_model("lenet5", num_classes=classes)
+    onnx_file = export_onnx(model, (1, 28, 28), tmp / f"{name}.onnx")
+    config = ModelConfig(
+        name=name,
+        inputs=[TensorSpec(name="input", dims=[1, 28, 28])],
+        outputs=[TensorSpec(name="logits", dims=[classes])],
+        preprocessing=spec,
+    )
+    extra = {WEIGHTS_FILE: save_weights(model, tmp / f"{name}.pt")} if weights else {}
+    return repo.publish(
+        config, onnx_file, architecture="lenet5", lineage=lineage or {}, extra_files=extra
+    )
+
+
+def test_source_is_the_latest_uncompressed_version(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path / "repo")
+    _publish(repo, tmp_path, "m")
+    _publish(repo, tmp_path, "m")
+    compressed = {"compressed_from": "m:2", "compression": "int8"}
+    _publish(repo, tmp_path, "m", lineage=compressed, weights=False)
+    assert uncompressed_version(repo, "m", None).version == 2
+    assert uncompressed_version(repo, "m", 1).version == 1
+    with pytest.raises(ConfigError, match=r"already compressed .*--model m --from-version 2"):
+        uncompressed_version(repo, "m", 3)
+    _publish(repo, tmp_path, "only", lineage=compressed, weights=False)
+    with pytest.raises(ModelNotFound, match="only compressed versions"):
+        uncompressed_version(repo, "only", None)
+    # a compressed version has no torch weights: loading it says where it came from
+    with pytest.raises(RepositoryError, match=r"compressed model \(int8, from m:2\).*use its"):
+        load_published_model(repo.get("m", 3))
+
+
+def test_teacher_must_fit_the_student(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path / "repo")
+    student = _publish(repo, tmp_path, "student")
+    _publish(repo, tmp_path, "five", classes=5)
+    with pytest.raises(ConfigError, match=r"does not fit student student:1: 5 vs 10 classes"):
+        load_teacher(repo, "five", student)
+    with pytest.raises(ConfigError, match="teacher 'missing' not found"):
+        load_teacher(repo, "missing", student)
+    _publish(repo, tmp_path, "same")
+    teacher, version = load_teacher(repo, "same:1", student)
+    assert version.name == "same" and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    other = PreprocessingSpec(mean=[0.5], std=[0.2])
+    _publish(repo, tmp_path, "renorm", spec=other)
+    wrapped, _ = load_teacher(repo, "renorm", student)
+    assert isinstance(wrapped, Renormalized)
+
+
+def test_renormalized_teacher_sees_its_own_normalisation() -> None:
+    student, own = SPEC, PreprocessingSpec(scale=1.0, mean=[100.0], std=[50.0])
+    seen: list[torch.Tensor] = []
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x)
+            return x
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 1, 4, 4)).astype(np.uint8)
+    Renormalized(Probe(), student, own)(torch.from_numpy(student.apply(pixels)))
+    np.testing.assert_allclose(seen[0].numpy(), own.apply(pixels), rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_accuracy_and_latency(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model("lenet5")
+    path = export_onnx(model, (1, 28, 28), tmp_path / "m.onnx")
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 1, 28, 28)).astype(np.uint8)
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(SPEC.apply(pixels))).argmax(1).numpy()
+    labels = predicted.copy()
+    labels[:5] = (labels[:5] + 1) % 10  # exactly 5 of 20 wrong
+    measured = onnx_accuracy(path, ImageArrays(pixels, labels), SPEC, batch=8)
+    assert measured.accuracy == pytest.approx(0.75) and measured.samples == 20
+    timed = compare_latency({"a": path, "b": path}, (1, 28, 28), batches=(1, 4), seconds=0.05)
+    for latency in timed.values():
+        assert set(latency.seconds) == {1, 4} and all(s > 0 for s in latency.seconds.values())
+    assert stored_weights(path) == sum(p.numel() for p in model.parameters())
+
+
+def test_report_table() -> None:
+    rows = [
+        ReportRow(
+            ref="m:1", compression="original", source=None, accuracy=0.99, test_samples=180,
+            model_bytes=250_000, weights=61_706, latency_s={1: 4e-5, 64: 2e-3},
+        ),
+        ReportRow(
+            ref="m:2", compression="int4", source="m:1", accuracy=0.9889, test_samples=180,
+            model_bytes=34_000, weights=61_706, latency_s={1: 1e-4, 64: 3e-3},
+            accuracy_delta=-0.0011, size_ratio=0.136, latency_ratio={1: 2.5, 64: 1.5},
+        ),
+    ]  # fmt: skip
+    text = format_report(CompressionReport(name="m", rows=rows, latency_batches=[1, 64]))
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["version", "compression", "source", "accuracy"]
+    assert lines[1].split()[:4] == ["m:1", "original", "-", "99.00%"]
+    assert lines[2].split()[:6] == ["m:2", "int4", "m:1", "98.89%", "-0.11", "pt"]
+    assert "0.136" in lines[2]
+    assert "0.040" in lines[1] and "2.000" in lines[1]  # latencies in ms
+    assert lines[2].split()[-2:] == ["2.50", "1.50"]
+    assert "180 test images" in lines[-1]

@@ -1,0 +1,80 @@
+"""`headrace tune` refuses bad input with exit code 2 and a message that says what to fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from headrace.cli import cli, main
+
+
+def _main_error(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> str:
+    monkeypatch.setattr("sys.argv", ["headrace", "tune", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2, argv
+    return capsys.readouterr().err
+
+
+def test_unknown_tuner_and_assessor_are_usage_errors() -> None:
+    unknown = CliRunner().invoke(cli, ["tune", "--tuner", "Hyperband"])
+    assert unknown.exit_code == 2 and "Invalid value for '--tuner'" in unknown.output
+    unknown = CliRunner().invoke(cli, ["tune", "--assessor", "Oracle"])
+    assert unknown.exit_code == 2 and "Invalid value for '--assessor'" in unknown.output
+
+
+def test_bad_settings_are_refused_before_any_experiment_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"learning_rate": {"_type": "loguniform", "_value": [0, 1]},
+                                 "colour": {"_type": "choice", "_value": [1]}}))  # fmt: skip
+    common = ["--experiment-dir", str(tmp_path / "tune"), "--repository", str(tmp_path / "repo")]
+    err = _main_error(["--search-space", str(space), *common], monkeypatch, capsys)
+    assert "error: invalid search space" in err
+    assert "learning_rate: loguniform needs low > 0" in err and "colour: not a tunable" in err
+    err = _main_error(
+        ["--search-space", str(tmp_path / "absent.yaml"), *common], monkeypatch, capsys
+    )
+    assert "cannot read search space" in err
+    err = _main_error(["--trials", "1", "--concurrency", "2", *common], monkeypatch, capsys)
+    assert "concurrency 2 exceeds trials 1" in err
+    err = _main_error(["--epochs", "0", "--model", "lenet9", *common], monkeypatch, capsys)
+    assert "epochs" in err and "unknown model 'lenet9'" in err
+    err = _main_error(["--experiment-id", "a.b", *common], monkeypatch, capsys)
+    assert "experiment id 'a.b': use 1 to 32 letters" in err
+    err = _main_error(["--resume", "nothere", *common], monkeypatch, capsys)
+    assert "no headrace experiment 'nothere'" in err
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "tune" / "a.b").exists()
+
+
+def test_a_tuner_whose_package_is_missing_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.tuning.tuners import missing_packages
+
+    missing = missing_packages("BOHB")
+    if not missing:
+        pytest.skip("ConfigSpace and statsmodels are installed here: BOHB can run")
+    err = _main_error(["--tuner", "bohb", "--experiment-dir", str(tmp_path)], monkeypatch, capsys)
+    assert "tuner BOHB needs the Python package(s)" in err and missing[0] in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_busy_port_is_refused_with_a_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        argv = ["--port", str(port), "--experiment-dir", str(tmp_path), "--trials", "1"]
+        err = _main_error(argv, monkeypatch, capsys)
+    assert f"error: port {port} is in use: pass another --port" in err

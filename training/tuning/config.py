@@ -1,0 +1,100 @@
+"""The tuning job's configuration: base training settings, tuner, assessor, trial budget.
+
+`TuneConfig.train` is the base `TrainConfig` every trial starts from (model,
+dataset, epochs per trial, seed, repository and name of the published best
+model); the tuner samples the search space's keys on top of it. The config is
+validated whole at the entrypoint and written beside the experiment
+(`<experiment_dir>/<experiment_id>/headrace-tune.json`) so trials, `--resume`
+and the publish step all read the same settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from headrace.errors import ConfigError
+from training.config import TrainConfig
+from training.tuning.search_space import DEFAULT_SEARCH_SPACE, check_search_space
+
+TunerName = Literal["TPE", "GP", "Anneal", "Random", "BOHB"]
+AssessorName = Literal["Medianstop", "Curvefitting"]
+EXPERIMENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
+"""NNI's rule for experiment ids."""
+TUNE_FILE = "headrace-tune.json"
+
+
+class TuneSettings(BaseModel):
+    """The tuning knobs a user chooses (a job spec's `tune:` section; flags of `headrace tune`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tuner: TunerName = Field(default="TPE", description="NNI built-in tuner (BOHB: advisor).")
+    assessor: AssessorName | None = Field(
+        default=None, description="Early-stops poor trials from their per-epoch curves; None = off."
+    )
+    trials: int = Field(default=10, ge=1, le=10_000, description="Trials to run in all.")
+    concurrency: int = Field(default=1, ge=1, le=64, description="Trials running at once.")
+    search_space: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: dict(DEFAULT_SEARCH_SPACE),
+        description="NNI-format search space over TrainConfig fields.",
+    )
+    max_duration_s: int | None = Field(
+        default=None, ge=1, description="Stop sampling new trials after this long; None = no limit."
+    )
+
+    @field_validator("search_space")
+    @classmethod
+    def _valid_space(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        try:
+            return check_search_space(value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+
+    @model_validator(mode="after")
+    def _budget(self) -> TuneSettings:
+        if self.concurrency > self.trials:
+            raise ValueError(
+                f"concurrency {self.concurrency} exceeds trials {self.trials}: "
+                "lower --concurrency or raise --trials"
+            )
+        return self
+
+
+class TuneConfig(TuneSettings):
+    """Everything `headrace tune` needs: the knobs, the base training settings, the folders."""
+
+    train: TrainConfig = Field(
+        default_factory=TrainConfig,
+        description="Base training settings of every trial; `epochs` is the per-trial budget.",
+    )
+    experiment_dir: Path = Field(
+        default=Path("runs/tune"),
+        description="NNI's experiment folder; each experiment (and its trial archive) "
+        "lives in <experiment_dir>/<experiment_id>/.",
+    )
+    port: int | None = Field(
+        default=None, ge=1, le=65_535, description="Web UI / REST port; None = a free port."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TuneConfig:
+        problems = []
+        if self.train.privacy is not None or self.train.watermark is not None:
+            problems.append("tuning does not combine with privacy or watermark training")
+        if self.train.resume is not None:
+            problems.append("trials start fresh: resume a tuning run with --resume EXPERIMENT_ID")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def experiment_root(self) -> Path:
+        """The folder holding every experiment (absolute: NNI's node manager runs elsewhere)."""
+        return self.experiment_dir.expanduser().resolve()
+
+    def experiment_folder(self, experiment_id: str) -> Path:
+        """`<experiment_dir>/<experiment_id>`: NNI's files and the trial archive."""
+        return self.experiment_root / experiment_id

@@ -1,0 +1,257 @@
+"""The one wrapper around NNI experiments (`nni.experiment.Experiment`, local training service).
+
+`NniExperiment` starts, resumes or views an experiment whose files live in
+`<experiment_dir>/<experiment_id>/` (NNI's database, logs, trial folders), reads
+its status and trials over NNI's REST API (`/api/v1/nni/...`, on the web UI's
+port) and stops its node manager. NNI's failures (port busy, node manager not
+starting, an unknown experiment) come out as `TuningError` with a fix.
+
+NNI also lists every experiment in `~/nni-experiments/.experiment`; resume and
+view register an experiment found in our folder there when it is missing (e.g.
+after the folder was moved or HOME changed), so they work from the folder alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from headrace.errors import TuningError
+from training.tuning.config import TuneConfig
+from training.tuning.tuners import algorithm_configs, nni_search_space
+
+TRIAL_MODULE = "training.tuning.nni_trial"
+FINISHED = frozenset({"SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED"})
+"""Trial states that will not change any more."""
+ENDED = frozenset({"DONE", "STOPPED", "ERROR", "NO_MORE_TRIAL", "TUNER_NO_MORE_TRIAL"})
+"""Experiment states in which no trial is waiting to be started."""
+REST_TIMEOUT_S = 10.0
+
+
+class TrialInfo(BaseModel):
+    """One trial as NNI's REST API lists it."""
+
+    trial_id: str
+    sequence: int = Field(description="NNI's trial number, from 0 in order of creation.")
+    status: str
+    params: dict[str, Any] = Field(default_factory=dict, description="As the tuner sent them.")
+    final: float | None = Field(default=None, description="Final result's `default` value.")
+
+
+def project_root() -> Path:
+    """The folder holding the `training` package: trials run `python -m` from it."""
+    return Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A port the OS says is free now (NNI needs a number, not port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def trial_command(tune_file: Path) -> str:
+    """The shell command NNI runs for each trial (this interpreter, our trial module)."""
+    import shlex
+
+    return f"{shlex.quote(sys.executable)} -m {TRIAL_MODULE} {shlex.quote(str(tune_file))}"
+
+
+def _experiment_config(config: TuneConfig, experiment_id: str, tune_file: Path) -> Any:
+    from nni.experiment import ExperimentConfig
+    from nni.experiment.config.algorithm import AlgorithmConfig, CustomAlgorithmConfig
+
+    exp = ExperimentConfig("local")
+    exp.experiment_name = f"headrace {config.train.model_name}"
+    exp.search_space = nni_search_space(config)
+    exp.trial_command = trial_command(tune_file)
+    exp.trial_code_directory = str(project_root())
+    exp.trial_concurrency = config.concurrency
+    exp.max_trial_number = config.trials
+    if config.max_duration_s is not None:
+        exp.max_experiment_duration = f"{config.max_duration_s}s"
+    exp.experiment_working_directory = str(config.experiment_root)
+    exp.log_level = "info"
+    for section, values in algorithm_configs(config, project_root()).items():
+        kind = CustomAlgorithmConfig if "class_name" in values else AlgorithmConfig
+        setattr(exp, section, kind(**values))
+    return exp
+
+
+class NniExperiment:
+    """One NNI experiment under our experiment folder."""
+
+    def __init__(self, root: Path, experiment_id: str) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.experiment_id = experiment_id
+        self._experiment: Any = None
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.experiment_id
+
+    @property
+    def port(self) -> int | None:
+        return None if self._experiment is None else self._experiment.port
+
+    @property
+    def url(self) -> str:
+        """The web UI's address."""
+        if self.port is None:
+            raise TuningError(f"experiment {self.experiment_id} is not running")
+        return f"http://127.0.0.1:{self.port}/oview"
+
+    @property
+    def pid(self) -> int | None:
+        """The node manager's process id while it runs."""
+        proc = None if self._experiment is None else self._experiment._proc
+        return None if proc is None else int(proc.pid)
+
+    # -- starting ------------------------------------------------------------------------
+
+    def start(self, config: TuneConfig, tune_file: Path, port: int | None = None) -> None:
+        """Create and start the experiment (its web UI on `port`, else a free port)."""
+        from nni.experiment import Experiment
+
+        experiment = Experiment(
+            _experiment_config(config, self.experiment_id, tune_file), id=self.experiment_id
+        )
+        self._launch(experiment, port)
+
+    def resume(self, port: int | None = None) -> None:
+        """Resume a stopped experiment of our folder; trials continue up to its trial budget."""
+        experiment = self._stopped_experiment()
+        experiment._action = "resume"
+        self._launch(experiment, port)
+
+    def view(self, port: int | None = None) -> None:
+        """Serve a stopped experiment's web UI (read-only) until `stop`."""
+        experiment = self._stopped_experiment()
+        experiment._action = "view"
+        self._launch(experiment, port)
+
+    def _stopped_experiment(self) -> Any:
+        from nni.experiment import Experiment
+        from nni.experiment.launcher import get_stopped_experiment_config
+        from nni.tools.nnictl.config_utils import Experiments
+
+        if not (self.folder / "db").is_dir():
+            raise TuningError(
+                f"no experiment {self.experiment_id!r} in {self.root}: pass the "
+                "--experiment-dir it was started with (see the folders there)"
+            )
+        manifest = Experiments()
+        if self.experiment_id not in manifest.get_all_experiments():
+            manifest.add_experiment(
+                self.experiment_id, 0, int(time.time() * 1000), "local", "headrace",
+                status="STOPPED", logDir=str(self.root),
+            )  # fmt: skip
+        try:
+            config = get_stopped_experiment_config(self.experiment_id, self.root)
+        except Exception as exc:  # NNI raises ValueError or sqlite errors
+            raise TuningError(
+                f"experiment {self.experiment_id!r} in {self.root} cannot be read ({exc})"
+            ) from None
+        config.experiment_working_directory = str(self.root)
+        experiment = Experiment(config, id=self.experiment_id)
+        return experiment
+
+    def _launch(self, experiment: Any, port: int | None) -> None:
+        """Start NNI's node manager detached: its output (and the tuner's and the trials')
+        goes to the experiment's log folder, not to our terminal; `stop` ends it."""
+        from nni.experiment import RunMode
+        from nni.runtime.log import silence_stdout
+
+        silence_stdout()
+        chosen = port if port is not None else free_port()
+        if _port_busy(chosen):
+            raise TuningError(
+                f"port {chosen} is in use: pass another --port (or none for a free one)"
+            )
+        try:
+            experiment.start(chosen, run_mode=RunMode.Detach)
+        except Exception as exc:  # NNI raises RuntimeError, requests errors, ...
+            with contextlib.suppress(Exception):
+                experiment.stop()
+            raise TuningError(
+                f"NNI's experiment manager did not start on port {chosen} ({exc}); see "
+                f"{self.folder / 'log'} (nnimanager.log) for its own message"
+            ) from None
+        self._experiment = experiment
+
+    # -- watching ------------------------------------------------------------------------
+
+    def _get(self, api: str) -> Any:
+        if self.port is None:
+            raise TuningError(f"experiment {self.experiment_id} is not running")
+        url = f"http://127.0.0.1:{self.port}/api/v1/nni/{api}"
+        try:
+            with urllib.request.urlopen(url, timeout=REST_TIMEOUT_S) as response:
+                return json.loads(response.read())
+        except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts, bad JSON
+            raise TuningError(
+                f"NNI's experiment manager stopped answering ({type(exc).__name__}); see "
+                f"{self.folder / 'log'}"
+            ) from None
+
+    def status(self) -> str:
+        """NNI's experiment status (RUNNING, DONE, NO_MORE_TRIAL, ERROR, ...)."""
+        return str(self._get("check-status")["status"])
+
+    def error(self) -> str:
+        """NNI's error message when the status is ERROR (often the tuner's traceback tail)."""
+        errors = self._get("check-status").get("errors") or []
+        return "; ".join(str(e) for e in errors)[-500:]
+
+    def trials(self) -> list[TrialInfo]:
+        """Every trial NNI knows of, in creation order."""
+        listed: list[TrialInfo] = []
+        for job in self._get("trial-jobs"):
+            params: dict[str, Any] = {}
+            forms = job.get("hyperParameters") or []
+            if forms:
+                params = dict(json.loads(forms[-1]).get("parameters") or {})
+            final = None
+            finals = job.get("finalMetricData") or []
+            if finals:
+                value = json.loads(finals[-1]["data"])
+                if isinstance(value, str):
+                    value = json.loads(value)
+                final = float(value["default"] if isinstance(value, dict) else value)
+            listed.append(
+                TrialInfo(
+                    trial_id=job["trialJobId"],
+                    sequence=int(job.get("sequenceId", len(listed))),
+                    status=job["status"],
+                    params=params,
+                    final=final,
+                )
+            )
+        return sorted(listed, key=lambda t: t.sequence)
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop the node manager (and with it any running trial); safe to call twice."""
+        experiment, self._experiment = self._experiment, None
+        if experiment is None:
+            return
+        logging.getLogger("nni").setLevel(logging.CRITICAL)  # its stop logs to stdout
+        with contextlib.suppress(Exception):
+            experiment.stop()
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

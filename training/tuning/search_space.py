@@ -1,0 +1,186 @@
+"""Hyper-parameter search spaces in NNI's format, checked before any trial starts.
+
+A search space maps a `TrainConfig` field to a distribution, as NNI writes it::
+
+    {"learning_rate": {"_type": "loguniform", "_value": [1e-5, 1.0]},
+     "optimizer": {"_type": "choice", "_value": ["adam", "sgd"]}}
+
+`load_search_space(None)` gives `DEFAULT_SEARCH_SPACE`; a JSON or YAML file is
+validated whole (unknown keys, unknown or unbounded types, bad bounds, values a
+`TrainConfig` refuses) and every problem is listed in one `ConfigError`.
+`apply_params` turns one sampled point into a validated `TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from headrace.errors import ConfigError
+from training.config import TrainConfig
+
+DEFAULT_SEARCH_SPACE: dict[str, dict[str, Any]] = {
+    "learning_rate": {"_type": "loguniform", "_value": [1e-5, 1.0]},
+    "batch_size": {"_type": "choice", "_value": [16, 32, 64, 128, 256]},
+    "width": {"_type": "choice", "_value": [0.5, 1.0, 2.0]},
+    "dropout": {"_type": "uniform", "_value": [0.0, 0.6]},
+    "weight_decay": {"_type": "loguniform", "_value": [1e-6, 1e-1]},
+    "optimizer": {"_type": "choice", "_value": ["adam", "sgd"]},
+}
+"""What `headrace tune` searches when no --search-space file is given."""
+
+TUNABLE: dict[str, type] = {
+    "learning_rate": float,
+    "batch_size": int,
+    "width": float,
+    "dropout": float,
+    "weight_decay": float,
+    "momentum": float,
+    "optimizer": str,
+    "lr_schedule": str,
+    "patience": int,
+}
+"""TrainConfig fields a search space may tune, with the kind of value each takes."""
+
+RANGE_TYPES = frozenset({"uniform", "quniform", "loguniform", "qloguniform", "randint"})
+BOUNDED_TYPES = RANGE_TYPES | {"choice"}
+UNBOUNDED_TYPES = frozenset({"normal", "qnormal", "lognormal", "qlognormal"})
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _range_problems(key: str, kind: str, value: Any, field_type: type) -> list[str]:
+    """Shape and bound problems of a range distribution's `_value`."""
+    arity = 3 if kind in {"quniform", "qloguniform"} else 2
+    form = "[low, high, q]" if arity == 3 else "[low, high]"
+    if not isinstance(value, list) or len(value) != arity or not all(map(_number, value)):
+        return [f"{key}: {kind} takes {form} as numbers, got {value!r}"]
+    low, high = value[0], value[1]
+    problems = []
+    if field_type is str:
+        problems.append(f"{key}: takes names; use choice, not {kind}")
+    elif field_type is int and kind in {"uniform", "loguniform"}:
+        problems.append(f"{key}: takes whole numbers; use choice, randint or q{kind}")
+    if not low < high:
+        problems.append(f"{key}: low must be below high, got {value!r}")
+    if kind in {"loguniform", "qloguniform"} and low <= 0:
+        problems.append(f"{key}: {kind} needs low > 0, got {low}")
+    if arity == 3 and value[2] <= 0:
+        problems.append(f"{key}: q must be > 0, got {value[2]}")
+    if kind == "randint" and not (float(low).is_integer() and float(high).is_integer()):
+        problems.append(f"{key}: randint takes whole-number bounds, got {value!r}")
+    return problems
+
+
+def _extremes(kind: str, value: list[Any]) -> list[Any]:
+    """The values of a distribution to try against TrainConfig: its ends, or every choice."""
+    if kind == "choice":
+        return list(value)
+    if kind == "randint":  # NNI draws from [low, high)
+        return [int(value[0]), int(value[1]) - 1]
+    return [value[0], value[1]]
+
+
+def check_search_space(space: Any, source: str = "search space") -> dict[str, dict[str, Any]]:
+    """`space` if it is a valid search space; otherwise one ConfigError listing every problem."""
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(
+            f"{source} must be a non-empty mapping of parameter -> "
+            '{"_type": ..., "_value": [...]}, not ' + f"{space!r:.60}"
+        )
+    problems: list[str] = []
+    for key, entry in space.items():
+        if key not in TUNABLE:
+            problems.append(f"{key}: not a tunable parameter (choose {', '.join(TUNABLE)})")
+            continue
+        if not isinstance(entry, dict) or set(entry) != {"_type", "_value"}:
+            problems.append(f'{key}: must be {{"_type": ..., "_value": [...]}}, got {entry!r:.60}')
+            continue
+        kind, value = entry["_type"], entry["_value"]
+        if kind in UNBOUNDED_TYPES:
+            problems.append(f"{key}: {kind} is unbounded; use a bounded type (uniform, choice)")
+            continue
+        if kind not in BOUNDED_TYPES:
+            problems.append(
+                f"{key}: unknown _type {kind!r} (choose {', '.join(sorted(BOUNDED_TYPES))})"
+            )
+            continue
+        if kind == "choice":
+            if not isinstance(value, list) or not value:
+                problems.append(f"{key}: choice takes a non-empty list, got {value!r:.60}")
+                continue
+            found = _value_problems(key, value)
+        else:
+            found = _range_problems(key, kind, value, TUNABLE[key])
+        if not found:
+            found = _value_problems(key, _extremes(kind, value))
+        problems.extend(found)
+    if problems:
+        raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(problems))
+    return copy.deepcopy(space)
+
+
+def _value_problems(key: str, values: list[Any]) -> list[str]:
+    """Values of `key` that TrainConfig refuses (each checked on the default config)."""
+    problems = []
+    for value in values:
+        try:
+            apply_params(TrainConfig(), {key: value})
+        except ConfigError as exc:
+            problems.append(f"{key}: value {value!r} is refused: {_first_line(exc.message)}")
+    return problems
+
+
+def _first_line(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else message
+
+
+def load_search_space(path: Path | None) -> dict[str, dict[str, Any]]:
+    """The default search space (`path` None) or a JSON/YAML file's, validated."""
+    if path is None:
+        return copy.deepcopy(DEFAULT_SEARCH_SPACE)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read search space {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"search space {path} is not valid JSON or YAML{where}") from None
+    return check_search_space(data, f"search space {path}")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """NNI's samples as TrainConfig wants them (whole floats for int fields, e.g. quniform)."""
+    if TUNABLE.get(key) is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def apply_params(base: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
+    """A copy of `base` with the sampled hyper-parameters set, validated through TrainConfig."""
+    unknown = sorted(set(params) - set(TUNABLE))
+    if unknown:
+        raise ConfigError(f"not tunable: {', '.join(unknown)} (tunable: {', '.join(TUNABLE)})")
+    data = base.model_dump()
+    data.update({key: _coerce(key, value) for key, value in params.items()})
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise ConfigError("invalid hyper-parameters:\n  " + "\n  ".join(problems)) from None
