@@ -4,16 +4,13 @@ prints its ready line, always stopped by pid when the block exits."""
 from __future__ import annotations
 
 import contextlib
-import queue
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from server_fixtures import REPO_ROOT, pump
+from server_fixtures import REPO_ROOT, wait_for_ready_line
 
 from headrace.processes import stop_process
 
@@ -51,23 +48,8 @@ def running_agent(
         )
     agent = AgentProcess(process, {}, log_file)
     try:
-        lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=pump, args=(process.stdout, lines), daemon=True).start()
-        deadline = time.monotonic() + ready_timeout_s
-        while not agent.fields:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(
-                    f"agent not ready in {ready_timeout_s:g} s:\n" + agent.log_tail()
-                ) from None
-            if line is None:
-                process.wait(timeout=10)
-                raise AssertionError(
-                    f"agent exited with {process.returncode}:\n" + agent.log_tail()
-                )
-            if line.startswith(AGENT_READY):
-                agent.fields = dict(p.split("=", 1) for p in line.split()[3:])
+        line = wait_for_ready_line(process, AGENT_READY, log_file, "the agent", ready_timeout_s)
+        agent.fields = dict(p.split("=", 1) for p in line.split()[3:])
         yield agent
     finally:
         stop_process(process, 60.0)

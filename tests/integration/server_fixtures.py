@@ -290,6 +290,32 @@ def pump(stream: Any, lines: queue.Queue[str | None]) -> None:
     lines.put(None)
 
 
+def wait_for_ready_line(
+    process: subprocess.Popen[str], prefix: str, log_file: Path, what: str, timeout_s: float
+) -> str:
+    """The first stdout line of `process` starting with `prefix`; fails (with the log's tail)
+    when the process exits first or prints no such line within `timeout_s`."""
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=pump, args=(process.stdout, lines), daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            tail = log_file.read_text(errors="replace")[-4000:]
+            raise AssertionError(
+                f"{what} printed no ready line in {timeout_s:g} s:\n{tail}"
+            ) from None
+        if line is None:
+            process.wait(timeout=10)
+            tail = log_file.read_text(errors="replace")[-4000:]
+            raise AssertionError(
+                f"{what} exited with code {process.returncode} before it was ready:\n{tail}"
+            )
+        if line.startswith(prefix):
+            return line
+
+
 @contextlib.contextmanager
 def running_server(
     repository: Path,
@@ -310,33 +336,18 @@ def running_server(
         )
     server: ServerProcess | None = None
     try:
-        lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=pump, args=(process.stdout, lines), daemon=True).start()
-        deadline = time.monotonic() + ready_timeout_s
-        while server is None:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(
-                    f"headrace serve printed no ready line in {ready_timeout_s:g} s:\n"
-                    + log_file.read_text(errors="replace")[-4000:]
-                ) from None
-            if line is None:
-                process.wait(timeout=10)
-                raise AssertionError(
-                    f"headrace serve exited with code {process.returncode} before it was ready:\n"
-                    + log_file.read_text(errors="replace")[-4000:]
-                )
-            if line.startswith(READY_PREFIX):
-                fields = dict(part.split("=", 1) for part in line.split()[1:3])
-                metrics = fields["metrics"]
-                server = ServerProcess(
-                    process,
-                    fields["grpc"],
-                    None if metrics == "None" else int(metrics),
-                    repository,
-                    log_file,
-                )
+        line = wait_for_ready_line(
+            process, READY_PREFIX, log_file, "headrace serve", ready_timeout_s
+        )
+        fields = dict(part.split("=", 1) for part in line.split()[1:3])
+        metrics = fields["metrics"]
+        server = ServerProcess(
+            process,
+            fields["grpc"],
+            None if metrics == "None" else int(metrics),
+            repository,
+            log_file,
+        )
         yield server
     finally:
         if server is not None:

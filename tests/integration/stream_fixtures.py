@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections import Counter
@@ -31,8 +29,8 @@ from server_fixtures import (
     export_lenet,
     lenet_config,
     publish,
-    pump,
     stop_process,
+    wait_for_ready_line,
 )
 
 from serving.model_config import PreprocessingSpec
@@ -103,23 +101,8 @@ def running_worker(
         )
     worker = WorkerProcess(process, {}, log_file)
     try:
-        lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=pump, args=(process.stdout, lines), daemon=True).start()
-        deadline = time.monotonic() + ready_timeout_s
-        while not worker.fields:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(
-                    f"no ready line in {ready_timeout_s:g} s:\n" + worker.log_tail()
-                ) from None
-            if line is None:
-                process.wait(timeout=10)
-                raise AssertionError(
-                    f"the worker exited with {process.returncode}:\n" + worker.log_tail()
-                )
-            if line.startswith(READY_PREFIX):
-                worker.fields = dict(p.split("=", 1) for p in line.split()[3:])
+        line = wait_for_ready_line(process, READY_PREFIX, log_file, "the worker", ready_timeout_s)
+        worker.fields = dict(p.split("=", 1) for p in line.split()[3:])
         yield worker
     finally:
         worker.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -28,9 +27,9 @@ from server_fixtures import (
     REPO_ROOT,
     ServerProcess,
     inference_stub,
-    pump,
     raw_request,
     running_server,
+    wait_for_ready_line,
 )
 from stream_fixtures import WorkerProcess, running_worker
 
@@ -103,20 +102,12 @@ def _start_agent(
         process = subprocess.Popen(
             command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True
         )
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=pump, args=(process.stdout, lines), daemon=True).start()
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            stop_process(process, 30.0)
-            tail = log_file.read_text()[-3000:]
-            raise AssertionError("agent not ready in 120 s:\n" + tail) from None
-        if line is None:
-            raise AssertionError("agent exited:\n" + log_file.read_text()[-3000:])
-        if line.startswith(AGENT_READY):
-            return process, log_file
+    try:
+        wait_for_ready_line(process, AGENT_READY, log_file, "the agent", 120.0)
+    except AssertionError:
+        stop_process(process, 30.0)
+        raise
+    return process, log_file
 
 
 def _cli(*args: str, bootstrap: str) -> subprocess.CompletedProcess[str]:
