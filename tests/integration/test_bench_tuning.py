@@ -1,0 +1,49 @@
+"""Smoke test of the tuning benchmark: a quick run ends with a JSON line of real numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMMAND = [
+    "-m", "benchmarks.tuning", "--quick",
+    "--trials", "3", "--epochs", "2", "--seeds", "0", "--tpe-startup", "2",
+    "--assessor-start-step", "1",
+]  # fmt: skip
+
+
+def test_quick_tuning_benchmark_reports_every_key() -> None:
+    done = subprocess.run(
+        [sys.executable, *COMMAND],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for key in ("tpe_best_val_loss", "random_best_val_loss", "assessor_time_saved_pct"):
+        assert isinstance(result[key], float), (key, result[key])
+    assert result["tpe_best_val_loss"] > 0
+    assert result["random_best_val_loss"] > 0
+    assert result["assessor_time_saved_pct"] < 100
+    # a delta is None only when every trial of a search was stopped or failed
+    assert result["assessor_best_val_loss_delta"] is None or isinstance(
+        result["assessor_best_val_loss_delta"], float
+    )
+    assert set(result["goals"]) == {
+        "tpe_le_0.8x_random",
+        "assessor_saves_40pct",
+        "assessor_no_worse",
+    }
+    assert all(isinstance(v, bool) for v in result["goals"].values())
+    (seed,) = result["per_seed"]
+    assert seed["seed"] == 0
+    # the same budget: every search ran the same number of trials
+    assert result["settings"]["trials"] == 3 and result["settings"]["epochs"] == 2
+    assert result["settings"]["tpe"]["n_startup_jobs"] == 2
+    assert seed["random_epochs"] <= 3 * 2 and seed["tpe_epochs"] <= 3 * 2
+    assert "tpe+assessor" in done.stdout  # the table came before the JSON line
