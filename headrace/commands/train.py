@@ -25,6 +25,16 @@ from headrace.settings import load_settings
 @shard_options
 @click.option("--epochs", type=int, default=50, show_default=True, help="Most epochs to run.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option(
+    "--width", type=float, default=1.0, show_default=True, help="Channel multiplier (1 = classic)."
+)
+@click.option(
+    "--dropout",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Dropout after the hidden layers, in [0, 1).",
+)
 @click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
@@ -86,6 +96,8 @@ def train(
     data_root: Path | None,
     epochs: int,
     batch_size: int,
+    width: float,
+    dropout: float,
     learning_rate: float,
     optimizer: str,
     weight_decay: float,
@@ -132,6 +144,8 @@ def train(
         data_source=shard_settings(from_shards, up_to_offset, data_root, settings.data_root),
         epochs=epochs,
         batch_size=batch_size,
+        width=width,
+        dropout=dropout,
         learning_rate=learning_rate,
         optimizer=optimizer,
         weight_decay=weight_decay,

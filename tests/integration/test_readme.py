@@ -130,7 +130,7 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
     assert any("250 results" in out for out in outputs)  # every README request was answered
 
 
-@pytest.mark.parametrize("command", ["train", "check-grad", "data", "models"])
+@pytest.mark.parametrize("command", ["train", "check-grad", "data", "models", "tune", "compress"])
 def test_help_on_every_command(command: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "headrace", command, "--help"],

@@ -5,7 +5,8 @@ trial; while it runs the web UI answers 200 and the REST API lists the trial.
 `--resume` finishes the trial budget and publishes the best trial with its
 experiment id, trial id and hyper-parameters in the lineage; `view` serves the
 finished experiment again. Every node manager this test starts is gone at the
-end (checked by pid; killed by pid if a failure left one behind).
+end (checked by pid; killed by pid if a failure left one behind). Anneal and BOHB
+each run a small experiment to the end.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 from headrace.errors import JobCancelled
 from serving.repository import ModelRepository
 from training.config import TrainConfig
-from training.tuning.config import TuneConfig
+from training.tuning.config import TuneConfig, TunerName
 from training.tuning.nni_experiment import NniExperiment
 from training.tuning.runner import TrialRow, run_tuning
 
@@ -131,6 +132,41 @@ def test_tuning_run_cancel_resume_view_and_publish(
         assert {t.trial_id for t in viewer.trials()} >= {row.trial_id for row in succeeded}
     finally:
         viewer.stop()
+
+
+@pytest.mark.parametrize(("tuner", "epochs", "concurrency"), [("Anneal", 1, 2), ("BOHB", 3, 1)])
+def test_anneal_and_bohb_run_an_experiment_to_the_end(
+    tuner: TunerName,
+    epochs: int,
+    concurrency: int,
+    tmp_path: Path,
+    no_leftover: list[psutil.Process],
+) -> None:
+    """Two one-epoch trials. BOHB (--epochs 3, eta 3) starts with a bracket of budget 1: both
+    its trials must train the one epoch their budget allows, not the job's 3. Its trials run
+    one after the other, so the second exists only if the advisor survived the first one's
+    result (NNI 3.0's own BOHB died there and the experiment sat idle to its time limit)."""
+    config = TuneConfig(
+        train=TrainConfig(epochs=epochs, repository=tmp_path / "repo", name="tuned"),
+        tuner=tuner,
+        trials=2,
+        concurrency=concurrency,
+        search_space=SPACE,
+        experiment_dir=tmp_path / "tune",
+        max_duration_s=150,  # a dead advisor ends the test here, not at pytest's timeout
+    )
+    report = run_tuning(
+        config,
+        on_started=lambda _id, _url: no_leftover.extend(_experiment_processes()),
+        on_trial=lambda _row: no_leftover.extend(psutil.Process().children(recursive=True)),
+        poll_s=0.25,
+    )
+    assert [row.status for row in report.trials] == ["SUCCEEDED", "SUCCEEDED"]
+    assert [row.epochs_run for row in report.trials] == [1, 1]
+    assert all(set(row.params) == set(SPACE) for row in report.trials)  # no budget key
+    assert report.tuner == tuner and report.version == 1
+    lineage = ModelRepository(tmp_path / "repo").get("tuned", 1).metadata.lineage
+    assert lineage["tune_tuner"] == tuner and lineage["tune_trial_id"] == report.best_trial_id
 
 
 def _http_get(url: str) -> tuple[int, bytes]:

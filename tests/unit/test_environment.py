@@ -15,6 +15,9 @@ MODULES = [
     "aiokafka",
     "ray",
     "nni",
+    "hyperopt",  # NNI's Anneal tuner
+    "ConfigSpace",  # NNI's BOHB advisor, with statsmodels
+    "statsmodels.api",
     "opacus",
     "grpc",
     "grpc_health.v1.health",

@@ -53,17 +53,30 @@ def test_bad_settings_are_refused_before_any_experiment_starts(
     assert not (tmp_path / "repo").exists() and not (tmp_path / "tune" / "a.b").exists()
 
 
-def test_a_tuner_whose_package_is_missing_is_refused_by_name(
+def test_a_tuner_whose_package_went_missing_is_refused_by_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from training.tuning.tuners import missing_packages
+    """ConfigSpace is a dependency; an environment that lost it (here: `import ConfigSpace`
+    made to fail, as a None entry in sys.modules does) gets the fix, not a dead experiment."""
+    import sys
 
-    missing = missing_packages("BOHB")
-    if not missing:
-        pytest.skip("ConfigSpace and statsmodels are installed here: BOHB can run")
+    monkeypatch.setitem(sys.modules, "ConfigSpace", None)
     err = _main_error(["--tuner", "bohb", "--experiment-dir", str(tmp_path)], monkeypatch, capsys)
-    assert "tuner BOHB needs the Python package(s)" in err and missing[0] in err
+    assert "tuner BOHB needs the Python package(s) ConfigSpace" in err
+    assert "pip install ConfigSpace" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_bohb_refuses_an_assessor_and_quantised_ranges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"batch_size": {"_type": "quniform", "_value": [16, 64, 16]}}))
+    argv = ["--tuner", "BOHB", "--assessor", "Medianstop", "--search-space", str(space)]
+    err = _main_error([*argv, "--experiment-dir", str(tmp_path / "tune")], monkeypatch, capsys)
+    assert "BOHB stops poor trials itself" in err and "drop --assessor Medianstop" in err
+    assert "give batch_size as uniform, loguniform, randint or choice" in err
+    assert not (tmp_path / "tune").exists()
 
 
 def test_a_busy_port_is_refused_with_a_fix(

@@ -71,13 +71,28 @@ def test_mended_gp_tuner_keeps_suggesting_after_its_cold_start() -> None:
         tuner.receive_trial_result(parameter_id, raw, config.learning_rate)
 
 
-def test_missing_tuner_packages_are_named(tmp_path: Path) -> None:
-    for tuner in ("BOHB", "Anneal"):
-        missing = missing_packages(tuner)
-        if missing:
-            with pytest.raises(ConfigError, match=f"tuner {tuner} needs .*{missing[0]}"):
-                algorithm_configs(TuneConfig(tuner=tuner), tmp_path)
-    assert missing_packages("TPE") == [] and missing_packages("GP") == []
+def test_every_tuner_can_run_here_and_a_lost_package_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    assert {tuner: missing_packages(tuner) for tuner in TUNERS} == dict.fromkeys(TUNERS, [])
+    monkeypatch.setitem(sys.modules, "hyperopt", None)  # `import hyperopt` now fails
+    assert missing_packages("Anneal") == ["hyperopt"]
+    with pytest.raises(ConfigError, match="tuner Anneal needs .*hyperopt.*reinstall headrace"):
+        algorithm_configs(TuneConfig(tuner="Anneal"), tmp_path)
+
+
+def test_bohb_is_our_mended_advisor_with_epochs_as_its_budget(tmp_path: Path) -> None:
+    config = TuneConfig(tuner="BOHB", train=TrainConfig(epochs=9))
+    section = algorithm_configs(config, tmp_path)["advisor"]
+    assert section["class_name"] == "training.tuning.bohb.HeadraceBOHB"
+    assert section["class_args"] == {
+        "optimize_mode": "minimize", "min_budget": 1, "max_budget": 9, "eta": 3,
+    }  # fmt: skip
+    assert algorithm_configs(TuneConfig(tuner="Anneal"), tmp_path)["tuner"] == {
+        "name": "Anneal", "class_args": {"optimize_mode": "minimize"},
+    }  # fmt: skip
 
 
 def test_tune_config_refuses_inconsistent_settings() -> None:

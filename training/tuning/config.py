@@ -60,6 +60,25 @@ class TuneSettings(BaseModel):
                 f"concurrency {self.concurrency} exceeds trials {self.trials}: "
                 "lower --concurrency or raise --trials"
             )
+        if self.tuner == "BOHB":
+            problems = []
+            if self.assessor is not None:
+                problems.append(
+                    f"BOHB stops poor trials itself (successive halving), NNI ignores an "
+                    f"assessor beside it: drop --assessor {self.assessor}"
+                )
+            quantised = sorted(
+                key
+                for key, entry in self.search_space.items()
+                if entry["_type"] in {"quniform", "qloguniform"}
+            )
+            if quantised:
+                problems.append(
+                    f"BOHB (ConfigSpace 1.x) has no quantised ranges: give {', '.join(quantised)} "
+                    "as uniform, loguniform, randint or choice"
+                )
+            if problems:
+                raise ValueError("; ".join(problems))
         return self
 
 

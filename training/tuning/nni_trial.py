@@ -5,7 +5,8 @@ base `TrainConfig`, trains through `objective.run_trial` and reports to NNI:
 every epoch an intermediate result (`default` = validation loss, or validation
 accuracy when the Curvefitting assessor needs a rising curve), at the end the
 final result (`default` = best validation loss, the value every tuner
-minimises). The trial's archive goes to
+minimises). Under BOHB the parameters also carry `TRIAL_BUDGET`, the
+trial's epochs, which replaces the base config's `epochs`. The trial's archive goes to
 `<experiment_dir>/<experiment_id>/trials/<trial_id>/` (NNI's own trial folder).
 An assessor's early stop kills the process; such a trial leaves no `trial.json`
 and is never published.
@@ -19,7 +20,7 @@ from typing import Any
 
 import nni
 
-from headrace.errors import HeadraceError
+from headrace.errors import ConfigError, HeadraceError
 from training.loop import EpochRecord
 from training.tuning.config import TuneConfig
 from training.tuning.objective import run_trial
@@ -27,12 +28,23 @@ from training.tuning.search_space import apply_params
 from training.tuning.tuners import decode_params, intermediate_metric
 
 BUDGET_KEY = "TRIAL_BUDGET"
-"""Set by the BOHB advisor: the epochs this trial may use."""
+"""Set by the BOHB advisor among the parameters: the epochs this trial may use."""
 
 
 def trial_folder(experiment_folder: Path, trial_id: str) -> Path:
     """Where a trial's archive lives."""
     return experiment_folder / "trials" / trial_id
+
+
+def budget_epochs(budget: Any, max_epochs: int) -> int:
+    """BOHB's budget as whole epochs: rounded, at least 1, at most the job's epochs."""
+    try:
+        epochs = round(float(budget))
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"BOHB sent the trial budget {budget!r}, not a number of epochs"
+        ) from None
+    return min(max(1, epochs), max_epochs)
 
 
 def _metrics(record: EpochRecord, default: str) -> dict[str, float]:
@@ -48,7 +60,7 @@ def run(tune_file: Path) -> None:
     budget = params.pop(BUDGET_KEY, None)
     config = apply_params(tune.train, params)
     if budget is not None:
-        config = config.model_copy(update={"epochs": max(1, round(float(budget)))})
+        config = config.model_copy(update={"epochs": budget_epochs(budget, tune.train.epochs)})
     default = intermediate_metric(tune)
     outcome = run_trial(
         config,

@@ -6,7 +6,11 @@
 | Random | built-in `Random` | - |
 | Anneal | built-in `Anneal` (hyperopt's annealing) | hyperopt |
 | GP | `training.tuning.gp_tuner.HeadraceGPTuner` (NNI's GP tuner, mended) | scikit-learn |
-| BOHB | built-in `BOHB` advisor; trials read their epoch budget | ConfigSpace, statsmodels |
+| BOHB | `training.tuning.bohb.HeadraceBOHB` (NNI's BOHB, mended) | ConfigSpace, statsmodels |
+
+Every package above is a dependency of headrace; `check_available` only guards
+against an environment that lost one. BOHB gives each trial a budget, its
+epochs (1 to the job's epochs), which the trial reads from its parameters.
 
 Every tuner minimises the trials' final result (best validation loss).
 Medianstop compares the per-epoch validation losses; Curvefitting only fits
@@ -62,7 +66,7 @@ TUNERS: dict[str, Algorithm] = {
         },
     ),
     "BOHB": Algorithm(
-        builtin="BOHB",
+        class_name="training.tuning.bohb.HeadraceBOHB",
         requires=("ConfigSpace", "statsmodels"),
         packages=("ConfigSpace", "statsmodels"),
         advisor=True,
@@ -87,7 +91,8 @@ def check_available(tuner: str) -> None:
     if missing:
         raise ConfigError(
             f"tuner {tuner} needs the Python package(s) {', '.join(missing)}, which are not "
-            f"installed: pip install {' '.join(missing)} (or choose --tuner TPE, Random)"
+            "installed although headrace depends on them: reinstall headrace (pip install -e .) "
+            f"or pip install {' '.join(missing)} (or choose --tuner TPE, Random)"
         )
 
 

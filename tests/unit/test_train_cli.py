@@ -1,0 +1,61 @@
+"""`headrace train --width/--dropout`: they reach the model; invalid values exit with code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from headrace.cli import cli, main
+from training.checkpoint import load_checkpoint
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--width", "0"], "width: Input should be greater than 0"),
+        (["--width", "32"], "width: Input should be less than or equal to 16"),
+        (["--dropout", "1"], "dropout: Input should be less than 1"),
+        (["--dropout", "-0.1"], "dropout: Input should be greater than or equal to 0"),
+        (["--width", "wide"], "Invalid value for '--width'"),
+    ],
+)
+def test_invalid_width_or_dropout_is_refused_with_exit_code_2(
+    argv: list[str],
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(
+        "sys.argv", ["headrace", "train", *argv, "--repository", str(tmp_path / "repo")]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_both_problems_are_listed_at_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.argv", ["headrace", "train", "--width", "0", "--dropout", "1"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error:")
+    assert "  width: " in err and "  dropout: " in err
+
+
+def test_width_reaches_the_model(tmp_path: Path) -> None:
+    args = [
+        "train", "--width", "0.5", "--dropout", "0.2", "--epochs", "1", "--no-publish", "--json",
+        "--runs-dir", str(tmp_path / "runs"), "--run-id", "w", "--repository", str(tmp_path / "r"),
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    weights = load_checkpoint(tmp_path / "runs" / "lenet5-digits-w")["model"]
+    assert weights["features.0.weight"].shape[0] == 3  # LeNet-5's 6 first-layer channels, halved
