@@ -156,9 +156,16 @@ def _header_pairs(headers: Any) -> list[tuple[str, bytes]]:
 
 
 def hold_events(events: Sequence[EventT]) -> None:
-    """An extra reference per event: Faust's ack after the batch then never completes."""
+    """An extra reference per event: Faust's ack after the batch then never completes, so the
+    offset is never committed and the record is read again after a restart or a rebalance.
+
+    The consumer stops counting a held message as pending, too: Faust's graceful stop and its
+    rebalances wait until every delivered message is acked, which a held one never is. Held
+    records of the last batch made the ingestion worker's stop hang until its watchdog ended
+    the process (exit 4)."""
     for event in events:
         event.message.incref()
+        event.app.consumer.unacked.discard(event.message)
 
 
 class BackpressureSensor(Sensor):

@@ -11,14 +11,18 @@ offset is committed only after the shard holding it is on disk: at-least-once.
 Records below the shards' coverage are skipped after a restart
 (`streams.ingest`), and readers de-duplicate by (partition, offset) anyway.
 
-Two Faust behaviours would break that, so the app turns them off. Faust counts
-offsets it did not see arrive in order as done (meant for compacted topics);
-with a table, its recovery seeks the partitions back to the committed offsets
-after records were already delivered, its read position jumps, and the commit
-then passed records whose shard was not written yet (records were lost after a
-SIGKILL in tests/integration/test_data_ingest.py): `contiguous_offsets=True`
-(`streams.app`). And a fatal error exits at once (code 3) instead of Faust's
-graceful stop, which would wait forever for the held records.
+Two Faust behaviours would break that, so the app works around them. Faust
+counts offsets it did not see arrive in order as done (meant for compacted
+topics); with a table, its recovery seeks the partitions back to the committed
+offsets after records were already delivered, its read position jumps, and the
+commit then passed records whose shard was not written yet (records were lost
+after a SIGKILL in tests/integration/test_data_ingest.py):
+`contiguous_offsets=True` (`streams.app`). And around that recovery Faust can
+drop deliveries, leaving a partition stuck with records unread: every
+`CHECK_INTERVAL_S`, and after a batch that saw a gap, each assigned partition is
+checked and a stuck one is sought back to its shards' coverage
+(`streams.ingest_watch`). A fatal error exits at once (code 3): nothing is lost
+(offsets not committed, shards written atomically) and nothing is left to finish.
 
 The table holds one `ClassCounts` per partition of the topic, keyed
 `<dataset>:p<partition>`: each key is written only by the worker that owns that
@@ -43,6 +47,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
+from aiokafka.errors import KafkaError
+from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, EventT, StreamT
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -51,6 +57,7 @@ from streams.app import hold_events, new_app, produce_outcomes, source_record
 from streams.data_messages import DATA_DLQ_TOPIC, ClassCounts, counts_key
 from streams.inference import SourceRecord
 from streams.ingest import PartitionState, plan_batch
+from streams.ingest_watch import CHECK_INTERVAL_S, PartitionWatch
 from streams.topics import data_topic
 from training.datasets.schema import SCHEMAS, dataset_schema
 from training.datasets.shards import remove_temporaries, shards_dir, write_shard
@@ -58,8 +65,7 @@ from training.datasets.shards import remove_temporaries, shards_dir, write_shard
 log = logging.getLogger(__name__)
 TABLE_NAME = "class-counts"
 STOP_GRACE_S = 10.0
-REWIND_INTERVAL_S = 1.0
-REWIND_LIMIT_S = 30.0
+CONSUMER_CALL_TIMEOUT_S = 5.0  # a position or seek call during a rebalance: try again later
 EXIT_BATCH_FAILED = 3
 
 
@@ -133,8 +139,8 @@ class IngestWorker:
         self.failed: BaseException | None = None
         self.totals = {"rows": 0, "dlq": 0, "skipped": 0, "shards": 0}
         self._on_ready, self._on_fatal = on_ready, on_fatal
-        # partition -> (offset to read again from, since when, last seek)
-        self._rewinding: dict[int, tuple[int, float, float]] = {}
+        self.watch = PartitionWatch()
+        self._lock = asyncio.Lock()  # one batch or one partition check at a time
         self._announced = False
         # table recovery misses the last changelog record on the embedded broker otherwise
         self.app = new_app(
@@ -160,6 +166,7 @@ class IngestWorker:
             use_partitioner=True,
         )
         self.app.agent(self.topic, name="ingest", concurrency=1)(self._consume)
+        self.app.timer(CHECK_INTERVAL_S, name="ingest-partition-check")(self._check_partitions)
         self.app.on_partitions_assigned.connect(self._assigned)
         self.app.on_partitions_revoked.connect(self._revoked)
 
@@ -176,6 +183,7 @@ class IngestWorker:
         for tp in revoked:
             if tp.topic == self.config.topic:  # its next owner re-reads the shards
                 self.states.pop(tp.partition, None)
+                self.watch.forget(tp.partition)
 
     async def _consume(self, stream: StreamT) -> None:
         config = self.config
@@ -190,7 +198,7 @@ class IngestWorker:
         if self.failed is not None:
             hold_events(events)  # stopping after a fatal error: leave the records for a restart
             return
-        task = asyncio.ensure_future(self._process([source_record(e) for e in events]))
+        task = asyncio.ensure_future(self._locked_process([source_record(e) for e in events]))
         try:
             held = await asyncio.shield(task)
             hold_events([e for e in events if (e.message.partition, e.message.offset) in held])
@@ -202,10 +210,20 @@ class IngestWorker:
             raise
         except Exception as exc:  # shards or DLQ records not written: nothing may be acked
             hold_events(events)
-            self.failed = exc
-            log.critical("stopping: %s", exc)
-            if self._on_fatal is not None:
-                self._on_fatal(exc)
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failed = exc
+        log.critical("stopping: %s", exc)
+        if self._on_fatal is not None:
+            self._on_fatal(exc)
+
+    async def _locked_process(self, records: list[SourceRecord]) -> set[tuple[int, int]]:
+        async with self._lock:
+            held = await self._process(records)
+        if held:  # seek back at once rather than at the next check
+            await self._check_partitions()
+        return held
 
     async def _process(self, records: list[SourceRecord]) -> set[tuple[int, int]]:
         """Handle one batch; returns the (partition, offset) of records held back after a gap."""
@@ -229,6 +247,7 @@ class IngestWorker:
             )
             state = self.states[shard.partition]
             state.add(written, labels, offsets, shard.record_ids)
+            self.watch.progressed(shard.partition, time.monotonic())
             self._publish(state)
             log.info(
                 "%s: %d records, %d to the DLQ", written.path.name, len(labels),
@@ -238,35 +257,49 @@ class IngestWorker:
         self.totals["dlq"] += len(plan.dlq)
         self.totals["skipped"] += plan.skipped
         self.totals["shards"] += len(plan.shards)
-        await self._rewind(plan.rewind)
+        for partition in plan.rewind:
+            self.watch.gap(partition, time.monotonic())
         return plan.held
 
-    async def _rewind(self, rewind: dict[int, int]) -> None:
-        """Read partitions again from the first offset a gap skipped (at most once a second);
-        a gap that does not close within `REWIND_LIMIT_S` stops the worker."""
-        now = time.monotonic()
-        for partition, (offset, _, _) in list(self._rewinding.items()):
-            state = self.states.get(partition)
-            if state is None or (partition not in rewind and state.next_offset > offset):
-                del self._rewinding[partition]  # the missing records arrived, or it was revoked
-        for partition, offset in rewind.items():
-            first, since, last_seek = self._rewinding.get(partition, (offset, now, 0.0))
-            if first != offset:
-                since, last_seek = now, 0.0
-            if now - since > REWIND_LIMIT_S:
-                raise DatasetError(
-                    f"partition {partition} of {self.config.topic}: offsets from {offset} on "
-                    f"cannot be read for {REWIND_LIMIT_S:g} s (deleted by retention, or shards "
-                    "of another topic); ingest into a new --data-root"
-                )
-            if now - last_seek >= REWIND_INTERVAL_S:
-                log.warning(
-                    "partition %d: offsets from %d were skipped by the consumer; reading again",
-                    partition, offset,
-                )  # fmt: skip
-                await self.app.consumer.seek(TP(self.config.topic, partition), offset)
-                last_seek = now
-            self._rewinding[partition] = (offset, since, last_seek)
+    async def _check_partitions(self) -> None:
+        """Seek back every assigned partition that `self.watch` finds stuck (module docstring)."""
+        if self.failed is not None or self.app.rebalancing:
+            return  # during a rebalance Faust itself seeks to the committed offsets
+        async with self._lock:
+            try:
+                assigned = self.app.consumer.assignment()
+            except ConsumerNotStarted:
+                return
+            for partition in sorted(
+                tp.partition for tp in assigned if tp.topic == self.config.topic
+            ):
+                try:
+                    await self._check_partition(partition)
+                except DatasetError as exc:  # stuck for good, or its shards are unreadable
+                    self._fail(exc)
+                    return
+                except (TimeoutError, KafkaError) as exc:  # a rebalance started meanwhile
+                    log.info("partition %d: not checked this time (%r)", partition, exc)
+
+    async def _check_partition(self, partition: int) -> None:
+        if partition not in self.states:  # assigned, but none of its records came yet
+            await self._load_state(partition)
+        if not self.watch.needs_position(partition, time.monotonic()):
+            return
+        consumer = self.app.consumer
+        tp = TP(self.config.topic, partition)
+        position = await asyncio.wait_for(consumer.position(tp), timeout=CONSUMER_CALL_TIMEOUT_S)
+        coverage = self.states[partition].next_offset
+        offset = self.watch.seek_to(partition, coverage, position, time.monotonic())
+        if offset is None:
+            return
+        log.warning(
+            "partition %d: stuck at offset %d while the consumer fetched up to %s (records "
+            "skipped, dropped or held back); reading again from %d",
+            partition, offset, position, offset,
+        )  # fmt: skip
+        # `seek_wait` seeks in the consumer's thread and moves Faust's read offset back too
+        await asyncio.wait_for(consumer.seek_wait({tp: offset}), timeout=CONSUMER_CALL_TIMEOUT_S)
 
     async def _load_state(self, partition: int) -> None:
         """The partition's counts from its shards; the table is corrected if it disagrees."""
@@ -276,6 +309,7 @@ class IngestWorker:
             PartitionState.from_shards, self.config.shards, self.schema, partition
         )
         self.states[partition] = state
+        self.watch.assigned(partition, time.monotonic())
         key = counts_key(self.config.dataset, partition)
         raw = self.table.get(key)
         try:
@@ -326,8 +360,8 @@ def run_ingest(
         )
 
     def fatal(exc: BaseException) -> None:
-        # Exit at once: Faust's graceful stop waits for the held records, which never get acked.
-        # Nothing is lost: their offsets are not committed and shards are written atomically.
+        # Exit at once: a worker that cannot ingest has nothing to finish, and nothing is lost
+        # (the held records' offsets are not committed, shards are written atomically).
         logging.shutdown()
         sys.stdout.flush()
         os._exit(EXIT_BATCH_FAILED)

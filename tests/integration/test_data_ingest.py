@@ -2,8 +2,10 @@
 (a Faust worker process) -> shards, `data-dlq` and the class-counts table -> training on the
 shards "up to offset X".
 
-The worker runs as a subprocess started here and always stopped by its pid. One broker and one
-data root serve the module; the tests run in file order and each adds to what is there.
+The worker runs as a subprocess started here and always stopped by its pid. One broker serves
+the module, and the `ingested` fixture ingests the first records into a data root once; a test
+that ingests more works on its own copy of that root, so no test depends on another one's
+leftovers or on the order the tests run in.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,12 +57,42 @@ class Ingestion:
         return shards_dir(self.root, "digits")
 
 
+@dataclass
+class Ingested:
+    """The first records, ingested by a worker that then stopped: read its root, never change it."""
+
+    ingestion: Ingestion
+    profile: dict[str, Any]  # `headrace data profile --ingested --json` while the worker ran
+    stop_code: int
+
+    def copy(self, folder: Path) -> Ingestion:
+        """The same broker and a copy of the data root in `folder`, to ingest more into."""
+        shutil.copytree(self.ingestion.root, folder / "data")
+        return Ingestion(self.ingestion.bootstrap, folder / "data", folder)
+
+
 @pytest.fixture(scope="module")
-def ingestion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingestion]:
-    folder = tmp_path_factory.mktemp("ingest")
+def broker() -> Iterator[str]:
     with kafka_cluster() as bootstrap:
         create_topics(bootstrap, [*CATALOGUE, data_topic("digits")])
-        yield Ingestion(bootstrap, folder / "data", folder)
+        yield bootstrap
+
+
+@pytest.fixture(scope="module")
+def ingested(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Ingested:
+    """FIRST good and BAD bad records published with the CLI and ingested, then a clean stop."""
+    folder = tmp_path_factory.mktemp("ingest")
+    ingestion = Ingestion(broker, folder / "data", folder)
+    address = ("--dataset", "digits", "--bootstrap", broker)
+    with ingest_worker(ingestion, "first") as worker:
+        out = headrace("data", "publish", *address, "--n", f"{FIRST}", "--bad", f"{BAD}",
+                       "--id-prefix", "t1")  # fmt: skip
+        assert f"published {FIRST} records and {BAD} bad ones" in out
+        profile = json.loads(
+            headrace("data", "profile", *address, "--ingested", "--json", "--expect", f"{FIRST}")
+        )
+        code = stop_process(worker, timeout_s=90)  # SIGTERM: a clean stop, slow under load
+    return Ingested(ingestion, profile, code)
 
 
 @contextlib.contextmanager
@@ -124,17 +158,10 @@ def read_dlq(bootstrap: str, wanted: int, timeout_s: float = 60.0) -> list[DLQRe
 
 
 def test_good_records_reach_the_shards_bad_ones_the_dlq_and_the_table_counts_them(
-    ingestion: Ingestion,
+    ingested: Ingested,
 ) -> None:
-    address = ("--dataset", "digits", "--bootstrap", ingestion.bootstrap)
-    with ingest_worker(ingestion, "first") as worker:
-        out = headrace("data", "publish", *address, "--n", f"{FIRST}", "--bad", f"{BAD}",
-                       "--id-prefix", "t1")  # fmt: skip
-        assert f"published {FIRST} records and {BAD} bad ones" in out
-        profile = json.loads(
-            headrace("data", "profile", *address, "--ingested", "--json", "--expect", f"{FIRST}")
-        )
-        assert stop_process(worker, timeout_s=90) == 0  # SIGTERM: a clean stop, slow under load
+    ingestion, profile = ingested.ingestion, ingested.profile
+    assert ingested.stop_code == 0
     assert profile["records"] == FIRST
     assert list(profile["class_counts"].values()) == expected_counts(FIRST)
     assert profile["source"] == changelog_topic(default_group("digits"))
@@ -159,12 +186,10 @@ def test_good_records_reach_the_shards_bad_ones_the_dlq_and_the_table_counts_the
         assert record.message and (record.payload is not None) == (record.error_code != "tombstone")
 
 
-@pytest.mark.xfail(
-    reason="known bug: after a SIGKILL, the restarted ingest worker's graceful stop can hang "
-    "past its 45 s watchdog on a loaded machine (exit 4), leaving its last shard unwritten",
-    strict=False,
-)
-def test_a_killed_worker_resumes_without_losing_or_double_counting(ingestion: Ingestion) -> None:
+def test_a_killed_worker_resumes_without_losing_or_double_counting(
+    ingested: Ingested, tmp_path: Path
+) -> None:
+    ingestion = ingested.copy(tmp_path)  # the group's offsets and table go on from the first run
     before = len(list_shards(ingestion.shards))
     schema_records = load_raw("digits").data
     planned = plan_records(DIGITS, schema_records.images, schema_records.labels, SECOND, 0, "t2")
@@ -200,17 +225,19 @@ def test_a_killed_worker_resumes_without_losing_or_double_counting(ingestion: In
 
 
 def test_training_on_shards_up_to_an_offset_uses_those_records_and_records_the_bounds(
-    ingestion: Ingestion, tmp_path: Path
+    ingested: Ingested, tmp_path: Path
 ) -> None:
     from serving.repository import ModelRepository
     from training.config import TrainConfig
     from training.datasets.shards import ShardSource
     from training.recipe import run_training
 
+    ingestion = ingested.ingestion
     covered = coverage(list_shards(ingestion.shards))
+    assert sorted(covered) == [0, 1, 2, 3] and sum(covered.values()) == FIRST + BAD
     bounds = {p: end // 2 for p, end in covered.items() if p != 3}  # partition 3 left out
     selected = read_rows(ingestion.shards, DIGITS, bounds)
-    assert 0 < len(selected) < FIRST + SECOND
+    assert 0 < len(selected) < FIRST
     assert set(selected.partitions.tolist()) <= set(bounds)
     config = TrainConfig(
         model="lenet5",
@@ -231,13 +258,12 @@ def test_training_on_shards_up_to_an_offset_uses_those_records_and_records_the_b
     assert lineage["train_samples"] == pytest.approx(len(selected) * train_share * 0.9, abs=2)
 
 
-@pytest.mark.xfail(
-    reason="known bug: after a SIGKILL, the restarted ingest worker's graceful stop can hang "
-    "past its 45 s watchdog on a loaded machine (exit 4), leaving its last shard unwritten",
-    strict=False,
-)
-def test_shards_of_a_recreated_topic_stop_the_worker_with_a_fix(ingestion: Ingestion) -> None:
+def test_shards_of_a_recreated_topic_stop_the_worker_with_a_fix(
+    ingested: Ingested, tmp_path: Path
+) -> None:
     """A new broker forgets the topic: offsets start again at 0 under the old shards."""
+    ingestion = ingested.copy(tmp_path)
+    shards_before = list_shards(ingestion.shards)
     raw = load_raw("digits").data
     planned = plan_records(DIGITS, raw.images, raw.labels, 20, 0, "t3")
     with kafka_cluster() as bootstrap:
@@ -249,4 +275,5 @@ def test_shards_of_a_recreated_topic_stop_the_worker_with_a_fix(ingestion: Inges
     assert code == 3  # stopped itself, offsets not committed
     log = (ingestion.log_dir / "recreated.log").read_text()
     assert "was recreated" in log and "--data-root" in log
-    assert len(read_rows(ingestion.shards, DIGITS)) == FIRST + SECOND  # nothing written
+    assert list_shards(ingestion.shards) == shards_before  # nothing written
+    assert len(read_rows(ingestion.shards, DIGITS)) == FIRST
