@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 COMPOSE := docker compose -f infra/docker-compose.yml
 KAFKA_BOOTSTRAP ?= localhost:9092
 
-.PHONY: install demo test test-unit bench lint format clean protos compose-up compose-down test-kafka
+.PHONY: install demo test test-slow test-unit bench lint format clean protos compose-up compose-down test-kafka
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ demo: install
 # brokers and Ray, so two files in flight keep both cores busy (~12 min instead of ~25).
 test: install
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# The tests marked slow: full training runs to an accuracy target (MNIST with the default
+# settings, ~2.5 min), left out of `make test` to keep it within 15 minutes.
+test-slow: install
+	HEADRACE_SLOW_TESTS=1 $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,14 +12,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 
 
+SLOW_ENV = "HEADRACE_SLOW_TESTS"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test by its tier folder, so `-m unit` / `-m integration` select by tier."""
+    """Mark every test by its tier folder, so `-m unit` / `-m integration` select by tier.
+    Tests marked `slow` (full training runs to an accuracy target) run only with
+    HEADRACE_SLOW_TESTS=1 (`make test-slow`), keeping `make test` within its time budget."""
+    run_slow = os.environ.get(SLOW_ENV) == "1"
+    skip_slow = pytest.mark.skip(reason=f"a full training run: set {SLOW_ENV}=1 (make test-slow)")
     for item in items:
         parts = Path(str(item.fspath)).parts
         if "integration" in parts:
             item.add_marker(pytest.mark.integration)
         elif "unit" in parts:
             item.add_marker(pytest.mark.unit)
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
 
 
 @pytest.fixture(autouse=True, scope="session")

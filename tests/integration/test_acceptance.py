@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MNIST_COMMAND = (
     "headrace train --model lenet5 --dataset mnist --data-dir ../shared/data/mnist --json"
@@ -37,6 +39,7 @@ def test_demo_training_reaches_97_percent_on_digits(tmp_path: Path) -> None:
     assert (tmp_path / "model_repository" / "lenet5-digits" / "1" / "model.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_mnist_default_settings_reach_98_percent(mnist_dir: Path, tmp_path: Path) -> None:
     assert MNIST_COMMAND in (REPO_ROOT / "README.md").read_text()
     report = _train(
