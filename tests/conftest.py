@@ -13,6 +13,17 @@ SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 
 
 SLOW_ENV = "HEADRACE_SLOW_TESTS"
+LONG_FILES = (
+    "test_readme.py",
+    "test_distributed.py",
+    "test_training_jobs.py",
+    "test_stream_chaos.py",
+    "test_tuning.py",
+    "test_tuning_jobs.py",
+    "test_acceptance.py",
+)
+"""Files that take minutes, started first: with `make test`'s two workers taking whole files,
+a long file started last would leave the other worker idle at the end."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -29,6 +40,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.unit)
         if "slow" in item.keywords and not run_slow:
             item.add_marker(skip_slow)
+    order = {name: rank for rank, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: order.get(Path(str(item.fspath)).name, len(LONG_FILES)))
 
 
 @pytest.fixture(autouse=True, scope="session")
