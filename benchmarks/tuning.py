@@ -11,8 +11,10 @@ trials, the same epochs per trial, the same seed for the tuner and for training
 (which also fixes the data split):
 
     random        NNI's RandomTuner
-    tpe           NNI's TpeTuner (its first --tpe-startup trials are random)
-    tpe+assessor  the same TPE search with NNI's MedianstopAssessor (minimize)
+    tpe           NNI's TpeTuner (its first --tpe-startup trials are random; by default
+                  as many as `headrace tune` gives it: tpe_startup_jobs(trials))
+    tpe+assessor  the same TPE search with NNI's MedianstopAssessor (minimize,
+                  start_step as in `headrace tune`: MEDIANSTOP_START_STEP)
 
 The searches are driven in-process by NNI's own tuner and assessor classes,
 called the way NNI's dispatcher calls them (benchmarks/tuning_search.py); these
@@ -23,12 +25,13 @@ One untimed warm-up trial runs first (imports, caches), so the first search
 timed is not charged for them. Each search's CPU time (this process) is
 reported beside its wall time: on a shared machine it is the steadier figure.
 
-Early-stopped trials: NNI 3.0's dispatcher gives the tuner no result for a
-trial the assessor stopped, and its TPE then ignores the trial (as `headrace
-tune` does: the killed trial reports no final result). That is the default
-here (--early-stopped ignore); --early-stopped last sends the trial's last
-intermediate result as its final one instead (the dispatcher's deprecated
-includeIntermediateResults path), to show what the tuner loses.
+Early-stopped trials (--early-stopped): with `last`, the default, the tuner
+gets a trial the assessor stopped with its last per-epoch validation loss as
+its final result. That is what `headrace tune` does: its experiment config
+sets NNI's deprecated includeIntermediateResults, so NNI's dispatcher does the
+same (`_earlystop_notify_tuner`). With `ignore` the tuner learns nothing of a
+stopped trial (NNI 3.0's default: a killed trial reports no final result) and
+TPE stays in its random start-up while most trials are stopped.
 
 Reported (means over the seeds):
     tpe_best_val_loss, random_best_val_loss: the lowest best validation loss
@@ -43,9 +46,9 @@ Goals: tpe <= 0.8 x random; the assessor saves >= 40% with a delta <= 0.
 The CurvefittingAssessor is not offered: it extrapolates rising accuracy curves
 and, by its own documentation, does not support minimising a loss.
 
-    python -m benchmarks.tuning [--trials 30] [--epochs 5] [--seeds 0 1 2]
-        [--tpe-startup 8] [--assessor medianstop|none] [--assessor-start-step 2]
-        [--early-stopped ignore|last] [--trials-out trials.json]
+    python -m benchmarks.tuning [--trials 30] [--epochs EPOCHS] [--seeds 0 1 2]
+        [--tpe-startup N] [--assessor medianstop|none] [--assessor-start-step S]
+        [--early-stopped last|ignore] [--trials-out trials.json]
         [--dataset digits|mnist] [--mnist-dir ../shared/data/mnist] [--quick]
 """
 
@@ -71,21 +74,20 @@ from benchmarks.tuning_search import SearchResult, SearchSettings, TunerName, ru
 from training.config import TrainConfig
 from training.tuning.objective import run_trial
 from training.tuning.search_space import DEFAULT_SEARCH_SPACE
+from training.tuning.tuners import MEDIANSTOP_START_STEP, tpe_startup_jobs
 
 GOAL_TPE_RATIO = 0.8  # TPE's best validation loss at most this fraction of Random's
 GOAL_TIME_SAVED_PCT = 40.0  # the assessor saves at least this share of search time
 DEFAULTS: dict[str, Any] = {
     "trials": 30,
-    "epochs": 5,
+    "epochs": 8,  # at 5 the best loss is near what random search finds; 12 does not fit ~20 min
     "seeds": [0, 1, 2],
-    "tpe_startup": 8,
-    "assessor_start_step": 2,
-}
+    "assessor_start_step": MEDIANSTOP_START_STEP,
+}  # tpe_startup: tpe_startup_jobs(trials), as `headrace tune`
 QUICK: dict[str, Any] = {
     "trials": 3,
     "epochs": 1,
     "seeds": [0],
-    "tpe_startup": 2,
     "assessor_start_step": 1,
 }
 SEARCHES: list[tuple[str, TunerName, bool]] = [
@@ -103,7 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tpe-startup",
         type=int,
-        help=f"TPE's random start-up trials, n_startup_jobs ({DEFAULTS['tpe_startup']}).",
+        help="TPE's random start-up trials, n_startup_jobs (as `headrace tune`: a third of "
+        "the trials, 2 to 20).",
     )
     parser.add_argument("--assessor", choices=["medianstop", "none"], default="medianstop")
     parser.add_argument(
@@ -115,10 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--early-stopped",
         choices=["ignore", "last"],
-        default="ignore",
-        help="What TPE learns of a trial the assessor stopped: nothing (ignore: NNI 3.0 and "
-        "`headrace tune`), or its last intermediate result (last: NNI's deprecated "
-        "includeIntermediateResults).",
+        default="last",
+        help="What TPE learns of a trial the assessor stopped: its last intermediate result "
+        "(last: `headrace tune`, via NNI's deprecated includeIntermediateResults), or nothing "
+        "(ignore: NNI 3.0's default).",
     )
     parser.add_argument(
         "--searches",
@@ -136,6 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, value in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.tpe_startup is None:
+        args.tpe_startup = tpe_startup_jobs(args.trials)
     if args.trials < 1 or args.epochs < 1 or args.tpe_startup < 0 or args.assessor_start_step < 0:
         parser.error("--trials and --epochs must be >= 1, --tpe-startup and start step >= 0")
     if args.dataset == "mnist" and not args.mnist_dir.is_dir():
@@ -277,6 +282,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.getLogger("nni").setLevel(logging.WARNING)  # keep the table free of "Using seed"
     load_start = os.getloadavg()[0]
     started = time.perf_counter()
+    print(
+        f"{args.trials} trials x {args.epochs} epochs, seeds {args.seeds}; TPE n_startup_jobs "
+        f"{args.tpe_startup}; Medianstop start_step {args.assessor_start_step}; early-stopped "
+        f"trials to the tuner: {args.early_stopped}",
+        flush=True,
+    )
     searches = [
         s for s in SEARCHES if s[0] in args.searches and (args.assessor != "none" or not s[2])
     ]

@@ -16,7 +16,7 @@ the way NNI's dispatcher (nni/runtime/msg_dispatcher.py) calls it in a
   trials "as if they were never submitted" (microsoft/nni#5332). With
   `early_stopped="last"` the trial's last intermediate result is sent as its final
   one instead, as the dispatcher's `_earlystop_notify_tuner` does when the
-  deprecated includeIntermediateResults setting is on;
+  deprecated includeIntermediateResults setting is on (as `headrace tune` sets it);
 - at the end of a trial the assessor gets `trial_end(trial_job_id, success)` (if
   it saw intermediate results) and the tuner `trial_end(parameter_id, success)`,
   where success means the trial ran to its end.
@@ -48,8 +48,8 @@ from training.tuning.search_space import apply_params
 TunerName = Literal["tpe", "random"]
 TrialStatus = Literal["succeeded", "early_stopped", "failed"]
 EarlyStopped = Literal["ignore", "last"]
-"""What the tuner learns of an early-stopped trial: nothing (NNI 3.0, `headrace tune`), or
-its last intermediate result as the final one (the dispatcher's deprecated
+"""What the tuner learns of an early-stopped trial: nothing (NNI 3.0's default), or its
+last intermediate result as the final one (`headrace tune`: the dispatcher's deprecated
 includeIntermediateResults path, `_earlystop_notify_tuner`)."""
 
 

@@ -39,6 +39,18 @@ def _cmdline(process: psutil.Process) -> str:
     return ""
 
 
+def _dispatcher_flags() -> set[str]:
+    """NNI_INCLUDE_INTERMEDIATE_RESULTS of every tuner dispatcher running under us (NNI's
+    manager starts it, through a shell, with SDK_PROCESS=dispatcher)."""
+    flags: set[str] = set()
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            env = process.environ()
+            if env.get("SDK_PROCESS") == "dispatcher":
+                flags.add(env.get("NNI_INCLUDE_INTERMEDIATE_RESULTS", "<unset>"))
+    return flags
+
+
 def _alive(process: psutil.Process) -> bool:
     with contextlib.suppress(psutil.Error):
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
@@ -90,6 +102,7 @@ def test_tuning_run_cancel_resume_view_and_publish(
         no_leftover.extend(psutil.Process().children(recursive=True))
         api = f"http://127.0.0.1:{checks['port']}/api/v1/nni/trial-jobs"
         checks["listed"] = [job["trialJobId"] for job in json.loads(_http_get(api)[1])]
+        checks["dispatcher"] = _dispatcher_flags()
 
     with pytest.raises(JobCancelled):
         run_tuning(
@@ -98,17 +111,25 @@ def test_tuning_run_cancel_resume_view_and_publish(
     assert checks["ui"] == 200
     assert finished and finished[0].status == "SUCCEEDED" and finished[0].val_loss is not None
     assert finished[0].trial_id in checks["listed"]  # type: ignore[operator]
+    # a trial the assessor stops reaches the tuner with its last result (see nni_experiment.py)
+    assert checks["dispatcher"] == {"true"}
     experiment_id = str(checks["id"])
     assert not [p for p in no_leftover if _alive(p)]
     # every process of the cancelled run (node manager, dispatcher, trials) is gone
 
     resumed: list[str] = []
+
+    def on_resumed_trial(row: TrialRow) -> None:
+        resumed.append(row.trial_id)
+        checks["resumed_dispatcher"] = _dispatcher_flags()
+
     report = run_tuning(
         config,
         resume_id=experiment_id,
         on_started=lambda _id, _url: no_leftover.extend(_experiment_processes()),
-        on_trial=lambda row: resumed.append(row.trial_id),
+        on_trial=on_resumed_trial,
     )
+    assert checks["resumed_dispatcher"] == {"true"}
     succeeded = [row for row in report.trials if row.status == "SUCCEEDED"]
     assert len(succeeded) == 2 and finished[0].trial_id in resumed
     best = min(succeeded, key=lambda row: row.val_loss or float("inf"))

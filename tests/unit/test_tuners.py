@@ -27,7 +27,10 @@ def test_builtin_tuners_minimise_with_a_seed_and_assessors_get_their_args(tmp_pa
     config = TuneConfig(train=TrainConfig(epochs=4, seed=3), tuner="TPE", assessor="Medianstop")
     sections = algorithm_configs(config, tmp_path)
     assert sections["tuner"] == {
-        "name": "TPE", "class_args": {"optimize_mode": "minimize", "seed": 3},
+        "name": "TPE",
+        "class_args": {
+            "optimize_mode": "minimize", "seed": 3, "tpe_args": {"n_startup_jobs": 3},
+        },  # 10 trials: 3 random start-up trials (tpe_startup_jobs)
     }  # fmt: skip
     assert sections["assessor"]["class_args"]["optimize_mode"] == "minimize"
     assert intermediate_metric(config) == "val_loss"

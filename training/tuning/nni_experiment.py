@@ -14,6 +14,7 @@ after the folder was moved or HOME changed), so they work from the folder alone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -28,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from headrace.errors import TuningError
 from training.tuning.config import TuneConfig
-from training.tuning.tuners import algorithm_configs, nni_search_space
+from training.tuning.tuners import algorithm_configs, intermediate_metric, nni_search_space
 
 TRIAL_MODULE = "training.tuning.nni_trial"
 FINISHED = frozenset({"SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED"})
@@ -67,11 +68,35 @@ def trial_command(tune_file: Path) -> str:
     return f"{shlex.quote(sys.executable)} -m {TRIAL_MODULE} {shlex.quote(str(tune_file))}"
 
 
-def _experiment_config(config: TuneConfig, experiment_id: str, tune_file: Path) -> Any:
+INCLUDE_INTERMEDIATE_RESULTS = {"includeIntermediateResults": True}
+"""The config's `deprecated` section: NNI's manager then starts the dispatcher with
+NNI_INCLUDE_INTERMEDIATE_RESULTS=true, and the dispatcher sends a trial the assessor stopped
+to the tuner with its last per-epoch result as its final one. Without it (NNI 3.0's Python
+config no longer writes the key) the tuner learns nothing from stopped trials, and TPE stays
+in its random start-up when most trials are stopped. Only set when the per-epoch result is
+the validation loss, the final result's own quantity (not Curvefitting's accuracy)."""
+
+
+@functools.cache
+def _config_class(include_intermediate_results: bool) -> Any:
+    """NNI's ExperimentConfig; when asked, with the `deprecated` section in the JSON that
+    NNI's launcher posts to its manager."""
     from nni.experiment import ExperimentConfig
+
+    if not include_intermediate_results:
+        return ExperimentConfig
+
+    class HeadraceExperimentConfig(ExperimentConfig):
+        def json(self) -> dict[str, Any]:
+            return {**super().json(), "deprecated": dict(INCLUDE_INTERMEDIATE_RESULTS)}
+
+    return HeadraceExperimentConfig
+
+
+def _experiment_config(config: TuneConfig, experiment_id: str, tune_file: Path) -> Any:
     from nni.experiment.config.algorithm import AlgorithmConfig, CustomAlgorithmConfig
 
-    exp = ExperimentConfig("local")
+    exp = _config_class(intermediate_metric(config) == "val_loss")("local")
     exp.experiment_name = f"headrace {config.train.model_name}"
     exp.search_space = nni_search_space(config)
     exp.trial_command = trial_command(tune_file)
@@ -142,7 +167,7 @@ class NniExperiment:
 
     def _stopped_experiment(self) -> Any:
         from nni.experiment import Experiment
-        from nni.experiment.launcher import get_stopped_experiment_config
+        from nni.experiment.launcher import get_stopped_experiment_config_json
         from nni.tools.nnictl.config_utils import Experiments
 
         if not (self.folder / "db").is_dir():
@@ -157,8 +182,12 @@ class NniExperiment:
                 status="STOPPED", logDir=str(self.root),
             )  # fmt: skip
         try:
-            config = get_stopped_experiment_config(self.experiment_id, self.root)
-        except Exception as exc:  # NNI raises ValueError or sqlite errors
+            stored = get_stopped_experiment_config_json(self.experiment_id, str(self.root))
+            if stored is None:
+                raise ValueError("no config in its database")
+            deprecated = stored.pop("deprecated", None) or {}  # NNI's class has no such field
+            config = _config_class(bool(deprecated.get("includeIntermediateResults")))(**stored)
+        except Exception as exc:  # NNI raises ValueError, AttributeError or sqlite errors
             raise TuningError(
                 f"experiment {self.experiment_id!r} in {self.root} cannot be read ({exc})"
             ) from None

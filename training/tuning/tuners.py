@@ -30,6 +30,9 @@ from typing import Any
 from headrace.errors import ConfigError
 from training.tuning.config import TuneConfig
 
+MEDIANSTOP_START_STEP = 2
+"""Epochs a trial reports before Medianstop may judge it (`headrace tune` and the benchmark)."""
+
 
 @dataclass(frozen=True)
 class Algorithm:
@@ -129,10 +132,20 @@ def decode_params(
     return decoded
 
 
+def tpe_startup_jobs(trials: int) -> int:
+    """TPE's random start-up trials (n_startup_jobs) for a trial budget: a third of it, 2 to 20.
+
+    NNI's default of 20 would leave a 10-trial search purely random.
+    """
+    return max(2, min(20, trials // 3))
+
+
 def _class_args(algorithm: Algorithm, config: TuneConfig) -> dict[str, Any]:
     args: dict[str, Any] = {"optimize_mode": "minimize", **algorithm.extra_args}
     if algorithm.seeded:
         args["seed"] = config.train.seed
+    if algorithm.builtin == "TPE":
+        args["tpe_args"] = {"n_startup_jobs": tpe_startup_jobs(config.trials)}
     if algorithm.advisor:  # BOHB: the budget of a trial is its epochs
         args.update(min_budget=1, max_budget=config.train.epochs, eta=3)
     return args
@@ -151,7 +164,7 @@ def algorithm_configs(config: TuneConfig, project_root: Path) -> dict[str, dict[
     if config.assessor == "Medianstop":
         sections["assessor"] = {
             "name": "Medianstop",
-            "class_args": {"optimize_mode": "minimize", "start_step": 1},
+            "class_args": {"optimize_mode": "minimize", "start_step": MEDIANSTOP_START_STEP},
         }
     elif config.assessor == "Curvefitting":
         sections["assessor"] = {
