@@ -10,6 +10,7 @@ hyper-parameters) and stops the experiment, on success or failure alike.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import time
@@ -26,6 +27,11 @@ from training.tuning.objective import TRIAL_FILE, TrialArchive, load_trial_archi
 from training.tuning.tuners import check_available
 
 POLL_S = 1.0
+TUNER_DID_NOT_CONNECT = "Tuner did not connect"
+"""NNI's node manager gives the tuner process a hard-coded 10 s to connect; on a loaded
+machine a slow tuner start then ends the experiment in ERROR before any trial ran."""
+
+log = logging.getLogger(__name__)
 TUNE_REPORT_FILE = "headrace-report.json"
 TRIAL_OUTPUT = Path("environments") / "local-env" / "trials"
 """Where NNI's local training service keeps each trial's stdout and stderr."""
@@ -180,6 +186,26 @@ def follow(
         time.sleep(poll_s)
 
 
+def follow_with_one_restart(
+    experiment: NniExperiment,
+    on_trial: Callable[[TrialRow], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    poll_s: float = POLL_S,
+) -> list[TrialInfo]:
+    """`follow`, restarting the experiment once (same port) when its tuner process failed to
+    connect in time and no trial has run yet; any other error is raised as it is."""
+    try:
+        return follow(experiment, on_trial, should_stop, poll_s)
+    except TuningError as exc:
+        if TUNER_DID_NOT_CONNECT not in str(exc) or experiment.trials():
+            raise
+        port = experiment.port
+        log.warning("the tuner did not start in time (a loaded machine?); restarting once")
+        experiment.stop()
+        experiment.resume(port)
+        return follow(experiment, on_trial, should_stop, poll_s)
+
+
 def run_tuning(
     config: TuneConfig,
     *,
@@ -210,7 +236,7 @@ def run_tuning(
             experiment.start(config, experiment.folder / TUNE_FILE, config.port)
         if on_started is not None:
             on_started(experiment_id, experiment.url)
-        trials = follow(experiment, on_trial, should_stop, poll_s)
+        trials = follow_with_one_restart(experiment, on_trial, should_stop, poll_s)
     finally:
         experiment.stop()
     report = publish_best(config, experiment_id, trials)
