@@ -29,8 +29,10 @@ demo: install
 
 # Two pytest workers, one test file each at a time: most integration tests wait on servers,
 # brokers and Ray, so two files in flight keep both cores busy (~12 min instead of ~25).
+# Files go out in collection order (tests/conftest.py puts the ones that take minutes
+# first), not xdist's default of the files with the most tests first.
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The tests marked slow: full training runs to an accuracy target (MNIST with the default
 # settings, ~2.5 min), left out of `make test` to keep it within 15 minutes.
