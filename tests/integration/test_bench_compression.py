@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from bench_runner import run_benchmark
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 KEYS = (
     "fp32_acc", "int8_acc", "int4_acc", "int8_size_ratio", "int4_size_ratio",
     "pruned_param_ratio", "pruned_latency_ratio",
@@ -19,15 +15,7 @@ GOALS = (
 
 
 def test_quick_compression_benchmark_reports_every_key() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.compression", "--quick"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result, stdout = run_benchmark(["-m", "benchmarks.compression", "--quick"], timeout_s=240)
     for key in KEYS:
         assert isinstance(result[key], float) and result[key] > 0, (key, result[key])
     for key in ("fp32_acc", "int8_acc", "int4_acc"):
@@ -37,4 +25,4 @@ def test_quick_compression_benchmark_reports_every_key() -> None:
     assert result["latency_batch"] == 64
     assert sorted(result["goals"]) == sorted(GOALS)
     assert all(isinstance(v, bool) for v in result["goals"].values())
-    assert "prune-l1-0.5" in done.stdout and "b64 ms" in done.stdout  # the table came first
+    assert "prune-l1-0.5" in stdout and "b64 ms" in stdout  # the table came first

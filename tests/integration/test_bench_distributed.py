@@ -2,38 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from bench_runner import run_benchmark
 
 from benchmarks.netns import limited_link, namespaces_unavailable, tx_bytes
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMAND = ["-m", "benchmarks.distributed", "--quick", "--skip-limited"]
 KEYS = ("allreduce_bytes", "topk_bytes", "powersgd_bytes", "allreduce_acc", "topk_acc",
         "powersgd_acc", "limited_link_speedup")  # fmt: skip
 
 
 def test_quick_distributed_benchmark_reports_counted_bytes() -> None:
-    done = subprocess.run(
-        [sys.executable, *COMMAND],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result, stdout = run_benchmark(COMMAND, timeout_s=300)
     for key in KEYS:
         assert result[key] is not None, key
     assert result["allreduce_bytes"] > 10 * result["topk_bytes"] > 0
     assert result["allreduce_bytes"] > result["powersgd_bytes"] > 0
     assert result["limited_link"]["mode"] == "simulated"
     assert set(result["goals"]) == {"ge_10x_fewer_bytes_le_1pt_loss", "limited_link_ge_1_4x"}
-    assert "s/epoch" in done.stdout  # the table came before the JSON line
+    assert "s/epoch" in stdout  # the table came before the JSON line
 
 
 def _namespaces() -> set[str]:

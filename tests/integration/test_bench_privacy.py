@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from bench_runner import run_benchmark
 
 
 def test_tiny_privacy_benchmark_reports_every_key(mnist_dir: Path) -> None:
     command = [
-        sys.executable, "-m", "benchmarks.privacy", "--mnist-dir", str(mnist_dir),
+        "-m", "benchmarks.privacy", "--mnist-dir", str(mnist_dir),
         "--epochs", "1", "--train-limit", "200", "--batch-size", "50", "--accountant", "rdp",
     ]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result, stdout = run_benchmark(command, timeout_s=300)
     for prefix in ("", "digits_"):
         for name in ("eps1_acc", "eps3_acc", "eps8_acc", "nonprivate_acc"):
             assert 0.0 <= result[prefix + name] <= 1.0, prefix + name
@@ -25,4 +20,4 @@ def test_tiny_privacy_benchmark_reports_every_key(mnist_dir: Path) -> None:
             assert 0 < result[f"{prefix}eps{epsilon}_spent"] <= epsilon
         assert result[prefix + "train_samples"] == 200
     assert isinstance(result["goals"]["eps3_within_5_points"], bool)
-    assert "DP eps=3" in done.stdout  # the table came before the JSON line
+    assert "DP eps=3" in stdout  # the table came before the JSON line

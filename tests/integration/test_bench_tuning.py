@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from bench_runner import run_benchmark
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMAND = [
     "-m", "benchmarks.tuning", "--quick",
     "--trials", "3", "--epochs", "2", "--seeds", "0", "--tpe-startup", "2",
@@ -16,15 +12,7 @@ COMMAND = [
 
 
 def test_quick_tuning_benchmark_reports_every_key() -> None:
-    done = subprocess.run(
-        [sys.executable, *COMMAND],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result, stdout = run_benchmark(COMMAND, timeout_s=120)
     for key in ("tpe_best_val_loss", "random_best_val_loss", "assessor_time_saved_pct"):
         assert isinstance(result[key], float), (key, result[key])
     assert result["tpe_best_val_loss"] > 0
@@ -46,4 +34,4 @@ def test_quick_tuning_benchmark_reports_every_key() -> None:
     assert result["settings"]["trials"] == 3 and result["settings"]["epochs"] == 2
     assert result["settings"]["tpe"]["n_startup_jobs"] == 2
     assert seed["random_epochs"] <= 3 * 2 and seed["tpe_epochs"] <= 3 * 2
-    assert "tpe+assessor" in done.stdout  # the table came before the JSON line
+    assert "tpe+assessor" in stdout  # the table came before the JSON line
