@@ -7,12 +7,17 @@ the transport maps to its own status codes in one place.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from headrace import __version__
 from headrace.errors import DeadlineExceeded, HeadraceError, ModelNotFound, ShuttingDown
+from serving.batcher import BatchResult
 from serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from serving.model_config import ModelConfig, TensorSpec
 from serving.model_manager import LoadedVersion, ModelManager
@@ -179,22 +184,107 @@ class DataPlane:
         self._record_success(model, version, rows, response.timings, total_s)
         return response
 
+    async def infer_many(
+        self, requests: Sequence[InferRequest]
+    ) -> list[InferResponse | BaseException]:
+        """One answer per request, in order: its response or the error it failed with.
+
+        Requests for the same model version with the same input names, dtypes and
+        non-batch shapes, and no deadline, enter the batcher as one merged submit of
+        up to `max_batch_size` rows: a batch of Kafka records costs one queue entry and
+        one future instead of one per record. The others go through `infer`. Metrics
+        and statistics count every request on its own, as `infer` does."""
+        started = time.perf_counter()
+        answers: list[InferResponse | BaseException | None] = [None] * len(requests)
+        groups: dict[tuple[object, ...], list[_Merged]] = {}
+        alone: list[int] = []
+        for index, request in enumerate(requests):
+            if request.deadline is not None:
+                alone.append(index)
+                continue
+            model, version = UNKNOWN_MODEL, ""
+            try:
+                if self.draining:
+                    raise ShuttingDown("the server is shutting down; retry on another replica")
+                loaded = self.manager.get(request.model_name, request.model_version or None)
+                model, version = loaded.name, str(loaded.version)
+                rows = validate_request(request, loaded.config)
+            except HeadraceError as exc:
+                self._record_failure(model, version, exc.reason, started)
+                answers[index] = exc
+                continue
+            inputs = {tensor.name: tensor.data.reshape(tensor.shape) for tensor in request.inputs}
+            signature = tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items()))
+            key = (id(loaded), signature)
+            groups.setdefault(key, []).append(_Merged(index, request, loaded, rows, inputs))
+        chunks = [chunk for group in groups.values() for chunk in _chunks(group)]
+        merged, single = await asyncio.gather(
+            asyncio.gather(*(self._run_merged(chunk) for chunk in chunks), return_exceptions=True),
+            asyncio.gather(*(self.infer(requests[i]) for i in alone), return_exceptions=True),
+        )
+        for chunk, result in zip(chunks, merged, strict=True):
+            self._settle_merged(chunk, result, started, answers)
+        for index, answer in zip(alone, single, strict=True):
+            answers[index] = answer
+        return [answer if answer is not None else _missing() for answer in answers]
+
+    async def _run_merged(self, chunk: list[_Merged]) -> BatchResult:
+        first = chunk[0]
+        if len(chunk) == 1:
+            return await first.loaded.batcher.submit(first.inputs)
+        merged = {name: np.concatenate([m.inputs[name] for m in chunk]) for name in first.inputs}
+        return await first.loaded.batcher.submit(merged)
+
+    def _settle_merged(
+        self,
+        chunk: list[_Merged],
+        outcome: BatchResult | BaseException,
+        started: float,
+        answers: list[InferResponse | BaseException | None],
+    ) -> None:
+        loaded = chunk[0].loaded
+        model, version = loaded.name, str(loaded.version)
+        if isinstance(outcome, BaseException):
+            reason = outcome.reason if isinstance(outcome, HeadraceError) else "internal"
+            for item in chunk:
+                self._record_failure(model, version, reason, started)
+                answers[item.index] = outcome
+            return
+        total_s = time.perf_counter() - started
+        timings = Timings(outcome.queue_s, outcome.compute_s, outcome.batch_size)
+        start = 0
+        for item in chunk:
+            rows = {
+                name: value[start : start + item.rows] for name, value in outcome.outputs.items()
+            }
+            start += item.rows
+            answers[item.index] = self._response(item.request, loaded, rows, timings)
+            self._record_success(model, version, item.rows, timings, total_s)
+
     async def _infer_loaded(
         self, request: InferRequest, loaded: LoadedVersion
     ) -> tuple[InferResponse, int]:
         rows = validate_request(request, loaded.config)
         inputs = {tensor.name: tensor.data.reshape(tensor.shape) for tensor in request.inputs}
         result = await loaded.batcher.submit(inputs, request.deadline)
+        timings = Timings(result.queue_s, result.compute_s, result.batch_size)
+        return self._response(request, loaded, result.outputs, timings), rows
+
+    @staticmethod
+    def _response(
+        request: InferRequest,
+        loaded: LoadedVersion,
+        outputs: dict[str, np.ndarray],
+        timings: Timings,
+    ) -> InferResponse:
         wanted = request.requested_outputs or [spec.name for spec in loaded.config.outputs]
-        outputs = [InferTensor.from_array(name, result.outputs[name]) for name in wanted]
-        response = InferResponse(
+        return InferResponse(
             model_name=loaded.name,
             model_version=str(loaded.version),
-            outputs=outputs,
+            outputs=[InferTensor.from_array(name, outputs[name]) for name in wanted],
             id=request.id,
-            timings=Timings(result.queue_s, result.compute_s, result.batch_size),
+            timings=timings,
         )
-        return response, rows
 
     def count_execution(self, model: str, version: str) -> None:
         """One batch executed; called from the executing thread, hence the lock."""
@@ -221,3 +311,35 @@ class DataPlane:
             stats.fail_ns += int((time.perf_counter() - started) * 1e9)
         if self.metrics is not None:
             self.metrics.observe_failure(model, version, reason)
+
+
+@dataclass
+class _Merged:
+    """One request of a merged submit: where its answer goes and its rows of the batch."""
+
+    index: int
+    request: InferRequest
+    loaded: LoadedVersion
+    rows: int
+    inputs: dict[str, np.ndarray]
+
+
+def _chunks(group: list[_Merged]) -> list[list[_Merged]]:
+    """Consecutive runs of `group` whose rows fit the model's max batch size."""
+    limit = max(1, group[0].loaded.config.max_batch_size)
+    chunks: list[list[_Merged]] = []
+    current: list[_Merged] = []
+    rows = 0
+    for item in group:
+        if current and rows + item.rows > limit:
+            chunks.append(current)
+            current, rows = [], 0
+        current.append(item)
+        rows += item.rows
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _missing() -> HeadraceError:
+    return HeadraceError("internal error: a request got no answer")

@@ -2,8 +2,9 @@
 
 Each record is decoded (`streams.codec`), checked against its deadline,
 preprocessed when its model's config says how to turn integer pixels into FP32
-input, and the survivors run concurrently through the dataplane (the code path
-of the gRPC server), so its dynamic batcher merges them. Every way a record can
+input, and the survivors go to the dataplane together (`DataPlane.infer_many`:
+the gRPC server's validation, batcher and runner), which merges the requests of
+one model version into one batcher submit. Every way a record can
 fail becomes a DLQ outcome saying why; nothing here raises for a bad record.
 
 Result timings: `queue_s` is the time from the record's Kafka timestamp to the
@@ -14,7 +15,6 @@ executed batch, whose row count is `batch_size`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -47,7 +47,9 @@ class InferenceBackend(Protocol):
 
     def model_config(self, name: str, version: str = "") -> ModelConfig: ...
 
-    async def infer(self, request: InferRequest) -> InferResponse: ...
+    async def infer_many(
+        self, requests: Sequence[InferRequest]
+    ) -> list[InferResponse | BaseException]: ...
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,7 @@ async def handle_batch(
             outcomes[index] = _dlq(record, refused.request_id, refused.error, refused.stage, topics)
             continue
         runnable.append(_Runnable(index, decoded, time.perf_counter() - began))
-    answers = await asyncio.gather(
-        *(backend.infer(item.decoded.request) for item in runnable), return_exceptions=True
-    )
+    answers = await backend.infer_many([item.decoded.request for item in runnable])
     for item, answer in zip(runnable, answers, strict=True):
         record = records[item.index]
         request_id = item.decoded.request.id

@@ -93,6 +93,9 @@ class FakeBackend:
         return InferResponse("m", "1", [InferTensor.from_array("out", out)], request.id,
                              timings=Timings(0.001, 0.002, 3))  # fmt: skip
 
+    async def infer_many(self, requests: list[InferRequest]) -> list[InferResponse | BaseException]:
+        return await asyncio.gather(*(self.infer(r) for r in requests), return_exceptions=True)
+
 
 def request_value(request_id: str, data: list[float] | list[int], datatype: str = "FP32",
                   model: str = "m", **extra: object) -> bytes:  # fmt: skip

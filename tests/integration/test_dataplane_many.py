@@ -1,0 +1,105 @@
+"""`DataPlane.infer_many` on a real exported LeNet-5: merged submits answer exactly what one
+`infer` per request answers, a bad request fails alone, and statistics count every request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from headrace.errors import DeadlineExceeded, InvalidInput, ModelNotFound
+from serving.dataplane import DataPlane
+from serving.model_config import DynamicBatchingConfig, ModelConfig, TensorSpec
+from serving.model_manager import ModelManager
+from serving.repository import ModelRepository
+from serving.types import InferRequest, InferResponse, InferTensor
+from training.export import export_onnx
+from training.models import build_model
+
+pytestmark = pytest.mark.integration
+MAX_BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> ModelRepository:
+    folder = tmp_path_factory.mktemp("many")
+    torch.manual_seed(0)
+    onnx = export_onnx(build_model("lenet5"), (1, 28, 28), folder / "lenet.onnx")
+    repository = ModelRepository(folder / "repo")
+    config = ModelConfig(
+        name="digits",
+        max_batch_size=MAX_BATCH,
+        inputs=[TensorSpec(name="input", dims=[1, 28, 28])],
+        outputs=[TensorSpec(name="logits", dims=[10])],
+        dynamic_batching=DynamicBatchingConfig(max_queue_delay_us=500),
+    )
+    repository.publish(config, onnx, architecture="lenet5")
+    return repository
+
+
+def request(rows: int, seed: int, model: str = "digits", request_id: str = "") -> InferRequest:
+    data = np.random.default_rng(seed).standard_normal((rows, 1, 28, 28), dtype=np.float32)
+    return InferRequest(model, [InferTensor.from_array("input", data)], id=request_id)
+
+
+def logits(answer: InferResponse | BaseException) -> np.ndarray:
+    assert isinstance(answer, InferResponse), answer
+    [tensor] = answer.outputs
+    return tensor.data.reshape(tensor.shape)
+
+
+def test_merged_answers_equal_single_answers_and_bad_requests_fail_alone(
+    repo: ModelRepository,
+) -> None:
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        await manager.load("digits")
+        plane = DataPlane(manager)
+        # 13 rows of good requests (more than one max batch), mixed with bad ones
+        good = [request(1, s, request_id=f"r{s}") for s in range(9)] + [request(4, 99)]
+        wrong_shape = InferRequest(
+            "digits", [InferTensor.from_array("input", np.zeros((1, 1, 27, 28), "f4"))]
+        )
+        unknown = request(1, 5, model="nope")
+        expired = request(1, 6)
+        expired.deadline = time.monotonic() - 1.0
+        batch = [*good[:4], wrong_shape, *good[4:7], unknown, expired, *good[7:]]
+        answers = await plane.infer_many(batch)
+        singles = [await plane.infer(r) for r in good]
+        merged = [a for a in answers if isinstance(a, InferResponse)]
+        assert len(answers) == len(batch) and len(merged) == len(good)
+        for got, alone, sent in zip(merged, singles, good, strict=True):
+            assert got.id == sent.id and got.model_version == "1"
+            assert logits(got).shape == (sent.inputs[0].shape[0], 10)
+            np.testing.assert_allclose(logits(got), logits(alone), rtol=1e-5, atol=1e-5)
+            assert 1 <= got.timings.batch_size <= MAX_BATCH
+        assert isinstance(answers[4], InvalidInput) and "input" in answers[4].message
+        assert isinstance(answers[8], ModelNotFound)
+        assert isinstance(answers[9], DeadlineExceeded)
+        stats = plane.statistics("digits")[("digits", "1")]
+        assert stats.success_count == 2 * len(good)
+        assert stats.inference_count == 2 * sum(r.inputs[0].shape[0] for r in good)
+        assert stats.fail_count == 2  # wrong shape and expired; the unknown model has no version
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_empty_batch_and_a_request_bigger_than_a_merge_partner(repo: ModelRepository) -> None:
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        await manager.load("digits")
+        plane = DataPlane(manager)
+        assert await plane.infer_many([]) == []
+        big, small = request(MAX_BATCH, 1), request(1, 2)
+        answers = await plane.infer_many([small, big])
+        assert [logits(a).shape[0] for a in answers] == [1, MAX_BATCH]
+        np.testing.assert_allclose(
+            logits(answers[1]), logits(await plane.infer(big)), rtol=1e-5, atol=1e-5
+        )
+        await manager.close()
+
+    asyncio.run(scenario())
