@@ -115,6 +115,7 @@ class Outcomes:
 
     produced_at: dict[str, float] = field(default_factory=dict)
     created_at: dict[str, float] = field(default_factory=dict)
+    queue_s: dict[str, float] = field(default_factory=dict)  # request record's timestamp -> run
     dlq: int = 0
     wall_s: float = 0.0
 
@@ -236,6 +237,7 @@ def new_reader(bootstrap: str, topics: list[str]) -> Any:
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        isolation_level="read_committed",  # as `headrace results` reads (exactly-once outcomes)
         max_partition_fetch_bytes=FETCH_BYTES,
         fetch_max_bytes=4 * FETCH_BYTES,
     )
@@ -300,6 +302,7 @@ def read_outcomes(
                         out.produced_at[rid] = float(body["failed_at"])
                     else:
                         out.produced_at[rid] = float(body["produced_at"])
+                        out.queue_s[rid] = float(body["timings"]["queue_s"])
                         if body.get("request_created_at") is not None:
                             out.created_at[rid] = float(body["request_created_at"])
             now = time.perf_counter()
@@ -487,7 +490,12 @@ class Bench:
         row.p50_ms, row.p99_ms = _pct(latencies, 50), _pct(latencies, 99)
         row.dlq = out.dlq
         origin = "created_at" if out.created_at else "send time"
-        row.note = f"offered {rate:.0f}/s; latency = produced_at - {origin}"
+        queued = list(out.queue_s.values())
+        row.note = (
+            f"offered {rate:.0f}/s; latency = produced_at - {origin}; of which request "
+            f"timestamp -> model run p50 {_pct(queued, 50) or 0:.1f} / p99 "
+            f"{_pct(queued, 99) or 0:.1f} ms"
+        )
         self.add(row)
 
 

@@ -169,3 +169,10 @@ class CompressionError(HeadraceError):
 
     grpc_status = "FAILED_PRECONDITION"
     reason = "compression_failed"
+
+
+class TransactionsUnsupported(HeadraceError):
+    """Exactly-once was asked for on a broker whose Kafka transactions do not hold."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    reason = "transactions_unsupported"

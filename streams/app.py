@@ -13,6 +13,14 @@ If the batch is cancelled (the worker stops) it is given `STOP_GRACE_S` to
 finish; a batch that does not finish, or whose outcomes cannot be produced, has
 its events held (an extra reference), so Faust never marks them acked and they
 are consumed again after a restart.
+
+With `processing_guarantee="exactly_once"` Faust commits offsets by sending
+them into a Kafka transaction, one transactional producer per source
+partition; `streams.exactly_once.TransactionalOutcomes` produces each outcome
+in its request's partition's transaction and acks the records itself, and the
+consumer here runs Faust's commits through its `CommitGate`. A failed or
+cut-off batch closes the gate: that process commits nothing more, and the next
+owner's producers abort its open transactions.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,7 +38,10 @@ from faust.sensors import Sensor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, StreamT, TransportT
 
+from streams import init_producer_id
+from streams.commit_gate import CommitGate, RebalanceVoided
 from streams.config import StreamWorkerConfig
+from streams.exactly_once import TransactionalOutcomes
 from streams.inference import InferenceBackend, Outcome, SourceRecord, Topics, handle_batch
 from streams.metrics import StreamMetrics
 from streams.offsets import OffsetGate, Position
@@ -85,6 +96,36 @@ class _Consumer(faust_aiokafka.Consumer):
             return
         await super()._add_gap(tp, offset_from, offset_to)
 
+    async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
+        # Faust reads the acked offsets and commits them (under exactly-once: sends them into
+        # each partition's transaction and commits it) here; a `CommitGate` keeps that between
+        # batches.
+        gate = getattr(self.app, "commit_gate", None)
+        if gate is None:
+            return bool(await super()._commit_tps(tps, start_new_transaction))
+        async with gate.committing() as allowed:
+            if not allowed:
+                return False
+            return bool(await super()._commit_tps(tps, start_new_transaction))
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        # Runs before Faust forgets the revoked partitions' acked offsets (see
+        # `streams.exactly_once.TransactionalOutcomes.before_revoke`).
+        before_revoke = getattr(self.app, "before_revoke", None)
+        if before_revoke is not None:
+            await before_revoke()
+        await super().on_partitions_revoked(revoked)
+
+    async def commit_and_end_transactions(self) -> None:
+        # Faust's last commit when the worker stops. Its `commit()` returns without committing
+        # when the commit timer's commit is in flight, so the last acked records were left to
+        # the next owner (their outcomes aborted, the records processed again). Under a
+        # `CommitGate` commits cannot overlap anyway, so this one always runs.
+        if getattr(self.app, "commit_gate", None) is None:
+            await super().commit_and_end_transactions()
+            return
+        await self.force_commit(start_new_transaction=False)
+
 
 class _Transport(faust_aiokafka.Transport):
     """Faust's aiokafka transport, with `FETCH_MAX_WAIT_MS` instead of its fixed 1500 ms."""
@@ -94,6 +135,8 @@ class _Transport(faust_aiokafka.Transport):
 
 class _App(faust.App):
     contiguous_offsets = False
+    commit_gate: CommitGate | None = None  # set by an exactly-once `StreamWorker`
+    before_revoke: Callable[[], Awaitable[None]] | None = None  # likewise
 
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)
@@ -111,7 +154,9 @@ def new_app(
 ) -> faust.App:
     """A Faust app on the short-fetch transport: no web server, in-memory tables,
     at-least-once, `BROKER_SETTINGS`; `settings` add to or override those. With
-    `contiguous_offsets` the consumer never commits past an offset it did not see."""
+    `contiguous_offsets` the consumer never commits past an offset it did not see.
+    `processing_guarantee="exactly_once"` installs InitProducerId v3 in aiokafka
+    (`streams.init_producer_id`), which Faust's idempotent producers need on Tansu."""
     options: dict[str, Any] = {
         "store": "memory://",
         "web_enabled": False,
@@ -123,17 +168,23 @@ def new_app(
         **BROKER_SETTINGS,
         **settings,
     }
+    if options["processing_guarantee"] == "exactly_once":
+        init_producer_id.install()
     app = _App(app_id, broker=broker, **options)
     app.contiguous_offsets = contiguous_offsets  # read by `_Consumer._add_gap`
     return app
 
 
 def build_app(config: StreamWorkerConfig) -> faust.App:
-    """A Faust app for `config`: no web server, no tables, at-least-once. Faust removes a
-    partition from the fetcher when its stream buffer (`max_buffered`) is under pressure and
-    adds it back once the buffer has drained: a saturated runner stops the fetching."""
+    """A Faust app for `config`: no web server, no tables, `config.processing_guarantee`.
+    Faust removes a partition from the fetcher when its stream buffer (`max_buffered`) is
+    under pressure and adds it back once the buffer has drained: a saturated runner stops
+    the fetching."""
     return new_app(  # the app id is the consumer group id
-        config.group_id, config.broker_urls(), stream_buffer_maxsize=config.max_buffered
+        config.group_id,
+        config.broker_urls(),
+        stream_buffer_maxsize=config.max_buffered,
+        processing_guarantee=config.processing_guarantee,
     )
 
 
@@ -201,6 +252,13 @@ class StreamWorker:
         self._on_fatal = on_fatal
         self._announced = False
         self.app = build_app(config)
+        self.transactions: TransactionalOutcomes | None = None
+        if config.processing_guarantee == "exactly_once":
+            transactions = TransactionalOutcomes(self.app, self.gate, produce_outcomes, metrics)
+            self.transactions = transactions
+            app = cast(_App, self.app)
+            app.commit_gate = transactions.gate  # read by `_Consumer._commit_tps`
+            app.before_revoke = transactions.before_revoke  # by `on_partitions_revoked`
         self.requests = self.app.topic(
             config.requests_topic,
             key_type=bytes,
@@ -220,6 +278,8 @@ class StreamWorker:
     # -- Faust hooks -----------------------------------------------------------------------
 
     async def _assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        if self.transactions is not None:
+            await self.transactions.on_assigned(args[0] if args else kwargs.get("assigned", ()))
         if not self._announced:
             self._announced = True
             if self._on_ready is not None:
@@ -274,26 +334,46 @@ class StreamWorker:
             return
         positions: list[Position] = [(e.message.tp, e.message.offset) for e in events]
         records = [source_record(e) for e in events]
-        task = asyncio.ensure_future(self._process(records, positions))
+        task = asyncio.ensure_future(self._process(records, positions, events))
         try:
             await asyncio.shield(task)
+        except RebalanceVoided as voided:
+            hold_events(events)  # never acked: Faust reads them again after the rebalance
+            log.info("batch of %d records voided: %s", len(events), voided)
         except asyncio.CancelledError:
             await asyncio.wait({task}, timeout=STOP_GRACE_S)
             if not task.done() or task.cancelled() or task.exception() is not None:
                 task.cancel()
                 hold_events(events)
+                if self.transactions is not None:
+                    self.transactions.close("a batch was cut off by the stop")
             raise
         except Exception as exc:  # outcomes not produced: nothing of this batch may be acked
             hold_events(events)
+            if self.transactions is not None:
+                self.transactions.close(f"a batch failed: {exc}")
             self.failed = exc
             log.critical("stopping: %s", exc)
             if self._on_fatal is not None:
                 self._on_fatal(exc)
 
-    async def _process(self, records: list[SourceRecord], positions: list[Position]) -> None:
+    async def _process(
+        self, records: list[SourceRecord], positions: list[Position], events: Sequence[EventT]
+    ) -> None:
         outcomes = await handle_batch(records, self.backend, self.topics)
+        if self.transactions is not None:
+            await self.transactions.commit_batch(outcomes, positions, events)
+            self._observe(records, outcomes)
+            return
         await self._produce(outcomes)
         self.gate.finished(positions)
+        self._observe(records, outcomes)
+        if self.gate.blocking(positions):
+            if self.metrics is not None:
+                self.metrics.ack_waits.inc()
+            await self.gate.wait_earlier(positions)
+
+    def _observe(self, records: list[SourceRecord], outcomes: list[Outcome]) -> None:
         if self.metrics is not None:
             results = sum(1 for o in outcomes if o.kind == "result")
             reasons = [o.reason or "internal" for o in outcomes if o.kind == "dlq"]
@@ -302,28 +382,31 @@ class StreamWorker:
                 now - o.created_at for o in outcomes if o.kind == "result" and o.created_at
             ]
             self.metrics.observe_batch(len(records), results, reasons, latencies)
-        if self.gate.blocking(positions):
-            if self.metrics is not None:
-                self.metrics.ack_waits.inc()
-            await self.gate.wait_earlier(positions)
 
     async def _produce(self, outcomes: list[Outcome]) -> None:
         await produce_outcomes(self.app.producer, outcomes)
 
 
-async def produce_outcomes(producer: Any, outcomes: Sequence[Outcome]) -> None:
-    """Produce every outcome and wait for the broker's acknowledgements (retrying a few)."""
+async def produce_outcomes(
+    producer: Any, outcomes: Sequence[Outcome], transactional_ids: Sequence[str] | None = None
+) -> None:
+    """Produce every outcome and wait for the broker's acknowledgements (retrying a few).
+    With `transactional_ids` (one per outcome) each goes through that transactional producer."""
+    if transactional_ids is not None and len(transactional_ids) != len(outcomes):
+        raise ValueError(f"{len(transactional_ids)} transactional ids for {len(outcomes)} outcomes")
+    ids: Sequence[str | None] = transactional_ids or [None] * len(outcomes)
 
-    async def send(outcome: Outcome) -> None:
+    async def send(outcome: Outcome, transactional_id: str | None) -> None:
+        extra = {"transactional_id": transactional_id} if transactional_id else {}
         delivery = await producer.send(
-            outcome.topic, outcome.key, outcome.value, None, None, outcome.headers
+            outcome.topic, outcome.key, outcome.value, None, None, outcome.headers, **extra
         )
         await delivery
 
-    pending = list(outcomes)
+    pending = list(zip(outcomes, ids, strict=True))
     for attempt in range(1, PRODUCE_ATTEMPTS + 1):
-        answers = await asyncio.gather(*(send(o) for o in pending), return_exceptions=True)
-        failed = [o for o, a in zip(pending, answers, strict=True) if a is not None]
+        answers = await asyncio.gather(*(send(o, t) for o, t in pending), return_exceptions=True)
+        failed = [item for item, a in zip(pending, answers, strict=True) if a is not None]
         if not failed:
             return
         errors = {repr(a) for a in answers if a is not None}

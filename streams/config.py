@@ -8,10 +8,12 @@ Apache Kafka too, so they live as constants in `streams.app`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_GROUP = "headrace-stream"
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 
 
 class StreamWorkerConfig(BaseModel):
@@ -46,6 +48,14 @@ class StreamWorkerConfig(BaseModel):
         default="127.0.0.1",
         min_length=1,
         description="Address /metrics listens on (0.0.0.0 in a container, for Prometheus).",
+    )
+    processing_guarantee: ProcessingGuarantee = Field(
+        default="at_least_once",
+        description="at_least_once: offsets committed after the outcomes are acknowledged; a "
+        "crash can repeat outcomes (readers drop them by request id). exactly_once: outcomes "
+        "and offsets committed in one Kafka transaction per source partition, so "
+        "read_committed readers see each outcome once; needs a broker whose transactions "
+        "hold (Apache Kafka; checked at start).",
     )
     poll_interval_s: float = Field(
         default=2.0, ge=0, description="Seconds between model repository polls (0 = off)."

@@ -15,15 +15,36 @@ offset (None or 0) and lets one missing offset through otherwise.
 within a partition); the agent calls `finished()` once a batch's outcomes are
 acknowledged by the broker, then `wait_earlier()` before returning the batch to
 Faust. Waiting only goes from later offsets to earlier ones, so it cannot deadlock.
+Under exactly-once the agent waits before producing instead (`streams.commit_gate`), run
+by run (`offset_runs`); a batch's own unfinished records never count as earlier ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 
 Position = tuple[Hashable, int]  # (topic-partition, offset)
+
+
+def offset_runs(positions: Sequence[Position]) -> list[list[int]]:
+    """Indexes of `positions` grouped in runs of consecutive offsets of one partition, in
+    order of first appearance. Concurrent actors interleave records, so one batch may hold
+    offsets 1 and 50 of a partition while another holds 10-20; waiting per run (for the
+    records before its first offset) never holds back an earlier record someone waits for."""
+    runs: list[list[int]] = []
+    last: dict[Hashable, tuple[int, list[int]]] = {}  # partition -> (offset, its run)
+    for index, (tp, offset) in enumerate(positions):
+        previous = last.get(tp)
+        if previous is not None and previous[0] + 1 == offset:
+            run = previous[1]
+        else:
+            run = []
+            runs.append(run)
+        run.append(index)
+        last[tp] = (offset, run)
+    return runs
 
 
 class OffsetGate:
@@ -54,13 +75,16 @@ class OffsetGate:
         self._wake()
 
     def blocking(self, positions: Iterable[Position]) -> bool:
-        """Whether an earlier record of one of these partitions is still unfinished."""
+        """Whether an earlier record of one of these partitions, not one of these records
+        themselves, is still unfinished."""
         highest: dict[Hashable, int] = {}
+        own: defaultdict[Hashable, set[int]] = defaultdict(set)
         for tp, offset in positions:
             highest[tp] = max(offset, highest.get(tp, offset))
+            own[tp].add(offset)
         for tp, high in highest.items():
             pending = self._pending.get(tp)
-            if pending and min(pending) < high:
+            if pending and any(offset < high for offset in pending - own[tp]):
                 return True
         return False
 

@@ -55,7 +55,8 @@ def predicted_class(result: InferenceResultMessage) -> int | None:
 def consume(
     bootstrap: str, topics: list[str], follow: bool, idle_s: float = 5.0
 ) -> Generator[tuple[str, bytes | None], None, None]:
-    """(topic, value) of every record from the beginning; stops after `idle_s` unless following."""
+    """(topic, value) of every committed record from the beginning; stops after `idle_s`
+    unless following."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
@@ -64,6 +65,9 @@ def consume(
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        # Outcomes of an exactly-once worker are transactional: read only committed ones (the
+        # same as read_uncommitted for records produced outside transactions).
+        isolation_level="read_committed",
         consumer_timeout_ms=-1 if follow else int(idle_s * 1000),
     )
     try:

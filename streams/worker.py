@@ -120,6 +120,7 @@ def run_worker(
                 "bootstrap": config.bootstrap,
                 "metrics": str(metrics_port),
                 "models": models,
+                "guarantee": config.processing_guarantee,
             }
         )
 

@@ -52,6 +52,14 @@ def stream() -> None:
     help="Address /metrics listens on (0.0.0.0 in a container).",
 )
 @click.option(
+    "--processing-guarantee",
+    type=click.Choice(["at_least_once", "exactly_once"]),
+    default="at_least_once",
+    show_default=True,
+    help="exactly_once: outcomes and offsets in one Kafka transaction per partition (needs "
+    "Apache Kafka; checked at start, exit 2 if the broker's transactions do not hold).",
+)
+@click.option(
     "--loglevel",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="warning",
@@ -68,13 +76,15 @@ def worker(
     metrics_port: int | None,
     poll_interval_s: float,
     metrics_host: str,
+    processing_guarantee: str,
     loglevel: str,
 ) -> None:
     """Run inference on `inference-requests`; each request gets one result or one DLQ record.
 
     Creates the catalogue topics if missing, loads every model of the repository,
     prints `stream worker ready group=... bootstrap=...` once consuming, and stops
-    cleanly (exit 0) on SIGTERM or Ctrl-C.
+    cleanly (exit 0) on SIGTERM or Ctrl-C. With `--processing-guarantee exactly_once`
+    it first checks that the broker's transactions hold (streams/transactions.py).
     """
     from kafka.errors import KafkaError
 
@@ -100,6 +110,7 @@ def worker(
         metrics_port=metrics_port,
         poll_interval_s=poll_interval_s,
         metrics_host=metrics_host,
+        processing_guarantee=processing_guarantee,
     )
     unreachable = HeadraceError(
         f"cannot reach Kafka at {config.bootstrap}; start the embedded broker with "
@@ -111,6 +122,10 @@ def worker(
         create_topics(config.bootstrap)
     except KafkaError:
         raise unreachable from None
+    if config.processing_guarantee == "exactly_once":
+        from streams import transactions
+
+        transactions.require_transactions(config.bootstrap)
 
     def announce(fields: dict[str, str]) -> None:
         click.echo("stream worker ready " + " ".join(f"{k}={v}" for k, v in fields.items()))

@@ -89,9 +89,11 @@ def running_worker(
     concurrency: int = 2,
     args: Sequence[str] = (),
     ready_timeout_s: float = 60.0,
+    entry: Sequence[str] = ("-m", "headrace"),
 ) -> Iterator[WorkerProcess]:
-    """`headrace stream worker` until its ready line; stopped by pid when the block exits."""
-    command = [sys.executable, "-m", "headrace", "stream", "worker",
+    """`headrace stream worker` until its ready line; stopped by pid when the block exits.
+    `entry` replaces `-m headrace` (a driver script that runs the same CLI)."""
+    command = [sys.executable, *entry, "stream", "worker",
                "--repository", str(repository), "--bootstrap", bootstrap, "--group", group,
                "--concurrency", str(concurrency), "--max-batch", "64", "--max-delay-ms", "5",
                "--metrics-port", "0", "--loglevel", "info", *args]  # fmt: skip
@@ -159,11 +161,14 @@ def produce_ids(send: KafkaProducer, ids: Sequence[str], template: RequestTempla
 
 
 def outcome_consumer(bootstrap: str) -> KafkaConsumer:
-    """Assigned to every partition of both outcome topics (they must exist), from the start."""
+    """Assigned to every partition of both outcome topics (they must exist), from the start;
+    only committed records, as exactly-once readers must read (no effect on records produced
+    outside transactions)."""
     consumer = KafkaConsumer(  # no group: assigned partitions read from the start, no join wait
         bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        isolation_level="read_committed",
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
     consumer.assign(
