@@ -396,16 +396,9 @@ async def produce_outcomes(
         raise ValueError(f"{len(transactional_ids)} transactional ids for {len(outcomes)} outcomes")
     ids: Sequence[str | None] = transactional_ids or [None] * len(outcomes)
 
-    async def send(outcome: Outcome, transactional_id: str | None) -> None:
-        extra = {"transactional_id": transactional_id} if transactional_id else {}
-        delivery = await producer.send(
-            outcome.topic, outcome.key, outcome.value, None, None, outcome.headers, **extra
-        )
-        await delivery
-
     pending = list(zip(outcomes, ids, strict=True))
     for attempt in range(1, PRODUCE_ATTEMPTS + 1):
-        answers = await asyncio.gather(*(send(o, t) for o, t in pending), return_exceptions=True)
+        answers = await _send_all(producer, pending)
         failed = [item for item, a in zip(pending, answers, strict=True) if a is not None]
         if not failed:
             return
@@ -421,3 +414,34 @@ async def produce_outcomes(
         f"{len(pending)} outcomes could not be produced after {PRODUCE_ATTEMPTS} attempts; "
         "check that the broker is reachable and the result topics exist"
     )
+
+
+async def _send_all(
+    producer: Any, pending: Sequence[tuple[Outcome, str | None]]
+) -> list[BaseException | None]:
+    """Hand every outcome to the producer, then await the deliveries: None or the error of each.
+
+    One coroutine for the whole batch, not a task per outcome: a send only queues the record
+    in the producer's buffer, and the awaits of the delivery futures cost nothing once done."""
+    deliveries: list[Any] = []
+    for outcome, transactional_id in pending:
+        extra = {"transactional_id": transactional_id} if transactional_id else {}
+        try:
+            deliveries.append(
+                await producer.send(
+                    outcome.topic, outcome.key, outcome.value, None, None, outcome.headers, **extra
+                )
+            )
+        except Exception as exc:  # refused before it was queued: counted as not produced
+            deliveries.append(exc)
+    answers: list[BaseException | None] = []
+    for delivery in deliveries:
+        if isinstance(delivery, BaseException):
+            answers.append(delivery)
+            continue
+        try:
+            await delivery
+            answers.append(None)
+        except Exception as exc:
+            answers.append(exc)
+    return answers

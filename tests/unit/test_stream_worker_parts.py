@@ -1,10 +1,12 @@
-"""The stream worker's parts without a broker: the offset gate and one batch's outcomes."""
+"""The stream worker's parts without a broker: the offset gate, one batch's outcomes and
+producing them (retries)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ from headrace.errors import ModelNotFound
 from serving.model_config import ModelConfig, PreprocessingSpec, TensorSpec
 from serving.types import InferRequest, InferResponse, InferTensor, Timings
 from serving.validation import validate_request
-from streams.inference import SourceRecord, handle_batch
+from streams import app as stream_app
+from streams.inference import Outcome, SourceRecord, handle_batch
 from streams.offsets import OffsetGate
 
 # -- OffsetGate ----------------------------------------------------------------------------
@@ -93,7 +96,9 @@ class FakeBackend:
         return InferResponse("m", "1", [InferTensor.from_array("out", out)], request.id,
                              timings=Timings(0.001, 0.002, 3))  # fmt: skip
 
-    async def infer_many(self, requests: list[InferRequest]) -> list[InferResponse | BaseException]:
+    async def infer_many(
+        self, requests: Sequence[InferRequest]
+    ) -> list[InferResponse | BaseException]:
         return await asyncio.gather(*(self.infer(r) for r in requests), return_exceptions=True)
 
 
@@ -146,3 +151,45 @@ def test_every_record_gets_exactly_one_outcome() -> None:
     assert "late" not in [r.id for r in backend.seen]  # never run
     unknown = json.loads(outcomes[4].value)
     assert (unknown["stage"], unknown["source"]["offset"]) == ("validate", 4)
+
+
+class FlakyProducer:
+    """Refuses some sends outright and fails some deliveries, a given number of times each."""
+
+    def __init__(self, refuse: dict[bytes, int], fail: dict[bytes, int]) -> None:
+        self.refuse, self.fail = refuse, fail
+        self.delivered: list[bytes] = []
+
+    async def send(self, topic: str, key: bytes, value: bytes, *rest: object) -> asyncio.Future:
+        if self.refuse.get(key, 0) > 0:
+            self.refuse[key] -= 1
+            raise RuntimeError(f"buffer full for {key!r}")
+        delivery: asyncio.Future = asyncio.get_running_loop().create_future()
+        if self.fail.get(key, 0) > 0:
+            self.fail[key] -= 1
+            delivery.set_exception(RuntimeError(f"not acknowledged: {key!r}"))
+        else:
+            self.delivered.append(key)
+            delivery.set_result(None)
+        return delivery
+
+
+def outcomes_for(*keys: bytes) -> list[Outcome]:
+    return [Outcome("result", "inference-results", k, b"{}", k.decode()) for k in keys]
+
+
+def test_produce_retries_refused_and_unacknowledged_outcomes_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stream_app, "PRODUCE_BACKOFF_S", 0.0)
+    producer = FlakyProducer(refuse={b"b": 1}, fail={b"c": 2})
+    asyncio.run(stream_app.produce_outcomes(producer, outcomes_for(b"a", b"b", b"c")))
+    assert producer.delivered == [b"a", b"b", b"c"]  # each delivered once, c on attempt 3
+
+
+def test_produce_gives_up_after_its_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stream_app, "PRODUCE_BACKOFF_S", 0.0)
+    producer = FlakyProducer(refuse={}, fail={b"b": stream_app.PRODUCE_ATTEMPTS})
+    with pytest.raises(stream_app.ProduceFailed, match="1 outcomes could not be produced"):
+        asyncio.run(stream_app.produce_outcomes(producer, outcomes_for(b"a", b"b")))
+    assert producer.delivered == [b"a"]
