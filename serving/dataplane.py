@@ -166,9 +166,7 @@ class DataPlane:
         started = time.perf_counter()
         model, version = UNKNOWN_MODEL, ""
         try:
-            if self.draining:
-                raise ShuttingDown("the server is shutting down; retry on another replica")
-            loaded = self.manager.get(request.model_name, request.model_version or None)
+            loaded = self._serving_version(request)
             model, version = loaded.name, str(loaded.version)
             response, rows = await self._infer_loaded(request, loaded)
         except HeadraceError as exc:
@@ -204,9 +202,7 @@ class DataPlane:
                 continue
             model, version = UNKNOWN_MODEL, ""
             try:
-                if self.draining:
-                    raise ShuttingDown("the server is shutting down; retry on another replica")
-                loaded = self.manager.get(request.model_name, request.model_version or None)
+                loaded = self._serving_version(request)
                 model, version = loaded.name, str(loaded.version)
                 rows = validate_request(request, loaded.config)
             except HeadraceError as exc:
@@ -227,6 +223,12 @@ class DataPlane:
         for index, answer in zip(alone, single, strict=True):
             answers[index] = answer
         return [answer if answer is not None else _missing() for answer in answers]
+
+    def _serving_version(self, request: InferRequest) -> LoadedVersion:
+        """The ready version `request` asks for; refused while the server drains."""
+        if self.draining:
+            raise ShuttingDown("the server is shutting down; retry on another replica")
+        return self.manager.get(request.model_name, request.model_version or None)
 
     async def _run_merged(self, chunk: list[_Merged]) -> BatchResult:
         first = chunk[0]

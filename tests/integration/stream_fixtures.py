@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
@@ -230,6 +231,41 @@ class OutcomeTally:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+
+def kill_cycles(
+    bootstrap: str,
+    repository: Path,
+    ids: Sequence[str],
+    kill_at: Sequence[int],
+    tally: OutcomeTally,
+    folder: Path,
+    seed: int,
+    args: Sequence[str] = (),
+    drain_timeout_s: float = 240.0,
+) -> list[int]:
+    """Stream `ids` into a worker of a new group, SIGKILL it once `kill_at[i]` requests have an
+    outcome and start a new one, for each count; the last worker drains the stream and must stop
+    cleanly. Returns how many requests had an outcome right after each kill. Every worker is
+    started with `args` and stopped by pid."""
+    group = f"kill-{uuid.uuid4().hex[:8]}"
+    observed_at_kill: list[int] = []
+    for run in range(len(kill_at) + 1):
+        log_file = folder / f"worker-{run}.log"
+        with running_worker(bootstrap, repository, group, log_file, args=args) as worker:
+            if run == 0:  # the worker created the topics; now the stream starts
+                send = producer(bootstrap, linger_ms=20, batch_size=256 * 1024)
+                produce_ids(send, ids, RequestTemplate(seed=seed))
+                send.close()
+            if run < len(kill_at):
+                tally.wait_for(kill_at[run], f"{kill_at[run]} outcomes before kill {run + 1}")
+                worker.kill()
+                observed_at_kill.append(tally.distinct)
+            else:
+                tally.wait_for(len(ids), "an outcome for every request", drain_timeout_s)
+                assert worker.stop() == 0, worker.log_tail()
+    tally.poll()  # a last look for late duplicates
+    return observed_at_kill
 
 
 def collect(

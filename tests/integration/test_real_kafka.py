@@ -34,6 +34,7 @@ from server_fixtures import REPO_ROOT, wait_until
 from stream_fixtures import (
     OutcomeTally,
     RequestTemplate,
+    kill_cycles,
     produce_ids,
     producer,
     publish_lenet,
@@ -144,27 +145,13 @@ def test_exactly_once_worker_killed_three_times_gives_each_request_one_outcome(
     kill_at = [round(n * rng.uniform(low, high)) for low, high in ((0.10, 0.20),
                (0.40, 0.50), (0.65, 0.75))]  # fmt: skip
     ids = [f"x-{uuid.uuid4().hex[:6]}-{i:05d}" for i in range(n)]
-    group = f"exactly-{uuid.uuid4().hex[:8]}"
     tally = OutcomeTally(bootstrap, set(ids))  # reads results and DLQ with read_committed
-    observed_at_kill: list[int] = []
-    guarantee = ("--processing-guarantee", "exactly_once")
+    guarantee = ("--processing-guarantee", "exactly_once")  # the worker exits 2 if unsupported
     try:
-        for run in range(len(kill_at) + 1):
-            log_file = tmp_path / f"worker-{run}.log"
-            with running_worker(bootstrap, repository, group, log_file, args=guarantee) as worker:
-                assert worker.fields["guarantee"] == "exactly_once"  # the probe passed
-                if run == 0:
-                    send = producer(bootstrap, linger_ms=20, batch_size=256 * 1024)
-                    produce_ids(send, ids, RequestTemplate(seed=12))
-                    send.close()
-                if run < len(kill_at):
-                    tally.wait_for(kill_at[run], f"{kill_at[run]} outcomes before kill {run + 1}")
-                    worker.kill()
-                    observed_at_kill.append(tally.distinct)
-                else:
-                    tally.wait_for(n, "an outcome for every request", WAIT_S)
-                    assert worker.stop() == 0, worker.log_tail()
-        tally.poll()  # a last look for late duplicates
+        observed_at_kill = kill_cycles(
+            bootstrap, repository, ids, kill_at, tally, tmp_path, seed=12, args=guarantee,
+            drain_timeout_s=WAIT_S,
+        )  # fmt: skip
     finally:
         tally.close()
     print(f"\nexactly-once chaos: SIGKILL after {observed_at_kill} of {n} distinct outcomes "

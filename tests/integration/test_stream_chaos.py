@@ -25,6 +25,7 @@ from stream_fixtures import (
     OutcomeTally,
     RequestTemplate,
     WorkerProcess,
+    kill_cycles,
     produce_ids,
     producer,
     publish_lenet,
@@ -58,25 +59,11 @@ def test_three_sigkills_during_ten_thousand_requests_lose_none(chaos: Chaos) -> 
     kill_at = [round(n * rng.uniform(low, high)) for low, high in ((0.10, 0.20),
                (0.40, 0.50), (0.65, 0.75))]  # fmt: skip
     ids = [f"c-{uuid.uuid4().hex[:6]}-{i:05d}" for i in range(n)]
-    group = f"chaos-{uuid.uuid4().hex[:8]}"
     tally = OutcomeTally(chaos.bootstrap, set(ids))
-    observed_at_kill: list[int] = []
     try:
-        for run in range(len(kill_at) + 1):
-            log_file = chaos.folder / f"worker-{run}.log"
-            with running_worker(chaos.bootstrap, chaos.repository, group, log_file) as worker:
-                if run == 0:  # the worker created the topics; now the stream starts
-                    send = producer(chaos.bootstrap, linger_ms=20, batch_size=256 * 1024)
-                    produce_ids(send, ids, RequestTemplate(seed=9))
-                    send.close()
-                if run < len(kill_at):
-                    tally.wait_for(kill_at[run], f"{kill_at[run]} outcomes before kill {run + 1}")
-                    worker.kill()
-                    observed_at_kill.append(tally.distinct)
-                else:
-                    tally.wait_for(n, "an outcome for every request")
-                    assert worker.stop() == 0, worker.log_tail()
-        tally.poll()  # a last look for late duplicates
+        observed_at_kill = kill_cycles(
+            chaos.bootstrap, chaos.repository, ids, kill_at, tally, chaos.folder, seed=9
+        )
     finally:
         tally.close()
     missing = len(tally.missing())
