@@ -28,10 +28,11 @@ a long file started last would leave the other worker idle at the end."""
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test by its tier folder, so `-m unit` / `-m integration` select by tier.
-    Tests marked `slow` (full training runs to an accuracy target) run only with
-    HEADRACE_SLOW_TESTS=1 (`make test-slow`), keeping `make test` within its time budget."""
+    Tests marked `slow` (a full training run to an accuracy target, a distributed run whose
+    worker is killed and retried) run only with HEADRACE_SLOW_TESTS=1 (`make test-slow`),
+    keeping `make test` within its time budget."""
     run_slow = os.environ.get(SLOW_ENV) == "1"
-    skip_slow = pytest.mark.skip(reason=f"a full training run: set {SLOW_ENV}=1 (make test-slow)")
+    skip_slow = pytest.mark.skip(reason=f"a long test: set {SLOW_ENV}=1 (make test-slow)")
     for item in items:
         parts = Path(str(item.fspath)).parts
         if "integration" in parts:

@@ -127,6 +127,7 @@ def test_strategy_reaches_single_process_accuracy(
     assert result.summary.strategy == strategy and result.summary.retries == 0
 
 
+@pytest.mark.slow  # ~90 s of Ray Train restarts; `make test-slow` runs it
 def test_a_killed_worker_is_retried_from_the_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
