@@ -21,6 +21,7 @@ from pathlib import Path
 from headrace.errors import HeadraceError
 
 READY_TIMEOUT_S = 30.0
+TANSU_CLUSTER_ID = "tansu_cluster"  # the cluster id the embedded broker reports
 
 
 class BrokerError(HeadraceError):
@@ -69,6 +70,18 @@ def answers_metadata(bootstrap: str, timeout_s: float = 2.0) -> bool:
         return True
     except (KafkaError, OSError):
         return False
+    finally:
+        admin.close()
+
+
+def is_embedded(bootstrap: str, timeout_s: float = 10.0) -> bool:
+    """Whether `bootstrap` is the embedded Tansu broker (it names its cluster `tansu_cluster`);
+    Kafka client errors propagate."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        return bool(admin.describe_cluster().get("cluster_id") == TANSU_CLUSTER_ID)
     finally:
         admin.close()
 

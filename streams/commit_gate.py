@@ -101,10 +101,6 @@ class CommitGate:
             self._committing = False
             self._wake()
 
-    @property
-    def batches_inside(self) -> int:
-        return self._producing
-
     async def _wait(self, ready: Callable[[], bool]) -> None:
         while not ready():
             changed = self._changed

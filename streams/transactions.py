@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 
 from headrace.errors import TransactionsUnsupported
 from streams import init_producer_id
+from streams.broker import is_embedded
 from streams.topics import DAY_MS, TopicSpec, create_topics
 
 PROBE_TOPIC = TopicSpec(
@@ -37,7 +38,6 @@ PROBE_TOPIC = TopicSpec(
     description="Two records per exactly-once worker start: one aborted, one committed.",
 )
 PROBE_TIMEOUT_S = 15.0
-TANSU_CLUSTER_ID = "tansu_cluster"  # the embedded broker names its cluster so
 
 
 class TransactionProbe(BaseModel):
@@ -153,18 +153,13 @@ def require_transactions(bootstrap: str, timeout_s: float = PROBE_TIMEOUT_S) -> 
 
 def broker_name(bootstrap: str) -> str:
     """'the embedded Tansu broker at ...' or 'the broker at ...'."""
-    from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5_000)
-        try:
-            cluster_id = admin.describe_cluster().get("cluster_id")
-        finally:
-            admin.close()
+        embedded = is_embedded(bootstrap, timeout_s=5.0)
     except (KafkaError, OSError):
-        cluster_id = None
-    if cluster_id == TANSU_CLUSTER_ID:
+        embedded = False
+    if embedded:
         return f"the embedded Tansu broker at {bootstrap}"
     return f"the broker at {bootstrap}"
 

@@ -88,17 +88,6 @@ def prepare_external(bootstrap: str) -> None:
     delete_topics(bootstrap, TEST_TOPICS)
 
 
-def is_embedded(bootstrap: str) -> bool:
-    """Whether `bootstrap` is the embedded Tansu broker (it names its cluster `tansu_cluster`)."""
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    try:
-        return bool(admin.describe_cluster().get("cluster_id") == "tansu_cluster")
-    finally:
-        admin.close()
-
-
 def active_groups(bootstrap: str) -> list[str]:
     """Consumer groups with members right now: ListGroups v4+ (Kafka >= 2.6) reports each
     group's state, `Empty` once its members left. A broker that reports no state, or

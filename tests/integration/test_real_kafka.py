@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka_fixtures import external_bootstrap, is_embedded, kafka_cluster
+from kafka_fixtures import external_bootstrap, kafka_cluster
 from server_fixtures import REPO_ROOT, wait_until
 from stream_fixtures import (
     OutcomeTally,
@@ -40,6 +40,8 @@ from stream_fixtures import (
     publish_lenet,
     running_worker,
 )
+
+from streams.broker import is_embedded
 
 RESTART_ENV = "HEADRACE_KAFKA_RESTART"
 WAIT_S = 300.0
