@@ -1,4 +1,4 @@
-"""The one place where errors become gRPC statuses: an interceptor around every handler.
+"""The one place where errors become gRPC statuses: a wrapper around every RPC method.
 
 A `HeadraceError` carries its status name and a message written for the
 client. Anything else is a server fault: it is logged with its traceback and
@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 
 from headrace.errors import HeadraceError
 
@@ -77,40 +79,18 @@ def replace_behavior(
     return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **common)
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Maps exceptions raised by any handler to gRPC statuses.
-
-    Registered handlers are built once per method, so the wrapped copy is cached by
-    method and rebuilt only if the handler behind a method changes (per-call wrapping
-    cost about 10% of a small model's request).
-    """
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    @staticmethod
-    def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        def wrap(behavior: Behavior, streaming: bool) -> Behavior:
-            # A streaming handler is an async generator (yields its responses) or a coroutine
-            # that writes them with context.write() (grpc's health Watch): wrap it as it is.
-            if streaming and not inspect.iscoroutinefunction(behavior):
-                return _wrap_streaming(behavior, method)
-            return _wrap_unary(behavior, method)
-
-        return replace_behavior(handler, wrap)
+def error_mapped(servicer: Any, service: ServiceDescriptor) -> SimpleNamespace:
+    """What to register instead of `servicer`: each of `service`'s methods, wrapped once so
+    that whatever it raises becomes a gRPC status. (An interceptor would do the same, but
+    grpc.aio runs the interceptor chain, a coroutine per interceptor, on every call.)"""
+    mapped = SimpleNamespace()
+    for method in service.methods:
+        behavior = getattr(servicer, method.name)
+        name = f"/{service.full_name}/{method.name}"
+        # A streaming handler is an async generator (yields its responses) or a coroutine
+        # that writes them with context.write(): wrap it as it is.
+        if method.server_streaming and not inspect.iscoroutinefunction(behavior):
+            setattr(mapped, method.name, _wrap_streaming(behavior, name))
+        else:
+            setattr(mapped, method.name, _wrap_unary(behavior, name))
+    return mapped

@@ -25,7 +25,7 @@ from protos import grpc_service_pb2, grpc_service_pb2_grpc
 from serving.auth import BearerTokenInterceptor
 from serving.autoscaler import Autoscaler
 from serving.dataplane import DataPlane
-from serving.grpc_errors import ErrorMappingInterceptor
+from serving.grpc_errors import error_mapped
 from serving.grpc_servicer import InferenceServicer
 from serving.metrics import ServingMetrics
 from serving.model_manager import ModelManager, VersionPolicy
@@ -34,6 +34,7 @@ from serving.repository import ModelRepository
 log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
 
 class ServeConfig(BaseModel):
@@ -133,7 +134,6 @@ class InferenceServer:
             interceptors.append(
                 BearerTokenInterceptor(self.config.auth_token, self.config.auth_scope)
             )
-        interceptors.append(ErrorMappingInterceptor())
         return interceptors
 
     async def start(self) -> None:
@@ -146,11 +146,11 @@ class InferenceServer:
         ]
         server = grpc.aio.server(interceptors=self._interceptors(), options=options)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane), server
+            error_mapped(InferenceServicer(self.dataplane), INFERENCE_SERVICE), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         service_names = (
-            grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            INFERENCE_SERVICE.full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
