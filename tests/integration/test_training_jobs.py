@@ -51,6 +51,7 @@ from training.recipe import run_training
 
 MODEL = "digits-live"
 AGENT_READY = "training agent ready"
+TRAFFIC_PAUSE_S = 0.005
 
 
 @dataclass
@@ -142,7 +143,9 @@ def _events_until(
 
 @dataclass
 class Traffic:
-    """Closed-loop requests to the server on a thread; records versions and failures."""
+    """Requests to the server on a thread, each followed by a `TRAFFIC_PAUSE_S` pause (at
+    full speed they held a core for the whole test and slowed the training it waits for);
+    records versions and failures."""
 
     address: str
     versions: dict[str, int] = field(default_factory=dict)
@@ -160,6 +163,7 @@ class Traffic:
                     continue
                 version = response.model_version
                 self.versions[version] = self.versions.get(version, 0) + 1
+                self.stop.wait(TRAFFIC_PAUSE_S)
 
 
 def test_submitted_job_becomes_the_served_version_with_no_failed_request(stack: Stack) -> None:
