@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import faust
 
+from headrace.gc_pauses import freeze_startup_objects
 from serving.dataplane import DataPlane
 from serving.metrics import ServingMetrics
 from serving.model_manager import ModelManager
@@ -114,6 +115,7 @@ def run_worker(
     models = ",".join(f"{n}:{max(v)}" for n, v in sorted(manager.loaded().items())) or "none"
 
     def ready() -> None:
+        freeze_startup_objects()  # consuming: keep full collections short from here on
         announce(
             {
                 "group": config.group_id,
