@@ -1,4 +1,6 @@
-"""The one place where errors become gRPC statuses: a wrapper around every RPC method.
+"""The one place where errors become gRPC statuses: a wrapper around every method of
+headrace's inference service (grpc's own health and reflection services are
+registered as they come).
 
 A `HeadraceError` carries its status name and a message written for the
 client. Anything else is a server fault: it is logged with its traceback and
