@@ -70,7 +70,6 @@ bench: install
 	$(BIN)/python -m benchmarks.watermark
 	$(BIN)/python -m benchmarks.tuning
 	$(BIN)/python -m benchmarks.compression
-	$(BIN)/python -m benchmarks.compression
 
 lint: install
 	$(BIN)/ruff check .

@@ -241,18 +241,20 @@ def kill_cycles(
     tally: OutcomeTally,
     folder: Path,
     seed: int,
-    args: Sequence[str] = (),
+    guarantee: str = "at_least_once",
     drain_timeout_s: float = 240.0,
 ) -> list[int]:
     """Stream `ids` into a worker of a new group, SIGKILL it once `kill_at[i]` requests have an
     outcome and start a new one, for each count; the last worker drains the stream and must stop
-    cleanly. Returns how many requests had an outcome right after each kill. Every worker is
-    started with `args` and stopped by pid."""
+    cleanly. Returns how many requests had an outcome right after each kill. Every worker runs
+    with the processing `guarantee` (and says so when ready) and is stopped by pid."""
     group = f"kill-{uuid.uuid4().hex[:8]}"
     observed_at_kill: list[int] = []
+    args = ("--processing-guarantee", guarantee)
     for run in range(len(kill_at) + 1):
         log_file = folder / f"worker-{run}.log"
         with running_worker(bootstrap, repository, group, log_file, args=args) as worker:
+            assert worker.fields["guarantee"] == guarantee  # exactly-once: the probe passed
             if run == 0:  # the worker created the topics; now the stream starts
                 send = producer(bootstrap, linger_ms=20, batch_size=256 * 1024)
                 produce_ids(send, ids, RequestTemplate(seed=seed))

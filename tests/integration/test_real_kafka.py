@@ -148,10 +148,9 @@ def test_exactly_once_worker_killed_three_times_gives_each_request_one_outcome(
                (0.40, 0.50), (0.65, 0.75))]  # fmt: skip
     ids = [f"x-{uuid.uuid4().hex[:6]}-{i:05d}" for i in range(n)]
     tally = OutcomeTally(bootstrap, set(ids))  # reads results and DLQ with read_committed
-    guarantee = ("--processing-guarantee", "exactly_once")  # the worker exits 2 if unsupported
     try:
         observed_at_kill = kill_cycles(
-            bootstrap, repository, ids, kill_at, tally, tmp_path, seed=12, args=guarantee,
+            bootstrap, repository, ids, kill_at, tally, tmp_path, seed=12, guarantee="exactly_once",
             drain_timeout_s=WAIT_S,
         )  # fmt: skip
     finally:
