@@ -37,8 +37,9 @@ import faust
 from faust.sensors import Sensor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, StreamT, TransportT
+from mode.services import WaitResults
 
-from streams import init_producer_id
+from streams import eager, init_producer_id
 from streams.commit_gate import CommitGate, RebalanceVoided
 from streams.config import StreamWorkerConfig
 from streams.exactly_once import TransactionalOutcomes
@@ -87,6 +88,28 @@ class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
+        # Faust's fetcher delivers each message with `wait_first(delivery, suspend_flow.wait())`
+        # (the race lets a rebalance abandon a delivery stuck on a full buffer). mode's
+        # `wait_first` costs four tasks and an `asyncio.wait` per message; a delivery that
+        # finishes without waiting, nearly all of them, is run inline instead (`streams.eager`).
+        if len(coros) != 2 or timeout is not None or not asyncio.iscoroutine(coros[0]):
+            return await super().wait_first(*coros, timeout=timeout)
+        delivery, flow_wait = coros
+        if self.suspend_flow.is_set():
+            return await super().wait_first(delivery, flow_wait)
+        try:
+            finished, value = eager.start(delivery)
+        except BaseException:
+            _close(flow_wait)
+            raise
+        if not finished:  # it waits: race the rest of it as Faust does
+            return await super().wait_first(value, flow_wait)
+        _close(flow_wait)
+        if self._stopped.is_set() or self._crashed.is_set():
+            return WaitResults([], [], True)
+        return WaitResults([delivery], [value], False)
+
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
         # Faust counts offsets it never saw (compaction, transaction markers) as done, so the
         # commit can pass them. On a topic whose offsets are contiguous, a jump means records
@@ -125,6 +148,11 @@ class _Consumer(faust_aiokafka.Consumer):
             await super().commit_and_end_transactions()
             return
         await self.force_commit(start_new_transaction=False)
+
+
+def _close(awaitable: Any) -> None:
+    if asyncio.iscoroutine(awaitable):
+        awaitable.close()  # never started: no "was never awaited" warning
 
 
 class _Transport(faust_aiokafka.Transport):
