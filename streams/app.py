@@ -21,6 +21,10 @@ in its request's partition's transaction and acks the records itself, and the
 consumer here runs Faust's commits through its `CommitGate`. A failed or
 cut-off batch closes the gate: that process commits nothing more, and the next
 owner's producers abort its open transactions.
+
+The consumer delivers a fetched message to the agent inline when the delivery
+need not wait (`streams.eager`); Faust's race against a rebalance, four asyncio
+tasks per message, is kept for deliveries that wait on a full stream buffer.
 """
 
 from __future__ import annotations
