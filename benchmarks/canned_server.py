@@ -3,6 +3,7 @@
 It decodes the request (grpc does that before the handler runs) and answers
 with a prebuilt `ModelInferResponse` of the right size for the request's rows:
 what the RPC layer alone costs, with no validation, batching or model.
+ModelStreamInfer answers each request on the call the same way, in order.
 
     python -m benchmarks.canned_server [--port 0]
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -32,19 +34,31 @@ def canned_response(model: str, rows: int) -> pb.ModelInferResponse:
 
 
 class CannedServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """Answers every ModelInfer with a prebuilt response (one per row count, cached)."""
+    """Answers every ModelInfer, and every request on a ModelStreamInfer call, with a
+    prebuilt response (one per row count, cached)."""
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, int], pb.ModelInferResponse] = {}
 
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelInferResponse:
+    def _answer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         key = (request.model_name, request.inputs[0].shape[0] if request.inputs else 1)
         response = self._cache.get(key)
         if response is None:
             response = self._cache[key] = canned_response(*key)
         return response
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        return self._answer(request)
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async for request in request_iterator:
+            yield pb.ModelStreamInferResponse(infer_response=self._answer(request))
 
 
 async def serve(host: str, port: int) -> None:

@@ -13,6 +13,11 @@ server's:
     python -m benchmarks.loadgen --target 127.0.0.1:8001 --model lenet5 \
         --shape 1 28 28 --streams 1 8 32 64 --duration-s 5 --cpu 1
 
+With `--rpc stream` each coroutine instead keeps one ModelStreamInfer call
+open and sends its next request on it once the answer to the last one is
+back (tritonclient's `start_stream` / `async_stream_infer`), which saves the
+per-call cost of the RPC layer.
+
 It prints one JSON object per stream count (see `LevelResult`).
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -148,6 +154,56 @@ async def _stream(
             errors[problem] += 1
 
 
+async def _bidi_stream(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+    request: pb.ModelInferRequest,
+    rows: int,
+    window: _Window,
+    metadata: tuple[tuple[str, str], ...],
+    timeout_s: float,
+    latencies: list[float],
+    errors: Counter[str],
+) -> None:
+    """`_stream` over one ModelStreamInfer call: write a request, read its answer, repeat."""
+    # One deadline for the whole call: it lasts the warm-up and the window, plus `timeout_s`.
+    call = stub.ModelStreamInfer(
+        metadata=metadata, timeout=window.end - time.perf_counter() + timeout_s
+    )
+    try:
+        while True:
+            sent = time.perf_counter()
+            if sent >= window.end:
+                return
+            problem: str | None
+            try:
+                await call.write(request)
+                answer = await call.read()
+                if answer is grpc.aio.EOF:
+                    errors["stream_ended"] += 1
+                    return
+                problem = (
+                    "error_message"
+                    if answer.error_message
+                    else check_response(answer.infer_response, rows)
+                )
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += 1
+                return  # the call is over
+            done = time.perf_counter()
+            if not window.start <= done <= window.end:
+                continue
+            if problem is None:
+                latencies.append(done - sent)
+            else:
+                errors[problem] += 1
+    finally:
+        if not call.done():  # close our side and let the server end the call
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await call.done_writing()
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+
+
 async def run_level(
     target: str,
     request: pb.ModelInferRequest,
@@ -159,8 +215,11 @@ async def run_level(
     metadata: tuple[tuple[str, str], ...] = (),
     timeout_s: float = 10.0,
     watch_pid: int | None = None,
+    rpc: str = "unary",
 ) -> LevelResult:
-    """Measure one stream count against `target`."""
+    """Measure one stream count against `target`: each coroutine calls ModelInfer in a
+    loop (`rpc="unary"`) or keeps one ModelStreamInfer call open (`rpc="stream"`)."""
+    loop_body = {"unary": _stream, "stream": _bidi_stream}[rpc]
     rows = request.inputs[0].shape[0]
     n_channels = max(1, min(channels, streams))
     options = [
@@ -177,7 +236,7 @@ async def run_level(
         window = _Window(warmup_s, duration_s)
         tasks = [
             asyncio.create_task(
-                _stream(
+                loop_body(
                     stubs[i % n_channels],
                     request,
                     rows,
@@ -243,6 +302,7 @@ async def _main_async(args: argparse.Namespace) -> None:
             warmup_s=args.warmup_s,
             metadata=metadata,
             watch_pid=args.watch_pid,
+            rpc=args.rpc,
         )
         print(json.dumps(asdict(result)), flush=True)
 
@@ -258,6 +318,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--warmup-s", type=float, default=1.0)
     parser.add_argument("--metadata", nargs="*", default=[], help="key=value call metadata")
+    parser.add_argument(
+        "--rpc",
+        choices=["unary", "stream"],
+        default="unary",
+        help="ModelInfer calls, or one ModelStreamInfer call per coroutine",
+    )
     parser.add_argument("--watch-pid", type=int, default=None, help="report this tree's CPU")
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one core")
     args = parser.parse_args(argv)

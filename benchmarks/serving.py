@@ -11,7 +11,10 @@ weights and one sample per request sent as raw_input_contents:
 - the ceilings: ONNX Runtime alone at its best batch size with the server's
   thread settings (`benchmarks.ort_ceiling`), and a grpc.aio server answering
   ModelInfer with a canned response (`benchmarks.canned_server`);
-- an extra row: clients sending batches of `--client-batch` samples per request.
+- extra rows: clients sending batches of `--client-batch` samples per request,
+  and clients keeping one ModelStreamInfer call open instead of a ModelInfer
+  call per request (headrace batched and the canned server, at 32 and the top
+  stream count; `--skip-stream-rpc` leaves them out).
 
 Servers run on one core and the generator on another (when there are two).
 Prints a table and a final JSON line.
@@ -71,6 +74,7 @@ class Settings:
     ort_seconds: float
     skip_rayserve: bool
     client_batch: int
+    stream_rpc: bool
     streams_per_channel: int
     max_queue_delay_us: int
     server_cpus: set[int] | None
@@ -132,6 +136,7 @@ class Bench:
         rows: int = 1,
         metadata: tuple[str, ...] = (),
         note: str = "",
+        rpc: str = "unary",
     ) -> None:
         """Run the generator (pinned to the client core) and add its rows to the table."""
         import subprocess
@@ -142,7 +147,7 @@ class Bench:
             "--shape", *map(str, MODEL_SHAPES[model]), "--rows", str(rows),
             "--streams", *map(str, streams), "--duration-s", str(s.duration_s),
             "--warmup-s", str(s.warmup_s), "--watch-pid", str(watch_pid),
-            "--streams-per-channel", str(s.streams_per_channel),
+            "--streams-per-channel", str(s.streams_per_channel), "--rpc", rpc,
         )  # fmt: skip
         if metadata:
             argv += ["--metadata", *metadata]
@@ -195,6 +200,22 @@ class Bench:
         self.rows.append(Row("ort ceiling (compute)", model, None, best, best, note=note))
         print(f"  ort ceiling {model}: {best:.0f} samples/s ({note})", flush=True)
 
+    def stream_rpc_levels(self) -> list[int]:
+        """Stream counts of the ModelStreamInfer rows: 32 (the p99 goal's) and the top one."""
+        top = max(self.s.streams)
+        return sorted({min(32, top), top})
+
+    def stream_rpc_rows(self, system: str, target: str, pid: int) -> None:
+        """The extra rows over ModelStreamInfer: one open call per client instead of a call
+        per request."""
+        if not self.s.stream_rpc:
+            return
+        for model in self.s.models:
+            self.load(
+                system, target, model, self.stream_rpc_levels(), pid, rpc="stream",
+                note="ModelStreamInfer, 1 request in flight per call",
+            )  # fmt: skip
+
     def canned(self) -> None:
         child = self.procs.start(
             "canned", _python("benchmarks.canned_server"), self.s.server_cpus, _env()
@@ -202,6 +223,7 @@ class Bench:
         target = self.procs.wait_ready(child, READY, 60).group(1)
         for model in self.s.models:
             self.load("grpc canned (transport)", target, model, self.s.streams, child.pid)
+        self.stream_rpc_rows("grpc canned, stream RPC", target, child.pid)
         top = max(self.s.streams)
         if self.s.client_batch > 1:
             self.load(
@@ -221,6 +243,8 @@ class Bench:
         target = self.procs.wait_ready(child, READY, 120).group(1)
         for model in self.s.models:
             self.load(system, target, model, self.s.streams, child.pid)
+        if batching:
+            self.stream_rpc_rows("headrace batched, stream RPC", target, child.pid)
         if batching and self.s.client_batch > 1:
             self.load(
                 "headrace batched, client batch", target, "lenet5", [max(self.s.streams)],
@@ -298,6 +322,12 @@ def summarize(rows: list[Row], settings: Settings) -> dict[str, Any]:
     ):
         row = _value(rows, system, "lenet5", top)
         out[key] = row.samples_per_s if row is not None else None
+    for model in ("lenet5", "resnet20"):
+        p = SHORT[model]
+        out[f"{p}_batched_stream_rpc_qps"] = qps("headrace batched, stream RPC", model)
+        out[f"{p}_transport_stream_rpc_qps"] = qps("grpc canned, stream RPC", model)
+    stream_32 = _value(rows, "headrace batched, stream RPC", "lenet5", 32)
+    out["lenet_stream_rpc_p99_ms_32"] = stream_32.p99_ms if stream_32 is not None else None
     slower = [
         f"{model}@{n}"
         for model in settings.models
@@ -380,6 +410,7 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, str]:
         ort_seconds=0.2 if args.quick else 1.0,
         skip_rayserve=args.skip_rayserve,
         client_batch=args.client_batch,
+        stream_rpc=not args.skip_stream_rpc,
         streams_per_channel=args.streams_per_channel,
         max_queue_delay_us=DynamicBatchingConfig().max_queue_delay_us if delay is None else delay,
         server_cpus=server_cpus,
@@ -402,6 +433,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--skip-rayserve", action="store_true")
     parser.add_argument("--quick", action="store_true", help="short durations (smoke test)")
     parser.add_argument("--client-batch", type=int, default=8, help="extra row; 1 = skip it")
+    parser.add_argument(
+        "--skip-stream-rpc", action="store_true", help="no ModelStreamInfer rows (extra rows)"
+    )
     parser.add_argument("--streams-per-channel", type=int, default=16)
     parser.add_argument(
         "--max-queue-delay-us",

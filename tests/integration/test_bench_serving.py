@@ -16,5 +16,7 @@ def test_quick_serving_benchmark_reports_headrace_throughput() -> None:
     assert result["lenet_unbatched_qps"] > 0
     assert result["lenet_transport_ceiling_qps"] > 0
     assert result["lenet_rayserve_qps"] is None  # skipped
+    assert result["lenet_batched_stream_rpc_qps"] > 0  # over ModelStreamInfer
+    assert result["lenet_transport_stream_rpc_qps"] > 0
     assert result["errors_total"] == 0
     assert "headrace batched" in stdout  # the table came before the JSON line
