@@ -145,13 +145,24 @@ async def _stream(
             problem = check_response(response, rows)
         except grpc.aio.AioRpcError as exc:
             problem = exc.code().name
-        done = time.perf_counter()
-        if not window.start <= done <= window.end:
-            continue  # answered during the warm-up or after the window closed
-        if problem is None:
-            latencies.append(done - sent)
-        else:
-            errors[problem] += 1
+        _count(window, sent, problem, latencies, errors)
+
+
+def _count(
+    window: _Window,
+    sent: float,
+    problem: str | None,
+    latencies: list[float],
+    errors: Counter[str],
+) -> None:
+    """Count one answer (its latency, or its problem) if it arrived inside the window."""
+    done = time.perf_counter()
+    if not window.start <= done <= window.end:
+        return  # answered during the warm-up or after the window closed
+    if problem is None:
+        latencies.append(done - sent)
+    else:
+        errors[problem] += 1
 
 
 async def _bidi_stream(
@@ -189,13 +200,7 @@ async def _bidi_stream(
             except grpc.aio.AioRpcError as exc:
                 errors[exc.code().name] += 1
                 return  # the call is over
-            done = time.perf_counter()
-            if not window.start <= done <= window.end:
-                continue
-            if problem is None:
-                latencies.append(done - sent)
-            else:
-                errors[problem] += 1
+            _count(window, sent, problem, latencies, errors)
     finally:
         if not call.done():  # close our side and let the server end the call
             with contextlib.suppress(grpc.aio.AioRpcError):
