@@ -97,11 +97,10 @@ class _Consumer(faust_aiokafka.Consumer):
         # (the race lets a rebalance abandon a delivery stuck on a full buffer). mode's
         # `wait_first` costs four tasks and an `asyncio.wait` per message; a delivery that
         # finishes without waiting, nearly all of them, is run inline instead (`streams.eager`).
-        if len(coros) != 2 or timeout is not None or not asyncio.iscoroutine(coros[0]):
+        racing = self.suspend_flow.is_set()  # a rebalance has begun: race as Faust does
+        if racing or len(coros) != 2 or timeout is not None or not asyncio.iscoroutine(coros[0]):
             return await super().wait_first(*coros, timeout=timeout)
         delivery, flow_wait = coros
-        if self.suspend_flow.is_set():
-            return await super().wait_first(delivery, flow_wait)
         try:
             finished, value = eager.start(delivery)
         except BaseException:
