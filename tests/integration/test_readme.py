@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,9 +103,11 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
                 background.append(process)
                 addresses.update(mapping)
                 continue
+            started = time.monotonic()
             done = subprocess.run(
                 argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
             )
+            print(f"{time.monotonic() - started:6.1f} s  {command}")  # shown with -rP or -s
             assert done.returncode == 0, f"{command!r} failed:\n{done.stdout}\n{done.stderr}"
             outputs.append(done.stdout)
             if "--json" in argv:
