@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+from training.datasets.split_cache import CACHE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
@@ -43,6 +46,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_slow)
     order = {name: rank for rank, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: order.get(Path(str(item.fspath)).name, len(LONG_FILES)))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _split_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Dataset splits are cached in a folder of this session, not the user's cache; the
+    processes tests start inherit it."""
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("split-cache"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,15 +1,18 @@
-"""Unit tests of the embedded digits dataset: read without scikit-learn, resized like torch.
+"""Unit tests of the embedded digits dataset and of the split cache.
 
-The CSV is read from the installed scikit-learn package without importing it;
-the 8x8 images must equal scikit-learn's own `load_digits`, and the bilinear
-resize must agree with `torch.nn.functional.interpolate` to within one grey
-level. Splits keep every class's share of the held-out rows.
+The digits CSV is read from the installed scikit-learn package without
+importing it, and must give exactly what `sklearn.datasets.load_digits`
+resized with torch gives. Split indices are memoised on disk: a cached split
+equals scikit-learn's `train_test_split`, a warm cache spares the process the
+scikit-learn import, and a damaged cache file is recomputed, not trusted.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,54 +20,91 @@ import torch
 import torch.nn.functional as F
 
 from training.datasets import load_splits
-from training.datasets.digits import IMAGE_SIZE, load_digits_28, resize_bilinear
+from training.datasets.digits import IMAGE_SIZE, load_digits_28
+from training.datasets.split_cache import CACHE_ENV, cache_dir
 
 pytestmark = pytest.mark.unit
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_images_and_labels_are_scikit_learns_resized() -> None:
+@pytest.fixture
+def split_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    return folder
+
+
+def test_images_and_labels_are_scikit_learns_resized_by_torch() -> None:
     from sklearn.datasets import load_digits
 
     reference = load_digits()
-    raw = load_digits_28()
     small = torch.from_numpy(reference.images.astype(np.float32) / 16.0).unsqueeze(1)
     large = F.interpolate(small, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear")
     expected = (large.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
-    assert raw.data.images.shape == (1797, 1, IMAGE_SIZE, IMAGE_SIZE)
+    raw = load_digits_28()
+    np.testing.assert_array_equal(raw.data.images, expected)
     np.testing.assert_array_equal(raw.data.labels, reference.target)
-    difference = np.abs(raw.data.images.astype(np.int16) - expected.astype(np.int16))
-    assert difference.max() <= 1  # float rounding order differs from torch's kernel
-    assert (difference > 0).mean() < 1e-4
 
 
-def test_resize_keeps_constant_images_and_corners() -> None:
-    ramp = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
-    out = resize_bilinear(ramp, 8)
-    assert out.shape == (1, 8, 8)
-    assert out[0, 0, 0] == ramp[0, 0, 0] and out[0, -1, -1] == ramp[0, -1, -1]
-    np.testing.assert_allclose(resize_bilinear(np.full((2, 3, 3), 0.25, np.float32), 7), 0.25)
-    assert np.all(np.diff(out[0], axis=1) >= 0)  # a ramp stays a ramp
+def test_cached_split_is_scikit_learns_and_is_written_once(split_cache: Path) -> None:
+    from sklearn.model_selection import train_test_split
+
+    cold = load_splits("digits", seed=5)
+    files = sorted((split_cache / "splits").iterdir())
+    warm = load_splits("digits", seed=5)
+
+    assert len(files) == 2  # test split of the whole set, then validation split of the rest
+    assert sorted((split_cache / "splits").iterdir()) == files
+    for part in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(cold, part).images, getattr(warm, part).images)
+    labels = load_digits_28().data.labels
+    _, held = train_test_split(
+        np.arange(len(labels)), test_size=0.1, random_state=5, stratify=labels
+    )
+    np.testing.assert_array_equal(cold.test.labels, labels[np.sort(held)])
 
 
-def test_loading_digits_imports_neither_scikit_learn_nor_torch() -> None:
+def test_warm_cache_spares_the_scikit_learn_import(split_cache: Path) -> None:
+    load_splits("digits", seed=0)  # fills the cache
     code = (
         "import sys; from training.datasets import load_splits; load_splits('digits'); "
-        "print(sorted(m for m in ('sklearn', 'scipy.stats', 'torch') if m in sys.modules))"
+        "print(sorted(m for m in ('sklearn', 'scipy.stats') if m in sys.modules))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
 
-def test_every_class_gives_its_share_to_validation_and_test() -> None:
-    splits = load_splits("digits", seed=3)
-    total = len(splits.train) + len(splits.val) + len(splits.test)
-    all_labels = np.concatenate([splits.train.labels, splits.val.labels, splits.test.labels])
-    counts = np.bincount(all_labels)
-    assert len(splits.test) == int(np.ceil(0.1 * total))
-    share = len(splits.test) * counts / total
-    assert np.all(np.abs(np.bincount(splits.test.labels, minlength=10) - share) < 1)
-    pool = counts - np.bincount(splits.test.labels, minlength=10)
-    val_share = len(splits.val) * pool / pool.sum()
-    assert np.all(np.abs(np.bincount(splits.val.labels, minlength=10) - val_share) < 1)
+@pytest.mark.parametrize("damage", [b"", b"not an npz file", "wrong sizes"])
+def test_a_damaged_cache_file_is_recomputed(split_cache: Path, damage: bytes | str) -> None:
+    first = load_splits("digits", seed=2)
+    for path in (split_cache / "splits").iterdir():
+        if damage == "wrong sizes":
+            np.savez(path.open("wb"), keep=np.arange(3), held=np.arange(3, 5))
+        else:
+            path.write_bytes(damage)  # type: ignore[arg-type]
+    again = load_splits("digits", seed=2)
+    np.testing.assert_array_equal(first.test.labels, again.test.labels)
+    np.testing.assert_array_equal(first.train.images, again.train.images)
+
+
+def test_an_unwritable_cache_folder_only_costs_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(CACHE_ENV, str(blocker / "cache"))
+    splits = load_splits("digits", seed=0)
+    assert len(splits.test) == 180
+
+
+def test_cache_folder_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
+    assert cache_dir() == Path("/somewhere/headrace")
+    monkeypatch.setenv(CACHE_ENV, "/elsewhere")
+    assert cache_dir() == Path("/elsewhere")

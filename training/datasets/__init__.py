@@ -24,6 +24,7 @@ from training.datasets.digits import load_digits_28
 from training.datasets.mnist import load_mnist
 from training.datasets.schema import SCHEMAS, DatasetSchema, dataset_schema
 from training.datasets.shards import ShardSource, select_shards
+from training.datasets.split_cache import cached_split
 
 __all__ = [
     "DATASETS",
@@ -64,43 +65,29 @@ def load_raw(name: str, data_dir: Path | None = None) -> RawDataset:
     return loader(Path(data_dir))
 
 
-def _class_quotas(counts: np.ndarray, held: int, rng: np.random.Generator) -> np.ndarray:
-    """How many rows each class gives to a held-out part of `held` rows: its share rounded
-    down, plus one for the classes with the largest remainders (ties drawn at random)."""
-    share = held * counts / counts.sum()
-    quotas = np.floor(share).astype(np.int64)
-    shortfall = held - int(quotas.sum())
-    tie_break = rng.permutation(len(counts))
-    by_remainder = tie_break[np.argsort(-(share - quotas)[tie_break], kind="stable")]
-    quotas[by_remainder[:shortfall]] += 1
-    return quotas
-
-
 def _stratified_split(
     arrays: ImageArrays, fraction: float, seed: int
 ) -> tuple[ImageArrays, ImageArrays]:
-    """Split off `fraction` of the rows (rounded up), keeping class proportions where possible.
+    """Split off `fraction` of the rows, keeping class proportions where possible."""
+    counts = np.bincount(arrays.labels)
+    classes = int((counts > 0).sum())
+    held_count = math.ceil(fraction * len(arrays))  # as train_test_split rounds
+    # stratifying needs two samples per class and room for every class on both sides
+    fits = bool(counts[counts > 0].min() >= 2 and classes <= held_count <= len(arrays) - classes)
 
-    Rows are drawn by a permutation seeded with `seed`, so a split is the same on every
-    machine. Stratifying needs two rows per class and room for every class on both sides;
-    otherwise the rows are drawn from the whole set.
-    """
-    rng = np.random.default_rng(seed)
-    total = len(arrays)
-    held_count = math.ceil(fraction * total)
-    classes, counts = np.unique(arrays.labels, return_counts=True)
-    fits = counts.min() >= 2 and len(classes) <= held_count <= total - len(classes)
-    if fits:
-        quotas = _class_quotas(counts, held_count, rng)
-        held_parts = [
-            rng.permutation(np.flatnonzero(arrays.labels == label))[:quota]
-            for label, quota in zip(classes, quotas, strict=True)
-        ]
-        held = np.concatenate(held_parts)
-    else:
-        held = rng.permutation(total)[:held_count]
-    keep = np.setdiff1d(np.arange(total), held)
-    return arrays.subset(keep), arrays.subset(np.sort(held))
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.model_selection import train_test_split  # ~2 s to import: cached
+
+        keep, held = train_test_split(
+            np.arange(len(arrays)),
+            test_size=fraction,
+            random_state=seed,
+            stratify=arrays.labels if fits else None,
+        )
+        return np.sort(keep), np.sort(held)
+
+    keep, held = cached_split(arrays.labels, fraction, seed, fits, compute)
+    return arrays.subset(keep), arrays.subset(held)
 
 
 def split_raw(
