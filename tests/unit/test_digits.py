@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.datasets import load_splits
+from training.datasets import digits, load_splits
 from training.datasets.digits import IMAGE_SIZE, load_digits_28
 from training.datasets.split_cache import CACHE_ENV, cache_dir
 
@@ -45,6 +45,16 @@ def test_images_and_labels_are_scikit_learns_resized_by_torch() -> None:
     raw = load_digits_28()
     np.testing.assert_array_equal(raw.data.images, expected)
     np.testing.assert_array_equal(raw.data.labels, reference.target)
+
+
+def test_without_the_csv_file_scikit_learns_loader_gives_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from_file = load_digits_28()
+    monkeypatch.setattr(digits, "digits_csv", lambda: None)
+    from_loader = load_digits_28()
+    np.testing.assert_array_equal(from_file.data.images, from_loader.data.images)
+    np.testing.assert_array_equal(from_file.data.labels, from_loader.data.labels)
 
 
 def test_cached_split_is_scikit_learns_and_is_written_once(split_cache: Path) -> None:

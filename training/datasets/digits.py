@@ -4,7 +4,8 @@ scikit-learn ships the 1,797 8x8 images (values 0..16) inside its package as a
 small CSV, so this works with no download and no data folder. The file is read
 straight from the installed package, the same values `sklearn.datasets.
 load_digits` returns, without importing scikit-learn (and SciPy behind it),
-which would cost about two seconds in every process that loads the dataset.
+which would cost about two seconds in every process that loads the dataset;
+if the file is not where it is expected, scikit-learn's loader is used.
 Images are resized with bilinear interpolation to MNIST's 28x28 and scaled to
 0..255.
 """
@@ -26,15 +27,26 @@ SOURCE_MAX = 16.0
 PACKAGE_FILE = ("datasets", "data", "digits.csv.gz")
 
 
-def digits_csv() -> Path:
-    """The digits CSV inside the installed scikit-learn package (found without importing it)."""
+def digits_csv() -> Path | None:
+    """The digits CSV inside the installed scikit-learn package, found without importing it
+    (None if this scikit-learn keeps it elsewhere)."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise DatasetError("the digits dataset comes with scikit-learn: pip install scikit-learn")
     path = Path(next(iter(spec.submodule_search_locations))).joinpath(*PACKAGE_FILE)
-    if not path.is_file():
-        raise DatasetError(f"scikit-learn's digits file is missing: {path}")
-    return path
+    return path if path.is_file() else None
+
+
+def _digits_table() -> np.ndarray:
+    """(1797, 65) integers: 64 pixels (0..16) and the label per row."""
+    path = digits_csv()
+    if path is None:  # another layout: scikit-learn's loader, at the cost of its import
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return np.column_stack([bunch.data.astype(np.int64), bunch.target.astype(np.int64)])
+    with gzip.open(path, "rt") as table_file:
+        return np.loadtxt(table_file, delimiter=",", dtype=np.int64, ndmin=2)
 
 
 def load_digits_28() -> RawDataset:
@@ -43,8 +55,7 @@ def load_digits_28() -> RawDataset:
     import torch
     import torch.nn.functional as F
 
-    with gzip.open(digits_csv(), "rt") as table_file:
-        table = np.loadtxt(table_file, delimiter=",", dtype=np.int64, ndmin=2)
+    table = _digits_table()
     pixels = SOURCE_SIZE * SOURCE_SIZE
     small = table[:, :pixels].reshape(-1, 1, SOURCE_SIZE, SOURCE_SIZE) / SOURCE_MAX
     large = F.interpolate(
