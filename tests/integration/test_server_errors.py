@@ -347,8 +347,10 @@ def test_expired_request_is_never_executed(
         return sum(s.inference_count for s in found), sum(s.execution_count for s in found)
 
     before, executed_before = slow_counts(server.scrape()), executed()
-    occupant = occupy(server, stub, 1.5, model_files)
-    error = rpc_error(lambda: stub.ModelInfer(slow_request(1), timeout=0.3))
+    occupant = occupy(server, stub, 3.0, model_files)
+    # A 1 s timeout: the client's cancellation reaches the server a few ms before the server's
+    # copy of the deadline (with 0.3 s it came after it, which hid a miscounted reason)
+    error = rpc_error(lambda: stub.ModelInfer(slow_request(1), timeout=1.0))
     assert error.code() == Code.DEADLINE_EXCEEDED
     wait_until(
         lambda: delta(before, slow_counts(server.scrape()))["deadline"] == 1,
