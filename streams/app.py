@@ -4,15 +4,18 @@ The agent takes up to `max_batch` records (or what arrived within
 `max_delay_s`) with Faust's `Stream.take_events` -- `take()` with the events, so
 each record's key, headers and position stay available -- and hands them to
 `streams.inference.handle_batch`, which gives every record exactly one outcome
-(a result or a DLQ record). The outcomes are produced with `acks=all` and their
-acknowledgements awaited before the agent asks for the next batch, which is when
-Faust acks the taken events and may commit their offsets: at-least-once.
-`streams.offsets.OffsetGate` keeps that true with concurrent actors.
+(a result or a DLQ record). The outcomes are produced with `acks=all`
+(`streams.delivery`); while the broker acknowledges them the agent already runs
+its next batch, and only once they are acknowledged are the batch's events acked,
+so Faust may commit their offsets: at-least-once. Each actor keeps at most
+`concurrency` batches awaiting acknowledgements. `streams.offsets.OffsetGate`
+keeps the order of acks per partition, across batches and concurrent actors.
 
 If the batch is cancelled (the worker stops) it is given `STOP_GRACE_S` to
-finish; a batch that does not finish, or whose outcomes cannot be produced, has
-its events held (an extra reference), so Faust never marks them acked and they
-are consumed again after a restart.
+finish, and so are the acknowledgements still awaited; a batch that does not
+finish, or whose outcomes cannot be produced, has its events held (an extra
+reference), so Faust never marks them acked and they are consumed again after a
+restart.
 
 With `processing_guarantee="exactly_once"` Faust commits offsets by sending
 them into a Kafka transaction, one transactional producer per source
@@ -34,6 +37,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -46,6 +50,7 @@ from mode.services import WaitResults
 from streams import eager, init_producer_id
 from streams.commit_gate import CommitGate, RebalanceVoided
 from streams.config import StreamWorkerConfig
+from streams.delivery import PendingOutcomes, produce_outcomes, send_outcomes
 from streams.exactly_once import TransactionalOutcomes
 from streams.inference import InferenceBackend, Outcome, SourceRecord, Topics, handle_batch
 from streams.metrics import StreamMetrics
@@ -71,13 +76,7 @@ FETCH_BYTES = 8 * 1024 * 1024  # above the codec's 4 MiB limit, so oversized rec
 # at half the peak rate, benchmarks/streaming.py). On Apache Kafka a fetch returns as soon as
 # data arrives; this only bounds the idle fetch rate (<= 1000 / FETCH_MAX_WAIT_MS per second).
 FETCH_MAX_WAIT_MS = 10
-PRODUCE_ATTEMPTS = 3
-PRODUCE_BACKOFF_S = 0.5
 STOP_GRACE_S = 10.0
-
-
-class ProduceFailed(Exception):
-    """Outcomes could not be produced; their records must not be acked."""
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -247,6 +246,12 @@ def hold_events(events: Sequence[EventT]) -> None:
     the process (exit 4)."""
     for event in events:
         event.message.incref()
+    release_tracking(events)
+
+
+def release_tracking(events: Sequence[EventT]) -> None:
+    """Stop the consumer counting these (held) messages as pending; see `hold_events`."""
+    for event in events:
         event.app.consumer.unacked.discard(event.message)
 
 
@@ -259,6 +264,17 @@ class BackpressureSensor(Sensor):
 
     def on_topic_buffer_full(self, tp: TP) -> None:
         self.metrics.backpressure_pauses.labels(tp.topic).inc()
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A batch whose outcomes are handed to the producer, not yet acknowledged."""
+
+    records: list[SourceRecord]
+    positions: list[Position]
+    events: Sequence[EventT]
+    outcomes: list[Outcome]
+    pending: PendingOutcomes
 
 
 class StreamWorker:
@@ -279,6 +295,8 @@ class StreamWorker:
         self.gate = OffsetGate()
         self.positions: dict[Any, int] = {}  # partition -> next offset the agent will take
         self.failed: BaseException | None = None
+        # batches whose outcomes await the broker's acknowledgements -> their events
+        self.unconfirmed: dict[asyncio.Future[None], Sequence[EventT]] = {}
         self._on_ready = on_ready
         self._on_fatal = on_fatal
         self._announced = False
@@ -353,13 +371,23 @@ class StreamWorker:
         stream.add_processor(track)
         config = self.config
         batches = cast(faust.Stream, stream).take_events  # StreamT does not declare it
-        async for events in batches(config.max_batch, within=config.max_delay_s):
-            await self._handle_taken(events)
+        try:
+            async for events in batches(config.max_batch, within=config.max_delay_s):
+                await self._handle_taken(events)
+        finally:
+            await self._settle_unconfirmed()
 
     # -- one batch -------------------------------------------------------------------------
 
     async def _handle_taken(self, events: Sequence[EventT]) -> None:
-        """Return only when the batch's outcomes are produced (or its events are held)."""
+        """Return once the batch's outcomes are handed to the producer (or its events held).
+
+        At-least-once: the broker's acknowledgements are awaited by a task of their own,
+        which acks the events afterwards; meanwhile the agent runs its next batch. The
+        events carry an extra reference until then, so Faust's ack when the agent asks for
+        the next batch does not let their offsets be committed. At most `concurrency`
+        batches await their acknowledgements: the next one waits for the oldest.
+        Exactly-once: return only when the batch's transaction work is done."""
         if self.failed is not None:
             hold_events(events)  # stopping after a fatal error: leave the records for a restart
             return
@@ -367,7 +395,7 @@ class StreamWorker:
         records = [source_record(e) for e in events]
         task = asyncio.ensure_future(self._process(records, positions, events))
         try:
-            await asyncio.shield(task)
+            sent = await asyncio.shield(task)
         except RebalanceVoided as voided:
             hold_events(events)  # never acked: Faust reads them again after the rebalance
             log.info("batch of %d records voided: %s", len(events), voided)
@@ -378,31 +406,83 @@ class StreamWorker:
                 hold_events(events)
                 if self.transactions is not None:
                     self.transactions.close("a batch was cut off by the stop")
+            elif (sent := task.result()) is not None:
+                self._confirm_later(sent)
             raise
         except Exception as exc:  # outcomes not produced: nothing of this batch may be acked
             hold_events(events)
-            if self.transactions is not None:
-                self.transactions.close(f"a batch failed: {exc}")
-            self.failed = exc
-            log.critical("stopping: %s", exc)
-            if self._on_fatal is not None:
-                self._on_fatal(exc)
+            self._fail(exc)
+        else:
+            if sent is not None:
+                self._confirm_later(sent)
+                await self._limit_unconfirmed()
 
     async def _process(
         self, records: list[SourceRecord], positions: list[Position], events: Sequence[EventT]
-    ) -> None:
+    ) -> _Sent | None:
         outcomes = await handle_batch(records, self.backend, self.topics)
         if self.transactions is not None:
             await self.transactions.commit_batch(outcomes, positions, events)
             self._observe(records, outcomes)
+            return None
+        pending = await send_outcomes(self.app.producer, outcomes)
+        return _Sent(records, positions, events, outcomes, pending)
+
+    # -- acknowledgements (at-least-once) ------------------------------------------------
+
+    def _confirm_later(self, sent: _Sent) -> None:
+        for event in sent.events:
+            event.message.incref()  # Faust's ack after this batch leaves them unacked
+        task = asyncio.ensure_future(self._confirm(sent))
+        self.unconfirmed[task] = sent.events
+        task.add_done_callback(self._forget_confirmed)
+
+    def _forget_confirmed(self, task: asyncio.Future[None]) -> None:
+        self.unconfirmed.pop(task, None)
+
+    async def _confirm(self, sent: _Sent) -> None:
+        try:
+            await sent.pending.confirmed()
+        except Exception as exc:  # never acked: the records are read again after a restart
+            release_tracking(sent.events)
+            self._fail(exc)
             return
-        await self._produce(outcomes)
-        self.gate.finished(positions)
-        self._observe(records, outcomes)
-        if self.gate.blocking(positions):
+        self.gate.finished(sent.positions)
+        self._observe(sent.records, sent.outcomes)
+        if self.gate.blocking(sent.positions):
             if self.metrics is not None:
                 self.metrics.ack_waits.inc()
-            await self.gate.wait_earlier(positions)
+            await self.gate.wait_earlier(sent.positions)
+        sensors = self.app.sensors
+        for event in sent.events:
+            if event.ack():  # the extra reference dropped: Faust may now commit the offset
+                message = event.message  # what `Stream.ack` reports for a final ack
+                sensors.on_message_out(message.tp, message.offset, message)
+
+    async def _limit_unconfirmed(self) -> None:
+        while len(self.unconfirmed) > self.config.concurrency:
+            oldest = next(iter(self.unconfirmed))
+            await asyncio.wait({oldest})
+
+    async def _settle_unconfirmed(self) -> None:
+        """At the stop: give the batches awaiting acknowledgements `STOP_GRACE_S` to finish;
+        the events of those that do not stay unacked, so they are read again later."""
+        if not self.unconfirmed:
+            return
+        _, late = await asyncio.wait(set(self.unconfirmed), timeout=STOP_GRACE_S)
+        for task in late:
+            task.cancel()
+            release_tracking(self.unconfirmed.pop(task, ()))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.transactions is not None:
+            self.transactions.close(f"a batch failed: {exc}")
+        if self.failed is not None:
+            return
+        self.failed = exc
+        log.critical("stopping: %s", exc)
+        if self._on_fatal is not None:
+            self._on_fatal(exc)
 
     def _observe(self, records: list[SourceRecord], outcomes: list[Outcome]) -> None:
         if self.metrics is not None:
@@ -413,66 +493,3 @@ class StreamWorker:
                 now - o.created_at for o in outcomes if o.kind == "result" and o.created_at
             ]
             self.metrics.observe_batch(len(records), results, reasons, latencies)
-
-    async def _produce(self, outcomes: list[Outcome]) -> None:
-        await produce_outcomes(self.app.producer, outcomes)
-
-
-async def produce_outcomes(
-    producer: Any, outcomes: Sequence[Outcome], transactional_ids: Sequence[str] | None = None
-) -> None:
-    """Produce every outcome and wait for the broker's acknowledgements (retrying a few).
-    With `transactional_ids` (one per outcome) each goes through that transactional producer."""
-    if transactional_ids is not None and len(transactional_ids) != len(outcomes):
-        raise ValueError(f"{len(transactional_ids)} transactional ids for {len(outcomes)} outcomes")
-    ids: Sequence[str | None] = transactional_ids or [None] * len(outcomes)
-
-    pending = list(zip(outcomes, ids, strict=True))
-    for attempt in range(1, PRODUCE_ATTEMPTS + 1):
-        answers = await _send_all(producer, pending)
-        failed = [item for item, a in zip(pending, answers, strict=True) if a is not None]
-        if not failed:
-            return
-        errors = {repr(a) for a in answers if a is not None}
-        log.warning(
-            "%d of %d outcomes not produced (attempt %d): %s",
-            len(failed), len(pending), attempt, "; ".join(sorted(errors)),
-        )  # fmt: skip
-        pending = failed
-        if attempt < PRODUCE_ATTEMPTS:
-            await asyncio.sleep(PRODUCE_BACKOFF_S * attempt)
-    raise ProduceFailed(
-        f"{len(pending)} outcomes could not be produced after {PRODUCE_ATTEMPTS} attempts; "
-        "check that the broker is reachable and the result topics exist"
-    )
-
-
-async def _send_all(
-    producer: Any, pending: Sequence[tuple[Outcome, str | None]]
-) -> list[BaseException | None]:
-    """Hand every outcome to the producer, then await the deliveries: None or the error of each.
-
-    One coroutine for the whole batch, not a task per outcome: a send only queues the record
-    in the producer's buffer, and the awaits of the delivery futures cost nothing once done."""
-    deliveries: list[Any] = []
-    for outcome, transactional_id in pending:
-        extra = {"transactional_id": transactional_id} if transactional_id else {}
-        try:
-            deliveries.append(
-                await producer.send(
-                    outcome.topic, outcome.key, outcome.value, None, None, outcome.headers, **extra
-                )
-            )
-        except Exception as exc:  # refused before it was queued: counted as not produced
-            deliveries.append(exc)
-    answers: list[BaseException | None] = []
-    for delivery in deliveries:
-        if isinstance(delivery, BaseException):
-            answers.append(delivery)
-            continue
-        try:
-            await delivery
-            answers.append(None)
-        except Exception as exc:
-            answers.append(exc)
-    return answers

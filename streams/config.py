@@ -29,7 +29,13 @@ class StreamWorkerConfig(BaseModel):
         pattern=r"^[A-Za-z0-9._-]+$",
         description="Consumer group (and Faust app id); workers of one group share the work.",
     )
-    concurrency: int = Field(default=1, ge=1, le=64, description="Batches in flight at once.")
+    concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Agent actors: batches run at once, and at most as many more awaiting the "
+        "broker's acknowledgements of their outcomes.",
+    )
     max_batch: int = Field(default=64, ge=1, le=4096, description="Records per taken batch.")
     max_delay_s: float = Field(
         default=0.005, gt=0, le=10.0, description="Longest wait to fill a batch, in seconds."

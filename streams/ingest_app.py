@@ -53,8 +53,9 @@ from faust.types import TP, EventT, StreamT
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from headrace.errors import DatasetError
-from streams.app import hold_events, new_app, produce_outcomes, source_record
+from streams.app import hold_events, new_app, source_record
 from streams.data_messages import DATA_DLQ_TOPIC, ClassCounts, counts_key
+from streams.delivery import produce_outcomes
 from streams.inference import SourceRecord
 from streams.ingest import PartitionState, plan_batch
 from streams.ingest_watch import CHECK_INTERVAL_S, PartitionWatch

@@ -24,7 +24,13 @@ def stream() -> None:
     help="Kafka bootstrap servers (default HEADRACE_KAFKA_BOOTSTRAP, else the embedded broker).",
 )
 @click.option("--group", help="Consumer group id (default HEADRACE_STREAM_GROUP).")
-@click.option("--concurrency", type=int, default=1, show_default=True, help="Batches in flight.")
+@click.option(
+    "--concurrency",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Batches run at once (and as many more awaiting acknowledgements).",
+)
 @click.option("--max-batch", type=int, default=64, show_default=True, help="Records per batch.")
 @click.option(
     "--max-delay-ms", type=float, default=5.0, show_default=True, help="Longest wait for a batch."

@@ -15,7 +15,7 @@ from headrace.errors import ModelNotFound
 from serving.model_config import ModelConfig, PreprocessingSpec, TensorSpec
 from serving.types import InferRequest, InferResponse, InferTensor, Timings
 from serving.validation import validate_request
-from streams import app as stream_app
+from streams import delivery
 from streams.inference import Outcome, SourceRecord, handle_batch
 from streams.offsets import OffsetGate
 
@@ -164,14 +164,14 @@ class FlakyProducer:
         if self.refuse.get(key, 0) > 0:
             self.refuse[key] -= 1
             raise RuntimeError(f"buffer full for {key!r}")
-        delivery: asyncio.Future = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future = asyncio.get_running_loop().create_future()
         if self.fail.get(key, 0) > 0:
             self.fail[key] -= 1
-            delivery.set_exception(RuntimeError(f"not acknowledged: {key!r}"))
+            answer.set_exception(RuntimeError(f"not acknowledged: {key!r}"))
         else:
             self.delivered.append(key)
-            delivery.set_result(None)
-        return delivery
+            answer.set_result(None)
+        return answer
 
 
 def outcomes_for(*keys: bytes) -> list[Outcome]:
@@ -181,15 +181,15 @@ def outcomes_for(*keys: bytes) -> list[Outcome]:
 def test_produce_retries_refused_and_unacknowledged_outcomes_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(stream_app, "PRODUCE_BACKOFF_S", 0.0)
+    monkeypatch.setattr(delivery, "PRODUCE_BACKOFF_S", 0.0)
     producer = FlakyProducer(refuse={b"b": 1}, fail={b"c": 2})
-    asyncio.run(stream_app.produce_outcomes(producer, outcomes_for(b"a", b"b", b"c")))
+    asyncio.run(delivery.produce_outcomes(producer, outcomes_for(b"a", b"b", b"c")))
     assert producer.delivered == [b"a", b"b", b"c"]  # each delivered once, c on attempt 3
 
 
 def test_produce_gives_up_after_its_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(stream_app, "PRODUCE_BACKOFF_S", 0.0)
-    producer = FlakyProducer(refuse={}, fail={b"b": stream_app.PRODUCE_ATTEMPTS})
-    with pytest.raises(stream_app.ProduceFailed, match="1 outcomes could not be produced"):
-        asyncio.run(stream_app.produce_outcomes(producer, outcomes_for(b"a", b"b")))
+    monkeypatch.setattr(delivery, "PRODUCE_BACKOFF_S", 0.0)
+    producer = FlakyProducer(refuse={}, fail={b"b": delivery.PRODUCE_ATTEMPTS})
+    with pytest.raises(delivery.ProduceFailed, match="1 outcomes could not be produced"):
+        asyncio.run(delivery.produce_outcomes(producer, outcomes_for(b"a", b"b")))
     assert producer.delivered == [b"a"]
