@@ -7,9 +7,10 @@ each record's key, headers and position stay available -- and hands them to
 (a result or a DLQ record). The outcomes are produced with `acks=all`
 (`streams.delivery`); while the broker acknowledges them the agent already runs
 its next batch, and only once they are acknowledged are the batch's events acked,
-so Faust may commit their offsets: at-least-once. Each actor keeps at most
-`concurrency` batches awaiting acknowledgements. `streams.offsets.OffsetGate`
-keeps the order of acks per partition, across batches and concurrent actors.
+so Faust may commit their offsets: at-least-once. At most `concurrency` batches
+await acknowledgements at a time (the agent's actors share that limit).
+`streams.offsets.OffsetGate` keeps the order of acks per partition, across
+batches and concurrent actors.
 
 If the batch is cancelled (the worker stops) it is given `STOP_GRACE_S` to
 finish, and so are the acknowledgements still awaited; a batch that does not
