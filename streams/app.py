@@ -276,6 +276,7 @@ class _Sent:
     events: Sequence[EventT]
     outcomes: list[Outcome]
     pending: PendingOutcomes
+    sent_at: float  # time.perf_counter() when the outcomes were handed over
 
 
 class StreamWorker:
@@ -426,8 +427,9 @@ class StreamWorker:
             await self.transactions.commit_batch(outcomes, positions, events)
             self._observe(records, outcomes)
             return None
+        sent_at = time.perf_counter()
         pending = await send_outcomes(self.app.producer, outcomes)
-        return _Sent(records, positions, events, outcomes, pending)
+        return _Sent(records, positions, events, outcomes, pending, sent_at)
 
     # -- acknowledgements (at-least-once) ------------------------------------------------
 
@@ -448,6 +450,8 @@ class StreamWorker:
             release_tracking(sent.events)
             self._fail(exc)
             return
+        if self.metrics is not None:
+            self.metrics.outcome_acks.observe(time.perf_counter() - sent.sent_at)
         self.gate.finished(sent.positions)
         self._observe(sent.records, sent.outcomes)
         if self.gate.blocking(sent.positions):

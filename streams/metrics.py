@@ -35,6 +35,7 @@ class _LagCollector(Collector):
 
 
 E2E_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+ACK_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class StreamMetrics:
@@ -68,6 +69,13 @@ class StreamMetrics:
             "Times a partition's fetching was paused because the worker's buffer of records not "
             "yet batched was full (backpressure; it resumes once the buffer has drained).",
             ["topic"],
+            registry=registry,
+        )
+        self.outcome_acks = Histogram(
+            "stream_outcome_ack_seconds",
+            "Per batch, from handing its outcomes to the producer until the broker acknowledged "
+            "every one of them (retries included); the batch's records are acked after that.",
+            buckets=ACK_BUCKETS_S,
             registry=registry,
         )
         self.ack_waits = Counter(

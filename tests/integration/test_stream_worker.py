@@ -112,6 +112,8 @@ def test_thousand_requests_all_get_results_equal_to_onnxruntime(setup: Setup) ->
     assert metrics.value("stream_end_to_end_latency_seconds_count") >= n
     assert metrics.value("stream_end_to_end_latency_seconds_sum") > 0
     assert "# TYPE stream_consumer_lag gauge" in metrics.text
+    batches_acked = metrics.value("stream_outcome_ack_seconds_count")
+    assert 1 <= batches_acked <= n and metrics.value("stream_outcome_ack_seconds_sum") > 0
     print("batches whose ack waited for an earlier batch:", metrics.value("stream_ack_waits_total"))
 
 
