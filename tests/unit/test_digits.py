@@ -89,12 +89,16 @@ def test_warm_cache_spares_the_scikit_learn_import(split_cache: Path) -> None:
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("damage", [b"", b"not an npz file", "wrong sizes"])
+@pytest.mark.parametrize("damage", [b"", b"not an npz file", "wrong sizes", "out of range"])
 def test_a_damaged_cache_file_is_recomputed(split_cache: Path, damage: bytes | str) -> None:
     first = load_splits("digits", seed=2)
     for path in (split_cache / "splits").iterdir():
         if damage == "wrong sizes":
             np.savez(path.open("wb"), keep=np.arange(3), held=np.arange(3, 5))
+        elif damage == "out of range":  # the right sizes, every index one too high
+            with np.load(path) as stored:
+                keep, held = stored["keep"] + 1, stored["held"] + 1
+            np.savez(path.open("wb"), keep=keep, held=held)
         else:
             path.write_bytes(damage)  # type: ignore[arg-type]
     again = load_splits("digits", seed=2)

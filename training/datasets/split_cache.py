@@ -53,19 +53,26 @@ def _read(path: Path, total: int) -> Indices | None:
         if path.exists():
             log.debug("ignoring unreadable split cache %s: %s", path, exc)
         return None
-    if len(keep) + len(held) != total or len(np.union1d(keep, held)) != total:
+    # a split puts each of the rows 0..total-1 on exactly one side
+    if len(keep) + len(held) != total or not np.array_equal(
+        np.union1d(keep, held), np.arange(total)
+    ):
         return None
     return keep, held
 
 
 def _write(path: Path, keep: np.ndarray, held: np.ndarray) -> None:
+    temporary: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out:
+            temporary = out.name
             np.savez(out, keep=keep, held=held)
-        os.replace(out.name, path)  # atomic: a concurrent reader sees all of it or nothing
+        os.replace(temporary, path)  # atomic: a concurrent reader sees all of it or nothing
     except OSError as exc:
         log.debug("split cache not written to %s: %s", path, exc)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)  # a full disk leaves no half-written file
 
 
 def cached_split(
