@@ -99,10 +99,6 @@ def test_each_tuner_is_built_by_nni_and_suggests_valid_trials(
     np.random.seed(1)
     project_root = Path(__file__).resolve().parents[2]
     algorithm = _build(config, project_root)
-    # NNI's GP tuner takes no seed: it draws from a `RandomState()` of its own, seeded from
-    # the OS, which once proposed the same boundary point twice (4 distinct rates of 5)
-    if isinstance(getattr(algorithm, "_random_state", None), np.random.RandomState):
-        algorithm._random_state.seed(1)
     space = nni_search_space(config)
     suggested: list[TrainConfig] = []
     if not TUNERS[tuner].advisor:
@@ -141,6 +137,27 @@ def test_each_tuner_is_built_by_nni_and_suggests_valid_trials(
         first_round = {c.learning_rate for c in suggested if c.epochs == 1}
         assert any(c.learning_rate in first_round for c in suggested if c.epochs == 3)  # promoted
     assert len({c.learning_rate for c in suggested}) >= 5  # really sampled
+
+
+def _gp_suggestions(seed: int, project_root: Path) -> list[TrainConfig]:
+    config = TuneConfig(tuner="GP", train=TrainConfig(epochs=3, seed=seed))
+    tuner = _build(config, project_root)
+    tuner.update_search_space(nni_search_space(config))
+    suggested: list[TrainConfig] = []
+    for parameter_id in range(5):  # 3 random cold-start trials, then the GP's own picks
+        raw = tuner.generate_parameters(parameter_id)
+        suggested.append(_as_config(raw, config))
+        tuner.receive_trial_result(parameter_id, raw, _loss(suggested[-1]))
+    return suggested
+
+
+def test_gp_tuner_follows_the_job_seed(unit_channel: None) -> None:
+    """NNI's GP tuner seeds itself from the OS; ours takes the job's seed as TPE does."""
+    project_root = Path(__file__).resolve().parents[2]
+    first, again = _gp_suggestions(3, project_root), _gp_suggestions(3, project_root)
+    other = _gp_suggestions(4, project_root)
+    assert first == again
+    assert [c.learning_rate for c in first] != [c.learning_rate for c in other]
 
 
 def test_bohb_falls_back_to_a_random_configuration_once_its_model_exists(

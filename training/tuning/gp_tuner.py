@@ -7,7 +7,9 @@ dimension") and expects a scalar objective, so after its cold-start trials the
 tuner process crashed and the experiment ended in ERROR. `HeadraceGPTuner`
 hands the GP helper a `minimize` that flattens `x0`, returns the objective as a
 float and gives `fun` back as a one-element array, only while it generates
-parameters, and changes nothing else. NNI's tuner process loads it by class name.
+parameters. NNI's tuner also takes no seed: it draws from a `RandomState()`
+seeded by the OS, so two runs of one job suggested different trials.
+`HeadraceGPTuner` takes a `seed` class argument, as NNI's TPE and Random do.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ def _minimize_flat(
 
 
 class HeadraceGPTuner(GPTuner):
-    """NNI's `GPTuner` using the flattening `minimize` above."""
+    """NNI's `GPTuner` using the flattening `minimize` above, with an optional `seed`."""
+
+    def __init__(self, *args: Any, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if seed is not None:
+            # the one generator NNI's tuner shares with its GP and its target space
+            self._random_state.seed(seed)
 
     def generate_parameters(self, *args: Any, **kwargs: Any) -> Any:
         original = _gp_util.minimize

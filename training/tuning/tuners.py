@@ -59,7 +59,6 @@ TUNERS: dict[str, Algorithm] = {
         requires=("sklearn",),
         packages=("scikit-learn",),
         numeric_choices=True,
-        seeded=False,
         # random for 3 trials, then the GP; NNI's defaults (10 random, 100k warm-up samples
         # and 250 L-BFGS starts per suggestion) take ~10 s a suggestion and suit long runs only
         extra_args={
