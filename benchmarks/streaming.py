@@ -474,7 +474,7 @@ class Bench:
         try:
             self.procs.wait_ready(child, WORKER_READY, 120)
             # This process's own collections (this process holds every row's records) stopped
-            # the producer and reader for 120 to 200 ms, counted as the pipeline's latency.
+            # the producer and reader for 136 to 194 ms, counted as the pipeline's latency.
             with collector_paused():
                 window = CpuWindow(self.broker_pid, child.pid)
                 sender = threading.Thread(target=send_all, name="paced-producer", daemon=True)

@@ -1,11 +1,12 @@
-"""`headrace.gc_pauses`: startup objects leave the collector's walk; later garbage is freed."""
+"""`headrace.gc_pauses`: startup objects leave the collector's walk; later garbage is freed;
+a timed window runs without collections."""
 
 from __future__ import annotations
 
 import gc
 import weakref
 
-from headrace.gc_pauses import freeze_startup_objects
+from headrace.gc_pauses import collector_paused, freeze_startup_objects
 
 
 class Node:
@@ -25,3 +26,36 @@ def test_startup_objects_are_frozen_and_later_cycles_still_collected() -> None:
         assert ref() is None
     finally:
         gc.unfreeze()
+
+
+def test_no_collection_runs_inside_a_paused_window_and_collecting_resumes_after() -> None:
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.callbacks.append(count)
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+            collections.clear()  # the one collection made on the way in
+            nodes = [Node() for _ in range(50_000)]  # far past the youngest threshold (700)
+            assert collections == []
+        assert gc.isenabled()
+        ref = weakref.ref(nodes[0])
+        del nodes
+        gc.collect()
+        assert ref() is None
+    finally:
+        gc.callbacks.remove(count)
+
+
+def test_a_paused_window_leaves_a_disabled_collector_disabled() -> None:
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
