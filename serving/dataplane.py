@@ -270,7 +270,7 @@ class DataPlane:
             }
             start += item.rows
             answers[item.index] = self._response(item.request, loaded, rows, timings)
-            self._record_success(model, version, item.rows, timings, total_s)
+        self._record_success(model, version, start, timings, total_s, requests=len(chunk))
 
     async def _infer_loaded(
         self, request: InferRequest, loaded: LoadedVersion
@@ -303,17 +303,24 @@ class DataPlane:
             self.stats.setdefault((model, version), VersionStats()).execution_count += 1
 
     def _record_success(
-        self, model: str, version: str, rows: int, timings: Timings, total_s: float
+        self,
+        model: str,
+        version: str,
+        rows: int,
+        timings: Timings,
+        total_s: float,
+        requests: int = 1,
     ) -> None:
+        """`requests` successful requests with `rows` rows in all and the same timings."""
         stats = self.stats.setdefault((model, version), VersionStats())
-        stats.success_count += 1
-        stats.success_ns += int(total_s * 1e9)
-        stats.queue_ns += int(timings.queue_s * 1e9)
-        stats.compute_ns += int(timings.compute_s * 1e9)
+        stats.success_count += requests
+        stats.success_ns += int(total_s * 1e9) * requests
+        stats.queue_ns += int(timings.queue_s * 1e9) * requests
+        stats.compute_ns += int(timings.compute_s * 1e9) * requests
         stats.inference_count += rows
         stats.last_inference_ms = int(time.time() * 1000)
         if self.metrics is not None:
-            self.metrics.observe_success(model, version, rows, timings, total_s)
+            self.metrics.observe_success(model, version, rows, timings, total_s, requests)
 
     def _record_failure(self, model: str, version: str, reason: str, started: float) -> None:
         if model != UNKNOWN_MODEL:

@@ -90,7 +90,9 @@ def request_from_json(
 def tensor_to_json(tensor: InferTensor) -> dict[str, Any]:
     """`InferTensor` -> OIP JSON tensor with flat data."""
     flat = np.asarray(tensor.data).reshape(-1)
-    data = [v.decode() if isinstance(v, bytes) else v for v in flat.tolist()]
+    data = flat.tolist()
+    if flat.dtype.kind == "O":  # BYTES elements travel as strings
+        data = [v.decode() if isinstance(v, bytes) else v for v in data]
     return {
         "name": tensor.name,
         "datatype": tensor.datatype,

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from serving.histograms import observe_repeated
 from serving.types import Timings
 
 LATENCY_BUCKETS_S = (
@@ -163,8 +164,16 @@ class ServingMetrics:
         self._success_children: dict[tuple[str, str], _SuccessChildren] = {}
 
     def observe_success(
-        self, model: str, version: str, rows: int, timings: Timings, total_s: float
+        self,
+        model: str,
+        version: str,
+        rows: int,
+        timings: Timings,
+        total_s: float,
+        requests: int = 1,
     ) -> None:
+        """`requests` successful requests holding `rows` rows in all, all with these timings
+        (the requests of one merged batcher submit share them)."""
         children = self._success_children.get((model, version))
         if children is None:  # `labels()` costs a lock and a dict lookup: once per version
             children = self._success_children[(model, version)] = _SuccessChildren(
@@ -175,12 +184,12 @@ class ServingMetrics:
                 self.compute_duration.labels(model, version),
                 self.batch_size.labels(model, version),
             )
-        children.success.inc()
+        children.success.inc(requests)
         children.inferences.inc(rows)
-        children.request_duration.observe(total_s)
-        children.queue_duration.observe(timings.queue_s)
-        children.compute_duration.observe(timings.compute_s)
-        children.batch_size.observe(timings.batch_size)
+        observe_repeated(children.request_duration, total_s, requests)
+        observe_repeated(children.queue_duration, timings.queue_s, requests)
+        observe_repeated(children.compute_duration, timings.compute_s, requests)
+        observe_repeated(children.batch_size, timings.batch_size, requests)
 
     def observe_failure(self, model: str, version: str, reason: str) -> None:
         self.failure.labels(model, version, reason).inc()

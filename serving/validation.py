@@ -33,14 +33,15 @@ def validate_request(request: InferRequest, config: ModelConfig) -> int:
     if not request.inputs:
         raise InvalidInput("the request has no inputs")
     specs = {spec.name: spec for spec in config.inputs}
-    given = [tensor.name for tensor in request.inputs]
-    unknown = sorted(set(given) - set(specs))
-    if unknown:
-        raise InvalidInput(
-            f"unknown input {unknown[0]!r} for model {config.name!r}; it expects {sorted(specs)}"
-        )
-    missing = sorted(set(specs) - set(given))
-    if missing:
+    given = {tensor.name for tensor in request.inputs}
+    if given != specs.keys():
+        unknown = sorted(given - specs.keys())
+        if unknown:
+            raise InvalidInput(
+                f"unknown input {unknown[0]!r} for model {config.name!r}; "
+                f"it expects {sorted(specs)}"
+            )
+        missing = sorted(specs.keys() - given)
         raise InvalidInput(f"missing input {missing[0]!r} for model {config.name!r}")
     batched = config.max_batch_size > 0
     rows: set[int] = set()
@@ -57,6 +58,8 @@ def validate_request(request: InferRequest, config: ModelConfig) -> int:
             raise InvalidInput(f"input {tensor.name!r} holds NaN or infinite values")
     if len(rows) > 1:
         raise InvalidInput(f"inputs disagree on the batch size: {sorted(rows)}")
+    if not request.requested_outputs:
+        return rows.pop()
     known_outputs = {spec.name for spec in config.outputs}
     for name in request.requested_outputs:
         if name not in known_outputs:

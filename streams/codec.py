@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from headrace.errors import HeadraceError, InvalidInput
 from protos import grpc_service_pb2 as pb
 from serving.grpc_convert import request_from_proto
-from serving.json_convert import request_from_json, response_to_json
+from serving.json_convert import request_from_json, tensor_to_json
 from serving.types import InferRequest, InferResponse
 from streams.messages import (
     CONTENT_TYPE_HEADER,
@@ -33,7 +33,6 @@ from streams.messages import (
     InferenceResultMessage,
     RecordRef,
     Stage,
-    TensorJSON,
     Timings,
 )
 
@@ -176,15 +175,16 @@ def _decode_protobuf(key: bytes | None, value: bytes) -> DecodedRequest:
 def encode_result(
     response: InferResponse, request_id: str, timings: Timings, created_at: float | None
 ) -> bytes:
-    """The JSON value of a result record."""
-    body = response_to_json(response)
-    message = InferenceResultMessage(
-        request_id=request_id,
-        model=response.model_name,
-        model_version=response.model_version,
-        outputs=[TensorJSON.model_validate(t) for t in body["outputs"]],
-        timings=timings,
-        request_created_at=created_at,
+    """The JSON value of a result record (validated in one pass, outputs included)."""
+    message = InferenceResultMessage.model_validate(
+        {
+            "request_id": request_id,
+            "model": response.model_name,
+            "model_version": response.model_version,
+            "outputs": [tensor_to_json(t) for t in response.outputs],
+            "timings": timings,
+            "request_created_at": created_at,
+        }
     )
     return message.model_dump_json().encode()
 

@@ -12,6 +12,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from serving.histograms import observe_all
 from serving.metrics import ServingMetrics
 
 
@@ -92,8 +93,7 @@ class StreamMetrics:
         latencies_s: Sequence[float] = (),
     ) -> None:
         self.messages_in.inc(records)
-        for latency in latencies_s:
-            self.end_to_end.observe(latency)
+        observe_all(self.end_to_end, latencies_s)
         if results:
             self.results.inc(results)
         for reason in dlq_reasons:
