@@ -5,7 +5,8 @@ concurrent streams, fixed duration after a warm-up) measures, for LeNet-5
 (transport-bound on CPU) and resnet20 (compute-bound), both with random
 weights and one sample per request sent as raw_input_contents:
 
-- headrace with dynamic batching and with batching off (`headrace serve`);
+- headrace with dynamic batching and with batching off (`headrace serve`), both
+  servers up at once and each point measured on one right after the other;
 - Ray Serve with `@serve.batch` (same max batch size and queue delay) over its
   own gRPC ingress, speaking the identical protocol (`benchmarks.rayserve_app`);
 - the ceilings: ONNX Runtime alone at its best batch size with the server's
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.procs import Processes
+from benchmarks.procs import Child, Processes
 from streams.broker import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -232,7 +233,7 @@ class Bench:
             )  # fmt: skip
         self.procs.stop(child)
 
-    def headrace(self, repo: Path, batching: bool) -> None:
+    def _start_headrace(self, repo: Path, batching: bool) -> tuple[str, Child]:
         argv = _python(
             "headrace", "serve", "--repository", str(repo), "--port", "0", "--metrics-port", "0"
         )
@@ -240,18 +241,32 @@ class Bench:
             argv.append("--no-batching")
         system = "headrace batched" if batching else "headrace unbatched"
         child = self.procs.start(system.replace(" ", "-"), argv, self.s.server_cpus, _env())
-        target = self.procs.wait_ready(child, READY, 120).group(1)
-        for model in self.s.models:
-            self.load(system, target, model, self.s.streams, child.pid)
-        if batching:
-            self.stream_rpc_rows("headrace batched, stream RPC", target, child.pid)
-        if batching and self.s.client_batch > 1:
-            self.load(
-                "headrace batched, client batch", target, "lenet5", [max(self.s.streams)],
-                child.pid, rows=self.s.client_batch,
-                note=f"{self.s.client_batch} samples per request",
-            )  # fmt: skip
-        self.procs.stop(child)
+        return self.procs.wait_ready(child, READY, 120).group(1), child
+
+    def headrace(self, repo: Path) -> None:
+        """headrace with and without batching, side by side: both servers run (on the same
+        cores) and each point is measured on one, then at once on the other, so that the
+        machine's drift in speed (up to a fifth over minutes, docs/performance.md) does not
+        decide the comparison. The idle server's CPU shows in the other% column."""
+        batched, batched_child = self._start_headrace(repo, batching=True)
+        try:
+            unbatched, unbatched_child = self._start_headrace(repo, batching=False)
+            try:
+                for model in self.s.models:
+                    for n in self.s.streams:
+                        self.load("headrace batched", batched, model, [n], batched_child.pid)
+                        self.load("headrace unbatched", unbatched, model, [n], unbatched_child.pid)
+            finally:
+                self.procs.stop(unbatched_child)
+            self.stream_rpc_rows("headrace batched, stream RPC", batched, batched_child.pid)
+            if self.s.client_batch > 1:
+                self.load(
+                    "headrace batched, client batch", batched, "lenet5", [max(self.s.streams)],
+                    batched_child.pid, rows=self.s.client_batch,
+                    note=f"{self.s.client_batch} samples per request",
+                )  # fmt: skip
+        finally:
+            self.procs.stop(batched_child)
 
     def rayserve(self, files: dict[str, Path]) -> None:
         grpc_port, http_port = free_port(), free_port()
@@ -382,7 +397,8 @@ def print_table(rows: list[Row], settings: Settings, pinning: str) -> None:
     )
     print(header)
     print("-" * len(header))
-    for r in rows:
+    first_seen = {system: i for i, system in reversed(list(enumerate(r.system for r in rows)))}
+    for r in sorted(rows, key=lambda row: first_seen[row.system]):  # stable: per system, in order
         print(
             f"{r.system:<31} {r.model:<9} {_fmt(r.streams, 'd'):>7} {r.qps:>9.1f} "
             f"{r.samples_per_s:>10.1f} {_fmt(r.p50_ms, '.2f'):>7} {_fmt(r.p99_ms, '.2f'):>7} "
@@ -458,8 +474,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for model in settings.models:
             bench.ort_ceiling(model, files[model])
         bench.canned()
-        bench.headrace(root / "repository", batching=True)
-        bench.headrace(root / "repository", batching=False)
+        bench.headrace(root / "repository")
         if not settings.skip_rayserve:
             bench.rayserve(files)
     finally:
