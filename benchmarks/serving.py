@@ -397,8 +397,8 @@ def print_table(rows: list[Row], settings: Settings, pinning: str) -> None:
     )
     print(header)
     print("-" * len(header))
-    first_seen = {system: i for i, system in reversed(list(enumerate(r.system for r in rows)))}
-    for r in sorted(rows, key=lambda row: first_seen[row.system]):  # stable: per system, in order
+    systems = {system: i for i, system in enumerate(dict.fromkeys(r.system for r in rows))}
+    for r in sorted(rows, key=lambda row: systems[row.system]):  # stable: per system, in order
         print(
             f"{r.system:<31} {r.model:<9} {_fmt(r.streams, 'd'):>7} {r.qps:>9.1f} "
             f"{r.samples_per_s:>10.1f} {_fmt(r.p50_ms, '.2f'):>7} {_fmt(r.p99_ms, '.2f'):>7} "
