@@ -22,7 +22,7 @@ from serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from serving.model_config import ModelConfig, TensorSpec
 from serving.model_manager import LoadedVersion, ModelManager
 from serving.types import InferRequest, InferResponse, InferTensor, Timings
-from serving.validation import validate_request
+from serving.validation import check_finite, validate_request
 
 SERVER_NAME = "headrace"
 EXTENSIONS = ("model_repository", "statistics", "health", "binary_tensor_data")
@@ -203,6 +203,7 @@ class DataPlane:
         answers: list[InferResponse | BaseException | None] = [None] * len(requests)
         groups: dict[tuple[object, ...], list[_Merged]] = {}
         alone: list[int] = []
+        valid_rows: dict[tuple[object, ...], int] = {}  # see `_validated`
         for index, request in enumerate(requests):
             if request.deadline is not None:
                 alone.append(index)
@@ -211,7 +212,7 @@ class DataPlane:
             try:
                 loaded = self._serving_version(request)
                 model, version = loaded.name, str(loaded.version)
-                rows = validate_request(request, loaded.config)
+                rows = _validated(request, loaded, valid_rows)
             except HeadraceError as exc:
                 self._record_failure(model, version, exc.reason, started)
                 answers[index] = exc
@@ -329,6 +330,25 @@ class DataPlane:
             stats.fail_ns += int((time.perf_counter() - started) * 1e9)
         if self.metrics is not None:
             self.metrics.observe_failure(model, version, reason)
+
+
+def _validated(
+    request: InferRequest, loaded: LoadedVersion, valid_rows: dict[tuple[object, ...], int]
+) -> int:
+    """`validate_request`, run once per distinct request layout in `valid_rows`: whether a
+    request fits its config depends only on its input names, datatypes and shapes and its
+    requested outputs, except for NaN/infinity, which is checked for every request."""
+    layout = (
+        id(loaded),
+        tuple((t.name, t.datatype, t.shape) for t in request.inputs),
+        tuple(request.requested_outputs),
+    )
+    rows = valid_rows.get(layout)
+    if rows is None:
+        rows = valid_rows[layout] = validate_request(request, loaded.config)
+    else:
+        check_finite(request, loaded.config)
+    return rows
 
 
 @dataclass

@@ -28,6 +28,16 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...], batched: bool, max_ba
             raise InvalidInput(f"input {spec.name!r}: expected shape {expected}, got {list(shape)}")
 
 
+def check_finite(request: InferRequest, config: ModelConfig) -> None:
+    """Raise `InvalidInput` for a floating-point input holding NaN or infinity, when the
+    model's config rejects them (the one check that reads the data)."""
+    if not config.reject_non_finite:
+        return
+    for tensor in request.inputs:
+        if tensor.data.dtype.kind == "f" and not np.isfinite(tensor.data).all():
+            raise InvalidInput(f"input {tensor.name!r} holds NaN or infinite values")
+
+
 def validate_request(request: InferRequest, config: ModelConfig) -> int:
     """Raise `InvalidInput` unless the request fits `config`; returns its batch size (rows)."""
     if not request.inputs:
@@ -53,9 +63,7 @@ def validate_request(request: InferRequest, config: ModelConfig) -> int:
             )
         _check_shape(spec, tensor.shape, batched, config.max_batch_size)
         rows.add(tensor.shape[0] if batched else 1)
-        finite_only = config.reject_non_finite and tensor.data.dtype.kind == "f"
-        if finite_only and not np.isfinite(tensor.data).all():
-            raise InvalidInput(f"input {tensor.name!r} holds NaN or infinite values")
+    check_finite(request, config)
     if len(rows) > 1:
         raise InvalidInput(f"inputs disagree on the batch size: {sorted(rows)}")
     if not request.requested_outputs:

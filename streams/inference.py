@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-import numpy as np
-
 from headrace.errors import (
     DeadlineExceeded,
     HeadraceError,
@@ -32,9 +30,10 @@ from headrace.errors import (
     ModelNotReady,
 )
 from serving.model_config import ModelConfig
-from serving.types import InferRequest, InferResponse, InferTensor
+from serving.types import InferRequest, InferResponse
 from streams.codec import DecodedRequest, RecordRejected, decode_request, dlq_record, encode_result
 from streams.messages import CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, RecordRef, Stage, Timings
+from streams.pixels import PixelInput, convert, pixel_inputs
 
 log = logging.getLogger(__name__)
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -102,14 +101,18 @@ async def handle_batch(
     started_wall = time.time()
     outcomes: list[Outcome | None] = [None] * len(records)
     runnable: list[_Runnable] = []
+    to_convert: list[PixelInput] = []
     for index, record in enumerate(records):
         began = time.perf_counter()
         try:
-            decoded = _prepare(record, backend, topics)
+            decoded, found = _prepare(record, backend, topics)
         except _Refused as refused:
             outcomes[index] = _dlq(record, refused.request_id, refused.error, refused.stage, topics)
             continue
         runnable.append(_Runnable(index, decoded, time.perf_counter() - began))
+        to_convert.extend(found)
+    if to_convert:
+        runnable = _convert_pixels(runnable, to_convert, records, outcomes, topics)
     answers = await backend.infer_many([item.decoded.request for item in runnable])
     for item, answer in zip(runnable, answers, strict=True):
         record = records[item.index]
@@ -140,8 +143,11 @@ def _key_text(key: bytes | None) -> str | None:
     return key.decode("utf-8", "replace") if key else None
 
 
-def _prepare(record: SourceRecord, backend: InferenceBackend, topics: Topics) -> DecodedRequest:
-    """Decode, check the deadline and reply topic, preprocess; `_Refused` says why not."""
+def _prepare(
+    record: SourceRecord, backend: InferenceBackend, topics: Topics
+) -> tuple[DecodedRequest, list[PixelInput]]:
+    """Decode, check the deadline and reply topic, find the pixels to convert; `_Refused`
+    says why not."""
     try:
         decoded = decode_request(record.key, record.value, record.headers)
     except RecordRejected as exc:
@@ -170,38 +176,44 @@ def _prepare(record: SourceRecord, backend: InferenceBackend, topics: Topics) ->
             raise _Refused(error, "validate", request.id)
         request.deadline = time.monotonic() + remaining_s
     try:
-        _preprocess(request, backend)
+        return decoded, pixel_inputs(request, backend)
     except HeadraceError as exc:
         raise _Refused(exc, "preprocess", request.id) from None
     except Exception as exc:
         log.exception("preprocessing request %s failed", request.id)
-        error = InvalidInput(f"the input could not be preprocessed ({type(exc).__name__})")
-        raise _Refused(error, "preprocess", request.id) from None
-    return decoded
+        raise _Refused(_unpreprocessable(exc), "preprocess", request.id) from None
 
 
-def _preprocess(request: InferRequest, backend: InferenceBackend) -> None:
-    """Integer pixels -> FP32 input, for models whose config has a preprocessing spec."""
-    if not any(tensor.data.dtype.kind in "iu" for tensor in request.inputs):
-        return
-    try:
-        config = backend.model_config(request.model_name, request.model_version)
-    except HeadraceError:
-        return  # the dataplane reports the unknown model with its metrics
-    spec = config.preprocessing
-    if spec is None:
-        return
-    fp32_inputs = {s.name for s in config.inputs if s.datatype == "FP32"}
-    for position, tensor in enumerate(request.inputs):
-        if tensor.data.dtype.kind not in "iu" or tensor.name not in fp32_inputs:
+def _unpreprocessable(exc: Exception) -> InvalidInput:
+    return InvalidInput(f"the input could not be preprocessed ({type(exc).__name__})")
+
+
+def _convert_pixels(
+    runnable: list[_Runnable],
+    to_convert: list[PixelInput],
+    records: Sequence[SourceRecord],
+    outcomes: list[Outcome | None],
+    topics: Topics,
+) -> list[_Runnable]:
+    """Convert the batch's pixel inputs together; the runnable requests left. Each request
+    with pixels is charged an equal share of the conversion time."""
+    began = time.perf_counter()
+    failed = {id(item.request): exc for item, exc in convert(to_convert)}
+    share_s = (time.perf_counter() - began) / len({id(item.request) for item in to_convert})
+    converted = {id(item.request) for item in to_convert}
+    left = []
+    for item in runnable:
+        request = item.decoded.request
+        if id(request) in converted:
+            item.preprocess_s += share_s
+        exc = failed.get(id(request))
+        if exc is None:
+            left.append(item)
             continue
-        pixels = np.asarray(tensor.data).reshape(tensor.shape)
-        if pixels.ndim != 4 or pixels.shape[1] != len(spec.mean):
-            raise InvalidInput(
-                f"input {tensor.name!r}: pixels must be [batch, {len(spec.mean)}, H, W] "
-                f"(NCHW) to be preprocessed, got {list(tensor.shape)}"
-            )
-        request.inputs[position] = InferTensor.from_array(tensor.name, spec.apply(pixels))
+        log.error("preprocessing request %s failed: %r", request.id, exc)
+        error = _unpreprocessable(exc)
+        outcomes[item.index] = _dlq(records[item.index], request.id, error, "preprocess", topics)
+    return left
 
 
 def _source(record: SourceRecord) -> RecordRef:

@@ -103,3 +103,21 @@ def test_empty_batch_and_a_request_bigger_than_a_merge_partner(repo: ModelReposi
         await manager.close()
 
     asyncio.run(scenario())
+
+
+def test_nan_is_checked_in_every_request_of_a_layout_validated_once(
+    repo: ModelRepository,
+) -> None:
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        await manager.load("digits")
+        plane = DataPlane(manager)
+        poisoned = request(1, 7, request_id="nan")
+        poisoned.inputs[0].data[0, 0, 3, 4] = np.nan
+        batch = [request(1, 1), poisoned, request(1, 2), request(2, 3)]
+        answers = await plane.infer_many(batch)
+        assert isinstance(answers[1], InvalidInput) and "NaN" in answers[1].message
+        assert [logits(answers[i]).shape[0] for i in (0, 2, 3)] == [1, 1, 2]
+        await manager.close()
+
+    asyncio.run(scenario())

@@ -153,6 +153,40 @@ def test_every_record_gets_exactly_one_outcome() -> None:
     assert (unknown["stage"], unknown["source"]["offset"]) == ("validate", 4)
 
 
+class ThreeHatingSpec(PreprocessingSpec):
+    """Cannot convert a batch that holds a 3 (a conversion that fails for one record)."""
+
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        if (pixels == 3).any():
+            raise ValueError("no threes")
+        return super().apply(pixels)
+
+
+class ThreeHatingBackend(FakeBackend):
+    config = CONFIG.model_copy(update={"preprocessing": ThreeHatingSpec(mean=[0.0], std=[1.0])})
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        super().model_config(name, version)
+        return self.config
+
+
+def test_a_record_whose_pixels_cannot_be_converted_goes_to_the_dlq_alone() -> None:
+    records = [
+        record(0, request_value("a", [1, 2, 4, 5], "UINT8")),
+        record(1, request_value("b", [1, 2, 3, 4], "UINT8")),
+        record(2, request_value("c", [6, 7, 8, 9], "UINT8")),
+    ]
+    outcomes = asyncio.run(handle_batch(records, ThreeHatingBackend()))
+    assert [(o.kind, o.key, o.reason) for o in outcomes] == [
+        ("result", b"a", None),
+        ("dlq", b"b", "invalid_input"),
+        ("result", b"c", None),
+    ]
+    dlq = json.loads(outcomes[1].value)
+    assert dlq["stage"] == "preprocess" and "could not be preprocessed" in dlq["message"]
+    assert json.loads(outcomes[2].value)["timings"]["preprocess_s"] > 0
+
+
 class FlakyProducer:
     """Refuses some sends outright and fails some deliveries, a given number of times each."""
 
