@@ -205,6 +205,10 @@ def new_app(
         "autodiscover": False,
         "processing_guarantee": "at_least_once",
         "stream_wait_empty": True,
+        # Faust's Cython stream iterator takes a record already in the stream buffer without
+        # awaiting the queue, as its pure-Python twin always did (opt-in since faust-streaming
+        # 0.14): 4% more LeNet-5 records/s in three alternated pairs (docs/performance.md).
+        "cython_optimizations": True,
         "consumer_max_fetch_size": FETCH_BYTES,
         "datadir": _data_dir(app_id),
         **BROKER_SETTINGS,
