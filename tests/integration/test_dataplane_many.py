@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -45,6 +47,17 @@ def request(rows: int, seed: int, model: str = "digits", request_id: str = "") -
     return InferRequest(model, [InferTensor.from_array("input", data)], id=request_id)
 
 
+@contextlib.asynccontextmanager
+async def serving(repo: ModelRepository) -> AsyncIterator[DataPlane]:
+    """A dataplane over the repository's "digits" model, loaded; closed afterwards."""
+    manager = ModelManager(repo)
+    await manager.load("digits")
+    try:
+        yield DataPlane(manager)
+    finally:
+        await manager.close()
+
+
 def logits(answer: InferResponse | BaseException) -> np.ndarray:
     assert isinstance(answer, InferResponse), answer
     [tensor] = answer.outputs
@@ -55,52 +68,48 @@ def test_merged_answers_equal_single_answers_and_bad_requests_fail_alone(
     repo: ModelRepository,
 ) -> None:
     async def scenario() -> None:
-        manager = ModelManager(repo)
-        await manager.load("digits")
-        plane = DataPlane(manager)
-        # 13 rows of good requests (more than one max batch), mixed with bad ones
-        good = [request(1, s, request_id=f"r{s}") for s in range(9)] + [request(4, 99)]
-        wrong_shape = InferRequest(
-            "digits", [InferTensor.from_array("input", np.zeros((1, 1, 27, 28), "f4"))]
-        )
-        unknown = request(1, 5, model="nope")
-        expired = request(1, 6)
-        expired.deadline = time.monotonic() - 1.0
-        batch = [*good[:4], wrong_shape, *good[4:7], unknown, expired, *good[7:]]
-        answers = await plane.infer_many(batch)
-        singles = [await plane.infer(r) for r in good]
-        merged = [a for a in answers if isinstance(a, InferResponse)]
-        assert len(answers) == len(batch) and len(merged) == len(good)
-        for got, alone, sent in zip(merged, singles, good, strict=True):
-            assert got.id == sent.id and got.model_version == "1"
-            assert logits(got).shape == (sent.inputs[0].shape[0], 10)
-            np.testing.assert_allclose(logits(got), logits(alone), rtol=1e-5, atol=1e-5)
-            assert 1 <= got.timings.batch_size <= MAX_BATCH
-        assert isinstance(answers[4], InvalidInput) and "input" in answers[4].message
-        assert isinstance(answers[8], ModelNotFound)
-        assert isinstance(answers[9], DeadlineExceeded)
-        stats = plane.statistics("digits")[("digits", "1")]
-        assert stats.success_count == 2 * len(good)
-        assert stats.inference_count == 2 * sum(r.inputs[0].shape[0] for r in good)
-        assert stats.fail_count == 2  # wrong shape and expired; the unknown model has no version
-        await manager.close()
+        async with serving(repo) as plane:
+            # 13 rows of good requests (more than one max batch), mixed with bad ones
+            good = [request(1, s, request_id=f"r{s}") for s in range(9)] + [request(4, 99)]
+            wrong_shape = InferRequest(
+                "digits", [InferTensor.from_array("input", np.zeros((1, 1, 27, 28), "f4"))]
+            )
+            unknown = request(1, 5, model="nope")
+            expired = request(1, 6)
+            expired.deadline = time.monotonic() - 1.0
+            batch = [*good[:4], wrong_shape, *good[4:7], unknown, expired, *good[7:]]
+            answers = await plane.infer_many(batch)
+            singles = [await plane.infer(r) for r in good]
+            merged = [a for a in answers if isinstance(a, InferResponse)]
+            assert len(answers) == len(batch) and len(merged) == len(good)
+            for got, alone, sent in zip(merged, singles, good, strict=True):
+                assert got.id == sent.id and got.model_version == "1"
+                assert logits(got).shape == (sent.inputs[0].shape[0], 10)
+                np.testing.assert_allclose(logits(got), logits(alone), rtol=1e-5, atol=1e-5)
+                assert 1 <= got.timings.batch_size <= MAX_BATCH
+            assert isinstance(answers[4], InvalidInput) and "input" in answers[4].message
+            assert isinstance(answers[8], ModelNotFound)
+            assert isinstance(answers[9], DeadlineExceeded)
+            stats = plane.statistics("digits")[("digits", "1")]
+            assert stats.success_count == 2 * len(good)
+            assert stats.inference_count == 2 * sum(r.inputs[0].shape[0] for r in good)
+            assert (
+                stats.fail_count == 2
+            )  # wrong shape and expired; the unknown model has no version
 
     asyncio.run(scenario())
 
 
 def test_empty_batch_and_a_request_bigger_than_a_merge_partner(repo: ModelRepository) -> None:
     async def scenario() -> None:
-        manager = ModelManager(repo)
-        await manager.load("digits")
-        plane = DataPlane(manager)
-        assert await plane.infer_many([]) == []
-        big, small = request(MAX_BATCH, 1), request(1, 2)
-        answers = await plane.infer_many([small, big])
-        assert [logits(a).shape[0] for a in answers] == [1, MAX_BATCH]
-        np.testing.assert_allclose(
-            logits(answers[1]), logits(await plane.infer(big)), rtol=1e-5, atol=1e-5
-        )
-        await manager.close()
+        async with serving(repo) as plane:
+            assert await plane.infer_many([]) == []
+            big, small = request(MAX_BATCH, 1), request(1, 2)
+            answers = await plane.infer_many([small, big])
+            assert [logits(a).shape[0] for a in answers] == [1, MAX_BATCH]
+            np.testing.assert_allclose(
+                logits(answers[1]), logits(await plane.infer(big)), rtol=1e-5, atol=1e-5
+            )
 
     asyncio.run(scenario())
 
@@ -109,15 +118,12 @@ def test_nan_is_checked_in_every_request_of_a_layout_validated_once(
     repo: ModelRepository,
 ) -> None:
     async def scenario() -> None:
-        manager = ModelManager(repo)
-        await manager.load("digits")
-        plane = DataPlane(manager)
-        poisoned = request(1, 7, request_id="nan")
-        poisoned.inputs[0].data[0, 0, 3, 4] = np.nan
-        batch = [request(1, 1), poisoned, request(1, 2), request(2, 3)]
-        answers = await plane.infer_many(batch)
-        assert isinstance(answers[1], InvalidInput) and "NaN" in answers[1].message
-        assert [logits(answers[i]).shape[0] for i in (0, 2, 3)] == [1, 1, 2]
-        await manager.close()
+        async with serving(repo) as plane:
+            poisoned = request(1, 7, request_id="nan")
+            poisoned.inputs[0].data[0, 0, 3, 4] = np.nan
+            batch = [request(1, 1), poisoned, request(1, 2), request(2, 3)]
+            answers = await plane.infer_many(batch)
+            assert isinstance(answers[1], InvalidInput) and "NaN" in answers[1].message
+            assert [logits(answers[i]).shape[0] for i in (0, 2, 3)] == [1, 1, 2]
 
     asyncio.run(scenario())
