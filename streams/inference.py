@@ -2,15 +2,16 @@
 
 Each record is decoded (`streams.codec`), checked against its deadline,
 preprocessed when its model's config says how to turn integer pixels into FP32
-input, and the survivors go to the dataplane together (`DataPlane.infer_many`:
-the gRPC server's validation, batcher and runner), which merges the requests of
-one model version into one batcher submit. Every way a record can
-fail becomes a DLQ outcome saying why; nothing here raises for a bad record.
+input (all of the batch's pixels at once, `streams.pixels`), and the survivors
+go to the dataplane together (`DataPlane.infer_many`: the gRPC server's
+validation, batcher and runner), which merges the requests of one model version
+into one batcher submit. Every way a record can fail becomes a DLQ outcome
+saying why; nothing here raises for a bad record.
 
 Result timings: `queue_s` is the time from the record's Kafka timestamp to the
 start of its batch plus its wait in the dynamic batcher; `preprocess_s` covers
-decoding and preprocessing; `infer_s` is the model's compute time for the
-executed batch, whose row count is `batch_size`.
+decoding and an equal share of the batch's pixel conversion; `infer_s` is the
+model's compute time for the executed batch, whose row count is `batch_size`.
 """
 
 from __future__ import annotations
@@ -199,8 +200,8 @@ def _convert_pixels(
     with pixels is charged an equal share of the conversion time."""
     began = time.perf_counter()
     failed = {id(item.request): exc for item, exc in convert(to_convert)}
-    share_s = (time.perf_counter() - began) / len({id(item.request) for item in to_convert})
     converted = {id(item.request) for item in to_convert}
+    share_s = (time.perf_counter() - began) / len(converted)
     left = []
     for item in runnable:
         request = item.decoded.request
