@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         outcome = run_worker(spec, _StdoutEnv(args.rank, args.world))
+        # Both ranks are done before either tears the group down: a rank that exited while the
+        # other still used the store rank 0 hosts aborted once in CI ("terminate called without
+        # an active exception", exit -6), as tests/integration/ddp_hook_driver.py once did.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     return 0 if outcome == "finished" else 1
