@@ -30,11 +30,10 @@ from headrace.errors import (
     ModelNotFound,
     ModelNotReady,
 )
-from serving.model_config import ModelConfig
 from serving.types import InferRequest, InferResponse
 from streams.codec import DecodedRequest, RecordRejected, decode_request, dlq_record, encode_result
 from streams.messages import CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, RecordRef, Stage, Timings
-from streams.pixels import PixelInput, convert, pixel_inputs
+from streams.pixels import ConfigSource, PixelInput, convert, pixel_inputs
 
 log = logging.getLogger(__name__)
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -42,10 +41,8 @@ JSON_HEADERS = [(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE.encode())]
 VALIDATE_ERRORS = (InvalidInput, ModelNotFound, ModelNotReady)
 
 
-class InferenceBackend(Protocol):
-    """What the stream needs from `serving.dataplane.DataPlane`."""
-
-    def model_config(self, name: str, version: str = "") -> ModelConfig: ...
+class InferenceBackend(ConfigSource, Protocol):
+    """What the stream needs from `serving.dataplane.DataPlane`: configs and inference."""
 
     async def infer_many(
         self, requests: Sequence[InferRequest]

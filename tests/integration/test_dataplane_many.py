@@ -93,9 +93,8 @@ def test_merged_answers_equal_single_answers_and_bad_requests_fail_alone(
             stats = plane.statistics("digits")[("digits", "1")]
             assert stats.success_count == 2 * len(good)
             assert stats.inference_count == 2 * sum(r.inputs[0].shape[0] for r in good)
-            assert (
-                stats.fail_count == 2
-            )  # wrong shape and expired; the unknown model has no version
+            # wrong shape and expired; the unknown model has no version
+            assert stats.fail_count == 2
 
     asyncio.run(scenario())
 
