@@ -21,7 +21,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from headrace.gc_pauses import freeze_startup_objects
+from headrace.gc_pauses import prepare_for_serving
 from protos import grpc_service_pb2, grpc_service_pb2_grpc
 from serving.auth import BearerTokenInterceptor
 from serving.autoscaler import Autoscaler
@@ -204,7 +204,7 @@ async def serve_forever(
     """Run until SIGTERM or SIGINT, then drain."""
     server = InferenceServer(config)
     await server.start()
-    freeze_startup_objects()  # models loaded: keep full collections short from here on
+    prepare_for_serving()  # models loaded: fewer and shorter collections from here on
     if on_ready is not None:
         on_ready(server)
     loop = asyncio.get_running_loop()

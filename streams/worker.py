@@ -22,7 +22,7 @@ from collections.abc import Callable
 import faust
 import uvloop
 
-from headrace.gc_pauses import freeze_startup_objects
+from headrace.gc_pauses import prepare_for_serving
 from serving.dataplane import DataPlane
 from serving.metrics import ServingMetrics
 from serving.model_manager import ModelManager
@@ -121,7 +121,7 @@ def run_worker(
     models = ",".join(f"{n}:{max(v)}" for n, v in sorted(manager.loaded().items())) or "none"
 
     def ready() -> None:
-        freeze_startup_objects()  # consuming: keep full collections short from here on
+        prepare_for_serving()  # consuming: fewer and shorter collections from here on
         announce(
             {
                 "group": config.group_id,

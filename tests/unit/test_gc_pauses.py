@@ -1,12 +1,12 @@
-"""`headrace.gc_pauses`: startup objects leave the collector's walk; later garbage is freed;
-a timed window runs without collections."""
+"""`headrace.gc_pauses`: startup objects leave the collector's walk; the youngest generation
+is collected less often; later garbage is freed; a timed window runs without collections."""
 
 from __future__ import annotations
 
 import gc
 import weakref
 
-from headrace.gc_pauses import collector_paused, freeze_startup_objects
+from headrace.gc_pauses import YOUNG_GENERATION_THRESHOLD, collector_paused, prepare_for_serving
 
 
 class Node:
@@ -15,10 +15,11 @@ class Node:
 
 
 def test_startup_objects_are_frozen_and_later_cycles_still_collected() -> None:
-    before = gc.get_freeze_count()
+    before, thresholds = gc.get_freeze_count(), gc.get_threshold()
     try:
-        freeze_startup_objects()
+        prepare_for_serving()
         assert gc.get_freeze_count() > before
+        assert gc.get_threshold() == (YOUNG_GENERATION_THRESHOLD, *thresholds[1:])
         node = Node()
         ref = weakref.ref(node)
         del node
@@ -26,6 +27,28 @@ def test_startup_objects_are_frozen_and_later_cycles_still_collected() -> None:
         assert ref() is None
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+def test_young_collections_wait_for_the_raised_threshold() -> None:
+    thresholds = gc.get_threshold()
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    try:
+        prepare_for_serving()
+        gc.callbacks.append(count)
+        nodes = [Node() for _ in range(YOUNG_GENERATION_THRESHOLD // 2)]  # 700 would collect
+        assert collections == []
+        nodes += [Node() for _ in range(YOUNG_GENERATION_THRESHOLD)]
+        assert collections, "no young collection after the threshold's worth of new objects"
+    finally:
+        gc.callbacks.remove(count)
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def test_no_collection_runs_inside_a_paused_window_and_collecting_resumes_after() -> None:
