@@ -203,7 +203,7 @@ class DataPlane:
         answers: list[InferResponse | BaseException | None] = [None] * len(requests)
         groups: dict[tuple[object, ...], list[_Merged]] = {}
         alone: list[int] = []
-        valid_rows: dict[tuple[object, ...], int] = {}  # see `_validated`
+        layouts: dict[tuple[object, ...], tuple[int, _Signature]] = {}  # see `_validated`
         for index, request in enumerate(requests):
             if request.deadline is not None:
                 alone.append(index)
@@ -212,13 +212,12 @@ class DataPlane:
             try:
                 loaded = self._serving_version(request)
                 model, version = loaded.name, str(loaded.version)
-                rows = _validated(request, loaded, valid_rows)
+                rows, signature = _validated(request, loaded, layouts)
             except HeadraceError as exc:
                 self._record_failure(model, version, exc.reason, started)
                 answers[index] = exc
                 continue
             inputs = {tensor.name: tensor.data.reshape(tensor.shape) for tensor in request.inputs}
-            signature = tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items()))
             key = (id(loaded), signature)
             groups.setdefault(key, []).append(_Merged(index, request, loaded, rows, inputs))
         chunks = [chunk for group in groups.values() for chunk in _chunks(group)]
@@ -332,23 +331,34 @@ class DataPlane:
             self.metrics.observe_failure(model, version, reason)
 
 
+_Signature = tuple[tuple[str, str, tuple[int, ...]], ...]  # inputs that can share a batch
+
+
 def _validated(
-    request: InferRequest, loaded: LoadedVersion, valid_rows: dict[tuple[object, ...], int]
-) -> int:
-    """`validate_request`, run once per distinct request layout in `valid_rows`: whether a
+    request: InferRequest,
+    loaded: LoadedVersion,
+    layouts: dict[tuple[object, ...], tuple[int, _Signature]],
+) -> tuple[int, _Signature]:
+    """`validate_request`, run once per distinct request layout in `layouts`: whether a
     request fits its config depends only on its input names, datatypes and shapes and its
-    requested outputs, except for NaN/infinity, which is checked for every request."""
+    requested outputs, except for NaN/infinity, which is checked for every request. Also
+    the request's merge signature: its input names, dtypes and shapes without the batch axis.
+    """
     layout = (
         id(loaded),
-        tuple((t.name, t.datatype, t.shape) for t in request.inputs),
+        tuple((t.name, t.datatype, t.shape, t.data.dtype) for t in request.inputs),
         tuple(request.requested_outputs),
     )
-    rows = valid_rows.get(layout)
-    if rows is None:
-        rows = valid_rows[layout] = validate_request(request, loaded.config)
-    else:
+    known = layouts.get(layout)
+    if known is not None:
         check_finite(request, loaded.config)
-    return rows
+        return known
+    rows = validate_request(request, loaded.config)
+    signature = tuple(
+        sorted((t.name, t.data.dtype.str, tuple(t.shape[1:])) for t in request.inputs)
+    )
+    layouts[layout] = (rows, signature)
+    return rows, signature
 
 
 @dataclass

@@ -16,6 +16,7 @@ client's fault.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,6 +46,7 @@ DATATYPE_TO_CONFIG: dict[str, mc.DataType] = {
 }
 
 _LENGTH = struct.Struct("<I")  # the length prefix of one raw BYTES element
+_LITTLE_ENDIAN = {dt: dtype.newbyteorder("<") for dt, dtype in DATATYPE_TO_NUMPY.items()}
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,9 @@ def _element_count(name: str, shape: Sequence[int], limits: DecodeLimits) -> int
         raise InvalidInput(
             f"input {name!r}: shape has {len(shape)} dims, more than the limit of {limits.max_rank}"
         )
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dim")
-    count = 1
-    for d in shape:
-        count *= d  # Python ints: no overflow, and at most max_rank 63-bit factors
+    count = math.prod(shape)  # Python ints: no overflow, and at most max_rank 63-bit factors
     if count > limits.max_elements:
         raise InvalidInput(
             f"input {name!r}: shape {list(shape)} has an element count of {count}, above the "
@@ -113,7 +113,7 @@ def _decode_raw_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
 def _decode_raw(name: str, datatype: str, raw: bytes, count: int) -> np.ndarray:
     if datatype == "BYTES":
         return _decode_raw_bytes(name, raw, count)
-    dtype = DATATYPE_TO_NUMPY[datatype].newbyteorder("<")
+    dtype = _LITTLE_ENDIAN[datatype]
     if len(raw) != count * dtype.itemsize:
         raise InvalidInput(
             f"input {name!r}: raw byte size {len(raw)} does not match {count} {datatype} "

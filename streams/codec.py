@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from headrace.errors import HeadraceError, InvalidInput
 from protos import grpc_service_pb2 as pb
 from serving.grpc_convert import request_from_proto
-from serving.json_convert import request_from_json, response_to_json
+from serving.json_convert import request_from_json, tensor_to_json
 from serving.types import InferRequest, InferResponse
 from streams.messages import (
     CONTENT_TYPE_HEADER,
@@ -181,12 +181,12 @@ def encode_result(
             "request_id": request_id,
             "model": response.model_name,
             "model_version": response.model_version,
-            "outputs": response_to_json(response)["outputs"],
+            "outputs": [tensor_to_json(tensor) for tensor in response.outputs],
             "timings": timings,
             "request_created_at": created_at,
         }
     )
-    return message.model_dump_json().encode()
+    return InferenceResultMessage.__pydantic_serializer__.to_json(message)  # bytes at once
 
 
 def dlq_record(

@@ -10,8 +10,7 @@ its own rows, so a batch of records costs one conversion instead of one per reco
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -26,8 +25,7 @@ class ConfigSource(Protocol):
     def model_config(self, name: str, version: str = "") -> ModelConfig: ...
 
 
-@dataclass(frozen=True)
-class PixelInput:
+class PixelInput(NamedTuple):  # a tuple: one is made per record
     """One integer input of a request that its model's preprocessing spec applies to."""
 
     request: InferRequest
@@ -39,7 +37,8 @@ class PixelInput:
 def pixel_inputs(request: InferRequest, models: ConfigSource) -> list[PixelInput]:
     """The inputs of `request` to convert; `InvalidInput` if one is not NCHW with the spec's
     channels. Empty for a model without a spec, or an unknown one (the dataplane reports it)."""
-    if not any(tensor.data.dtype.kind in "iu" for tensor in request.inputs):
+    integer = [p for p, tensor in enumerate(request.inputs) if tensor.data.dtype.kind in "iu"]
+    if not integer:
         return []
     try:
         config = models.model_config(request.model_name, request.model_version)
@@ -48,12 +47,14 @@ def pixel_inputs(request: InferRequest, models: ConfigSource) -> list[PixelInput
     spec = config.preprocessing
     if spec is None:
         return []
-    fp32_inputs = {s.name for s in config.inputs if s.datatype == "FP32"}
     found = []
-    for position, tensor in enumerate(request.inputs):
-        if tensor.data.dtype.kind not in "iu" or tensor.name not in fp32_inputs:
+    for position in integer:
+        tensor = request.inputs[position]
+        if not any(s.name == tensor.name and s.datatype == "FP32" for s in config.inputs):
             continue
-        pixels = np.asarray(tensor.data).reshape(tensor.shape)
+        pixels = tensor.data
+        if pixels.shape != tensor.shape:
+            pixels = pixels.reshape(tensor.shape)
         if pixels.ndim != 4 or pixels.shape[1] != len(spec.mean):
             raise InvalidInput(
                 f"input {tensor.name!r}: pixels must be [batch, {len(spec.mean)}, H, W] "
