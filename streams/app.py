@@ -58,6 +58,7 @@ from streams.exactly_once import TransactionalOutcomes
 from streams.inference import InferenceBackend, Outcome, SourceRecord, Topics, handle_batch
 from streams.metrics import StreamMetrics
 from streams.offsets import OffsetGate, Position
+from streams.partitioner import KeyPartitioner
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ def new_app(
         # 0.14): 4% more LeNet-5 records/s in three alternated pairs (docs/performance.md).
         "cython_optimizations": True,
         "consumer_max_fetch_size": FETCH_BYTES,
+        "producer_partitioner": KeyPartitioner(),  # aiokafka's, with the hash in native code
         "datadir": _data_dir(app_id),
         **BROKER_SETTINGS,
         **settings,
