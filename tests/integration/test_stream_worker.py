@@ -3,7 +3,8 @@ names, see kafka_fixtures.py): requests in, exactly one outcome out.
 
 One worker process (concurrency 2) serves the whole module; each test uses its
 own request ids and reads `inference-results` and `inference-dlq` with a fresh
-consumer group until every id it sent has an outcome.
+consumer group until every id it sent has an outcome. One test also serves the
+worker's repository over gRPC and compares the two paths' answers.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from typing import Any
 import numpy as np
 import pytest
 from kafka_fixtures import kafka_cluster
-from server_fixtures import reference, wait_until
+from server_fixtures import (
+    inference_stub,
+    output_array,
+    raw_request,
+    reference,
+    running_server,
+    wait_until,
+)
 from stream_fixtures import (
     MODEL,
     PREPROCESSING,
@@ -115,6 +123,40 @@ def test_thousand_requests_all_get_results_equal_to_onnxruntime(setup: Setup) ->
     batches_acked = metrics.value("stream_outcome_ack_seconds_count")
     assert 1 <= batches_acked <= n and metrics.value("stream_outcome_ack_seconds_sum") > 0
     print("batches whose ack waited for an earlier batch:", metrics.value("stream_ack_waits_total"))
+
+
+def test_predictions_equal_the_grpc_servers_for_the_same_inputs(setup: Setup) -> None:
+    """The same repository served over gRPC: every Kafka result equals the server's answer to
+    the same model input (pixels sent to Kafka go to the server as the spec's FP32 values)."""
+    n = 48
+    rng = np.random.default_rng(11)
+    floats = rng.standard_normal((n, 1, 28, 28), dtype=np.float32)
+    pixels = rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)
+    model_inputs = np.where(
+        (np.arange(n) % 2 == 1)[:, None, None, None], PREPROCESSING.apply(pixels), floats
+    )
+    ids = [f"g-{uuid.uuid4().hex[:6]}-{i}" for i in range(n)]
+    send = producer(setup.bootstrap)
+    for i, request_id in enumerate(ids):  # odd ids carry raw pixels, as in the test above
+        value = (
+            json_request(request_id, pixels[i : i + 1], "UINT8")
+            if i % 2
+            else json_request(request_id, floats[i : i + 1])
+        )
+        send.send("inference-requests", key=request_id.encode(), value=value)
+    send.flush()
+    send.close()
+    outcomes = collect(setup.bootstrap, set(ids))
+    assert {topic for topic, _ in outcomes.values()} == {"inference-results"}, outcomes
+    with (
+        running_server(setup.folder / "repo", log_dir=setup.folder) as server,
+        inference_stub(server.address) as stub,
+    ):
+        answers = [stub.ModelInfer(raw_request(MODEL, model_inputs[i : i + 1])) for i in range(n)]
+    over_grpc = np.concatenate([output_array(answer) for answer in answers])
+    over_kafka = np.concatenate([logits(outcomes[request_id][1]) for request_id in ids])
+    np.testing.assert_allclose(over_kafka, over_grpc, rtol=1e-5, atol=1e-6)
+    assert (over_kafka.argmax(1) == over_grpc.argmax(1)).all()
 
 
 def test_bad_records_each_get_one_dlq_record_and_good_ones_results(setup: Setup) -> None:
