@@ -72,27 +72,50 @@ def logits(result: dict[str, Any]) -> np.ndarray:
     return np.asarray(output["data"], np.float32).reshape(output["shape"])
 
 
+@dataclass
+class MixedRequests:
+    """`n` LeNet-5 requests: odd ones carry uint8 pixels the worker preprocesses, even ones
+    FP32 values; `model_inputs` is what the model gets for each."""
+
+    ids: list[str]
+    floats: np.ndarray
+    pixels: np.ndarray
+
+    @classmethod
+    def make(cls, n: int, seed: int, tag: str) -> MixedRequests:
+        rng = np.random.default_rng(seed)
+        floats = rng.standard_normal((n, 1, 28, 28), dtype=np.float32)
+        pixels = rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)
+        ids = [f"{tag}-{uuid.uuid4().hex[:6]}-{i}" for i in range(n)]
+        return cls(ids, floats, pixels)
+
+    @property
+    def model_inputs(self) -> np.ndarray:
+        odd = (np.arange(len(self.ids)) % 2 == 1)[:, None, None, None]
+        return np.where(odd, PREPROCESSING.apply(self.pixels), self.floats)
+
+    def produce(self, bootstrap: str) -> None:
+        send = producer(bootstrap)
+        for i, request_id in enumerate(self.ids):
+            value = (
+                json_request(request_id, self.pixels[i : i + 1], "UINT8")
+                if i % 2
+                else json_request(request_id, self.floats[i : i + 1])
+            )
+            send.send("inference-requests", key=request_id.encode(), value=value)
+        send.flush()
+        send.close()
+
+
 # -- tests ---------------------------------------------------------------------------------
 
 
 def test_thousand_requests_all_get_results_equal_to_onnxruntime(setup: Setup) -> None:
     n = 1000
-    rng = np.random.default_rng(7)
-    floats = rng.standard_normal((n, 1, 28, 28), dtype=np.float32)
-    pixels = rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)
-    prefix = f"a-{uuid.uuid4().hex[:6]}-"
-    ids = [f"{prefix}{i}" for i in range(n)]
-    send = producer(setup.bootstrap)
+    requests = MixedRequests.make(n, seed=7, tag="a")
+    ids = requests.ids
     started = time.perf_counter()
-    for i, request_id in enumerate(ids):  # odd ids carry raw pixels the worker preprocesses
-        value = (
-            json_request(request_id, pixels[i : i + 1], "UINT8")
-            if i % 2
-            else json_request(request_id, floats[i : i + 1])
-        )
-        send.send("inference-requests", key=request_id.encode(), value=value)
-    send.flush()
-    send.close()
+    requests.produce(setup.bootstrap)
     produced_s = time.perf_counter() - started
     outcomes = collect(setup.bootstrap, set(ids))
     elapsed = time.perf_counter() - started
@@ -102,12 +125,7 @@ def test_thousand_requests_all_get_results_equal_to_onnxruntime(setup: Setup) ->
     )
     dlq = {k: v for k, (topic, v) in outcomes.items() if topic != "inference-results"}
     assert not dlq, f"{len(dlq)} requests went to the DLQ, e.g. {next(iter(dlq.values()))}"
-    inputs = np.where(
-        (np.arange(n) % 2 == 1)[:, None, None, None],
-        PREPROCESSING.apply(pixels),
-        floats,
-    )
-    expected = reference(setup.model_file, inputs)
+    expected = reference(setup.model_file, requests.model_inputs)
     got = np.concatenate([logits(outcomes[request_id][1]) for request_id in ids])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     assert (got.argmax(1) == expected.argmax(1)).all()
@@ -129,23 +147,9 @@ def test_predictions_equal_the_grpc_servers_for_the_same_inputs(setup: Setup) ->
     """The same repository served over gRPC: every Kafka result equals the server's answer to
     the same model input (pixels sent to Kafka go to the server as the spec's FP32 values)."""
     n = 48
-    rng = np.random.default_rng(11)
-    floats = rng.standard_normal((n, 1, 28, 28), dtype=np.float32)
-    pixels = rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)
-    model_inputs = np.where(
-        (np.arange(n) % 2 == 1)[:, None, None, None], PREPROCESSING.apply(pixels), floats
-    )
-    ids = [f"g-{uuid.uuid4().hex[:6]}-{i}" for i in range(n)]
-    send = producer(setup.bootstrap)
-    for i, request_id in enumerate(ids):  # odd ids carry raw pixels, as in the test above
-        value = (
-            json_request(request_id, pixels[i : i + 1], "UINT8")
-            if i % 2
-            else json_request(request_id, floats[i : i + 1])
-        )
-        send.send("inference-requests", key=request_id.encode(), value=value)
-    send.flush()
-    send.close()
+    requests = MixedRequests.make(n, seed=11, tag="g")
+    ids, model_inputs = requests.ids, requests.model_inputs
+    requests.produce(setup.bootstrap)
     outcomes = collect(setup.bootstrap, set(ids))
     assert {topic for topic, _ in outcomes.values()} == {"inference-results"}, outcomes
     with (
