@@ -18,7 +18,10 @@ open and sends its next request on it once the answer to the last one is
 back (tritonclient's `start_stream` / `async_stream_infer`), which saves the
 per-call cost of the RPC layer.
 
-It prints one JSON object per stream count (see `LevelResult`).
+It prints one JSON object per stream count (see `LevelResult`). With
+`--latencies-out FILE.npy` (one stream count only) it also saves every
+counted answer's latency in milliseconds, so that a caller can merge several
+windows into exact percentiles.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -221,9 +225,11 @@ async def run_level(
     timeout_s: float = 10.0,
     watch_pid: int | None = None,
     rpc: str = "unary",
+    latencies_ms: list[float] | None = None,
 ) -> LevelResult:
     """Measure one stream count against `target`: each coroutine calls ModelInfer in a
-    loop (`rpc="unary"`) or keeps one ModelStreamInfer call open (`rpc="stream"`)."""
+    loop (`rpc="unary"`) or keeps one ModelStreamInfer call open (`rpc="stream"`).
+    The counted answers' latencies (ms) are appended to `latencies_ms` if given."""
     loop_body = {"unary": _stream, "stream": _bidi_stream}[rpc]
     rows = request.inputs[0].shape[0]
     n_channels = max(1, min(channels, streams))
@@ -263,6 +269,8 @@ async def run_level(
         for channel in opened:
             await channel.close()
     lat_ms = np.asarray(latencies) * 1e3
+    if latencies_ms is not None:
+        latencies_ms.extend(lat_ms.tolist())
     done = len(latencies)
     server_pct = None
     if server0 is not None and server1 is not None:
@@ -297,6 +305,7 @@ def channels_for(streams: int, per_channel: int) -> int:
 async def _main_async(args: argparse.Namespace) -> None:
     request = build_request(args.model, args.shape, args.rows)
     metadata = tuple((key, value) for key, _, value in (m.partition("=") for m in args.metadata))
+    kept: list[float] | None = None if args.latencies_out is None else []
     for streams in args.streams:
         result = await run_level(
             args.target,
@@ -308,7 +317,10 @@ async def _main_async(args: argparse.Namespace) -> None:
             metadata=metadata,
             watch_pid=args.watch_pid,
             rpc=args.rpc,
+            latencies_ms=kept,
         )
+        if kept is not None:
+            np.save(args.latencies_out, np.asarray(kept))
         print(json.dumps(asdict(result)), flush=True)
 
 
@@ -331,7 +343,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--watch-pid", type=int, default=None, help="report this tree's CPU")
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one core")
+    parser.add_argument(
+        "--latencies-out", type=Path, default=None, help="save latencies (ms) to this .npy file"
+    )
     args = parser.parse_args(argv)
+    if args.latencies_out is not None and len(args.streams) != 1:
+        parser.error("--latencies-out takes one stream count")
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     asyncio.run(_main_async(args))
