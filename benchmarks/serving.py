@@ -22,10 +22,12 @@ Servers run on one core and the generator on another (when there are two).
 Prints a table and a final JSON line. Batching counts as slower than no
 batching at a point only when it is more than `SAME_PATH_NOISE` (5%) slower:
 two identical endpoints differ by that much (`batched_slower_than_unbatched_at`
-lists every point where batched was below at all).
+lists every point where batched was below at all). `--aa-check` measures that
+noise in the run: two identical batched servers, side by side like the pair
+above (JSON `aa_first_over_second`, `aa_largest_gap`).
 
     python -m benchmarks.serving [--duration-s 5] [--streams 1 8 32 64]
-        [--models lenet5 resnet20] [--skip-rayserve] [--quick]
+        [--models lenet5 resnet20] [--skip-rayserve] [--aa-check] [--quick]
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ READY = r"serving grpc=(\S+)"
 # by up to this share of their rate (A/A runs, docs/performance.md). A smaller gap between
 # batched and unbatched cannot be told from noise, so the goal counts only a larger one.
 SAME_PATH_NOISE = 0.05
+AA_SYSTEMS = ("A/A: headrace batched #1", "A/A: headrace batched #2")  # --aa-check
 
 
 @dataclass
@@ -100,6 +103,7 @@ class Settings:
     skip_rayserve: bool
     client_batch: int
     stream_rpc: bool
+    aa_check: bool
     streams_per_channel: int
     max_queue_delay_us: int
     server_cpus: set[int] | None
@@ -286,14 +290,15 @@ class Bench:
             )  # fmt: skip
         self.procs.stop(child)
 
-    def _start_headrace(self, repo: Path, batching: bool) -> tuple[str, Child]:
+    def _start_headrace(self, repo: Path, batching: bool, label: str = "") -> tuple[str, Child]:
         argv = _python(
             "headrace", "serve", "--repository", str(repo), "--port", "0", "--metrics-port", "0"
         )
         if not batching:
             argv.append("--no-batching")
-        system = "headrace batched" if batching else "headrace unbatched"
-        child = self.procs.start(system.replace(" ", "-"), argv, self.s.server_cpus, _env())
+        system = label or ("headrace batched" if batching else "headrace unbatched")
+        name = "".join(c if c.isalnum() else "-" for c in system)
+        child = self.procs.start(name, argv, self.s.server_cpus, _env())
         return self.procs.wait_ready(child, READY, 120).group(1), child
 
     def headrace(self, repo: Path) -> None:
@@ -324,6 +329,24 @@ class Bench:
                 )  # fmt: skip
         finally:
             self.procs.stop(batched_child)
+
+    def same_path(self, repo: Path) -> None:
+        """The A/A check: two identical batched servers measured exactly as batched and
+        unbatched are (`side_by_side`). Their gap is how far apart two endpoints measure
+        when nothing differs but the process: the noise `SAME_PATH_NOISE` stands for."""
+        children: list[Child] = []
+        try:
+            servers = []
+            for system in AA_SYSTEMS:
+                target, child = self._start_headrace(repo, batching=True, label=system)
+                children.append(child)
+                servers.append((system, target, child.pid))
+            for model in self.s.models:
+                for n in self.s.streams:
+                    self.side_by_side(model, n, servers)
+        finally:
+            for child in children:
+                self.procs.stop(child)
 
     def rayserve(self, files: dict[str, Path]) -> None:
         grpc_port, http_port = free_port(), free_port()
@@ -458,6 +481,17 @@ def summarize(rows: list[Row], settings: Settings) -> dict[str, Any]:
     out["batched_slower_beyond_noise_at"] = [
         at for at, ratio in versus.items() if ratio < 1 - SAME_PATH_NOISE
     ]
+    same = {
+        f"{model}@{n}": round(a.qps / b.qps, 3)
+        for model in settings.models
+        for n in settings.streams
+        if (a := _value(rows, AA_SYSTEMS[0], model, n)) is not None
+        and (b := _value(rows, AA_SYSTEMS[1], model, n)) is not None
+        and b.qps
+    }
+    if same:  # --aa-check
+        out["aa_first_over_second"] = same
+        out["aa_largest_gap"] = round(max(abs(1 - ratio) for ratio in same.values()), 3)
     out["streams"] = top
     out["duration_s"] = settings.duration_s
     out["max_queue_delay_us"] = settings.max_queue_delay_us
@@ -534,6 +568,7 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, str]:
         skip_rayserve=args.skip_rayserve,
         client_batch=args.client_batch,
         stream_rpc=not args.skip_stream_rpc,
+        aa_check=args.aa_check,
         streams_per_channel=args.streams_per_channel,
         max_queue_delay_us=DynamicBatchingConfig().max_queue_delay_us if delay is None else delay,
         server_cpus=server_cpus,
@@ -554,6 +589,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--models", nargs="+", choices=sorted(MODEL_SHAPES), default=["lenet5", "resnet20"]
     )
     parser.add_argument("--skip-rayserve", action="store_true")
+    parser.add_argument(
+        "--aa-check",
+        action="store_true",
+        help="also measure two identical batched servers side by side (the noise floor)",
+    )
     parser.add_argument("--quick", action="store_true", help="short durations (smoke test)")
     parser.add_argument("--client-batch", type=int, default=8, help="extra row; 1 = skip it")
     parser.add_argument(
@@ -582,6 +622,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             bench.ort_ceiling(model, files[model])
         bench.canned()
         bench.headrace(root / "repository")
+        if settings.aa_check:
+            bench.same_path(root / "repository")
         if not settings.skip_rayserve:
             bench.rayserve(files)
     finally:

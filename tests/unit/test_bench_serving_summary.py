@@ -7,7 +7,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks.serving import SAME_PATH_NOISE, Row, Settings, merge_windows, summarize
+from benchmarks.serving import (
+    AA_SYSTEMS,
+    SAME_PATH_NOISE,
+    Row,
+    Settings,
+    merge_windows,
+    summarize,
+)
 
 
 def window(requests: int, duration_s: float, **extra: Any) -> dict[str, Any]:
@@ -63,6 +70,7 @@ SETTINGS = Settings(
     skip_rayserve=True,
     client_batch=1,
     stream_rpc=False,
+    aa_check=False,
     streams_per_channel=16,
     max_queue_delay_us=2000,
     server_cpus=None,
@@ -86,3 +94,14 @@ def test_batching_counts_as_slower_only_beyond_the_noise_of_identical_endpoints(
     assert out["batched_slower_than_unbatched_at"] == (["lenet5@1"] if strictly_slower else [])
     assert out["batched_slower_beyond_noise_at"] == (["lenet5@1"] if beyond_noise else [])
     assert out["goals"]["batching_never_slower"] is not beyond_noise
+
+
+def test_the_aa_check_reports_the_gap_between_identical_servers() -> None:
+    same = [
+        Row(AA_SYSTEMS[0], "lenet5", 1, 960.0, 960.0),
+        Row(AA_SYSTEMS[1], "lenet5", 1, 1000.0, 1000.0),
+    ]
+    out = summarize(rows(1000.0, 1000.0) + same, SETTINGS)
+    assert out["aa_first_over_second"] == {"lenet5@1": 0.96}
+    assert out["aa_largest_gap"] == 0.04
+    assert "aa_largest_gap" not in summarize(rows(1000.0, 1000.0), SETTINGS)  # no --aa-check
