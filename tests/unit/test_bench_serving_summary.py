@@ -82,6 +82,7 @@ SETTINGS = Settings(
     ("batched", "strictly_slower", "beyond_noise"),
     [
         (1000.0, False, False),
+        (999.9, True, False),  # strictly below, though its ratio rounds to 1.0
         (1000.0 * (1 - SAME_PATH_NOISE / 2), True, False),
         (1000.0 * (1 - 2 * SAME_PATH_NOISE), True, True),
     ],
