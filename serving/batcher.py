@@ -15,6 +15,10 @@ shapes are batched together: one FIFO queue per signature, oldest head first.
 Every future is settled exactly once: with its rows of the outputs, the batch's
 error, `DeadlineExceeded` or `ShuttingDown` (both never executed), or by the
 caller's cancellation. Use a batcher from one event loop's thread.
+
+`max_batch_size=0` is Triton's model without a batch axis: its inputs are passed as
+they are, one request per execution, with no check of axis 0 (the queue, deadlines,
+cancellation and the concurrency limit still apply).
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ class DynamicBatcher:
     ) -> None:
         label = f"batcher {name!r}" if name else "batcher"
         ints = {
-            "max_batch_size": (max_batch_size, 1),
+            "max_batch_size": (max_batch_size, 0),
             "max_queue_delay_us": (max_queue_delay_us, 0),
             "max_queue_size": (max_queue_size, 1),
             "concurrency": (concurrency, 1),
@@ -96,7 +100,7 @@ class DynamicBatcher:
         ]
         if not callable(execute):
             problems.append("execute must be callable")
-        if _int_at_least(max_batch_size, 1) and not all(
+        if _int_at_least(max_batch_size, 0) and not all(
             _int_at_least(p, 1) and p <= max_batch_size for p in preferred_batch_sizes
         ):
             problems.append(
@@ -114,7 +118,8 @@ class DynamicBatcher:
         self._delay_s = max_queue_delay_us / 1e6
         self._max_queue = max_queue_size
         self._concurrency = concurrency
-        self._enabled = enabled
+        self._batch_axis = max_batch_size > 0  # 0: Triton's model without a batch axis
+        self._enabled = enabled and self._batch_axis
         self._own_executor = executor is None
         self._executor = executor or self._new_pool(concurrency)
         self._pool_size = concurrency
@@ -198,6 +203,13 @@ class DynamicBatcher:
     def _check(self, inputs: Arrays) -> tuple[int, object]:
         if not isinstance(inputs, dict) or not inputs:
             raise InvalidInput("inputs must be a non-empty dict of input name -> numpy array")
+        if not self._batch_axis:
+            for name, array in inputs.items():
+                if not isinstance(array, np.ndarray):
+                    raise InvalidInput(
+                        f"input {name!r} must be a numpy array, got {type(array).__name__}"
+                    )
+            return 1, None  # one request, executed on its own as it is
         rows = -1
         signature = []
         for name, array in inputs.items():
@@ -367,13 +379,15 @@ class DynamicBatcher:
                 f"{self._label}: execute must return a dict of output name -> numpy array, "
                 f"got {type(outputs).__name__}"
             )
-        for name, value in outputs.items():
-            got = value.shape[0] if isinstance(value, np.ndarray) and value.ndim else "no"
-            if got != total:
-                raise HeadraceError(
-                    f"{self._label}: output {name!r} has {got} rows (axis 0) but the batch has "
-                    f"{total} input rows; the model must return one output row per input row"
-                )
+        if self._batch_axis:  # without one, outputs are the request's as they are
+            for name, value in outputs.items():
+                got = value.shape[0] if isinstance(value, np.ndarray) and value.ndim else "no"
+                if got != total:
+                    raise HeadraceError(
+                        f"{self._label}: output {name!r} has {got} rows (axis 0) but the batch "
+                        f"has {total} input rows; the model must return one output row per "
+                        "input row"
+                    )
         if len(inputs) == 1:
             return compute_s, total, [outputs]
         parts, start = [], 0

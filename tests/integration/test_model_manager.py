@@ -12,10 +12,18 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from headrace.errors import ModelLoadError, ModelNotFound, ModelNotReady, ShuttingDown
+from headrace.errors import (
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    ShuttingDown,
+)
+from serving.dataplane import DataPlane
 from serving.model_config import DynamicBatchingConfig, ModelConfig, TensorSpec
 from serving.model_manager import ModelManager, VersionPolicy
 from serving.repository import ModelRepository
+from serving.types import InferRequest, InferTensor
 from training.export import export_onnx
 from training.models import build_model
 
@@ -384,6 +392,37 @@ def test_run_polling_picks_up_a_new_version(repo: ModelRepository, onnx_files) -
         assert manager.get("digits").version == 2
         stop.set()
         await poller
+        await manager.close()
+
+    run(scenario)
+
+
+def test_a_model_without_a_batch_axis_is_served_as_it_is(
+    repo: ModelRepository, onnx_files, expected
+) -> None:
+    """max_batch_size 0 (Triton's model that does not batch): it loads, its inputs must have
+    exactly its dims, and concurrent requests each run alone."""
+    unbatched = ModelConfig(
+        name="whole",
+        max_batch_size=0,
+        inputs=[TensorSpec(name="input", dims=[1, 1, 28, 28])],
+        outputs=[TensorSpec(name="logits", dims=[1, 10])],
+    )
+    repo.publish(unbatched, onnx_files["a"], architecture="lenet5")
+
+    def request(x: np.ndarray) -> InferRequest:
+        return InferRequest("whole", [InferTensor.from_array("input", x)])
+
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        assert await manager.load("whole") == [1]
+        plane = DataPlane(manager)
+        answers = await asyncio.gather(*(plane.infer(request(X)) for _ in range(4)))
+        for answer in answers:
+            np.testing.assert_allclose(answer.outputs[0].data, expected["a"], atol=1e-5)
+            assert answer.timings.batch_size == 1  # never merged with the others
+        with pytest.raises(InvalidInput, match=r"expected shape \[1, 1, 28, 28\]"):
+            await plane.infer(request(np.concatenate([X, X])))
         await manager.close()
 
     run(scenario)

@@ -311,6 +311,31 @@ def test_batching_off_executes_each_request_alone() -> None:
     run(scenario)
 
 
+def test_without_a_batch_axis_each_request_runs_as_it_is() -> None:
+    """max_batch_size 0 (Triton's model without a batch axis): requests are never merged,
+    axis 0 is not a batch (any size, and outputs need not match it)."""
+
+    def total(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        model(inputs)
+        return {"y": np.full(3, inputs["x"].sum(), dtype=np.float32)}
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(total, max_batch_size=0, max_queue_delay_us=100_000)
+        first = await occupy(batcher, model)
+        shapes = [(5, 2), (1, 4), (7,)]
+        tasks = spawn([batcher.submit({"x": np.ones(s, dtype=np.float32)}) for s in shapes])
+        await until(lambda: batcher.queue_depth == 3)
+        model.gate.set()
+        results = await asyncio.gather(first, *tasks)
+        assert [x.shape for x in model.batches] == [(1, 3), (5, 2), (1, 4), (7,)]  # one each
+        assert [float(r.outputs["y"][0]) for r in results] == [-3.0, 10.0, 4.0, 7.0]
+        assert [r.batch_size for r in results] == [1, 1, 1, 1]
+        await batcher.close()
+
+    model = Model(blocked=True)
+    run(scenario)
+
+
 def test_only_requests_of_the_same_signature_are_batched() -> None:
     async def scenario() -> None:
         model = Model(blocked=True)
@@ -338,7 +363,8 @@ def test_only_requests_of_the_same_signature_are_batched() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"max_batch_size": 0},
+        {"max_batch_size": -1},
+        {"max_batch_size": 0, "preferred_batch_sizes": [1]},
         {"max_batch_size": 4, "preferred_batch_sizes": [5]},
         {"max_batch_size": 4, "preferred_batch_sizes": [0]},
         {"max_batch_size": 4, "max_queue_size": 0},
