@@ -140,6 +140,22 @@ class ModelConfig(BaseModel):
     def _valid_name(cls, value: str) -> str:
         return check_model_name(value)
 
+    @model_validator(mode="after")
+    def _preferred_sizes_fit(self) -> ModelConfig:
+        preferred = self.dynamic_batching.preferred_batch_sizes
+        wrong = [size for size in preferred if not 1 <= size <= self.max_batch_size]
+        if wrong and self.max_batch_size == 0:
+            raise ValueError(
+                "a model without a batch axis (max_batch_size 0) takes no "
+                f"dynamic_batching.preferred_batch_sizes, got {preferred}"
+            )
+        if wrong:
+            raise ValueError(
+                f"dynamic_batching.preferred_batch_sizes must lie in 1..max_batch_size "
+                f"({self.max_batch_size}), got {preferred}"
+            )
+        return self
+
 
 class VersionMetadata(BaseModel):
     """`<repo>/<model>/<version>/metadata.json`."""

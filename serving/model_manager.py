@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -42,7 +42,7 @@ from security.model_files import check_version_files
 from serving.batcher import DynamicBatcher
 from serving.interfaces import ModelRunner, RunnerFactory
 from serving.model_config import ModelConfig, VersionMetadata
-from serving.repository import MODEL_FILE, ModelRepository, ModelVersion
+from serving.repository import CONFIG_FILE, MODEL_FILE, ModelRepository, ModelVersion
 from serving.runner import OnnxModel
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class LoadedVersion:
 
 @dataclass(frozen=True)
 class _Failure:
-    stamp: Stamp  # the version folder's files when the load failed
+    stamp: Stamp  # the version folder's files and config.json when the load failed
     message: str
 
 
@@ -305,14 +305,17 @@ class ModelManager:
         self, name: str, version: int, known: _Failure | None
     ) -> tuple[ModelVersion, ModelRunner]:
         """Blocking: verify one version's files and build its sessions (in a worker thread)."""
-        found = self.repository.get(name, version)
         prefix = f"model {name!r} version {version}"
         try:
-            stamp = _stamp(found.path)
+            stamp = _stamp(self.repository.version_dir(name, version))
         except OSError:
             raise ModelLoadError(f"{prefix}: its folder cannot be read") from None
         if known is not None and known.stamp == stamp:
             raise ModelLoadError(known.message)  # same files as last time: same failure
+        try:
+            found = self.repository.get(name, version)
+        except RepositoryError as exc:  # e.g. an invalid config.json: kept until it changes
+            self._refuse(name, version, stamp, exc.message, exc.reason, ModelLoadError)
         error: type[ModelLoadError] = ModelLoadError
         reason = "integrity_check_failed"
         try:
@@ -335,6 +338,18 @@ class ModelManager:
             else:
                 self._failed.pop((name, version), None)
                 return found, model
+        self._refuse(name, version, stamp, message, reason, error)
+
+    def _refuse(
+        self,
+        name: str,
+        version: int,
+        stamp: Stamp,
+        message: str,
+        reason: str,
+        error: type[ModelLoadError],
+    ) -> NoReturn:
+        """Remember why a version failed (until its files change) and raise it."""
         self._failed[(name, version)] = _Failure(stamp, message)
         if self._on_load_failure is not None:
             try:
@@ -416,9 +431,13 @@ def _int_or_none(text: str) -> int | None:
 
 
 def _stamp(path: Path) -> Stamp:
-    """Identity of a version folder's files: any write changes a file's ctime."""
+    """Identity of a version folder's files and of its model's config.json: any write
+    changes a file's ctime."""
     entries = []
     for entry in sorted(os.scandir(path), key=lambda e: e.name):
         st = entry.stat()
         entries.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    with contextlib.suppress(FileNotFoundError):
+        st = (path.parent / CONFIG_FILE).stat()
+        entries.append((f"../{CONFIG_FILE}", st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(entries)

@@ -248,6 +248,11 @@ class ModelRepository:
             raise
         return self.get(name, version)
 
+    def version_dir(self, name: str, version: int) -> Path:
+        """Where a version's files are (whether or not it exists); its config.json is in
+        the parent folder."""
+        return self._model_dir(name) / str(version)
+
     def _model_dir(self, name: str) -> Path:
         try:
             check_model_name(name)

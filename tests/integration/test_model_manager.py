@@ -4,6 +4,8 @@ integrity refusals, and zero failed requests while a new version takes over."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from serving.dataplane import DataPlane
 from serving.model_config import DynamicBatchingConfig, ModelConfig, TensorSpec
 from serving.model_manager import ModelManager, VersionPolicy
 from serving.repository import ModelRepository
+from serving.runner import OnnxModel
 from serving.types import InferRequest, InferTensor
 from training.export import export_onnx
 from training.models import build_model
@@ -423,6 +426,43 @@ def test_a_model_without_a_batch_axis_is_served_as_it_is(
             assert answer.timings.batch_size == 1  # never merged with the others
         with pytest.raises(InvalidInput, match=r"expected shape \[1, 1, 28, 28\]"):
             await plane.infer(request(np.concatenate([X, X])))
+        await manager.close()
+
+    run(scenario)
+
+
+def test_an_invalid_config_is_reported_once_and_loaded_once_fixed(
+    repo: ModelRepository, onnx_files, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config.json the schema refuses (preferred batch sizes beyond max_batch_size) fails
+    before any session is built, is logged once however often the repository is polled,
+    and the model loads at the first poll after the file is mended."""
+    publish(repo, onnx_files["a"])
+    config_file = repo.version_dir("digits", 1).parent / "config.json"
+    good = config_file.read_text()
+    bad = config().model_dump(mode="json")
+    bad["dynamic_batching"]["preferred_batch_sizes"] = [16]  # max_batch_size is 8
+    config_file.write_text(json.dumps(bad))
+    sessions_built: list[Path] = []
+
+    def counted_runner(model_file: Path, instances: int = 1) -> OnnxModel:
+        sessions_built.append(model_file)
+        return OnnxModel(model_file, instances=instances)
+
+    async def scenario() -> None:
+        manager = ModelManager(repo, runner_factory=counted_runner)
+        with caplog.at_level(logging.WARNING, logger="serving.model_manager"):
+            await manager.load_all()
+            for _ in range(3):
+                await manager.poll_once()
+        refusals = [r for r in caplog.records if "not loaded" in r.getMessage()]
+        assert len(refusals) == 1 and "preferred_batch_sizes" in refusals[0].getMessage()
+        assert sessions_built == [] and manager.loaded() == {}
+        assert "preferred_batch_sizes" in manager.failures()["digits"]
+
+        config_file.write_text(good)
+        await manager.poll_once()
+        assert manager.loaded() == {"digits": [1]} and len(sessions_built) == 1
         await manager.close()
 
     run(scenario)

@@ -104,6 +104,26 @@ def test_config_round_trips(repo: ModelRepository, model_file: Path) -> None:
     assert on_disk == make_config()
 
 
+@pytest.mark.parametrize(
+    ("max_batch_size", "preferred", "problem"),
+    [
+        (32, [8, 64], "must lie in 1..max_batch_size"),
+        (32, [0], "must lie in 1..max_batch_size"),
+        (0, [1], "without a batch axis"),
+    ],
+)
+def test_preferred_batch_sizes_must_fit_the_max_batch_size(
+    max_batch_size: int, preferred: list[int], problem: str
+) -> None:
+    doc = make_config().model_dump()
+    doc["max_batch_size"] = max_batch_size
+    doc["dynamic_batching"]["preferred_batch_sizes"] = preferred
+    with pytest.raises(ValueError, match=problem):
+        ModelConfig.model_validate(doc)
+    doc["dynamic_batching"]["preferred_batch_sizes"] = [1] if max_batch_size else []
+    assert ModelConfig.model_validate(doc).max_batch_size == max_batch_size
+
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "..", "", "x" * 129, "sp ace"])
 def test_invalid_names_refused(repo: ModelRepository, model_file: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="invalid model name"):
