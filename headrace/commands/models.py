@@ -138,12 +138,17 @@ def show(name: str, version: int | None, repository: Path | None, as_json: bool)
     rows += [("file", f"{f} sha256={digest}") for f, digest in sorted(meta.sha256.items())]
     rows += [("input", f"{t.name} {t.datatype} {t.dims}") for t in config.inputs]
     rows += [("output", f"{t.name} {t.datatype} {t.dims}") for t in config.outputs]
+    if config.max_batch_size > 0:
+        how = f"max_queue_delay_us={batching.max_queue_delay_us}"
+        if batching.preferred_batch_sizes:
+            how += f" preferred_batch_sizes={batching.preferred_batch_sizes}"
+    else:
+        how = "none (no batch axis: each request runs alone)"
     rows += [
         ("max_batch_size", config.max_batch_size),
-        ("batching", f"max_queue_delay_us={batching.max_queue_delay_us} "
-                     f"max_queue_size={batching.max_queue_size}"),
+        ("batching", f"{how} max_queue_size={batching.max_queue_size}"),
         ("instances", config.instance_count),
-    ]  # fmt: skip
+    ]
     if config.labels:
         rows.append(("labels", ", ".join(config.labels)))
     click.echo("\n".join(f"{label + ':':<16}{value}" for label, value in rows))

@@ -269,6 +269,13 @@ def test_cli_list_and_show(repo: ModelRepository, model_file: Path) -> None:
     assert "version:        2 (versions: 1, 2)" in result.output
     assert "epsilon=2.5" in result.output
     assert "input:          pixels FP32 [1, 8, 8]" in result.output
+    assert "batching:       max_queue_delay_us=2000 max_queue_size=1024" in result.output
+
+    whole = make_config("whole").model_copy(update={"max_batch_size": 0})
+    repo.publish(whole, model_file, architecture="lenet5")
+    result = runner.invoke(models, ["show", "whole", "--repository", str(repo.root)])
+    assert result.exit_code == 0, result.output
+    assert "batching:       none (no batch axis" in result.output
 
     args = ["show", "digits", "--version", "1", "--json", "--repository", str(repo.root)]
     result = runner.invoke(models, args)
