@@ -16,8 +16,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from headrace import __version__
-from headrace.errors import DeadlineExceeded, HeadraceError, ModelNotFound, ShuttingDown
+from headrace.errors import (
+    DeadlineExceeded,
+    HeadraceError,
+    InvalidInput,
+    ModelNotFound,
+    ShuttingDown,
+)
 from serving.batcher import BatchResult
+from serving.classification import top_classes
 from serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from serving.model_config import ModelConfig, TensorSpec
 from serving.model_manager import LoadedVersion, ModelManager
@@ -25,11 +32,13 @@ from serving.types import InferRequest, InferResponse, InferTensor, Timings
 from serving.validation import check_finite, validate_request
 
 SERVER_NAME = "headrace"
-EXTENSIONS = ("model_repository", "statistics", "health", "binary_tensor_data")
+EXTENSIONS = ("classification", "model_repository", "statistics", "health", "binary_tensor_data")
 # A call cancelled this close to its deadline ran out of time: the client's own timer fires
 # first, and its cancellation reaches the server before the server's copy of the deadline
 # (7 ms early with a 1 s timeout on an idle machine; more under load).
 DEADLINE_CANCEL_SLACK_S = 0.25
+# Triton's request parameter bounding a request's time in the server, in microseconds.
+TIMEOUT_PARAMETER = "timeout"
 
 
 @dataclass
@@ -155,7 +164,16 @@ class DataPlane:
                 entries.append(IndexEntry(name, "", state, failures.get(name, "")))
         return entries
 
-    async def load(self, name: str) -> list[int]:
+    async def load(self, name: str, parameters: Sequence[str] = ()) -> list[int]:
+        """Load (or reload) a model from the repository. `parameters` are the names of the
+        load request's parameters: Triton's overrides ("config", "file:...") are refused, as
+        versions are only ever read from the repository."""
+        overrides = [p for p in parameters if p == "config" or p.startswith("file:")]
+        if overrides:
+            raise InvalidInput(
+                f"load of {name!r}: overrides ({', '.join(overrides)}) are not supported; "
+                "change the model's files or config.json in the repository and load it again"
+            )
         if name not in self.manager.repository.list_models():
             raise ModelNotFound(f"model {name!r} is not in the repository")
         return await self.manager.load(name)
@@ -172,6 +190,7 @@ class DataPlane:
         try:
             loaded = self._serving_version(request)
             model, version = loaded.name, str(loaded.version)
+            _apply_timeout(request)
             response, rows = await self._infer_loaded(request, loaded)
         except HeadraceError as exc:
             self._record_failure(model, version, exc.reason, started)
@@ -205,7 +224,7 @@ class DataPlane:
         alone: list[int] = []
         layouts: dict[tuple[object, ...], tuple[int, _Signature]] = {}  # see `_validated`
         for index, request in enumerate(requests):
-            if request.deadline is not None:
+            if request.deadline is not None or TIMEOUT_PARAMETER in request.parameters:
                 alone.append(index)
                 continue
             model, version = UNKNOWN_MODEL, ""
@@ -288,7 +307,13 @@ class DataPlane:
         outputs: dict[str, np.ndarray],
         timings: Timings,
     ) -> InferResponse:
-        wanted = request.requested_outputs or [spec.name for spec in loaded.config.outputs]
+        config = loaded.config
+        wanted = request.requested_outputs or [spec.name for spec in config.outputs]
+        if request.class_counts:
+            batched = config.max_batch_size > 0
+            outputs = dict(outputs)
+            for name, k in request.class_counts.items():
+                outputs[name] = top_classes(outputs[name], k, config.labels, batched)
         return InferResponse(
             model_name=loaded.name,
             model_version=str(loaded.version),
@@ -331,6 +356,21 @@ class DataPlane:
             self.metrics.observe_failure(model, version, reason)
 
 
+def _apply_timeout(request: InferRequest) -> None:
+    """Tighten the request's deadline by its `timeout` parameter (microseconds; 0 = none)."""
+    value = request.parameters.get(TIMEOUT_PARAMETER)
+    if value is None or value == 0:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(
+            f"parameter {TIMEOUT_PARAMETER!r} must be a whole number of microseconds >= 0, "
+            f"got {value!r}"
+        )
+    deadline = time.monotonic() + value / 1e6
+    if request.deadline is None or deadline < request.deadline:
+        request.deadline = deadline
+
+
 _Signature = tuple[tuple[str, str, tuple[int, ...]], ...]  # inputs that can share a batch
 
 
@@ -348,6 +388,7 @@ def _validated(
         id(loaded),
         tuple((t.name, t.datatype, t.shape, t.data.dtype) for t in request.inputs),
         tuple(request.requested_outputs),
+        tuple(request.class_counts.items()),
     )
     known = layouts.get(layout)
     if known is not None:

@@ -28,6 +28,7 @@ import numpy as np
 from headrace.errors import InvalidInput
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
+from serving.classification import class_counts
 from serving.model_config import ModelConfig, TensorSpec
 from serving.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, InferTensor
 
@@ -44,6 +45,13 @@ DATATYPE_TO_CONFIG: dict[str, mc.DataType] = {
     dt: mc.DataType.Value("TYPE_STRING" if dt == "BYTES" else f"TYPE_{dt}")
     for dt in DATATYPE_TO_NUMPY
 }
+
+# Parameters that point a tensor at a shared memory region (Triton's shared memory extensions).
+SHARED_MEMORY_PARAMETERS = (
+    "shared_memory_region",
+    "shared_memory_byte_size",
+    "shared_memory_offset",
+)
 
 _LENGTH = struct.Struct("<I")  # the length prefix of one raw BYTES element
 _LITTLE_ENDIAN = {dt: dtype.newbyteorder("<") for dt, dtype in DATATYPE_TO_NUMPY.items()}
@@ -67,6 +75,15 @@ def parameters_to_dict(params: Mapping[str, pb.InferParameter]) -> dict[str, Any
     """A protobuf parameters map as a plain dict (None for a parameter with no value set)."""
     choices = {key: value.WhichOneof("parameter_choice") for key, value in params.items()}
     return {key: choice and getattr(params[key], choice) for key, choice in choices.items()}
+
+
+def _refuse_shared_memory(kind: str, name: str, params: Mapping[str, pb.InferParameter]) -> None:
+    used = [key for key in SHARED_MEMORY_PARAMETERS if key in params]
+    if used:
+        raise InvalidInput(
+            f"{kind} {name!r} asks for shared memory ({', '.join(used)}), which this server "
+            "does not offer (ServerMetadata lists its extensions); send the data in the request"
+        )
 
 
 def _element_count(name: str, shape: Sequence[int], limits: DecodeLimits) -> int:
@@ -193,6 +210,8 @@ def _decode_input(
     tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, limits: DecodeLimits
 ) -> InferTensor:
     name, datatype = tensor.name, tensor.datatype
+    if tensor.parameters:
+        _refuse_shared_memory("input", name, tensor.parameters)
     if datatype not in DATATYPE_TO_NUMPY:
         raise InvalidInput(
             f"input {name!r}: unknown datatype {datatype!r}; use one of "
@@ -223,12 +242,20 @@ def request_from_proto(
         _decode_input(tensor, msg.raw_input_contents[i] if uses_raw else None, limits)
         for i, tensor in enumerate(msg.inputs)
     ]
+    outputs = [
+        (output.name, parameters_to_dict(output.parameters) if output.parameters else {})
+        for output in msg.outputs
+    ]
+    for output in msg.outputs:
+        if output.parameters:
+            _refuse_shared_memory("output", output.name, output.parameters)
     return InferRequest(
         model_name=msg.model_name,
         inputs=inputs,
         model_version=msg.model_version,
         id=msg.id,
-        requested_outputs=[output.name for output in msg.outputs] if msg.outputs else [],
+        requested_outputs=[name for name, _ in outputs],
+        class_counts=class_counts(outputs) if outputs else {},
         parameters=parameters_to_dict(msg.parameters) if msg.parameters else {},
     )
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from headrace.errors import InvalidInput
+from serving.classification import class_counts
 from serving.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, InferTensor
 
 MAX_ELEMENTS = 1 << 28
@@ -76,13 +77,20 @@ def request_from_json(
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise InvalidInput(f"duplicate input names in {names}")
-    outputs = [str(o.get("name", "")) for o in body.get("outputs") or [] if isinstance(o, dict)]
+    outputs = [
+        (str(o.get("name", "")), o.get("parameters") or {})
+        for o in body.get("outputs") or []
+        if isinstance(o, dict)
+    ]
     return InferRequest(
         model_name=model_name,
         model_version=model_version,
         id=str(body.get("id", "")),
         inputs=tensors,
-        requested_outputs=outputs,
+        requested_outputs=[name for name, _ in outputs],
+        class_counts=class_counts(
+            (name, params) for name, params in outputs if isinstance(params, dict)
+        ),
         parameters=dict(body.get("parameters") or {}),
     )
 

@@ -60,6 +60,8 @@ class InferRequest:
     model_version: str = ""  # "" = the latest ready version
     id: str = ""
     requested_outputs: list[str] = field(default_factory=list)  # empty = all outputs
+    # output name -> k: answer that output as its top k classes (Triton's classification)
+    class_counts: dict[str, int] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None  # time.monotonic() after which the request must not run
 

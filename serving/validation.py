@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from headrace.errors import InvalidInput
+from serving.classification import check_classifiable
 from serving.model_config import ModelConfig, TensorSpec
 from serving.types import InferRequest
 
@@ -75,4 +76,6 @@ def validate_request(request: InferRequest, config: ModelConfig) -> int:
                 f"unknown output {name!r} requested; "
                 f"model {config.name!r} has {sorted(known_outputs)}"
             )
+    if request.class_counts:
+        check_classifiable(config, request.class_counts)
     return rows.pop()

@@ -124,7 +124,7 @@ def _request_body(message: InferenceRequestMessage) -> dict[str, Any]:
             }
             for t in message.inputs
         ],
-        "outputs": [{"name": o.name} for o in message.outputs],
+        "outputs": [{"name": o.name, "parameters": o.parameters} for o in message.outputs],
         "parameters": message.parameters,
     }
 

@@ -36,9 +36,13 @@ class TensorJSON(BaseModel):
 
 
 class RequestedOutput(BaseModel):
+    """An output the client wants back; `parameters` as in OIP, e.g. {"classification": 3}
+    for the top 3 classes."""
+
     model_config = ConfigDict(extra="allow")
 
     name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
 
 
 class InferenceRequestMessage(BaseModel):

@@ -46,10 +46,15 @@ def read_manifest(path: Path) -> dict[str, int]:
 
 
 def predicted_class(result: InferenceResultMessage) -> int | None:
-    """Argmax of the first output, for classifiers."""
+    """The first output's best class, for classifiers: its argmax, or, for an output asked
+    for as classes ("value:index[:label]" strings, best first), the first one's index."""
     if not result.outputs or not result.outputs[0].data:
         return None
-    return int(np.argmax(np.asarray(result.outputs[0].data, dtype=np.float64)))
+    first = result.outputs[0]
+    if first.datatype == "BYTES":
+        fields = str(first.data[0]).split(":")
+        return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+    return int(np.argmax(np.asarray(first.data, dtype=np.float64)))
 
 
 def consume(

@@ -13,11 +13,15 @@ import pytest
 import torch
 
 from headrace.errors import DeadlineExceeded, InvalidInput, ModelNotFound
+from serving.classification import top_classes
 from serving.dataplane import DataPlane
 from serving.model_config import DynamicBatchingConfig, ModelConfig, TensorSpec
 from serving.model_manager import ModelManager
 from serving.repository import ModelRepository
 from serving.types import InferRequest, InferResponse, InferTensor
+from streams.codec import encode_result
+from streams.messages import InferenceResultMessage, Timings
+from streams.results import predicted_class
 from training.export import export_onnx
 from training.models import build_model
 
@@ -124,5 +128,31 @@ def test_nan_is_checked_in_every_request_of_a_layout_validated_once(
             answers = await plane.infer_many(batch)
             assert isinstance(answers[1], InvalidInput) and "NaN" in answers[1].message
             assert [logits(answers[i]).shape[0] for i in (0, 2, 3)] == [1, 1, 2]
+
+    asyncio.run(scenario())
+
+
+def test_classification_and_plain_requests_share_a_batch_and_each_get_their_answer(
+    repo: ModelRepository,
+) -> None:
+    async def scenario() -> None:
+        async with serving(repo) as plane:
+            plain = [request(2, s) for s in range(3)]
+            classed = [request(2, s) for s in range(3)]
+            for item in classed:
+                item.requested_outputs, item.class_counts = ["logits"], {"logits": 2}
+            answers = await plane.infer_many([*plain, *classed])
+            for answer, asked in zip(answers[:3], answers[3:], strict=True):
+                scores = logits(answer)
+                assert isinstance(asked, InferResponse)
+                [tensor] = asked.outputs
+                assert (tensor.datatype, tensor.shape) == ("BYTES", (2, 2))
+                assert tensor.data.tolist() == top_classes(scores, 2, [], batched=True).tolist()
+            # on Kafka, the classes travel as strings and `headrace results` reads the best one
+            result = InferenceResultMessage.model_validate_json(
+                encode_result(answers[3], "r-1", Timings(), None)  # type: ignore[arg-type]
+            )
+            assert predicted_class(result) == int(np.argmax(logits(answers[0])[0]))
+            assert result.outputs[0].data[0].split(":")[1] == str(predicted_class(result))
 
     asyncio.run(scenario())

@@ -266,6 +266,23 @@ def test_tritonclient_sees_the_statuses(server: ServerProcess, model_files: Mode
         "raw_size_mismatch": ("INVALID_ARGUMENT", "raw byte size 3136 does not match 560 FP32"),
         "nan": ("INVALID_ARGUMENT", "input 'input' holds NaN or infinite values"),
         "unknown_model_metadata": ("NOT_FOUND", "model 'no-such-model' not found"),
+        "input_in_shared_memory": (
+            "INVALID_ARGUMENT",
+            "input 'input' asks for shared memory (shared_memory_region, shared_memory_byte_size)",
+        ),
+        "output_to_shared_memory": (
+            "INVALID_ARGUMENT",
+            "output 'logits' asks for shared memory (shared_memory_region",
+        ),
+        "negative_class_count": (
+            "INVALID_ARGUMENT",
+            "output 'logits': parameter 'classification' must be a class count >= 0, got -2",
+        ),
+        "load_with_config_override": (
+            "INVALID_ARGUMENT",
+            "load of 'digits': overrides (config) are not supported",
+        ),
+        "expired_timeout": ("DEADLINE_EXCEEDED", "the request's deadline passed"),
     }
     for case, (status, message) in expected.items():
         assert got[case]["status"] == status, (case, got[case])

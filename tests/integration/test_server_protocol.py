@@ -26,6 +26,8 @@ from server_fixtures import (
 pytestmark = pytest.mark.integration
 
 MODEL = "digits"
+LABELLED = "digits-labelled"
+LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 BATCH_SIZES = (1, 3, 8, 2, 5)
 
 
@@ -36,6 +38,7 @@ def server(
     root = tmp_path_factory.mktemp("protocol-repo")
     for name in (MODEL, "digits-ctl", "digits-live"):
         publish(root, lenet_config(name), model_files.lenet_a)
+    publish(root, lenet_config(LABELLED, labels=LABELS), model_files.lenet_a)
     with running_server(root, "--poll-interval-s", "0.2", log_dir=root.parent) as process:
         yield process
 
@@ -49,7 +52,11 @@ def batches() -> list[np.ndarray]:
 def report(server: ServerProcess, batches: list[np.ndarray]) -> dict[str, Any]:
     """One tritonclient session over the protocol; the tests below read its report."""
     return run_driver(
-        server.address, "protocol", model=MODEL, batches=[b.tolist() for b in batches]
+        server.address,
+        "protocol",
+        model=MODEL,
+        labelled_model=LABELLED,
+        batches=[b.tolist() for b in batches],
     )
 
 
@@ -74,7 +81,7 @@ def test_server_metadata(report: dict[str, Any]) -> None:
     meta = report["server_metadata"]
     assert meta["name"] == "headrace"
     assert meta["version"]
-    assert {"model_repository", "statistics", "health"} <= set(meta["extensions"])
+    assert {"model_repository", "statistics", "health", "classification"} <= set(meta["extensions"])
 
 
 def test_model_metadata(report: dict[str, Any]) -> None:
@@ -113,6 +120,25 @@ def test_model_config(report: dict[str, Any]) -> None:
         [10],
     )
     assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 1000
+
+
+def test_classification_answers_the_top_classes_of_each_row(
+    report: dict[str, Any], model_files: ModelFiles, batches: list[np.ndarray]
+) -> None:
+    logits = reference(model_files.lenet_a, batches[1])
+    for name in (MODEL, LABELLED):
+        got = report["classification"][name]
+        assert got["datatype"] == "BYTES"
+        assert len(got["classes"]) == len(batches[1])
+        for row, classes in zip(logits, got["classes"], strict=True):
+            best = np.argsort(-row, kind="stable")[:3].tolist()
+            fields = [element.split(":") for element in classes]
+            assert [int(f[1]) for f in fields] == best
+            np.testing.assert_allclose([float(f[0]) for f in fields], row[best], atol=1e-5)
+            if name == LABELLED:
+                assert [f[2] for f in fields] == [LABELS[i] for i in best]
+            else:
+                assert all(len(f) == 2 for f in fields)
 
 
 def test_repository_index_lists_ready_models(report: dict[str, Any]) -> None:
@@ -163,10 +189,11 @@ def test_statistics_count_the_rows_inferred(
 ) -> None:
     [stats] = report["statistics"]
     assert (stats["name"], stats["version"]) == (MODEL, "1")
-    # raw + raw_v1 + typed (batch 0 each), then every batch unary and streamed
-    rows = 3 * len(batches[0]) + 2 * sum(len(b) for b in batches)
+    # raw + raw_v1 + typed (batch 0 each), every batch unary and streamed, then batch 1 as
+    # classes
+    rows = 3 * len(batches[0]) + 2 * sum(len(b) for b in batches) + len(batches[1])
     assert int(stats["inference_count"]) == rows
-    assert int(stats["inference_stats"]["success"]["count"]) == 3 + 2 * len(batches)
+    assert int(stats["inference_stats"]["success"]["count"]) == 3 + 2 * len(batches) + 1
 
 
 def test_load_and_unload(server: ServerProcess, model_files: ModelFiles) -> None:

@@ -121,6 +121,16 @@ def protocol(url: str, params: Report) -> Report:
     client.stop_stream()
     report["stream"] = stream
 
+    # the classification extension: the top 3 classes of each row, as "value:index[:label]"
+    top3 = triton.InferRequestedOutput("logits", class_count=3)
+    for name in (model, params["labelled_model"]):
+        result = digits_infer(client, name, batches[1], outputs=[top3])
+        classes = result.as_numpy("logits")
+        report.setdefault("classification", {})[name] = {
+            "datatype": result.get_output("logits").datatype,
+            "classes": [[element.decode() for element in row] for row in classes],
+        }
+
     stats = client.get_inference_statistics(model, as_json=True)
     report["statistics"] = stats.get("model_stats", [])
     client.close()
@@ -212,6 +222,18 @@ def errors(url: str, params: Report) -> Report:
         infer_input.set_shape([1, 1, 28, 20])  # the raw bytes still hold 28 x 28 values
         return client.infer(model, [infer_input])
 
+    def input_in_shared_memory() -> Any:
+        infer_input = triton.InferInput("input", list(x.shape), "FP32")
+        infer_input.set_shared_memory("images", x.nbytes)  # no region was ever registered
+        return client.infer(model, [infer_input])
+
+    def output_to_shared_memory() -> Any:
+        logits = triton.InferRequestedOutput("logits")
+        logits.set_shared_memory("logits-region", 40)
+        return digits_infer(client, model, x, outputs=[logits])
+
+    negative_class_count = triton.InferRequestedOutput("logits")
+    negative_class_count._output.parameters["classification"].int64_param = -2
     nan = x.copy()
     nan[0, 0, 0, 0] = np.nan
     report = {
@@ -222,6 +244,15 @@ def errors(url: str, params: Report) -> Report:
         "raw_size_mismatch": error_of(raw_size_mismatch),
         "nan": error_of(lambda: digits_infer(client, model, nan)),
         "unknown_model_metadata": error_of(lambda: client.get_model_metadata("no-such-model")),
+        "input_in_shared_memory": error_of(input_in_shared_memory),
+        "output_to_shared_memory": error_of(output_to_shared_memory),
+        "negative_class_count": error_of(
+            lambda: digits_infer(client, model, x, outputs=[negative_class_count])
+        ),
+        "load_with_config_override": error_of(
+            lambda: client.load_model(model, config='{"max_batch_size": 2}')
+        ),
+        "expired_timeout": error_of(lambda: digits_infer(client, model, x, timeout=1)),
         "after": result_report(digits_infer(client, model, x)),
     }
     client.close()

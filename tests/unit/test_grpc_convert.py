@@ -153,6 +153,7 @@ def test_request_fields_and_parameters() -> None:
     decoded = request_from_proto(msg)
     assert (decoded.model_name, decoded.model_version, decoded.id) == ("m", "007", "req-9")
     assert decoded.requested_outputs == ["logits", "probs"]
+    assert decoded.class_counts == {"logits": 3}
     expected = {"flag": True, "n": -5, "s": "hi", "d": 0.5, "u": 2**64 - 1, "unset": None}
     assert decoded.parameters == expected
     assert decoded.inputs[0].parameters == {"binary_data_size": 8}

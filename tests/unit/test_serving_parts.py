@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,3 +162,22 @@ def test_preprocessing_spec_scales_and_standardises_per_channel() -> None:
     out = spec.apply(pixels)
     assert out.dtype == np.float32
     assert out.reshape(-1).tolist() == [0.0, 1.0]  # (2*0.5-1)/2, (8*0.5-0)/4
+
+
+def test_timeout_parameter_tightens_the_deadline() -> None:
+    from serving.dataplane import _apply_timeout
+
+    def with_timeout(value: object, deadline: float | None = None) -> InferRequest:
+        request = _request(np.zeros((1, 1, 4, 4), np.float32), parameters={"timeout": value})
+        request.deadline = deadline
+        _apply_timeout(request)
+        return request
+
+    now = time.monotonic()
+    assert with_timeout(0).deadline is None  # 0: no timeout, as in Triton
+    tight = with_timeout(500_000).deadline
+    assert tight is not None and now + 0.4 < tight < now + 60
+    assert with_timeout(500_000, deadline=now + 0.1).deadline == now + 0.1  # the earlier wins
+    for bad in (-1, 1.5, "100", True):
+        with pytest.raises(InvalidInput, match="parameter 'timeout' must be a whole number"):
+            with_timeout(bad)
