@@ -26,6 +26,9 @@ from training.preprocess.normalize import PIXEL_SCALE, ChannelStats
 from training.published import load_published_model
 from training.recipe import TrainRecipe, TrainReport
 
+ARCHITECTURE_OPTIONS = ("width", "dropout")
+"""`TrainConfig` fields a version records in `architecture_options` (`training.recipe`)."""
+
 
 class _FineTuneLineage(TrainingHook):
     """Records which version a fine-tuned model started from."""
@@ -77,14 +80,26 @@ class FineTuneRecipe(TrainRecipe):
 def finetune_config(source: ModelVersion, **overrides: Any) -> TrainConfig:
     """A config that continues `source` on its own dataset and publishes beside it.
 
-    Defaults: the version's architecture, dataset, seed, split fractions and
-    preprocessing (from its lineage), 3 epochs at a constant learning rate, no
-    early stopping; `overrides` win (e.g. `epochs`, `learning_rate`,
-    `data_dir`, `watermark`, `name`).
+    Defaults: the version's dataset, seed, split fractions and preprocessing
+    (from its lineage), 3 epochs at a constant learning rate, no early
+    stopping; `overrides` win (e.g. `epochs`, `learning_rate`, `data_dir`,
+    `watermark`, `name`). The architecture and its options (`width`,
+    `dropout`) are the version's own and cannot be overridden: training starts
+    from its weights, and the result is published with them, so that its
+    `weights.pt` loads back.
     """
     lineage = source.metadata.lineage
+    architecture = _architecture(source)
+    changed = sorted(k for k, v in architecture.items() if k in overrides and overrides[k] != v)
+    if changed:
+        raise ConfigError(
+            f"cannot fine-tune model {source.name!r} with another {', '.join(changed)}: "
+            f"fine-tuning keeps the published architecture "
+            f"({', '.join(f'{k} {v}' for k, v in architecture.items())}); "
+            "train a new model with `headrace train` instead"
+        )
     values: dict[str, Any] = {
-        "model": source.metadata.architecture,
+        **architecture,
         "dataset": lineage.get("dataset", "digits"),
         "seed": lineage.get("seed", 0),
         **{k: lineage[k] for k in ("val_fraction", "test_fraction") if k in lineage},
@@ -99,6 +114,17 @@ def finetune_config(source: ModelVersion, **overrides: Any) -> TrainConfig:
         values["preprocess"] = PreprocessConfig.model_validate_json(preprocess)
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def _architecture(source: ModelVersion) -> dict[str, Any]:
+    """The version's architecture and the options it was built with (defaults when its
+    metadata predates `architecture_options`)."""
+    options = source.metadata.architecture_options
+    defaults = TrainConfig.model_fields
+    return {
+        "model": source.metadata.architecture,
+        **{k: options.get(k, defaults[k].default) for k in ARCHITECTURE_OPTIONS},
+    }
 
 
 def finetune_published(

@@ -9,6 +9,7 @@ import math
 import stat
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -336,3 +337,32 @@ def test_hook_state_resumes_the_same_trigger_sequence(tmp_path: Path) -> None:
     resumed.load_state_dict(saved)
     for want in expected:
         assert torch.equal(resumed.on_batch(trainer.model, *batch)[0], want)
+
+
+# -- fine-tuning a published version (embed --from-model) ------------------------------------
+
+
+def test_finetune_publishes_the_source_architecture_options(tmp_path: Path) -> None:
+    from headrace.errors import ConfigError
+    from security.watermark.embed import finetune_config, finetune_published
+    from serving.repository import ModelRepository
+    from training.published import load_published_model
+    from training.recipe import run_training
+
+    common: dict[str, Any] = {
+        "repository": tmp_path / "repo",
+        "runs_dir": tmp_path / "runs",
+        "progress": False,
+    }
+    run_training(TrainConfig(name="half", epochs=1, width=0.5, dropout=0.2, **common))
+    repo = ModelRepository(tmp_path / "repo")
+    source = repo.latest("half")
+    config = finetune_config(source, epochs=1, name="half-tuned", **common)
+    assert (config.width, config.dropout) == (0.5, 0.2)
+    finetune_published(source, config)
+    tuned = repo.latest("half-tuned")
+    assert tuned.metadata.architecture_options == {"width": 0.5, "dropout": 0.2}
+    model = load_published_model(tuned)  # weights.pt fits the architecture it records
+    assert model.state_dict()["features.0.weight"].shape[0] == 3  # width 0.5 of 6 channels
+    with pytest.raises(ConfigError, match="keeps the published architecture"):
+        finetune_config(source, width=1.0)
