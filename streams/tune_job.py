@@ -102,6 +102,7 @@ def execute_tune(
                 val_accuracy=row.val_accuracy,
                 epochs=row.epochs_run,
                 hyper_parameters=_scalars(row.params),
+                reason=row.error,
             )
         )
 

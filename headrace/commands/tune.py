@@ -50,6 +50,18 @@ def _table(rows: list[object], best: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def trial_line(number: int, total: int, row: object) -> str:
+    """The line printed as a trial finishes; a failed trial's reason ends it."""
+    from training.tuning.runner import TrialRow
+
+    assert isinstance(row, TrialRow)
+    line = (
+        f"trial {number}/{total} {row.trial_id} {row.status}: "
+        f"val loss {_fmt(row.val_loss)} acc {_fmt(row.val_accuracy)} {_params(row.params)}"
+    )
+    return line + (f" -- {row.error}" if row.error else "")
+
+
 @click.group("tune", invoke_without_command=True)
 @click.option("--model", default="lenet5", show_default=True, help="Registered architecture.")
 @click.option("--dataset", default="digits", show_default=True, help="digits, mnist or cifar10.")
@@ -174,10 +186,7 @@ def tune(
         done.append(row)
         if as_json:
             return
-        click.echo(
-            f"trial {len(done)}/{config.trials} {row.trial_id} {row.status}: "
-            f"val loss {_fmt(row.val_loss)} acc {_fmt(row.val_accuracy)} {_params(row.params)}"
-        )
+        click.echo(trial_line(len(done), config.trials, row))
 
     try:
         report = run_tuning(

@@ -91,3 +91,25 @@ def test_a_busy_port_is_refused_with_a_fix(
         argv = ["--port", str(port), "--experiment-dir", str(tmp_path), "--trials", "1"]
         err = _main_error(argv, monkeypatch, capsys)
     assert f"error: port {port} is in use: pass another --port" in err
+
+
+def test_a_failed_trial_line_says_why(tmp_path: Path) -> None:
+    """The reason a trial printed (`error: ...`, its last stderr line) ends its progress line."""
+    from headrace.commands.tune import trial_line
+    from training.tuning.nni_experiment import TrialInfo
+    from training.tuning.runner import TRIAL_OUTPUT, trial_row
+
+    stderr = tmp_path / TRIAL_OUTPUT / "AbC12" / "trial.stderr"
+    stderr.parent.mkdir(parents=True)
+    stderr.write_text(
+        "error: invalid hyper-parameters:\n"
+        "  batch_size: Input should be a valid integer, got a number with a fractional part\n"
+    )
+    failed = trial_row(tmp_path, TrialInfo(trial_id="AbC12", sequence=0, status="FAILED",
+                                           params={"batch_size": 47.5}))  # fmt: skip
+    line = trial_line(1, 2, failed)
+    assert line.startswith("trial 1/2 AbC12 FAILED: val loss - acc - batch_size=47.5")
+    assert line.endswith("-- batch_size: Input should be a valid integer, got a number with a "
+                         "fractional part")  # fmt: skip
+    running = trial_row(tmp_path, TrialInfo(trial_id="AbC12", sequence=0, status="USER_CANCELED"))
+    assert running.error is None and "--" not in trial_line(1, 2, running)

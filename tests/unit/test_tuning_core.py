@@ -163,3 +163,22 @@ def test_archived_trial_publishes_with_its_architecture(tmp_path: Path) -> None:
     assert model.state_dict()["features.0.weight"].shape[0] == 3  # width 0.5 of 6 channels
     with pytest.raises(ConfigError, match="no archived trial"):
         load_trial_archive(tmp_path / "nothing")
+
+
+def test_quantised_ranges_of_whole_number_fields_need_whole_q_and_bounds() -> None:
+    """A fractional q (or bound) on batch_size or patience samples values like 47.5 that every
+    trial then fails on: refused up front, every problem listed."""
+    with pytest.raises(ConfigError) as caught:
+        check_search_space(
+            {
+                "batch_size": {"_type": "quniform", "_value": [16, 64, 2.5]},
+                "patience": {"_type": "qloguniform", "_value": [1.5, 8, 1]},
+            }
+        )
+    message = caught.value.message
+    assert "batch_size: takes whole numbers: q must be a whole number, got 2.5" in message
+    assert "patience: takes whole numbers: bounds must be whole numbers, got [1.5, 8, 1]" in message
+    whole = {"batch_size": {"_type": "quniform", "_value": [16, 64, 4.0]}}
+    assert check_search_space(whole) == whole
+    fractional_float = {"dropout": {"_type": "quniform", "_value": [0.0, 0.5, 0.05]}}
+    assert check_search_space(fractional_float) == fractional_float

@@ -48,6 +48,9 @@ class TrialRow(BaseModel):
     val_accuracy: float | None = None
     epochs_run: int | None = None
     seconds: float | None = None
+    error: str | None = Field(
+        default=None, description="A failed trial's last stderr line (its `error: ...` reason)."
+    )
 
 
 class TuneReport(BaseModel):
@@ -142,6 +145,8 @@ def trial_row(folder: Path, trial: TrialInfo) -> TrialRow:
         row.params = dict(archive.params)
         row.val_loss, row.val_accuracy = outcome.best_val_loss, outcome.best_val_accuracy
         row.epochs_run, row.seconds = outcome.epochs_run, outcome.seconds
+    if trial.status == "FAILED":
+        row.error = trial_error(folder, trial.trial_id)
     return row
 
 

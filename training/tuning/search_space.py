@@ -75,8 +75,16 @@ def _range_problems(key: str, kind: str, value: Any, field_type: type) -> list[s
         problems.append(f"{key}: {kind} needs low > 0, got {low}")
     if arity == 3 and value[2] <= 0:
         problems.append(f"{key}: q must be > 0, got {value[2]}")
-    if kind == "randint" and not (float(low).is_integer() and float(high).is_integer()):
+    whole_bounds = float(low).is_integer() and float(high).is_integer()
+    if kind == "randint" and not whole_bounds:
         problems.append(f"{key}: randint takes whole-number bounds, got {value!r}")
+    if field_type is int and arity == 3:  # NNI samples round(x / q) * q, clipped to the bounds
+        if not float(value[2]).is_integer():
+            problems.append(f"{key}: takes whole numbers: q must be a whole number, got {value[2]}")
+        if not whole_bounds:
+            problems.append(
+                f"{key}: takes whole numbers: bounds must be whole numbers, got {value!r}"
+            )
     return problems
 
 
