@@ -108,6 +108,13 @@ class DeadlineExceeded(HeadraceError):
     reason = "deadline_exceeded"
 
 
+class ResultTooLarge(HeadraceError):
+    """A request ran, but its result is too large to send back on its transport."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+    reason = "result_too_large"
+
+
 class Unauthenticated(HeadraceError):
     """A token is missing or wrong."""
 

@@ -511,7 +511,9 @@ class StreamWorker:
             results = sum(1 for o in outcomes if o.kind == "result")
             reasons = [o.reason or "internal" for o in outcomes if o.kind == "dlq"]
             now = time.time()
-            latencies = [
-                now - o.created_at for o in outcomes if o.kind == "result" and o.created_at
+            latencies = [  # a client clock ahead of ours does not make time run backwards
+                max(0.0, now - o.created_at)
+                for o in outcomes
+                if o.kind == "result" and o.created_at
             ]
             self.metrics.observe_batch(len(records), results, reasons, latencies)

@@ -38,6 +38,9 @@ from streams.messages import (
 
 MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 DLQ_PAYLOAD_BYTES = 64 * 1024  # larger originals are referenced by topic/partition/offset
+# Largest result value: Faust's producer sends at most 1,000,000 bytes per request and Kafka's
+# brokers take 1,048,588 per record batch by default; the rest is room for key and headers.
+MAX_RESULT_BYTES = 960_000
 Headers = Sequence[tuple[str, bytes]]
 
 
@@ -135,8 +138,10 @@ def _validate_json_slowly(key: bytes | None, value: bytes) -> InferenceRequestMe
         body = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordRejected(f"value is not JSON: {exc}", "not_json") from None
-    if isinstance(body, dict) and "request_id" not in body and key:
-        body["request_id"] = _text(key)
+    if isinstance(body, dict) and "request_id" not in body:  # the key, else OIP's own id
+        fallback = _text(key) if key else body.get("id")
+        if fallback:
+            body["request_id"] = fallback
     try:
         message = InferenceRequestMessage.model_validate(body)
     except ValidationError as exc:

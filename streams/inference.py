@@ -29,11 +29,20 @@ from headrace.errors import (
     InvalidInput,
     ModelNotFound,
     ModelNotReady,
+    ResultTooLarge,
 )
 from serving.types import InferRequest, InferResponse
-from streams.codec import DecodedRequest, RecordRejected, decode_request, dlq_record, encode_result
+from streams.codec import (
+    MAX_RESULT_BYTES,
+    DecodedRequest,
+    RecordRejected,
+    decode_request,
+    dlq_record,
+    encode_result,
+)
 from streams.messages import CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, RecordRef, Stage, Timings
 from streams.pixels import ConfigSource, PixelInput, convert, pixel_inputs
+from streams.topics import CATALOGUE, DATA_TOPIC_PREFIX
 
 log = logging.getLogger(__name__)
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -157,13 +166,11 @@ def _prepare(
         error = HeadraceError(f"the record could not be decoded ({type(exc).__name__})")
         raise _Refused(error, "decode", _key_text(record.key)) from None
     request = decoded.request
-    reply_to = decoded.reply_to
-    if reply_to is not None and (not TOPIC_NAME.match(reply_to) or reply_to == topics.requests):
-        error = InvalidInput(
-            f"reply_to {reply_to!r} is not a usable topic name; use letters, digits, '.', '_', '-' "
-            "and not the requests topic"
-        )
-        raise _Refused(error, "validate", request.id)
+    if decoded.reply_to is not None:
+        problem = reply_topic_problem(decoded.reply_to, topics)
+        if problem:
+            error = InvalidInput(f"reply_to {decoded.reply_to!r} {problem}")
+            raise _Refused(error, "validate", request.id)
     if decoded.deadline_unix is not None:
         remaining_s = decoded.deadline_unix - time.time()
         if remaining_s <= 0:
@@ -180,6 +187,20 @@ def _prepare(
     except Exception as exc:
         log.exception("preprocessing request %s failed", request.id)
         raise _Refused(_unpreprocessable(exc), "preprocess", request.id) from None
+
+
+def reply_topic_problem(name: str, topics: Topics) -> str | None:
+    """Why `name` cannot take a request's result, or None: it must be a valid Kafka topic
+    name, and neither a topic headrace reads or keeps for itself nor one of Kafka's own."""
+    if not TOPIC_NAME.match(name) or name in (".", ".."):
+        return "is not a valid topic name; use 1 to 249 letters, digits, '.', '_' or '-'"
+    own = {topics.requests, topics.dlq} | {spec.name for spec in CATALOGUE} - {topics.results}
+    if name in own or name.startswith(DATA_TOPIC_PREFIX) or name.startswith("__"):
+        return (
+            "is a topic of headrace's or Kafka's own; name a topic of yours, or leave reply_to "
+            f"out to get the result on {topics.results!r}"
+        )
+    return None
 
 
 def _unpreprocessable(exc: Exception) -> InvalidInput:
@@ -246,6 +267,12 @@ def _result(
     )
     request_id = item.decoded.request.id
     value = encode_result(response, request_id, timings, item.decoded.created_at)
+    if len(value) > MAX_RESULT_BYTES:
+        error = ResultTooLarge(
+            f"the result is {len(value)} bytes, above the {MAX_RESULT_BYTES}-byte limit of a "
+            "result record; send fewer rows per request, or ask only for the outputs you need"
+        )
+        return _dlq(record, request_id, error, "produce", topics)
     topic = item.decoded.reply_to or topics.results
     created_at = item.decoded.created_at or record.timestamp_s
     return Outcome("result", topic, request_id.encode(), value, request_id, created_at=created_at)

@@ -52,6 +52,9 @@ class InferenceRequestMessage(BaseModel):
 
     schema_version: Literal[1] = 1
     request_id: str = Field(min_length=1, max_length=256)
+    id: str | None = Field(
+        default=None, description="OIP's request id: the request_id when it and the key are absent."
+    )
     model: str = Field(min_length=1)
     version: str | None = None
     inputs: list[TensorJSON] = Field(min_length=1)
@@ -60,9 +63,11 @@ class InferenceRequestMessage(BaseModel):
     reply_to: str | None = Field(
         default=None, description="Topic for the result, if not the default."
     )
-    deadline: float | None = Field(default=None, description="Unix time after which not to run it.")
+    deadline: float | None = Field(
+        default=None, allow_inf_nan=False, description="Unix time after which not to run it."
+    )
     created_at: float = Field(
-        default_factory=time.time, description="Unix time the client sent it."
+        default_factory=time.time, allow_inf_nan=False, description="Unix time the client sent it."
     )
 
 

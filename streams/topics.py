@@ -50,9 +50,14 @@ CATALOGUE: tuple[TopicSpec, ...] = (
 )
 
 
+DATA_TOPIC_PREFIX = "data-"
+
+
 def data_topic(dataset: str) -> TopicSpec:
     """The topic carrying training records of `dataset`."""
-    return TopicSpec(name=f"data-{dataset}", retention_ms=-1, description=f"Records of {dataset}.")
+    return TopicSpec(
+        name=f"{DATA_TOPIC_PREFIX}{dataset}", retention_ms=-1, description=f"Records of {dataset}."
+    )
 
 
 def create_topics(bootstrap: str, specs: Iterable[TopicSpec] = CATALOGUE) -> dict[str, str]:

@@ -41,6 +41,14 @@ def test_json_request_decodes() -> None:
     assert decoded.request.inputs[0].data.tolist() == [[0.5, 1.5]]
 
 
+def test_oips_own_id_is_accepted_and_names_a_request_without_request_id_or_key() -> None:
+    oip = {k: v for k, v in _body(id="oip-7").items() if k != "request_id"}
+    assert decode_request(None, json.dumps(oip).encode(), None).request.id == "oip-7"
+    assert decode_request(b"key-1", json.dumps(oip).encode(), None).request.id == "key-1"
+    both = _body(id="oip-7")
+    assert decode_request(None, json.dumps(both).encode(), None).request.id == "r-1"
+
+
 def test_request_id_may_come_from_the_key() -> None:
     body = _body()
     del body["request_id"]
@@ -68,6 +76,8 @@ def test_protobuf_request_decodes() -> None:
         (b"r", json.dumps(_body(extra=1)).encode(), None, "invalid_schema"),
         (b"r", b"x" * (MAX_PAYLOAD_BYTES + 1), None, "payload_too_large"),
         (b"r", b"{}", [("content-type", b"text/csv")], "unsupported_content_type"),
+        (b"r", json.dumps(_body(created_at=float("nan"))).encode(), None, "invalid_schema"),
+        (b"r", json.dumps(_body(deadline=float("inf"))).encode(), None, "invalid_schema"),
         (b"r", b"\x0a\xff", PROTOBUF, "not_protobuf"),
         (None, pb.ModelInferRequest(model_name="m").SerializeToString(), PROTOBUF,
          "missing_request_id"),

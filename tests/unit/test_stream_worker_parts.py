@@ -16,6 +16,7 @@ from serving.model_config import ModelConfig, PreprocessingSpec, TensorSpec
 from serving.types import InferRequest, InferResponse, InferTensor, Timings
 from serving.validation import validate_request
 from streams import delivery
+from streams.codec import MAX_RESULT_BYTES
 from streams.inference import Outcome, SourceRecord, handle_batch
 from streams.offsets import OffsetGate
 
@@ -151,6 +152,57 @@ def test_every_record_gets_exactly_one_outcome() -> None:
     assert "late" not in [r.id for r in backend.seen]  # never run
     unknown = json.loads(outcomes[4].value)
     assert (unknown["stage"], unknown["source"]["offset"]) == ("validate", 4)
+
+
+@pytest.mark.parametrize(
+    "reply_to",
+    [".", "..", "bad topic", "x" * 250, "inference-requests", "inference-dlq", "model-updates",
+     "training-jobs", "data-digits", "data-dlq", "__consumer_offsets"],
+)  # fmt: skip
+def test_a_reply_topic_that_is_invalid_or_not_the_clients_goes_to_the_dlq(reply_to: str) -> None:
+    outcomes = asyncio.run(
+        handle_batch([record(0, request_value("r", [1.0] * 4, reply_to=reply_to))], FakeBackend())
+    )
+    [outcome] = outcomes
+    assert (outcome.kind, outcome.reason) == ("dlq", "invalid_input")
+    assert outcome.topic == "inference-dlq"
+    assert f"reply_to {reply_to!r}" in json.loads(outcome.value)["message"]
+
+
+def test_the_results_topic_and_a_topic_of_ones_own_take_replies() -> None:
+    records = [
+        record(0, request_value("a", [1.0] * 4, reply_to="inference-results")),
+        record(1, request_value("b", [1.0] * 4, reply_to="team.replies_v2")),
+    ]
+    outcomes = asyncio.run(handle_batch(records, FakeBackend()))
+    assert [(o.kind, o.topic) for o in outcomes] == [
+        ("result", "inference-results"),
+        ("result", "team.replies_v2"),
+    ]
+
+
+class WideBackend(FakeBackend):
+    """Answers every row with `width` floats: results as large as the test needs."""
+
+    width = 1
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        out = np.full((1, self.width), 0.123456789, np.float32)
+        return InferResponse("m", "1", [InferTensor.from_array("out", out)], request.id)
+
+
+def test_a_result_too_large_for_a_record_goes_to_the_dlq_and_the_rest_are_answered() -> None:
+    backend = WideBackend()
+    backend.width = MAX_RESULT_BYTES // 10  # about 11 JSON bytes per float
+    records = [record(0, request_value("big", [1.0] * 4)), record(1, b"nope", key=b"k")]
+    big, other = asyncio.run(handle_batch(records, backend))
+    assert (big.kind, big.reason, big.key) == ("dlq", "result_too_large", b"big")
+    dlq = json.loads(big.value)
+    assert dlq["stage"] == "produce" and "above the 960000-byte limit" in dlq["message"]
+    assert len(big.value) < 64 * 1024 and other.reason == "not_json"
+    backend.width = 1000
+    [small] = asyncio.run(handle_batch([record(2, request_value("small", [1.0] * 4))], backend))
+    assert small.kind == "result"
 
 
 class ThreeHatingSpec(PreprocessingSpec):
