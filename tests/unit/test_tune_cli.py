@@ -113,3 +113,21 @@ def test_a_failed_trial_line_says_why(tmp_path: Path) -> None:
                          "fractional part")  # fmt: skip
     running = trial_row(tmp_path, TrialInfo(trial_id="AbC12", sequence=0, status="USER_CANCELED"))
     assert running.error is None and "--" not in trial_line(1, 2, running)
+
+
+def test_a_missing_or_empty_dataset_folder_is_refused_before_nni_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The check `headrace train` makes (loading the dataset), made before any trial runs."""
+    import time
+
+    (tmp_path / "empty").mkdir()
+    common = ["--dataset", "mnist", "--trials", "2", "--epochs", "1"]
+    common += ["--experiment-dir", str(tmp_path / "tune"), "--repository", str(tmp_path / "repo")]
+    began = time.monotonic()
+    err = _main_error([*common, "--data-dir", str(tmp_path / "absent")], monkeypatch, capsys)
+    assert f"error: MNIST folder {tmp_path / 'absent'} does not exist" in err
+    err = _main_error([*common, "--data-dir", str(tmp_path / "empty")], monkeypatch, capsys)
+    assert "holds none of the expected files" in err
+    assert time.monotonic() - began < 10
+    assert not (tmp_path / "tune").exists() and not (tmp_path / "repo").exists()

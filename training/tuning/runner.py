@@ -20,6 +20,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from headrace.errors import ConfigError, JobCancelled, TuningError
+from training.config import TrainConfig
+from training.datasets import load_splits
 from training.tuning.config import EXPERIMENT_ID_PATTERN, TUNE_FILE, TuneConfig
 from training.tuning.nni_experiment import ENDED, FINISHED, NniExperiment, TrialInfo
 from training.tuning.nni_trial import trial_folder
@@ -86,6 +88,20 @@ def _absolute(config: TuneConfig) -> TuneConfig:
         }
     )
     return config.model_copy(update={"train": train, "experiment_dir": config.experiment_root})
+
+
+def check_dataset(train: TrainConfig) -> None:
+    """Load the trials' dataset once, as `headrace train` does before training: a missing,
+    empty or malformed folder is a DatasetError now, not a failure of every trial. The
+    splits are cached on disk, so the trials do not pay for it again."""
+    load_splits(
+        train.dataset,
+        train.data_dir,
+        train.seed,
+        train.val_fraction,
+        train.test_fraction,
+        source=train.data_source,
+    )
 
 
 def prepare(config: TuneConfig, experiment_id: str | None = None) -> tuple[TuneConfig, str]:
@@ -230,8 +246,10 @@ def run_tuning(
         stored = load_tune_config(config.experiment_dir, resume_id)
         config = stored.model_copy(update={"port": config.port})
         check_available(config.tuner)
+        check_dataset(config.train)
         experiment_id = resume_id
     else:
+        check_dataset(config.train)
         config, experiment_id = prepare(config, experiment_id)
     experiment = NniExperiment(config.experiment_root, experiment_id)
     try:
