@@ -15,6 +15,11 @@ the publish then retries with the next number. Readers list only integer-named
 folders holding `metadata.json`, so a killed publisher's leftovers stay
 invisible; the next publish removes staging folders whose owner process is gone
 (same host) or that are older than `STALE_STAGING_S` (any host).
+
+Since `config.json` serves every version, a publish whose inputs, outputs,
+batch axis or labels differ from the model's current ones is refused before
+anything is written; its other settings (batching, instances, preprocessing)
+replace the current ones.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from headrace.errors import ConfigError, ModelNotFound, RepositoryError
 from serving.model_config import (
     MODEL_NAME_PATTERN,
     ModelConfig,
+    TensorSpec,
     VersionMetadata,
     check_model_name,
 )
@@ -233,6 +239,7 @@ class ModelRepository:
             )  # fmt: skip
         except ValidationError as exc:
             raise ConfigError(f"cannot publish model {name!r}: {exc}") from exc
+        self.check_interface(config)
 
         model_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale(model_dir)
@@ -280,6 +287,40 @@ class ModelRepository:
         except ValidationError as exc:
             raise RepositoryError(f"model {name!r}: invalid {relative}: {exc}") from exc
 
+    def check_interface(self, config: ModelConfig) -> None:
+        """Refuse (ConfigError) a config that would change the tensor interface of the model's
+        published versions; `publish` calls it, jobs may call it early to fail before training.
+
+        All versions share one config.json, so a publish rewrites it for every version: inputs,
+        outputs, the presence of a batch axis and labels must stay as they are. Other settings
+        (batching, instances, preprocessing, ...) are updated by the new config, as in Triton.
+        An unreadable config.json is left to be replaced, as before.
+        """
+        name = config.name
+        if not self._complete_versions(self._model_dir(name)):
+            return
+        try:
+            current = self.config(name)
+        except RepositoryError:
+            return
+        changed = [
+            field
+            for field, old, new in (
+                ("inputs", current.inputs, config.inputs),
+                ("outputs", current.outputs, config.outputs),
+                ("batch axis", current.max_batch_size > 0, config.max_batch_size > 0),
+                ("labels", current.labels, config.labels),
+            )
+            if old != new
+        ]
+        if changed:
+            raise ConfigError(
+                f"cannot publish model {name!r}: its {' and '.join(changed)} differ from those of "
+                f"its published versions ({_interface(current)}; this one: "
+                f"{_interface(config)}), and every version shares the model's {CONFIG_FILE}; "
+                "publish under another name (--name)"
+            )
+
     def _write_config(self, model_dir: Path, config: ModelConfig) -> None:
         tmp = model_dir / _temp_name("config")
         try:
@@ -320,6 +361,21 @@ class ModelRepository:
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
+
+
+def _interface(config: ModelConfig) -> str:
+    """A model's tensors in one line, e.g. `input FP32 [1, 28, 28] -> logits FP32 [10]`."""
+
+    def tensors(specs: list[TensorSpec]) -> str:
+        return ", ".join(f"{t.name} {t.datatype} {t.dims}" for t in specs)
+
+    batch = (
+        f"batch axis up to {config.max_batch_size}" if config.max_batch_size else "no batch axis"
+    )
+    return (
+        f"{tensors(config.inputs)} -> {tensors(config.outputs)}, {batch}, "
+        f"{len(config.labels)} labels"
+    )
 
 
 def _checked_extra_files(extra_files: Mapping[str, Path]) -> dict[str, Path]:

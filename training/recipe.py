@@ -94,6 +94,8 @@ class TrainRecipe:
             cfg.seed,
         )
         self.adapt_pipeline(pipeline)
+        if cfg.publish:  # fail now, not after training, if the name serves another interface
+            ModelRepository(cfg.repository).check_interface(self._served_config(splits, pipeline))
         self._splits = splits
         self._trainer = Trainer(model, splits, pipeline, cfg, self.run_dir, self.hooks())
 
@@ -175,6 +177,17 @@ class TrainRecipe:
             raise RuntimeError("setup() must run first")
         return self._trainer, self._splits
 
+    def _served_config(self, splits: DatasetSplits, pipeline: BatchPipeline) -> ModelConfig:
+        """The config.json the trained model is published with."""
+        return ModelConfig(
+            name=self.config.model_name,
+            max_batch_size=self.config.max_batch_size,
+            inputs=[TensorSpec(name=INPUT_NAME, datatype="FP32", dims=list(splits.input_shape))],
+            outputs=[TensorSpec(name=OUTPUT_NAME, datatype="FP32", dims=[splits.num_classes])],
+            preprocessing=pipeline.stats.to_spec(),
+            labels=list(splits.classes),
+        )
+
     def _publish(
         self,
         trainer: Trainer,
@@ -185,14 +198,7 @@ class TrainRecipe:
     ) -> tuple[int, float]:
         cfg = self.config
         shape = splits.input_shape
-        config = ModelConfig(
-            name=cfg.model_name,
-            max_batch_size=cfg.max_batch_size,
-            inputs=[TensorSpec(name=INPUT_NAME, datatype="FP32", dims=list(shape))],
-            outputs=[TensorSpec(name=OUTPUT_NAME, datatype="FP32", dims=[splits.num_classes])],
-            preprocessing=trainer.pipeline.stats.to_spec(),
-            labels=list(splits.classes),
-        )
+        config = self._served_config(splits, trainer.pipeline)
         with tempfile.TemporaryDirectory(prefix="headrace-export-") as tmp:
             onnx_path = export_onnx(trainer.model, shape, Path(tmp) / "model.onnx")
             diff = verify_onnx(trainer.model, onnx_path, shape)

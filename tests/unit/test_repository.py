@@ -105,6 +105,46 @@ def test_config_round_trips(repo: ModelRepository, model_file: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"inputs": [TensorSpec(name="pixels", dims=[3, 32, 32])]}, "inputs"),
+        ({"inputs": [TensorSpec(name="image", dims=[1, 8, 8])]}, "inputs"),
+        ({"inputs": [TensorSpec(name="pixels", datatype="UINT8", dims=[1, 8, 8])]}, "inputs"),
+        ({"outputs": [TensorSpec(name="logits", dims=[100])]}, "outputs"),
+        ({"max_batch_size": 0}, "batch axis"),
+        ({"labels": ["airplane", "automobile", *map(str, range(2, 10))]}, "labels"),
+    ],
+)
+def test_publish_refuses_another_interface_under_an_existing_name(
+    repo: ModelRepository, model_file: Path, change: dict[str, object], problem: str
+) -> None:
+    publish(repo, model_file)
+    config_file = repo.root / "digits" / "config.json"
+    before = config_file.read_bytes()
+    other = make_config().model_copy(update=change)
+    with pytest.raises(ConfigError, match=rf"its {problem} differ.*another name \(--name\)"):
+        repo.publish(other, model_file, architecture="lenet5")
+    assert config_file.read_bytes() == before  # older versions keep their config.json
+    assert repo.versions("digits") == [1]
+    assert not [p for p in (repo.root / "digits").iterdir() if p.name.startswith(".")]
+
+
+def test_publish_updates_settings_that_keep_the_interface(
+    repo: ModelRepository, model_file: Path
+) -> None:
+    publish(repo, model_file)
+    tuned = make_config().model_copy(
+        update={
+            "max_batch_size": 8,
+            "instance_count": 2,
+            "preprocessing": PreprocessingSpec(mean=[0.4], std=[0.3]),
+        }
+    )
+    assert repo.publish(tuned, model_file, architecture="lenet5").version == 2
+    assert repo.config("digits") == tuned
+
+
+@pytest.mark.parametrize(
     ("max_batch_size", "preferred", "problem"),
     [
         (32, [8, 64], "must lie in 1..max_batch_size"),

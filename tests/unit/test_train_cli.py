@@ -59,3 +59,33 @@ def test_width_reaches_the_model(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     weights = load_checkpoint(tmp_path / "runs" / "lenet5-digits-w")["model"]
     assert weights["features.0.weight"].shape[0] == 3  # LeNet-5's 6 first-layer channels, halved
+
+
+def test_a_name_serving_other_inputs_is_refused_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from serving.model_config import ModelConfig, TensorSpec
+    from serving.repository import ModelRepository
+
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"not used")
+    cifar_like = ModelConfig(
+        name="lenet5-digits",
+        inputs=[TensorSpec(name="input", dims=[3, 32, 32])],
+        outputs=[TensorSpec(name="logits", dims=[10])],
+    )
+    ModelRepository(tmp_path / "repo").publish(cifar_like, onnx_file, architecture="lenet5")
+    config_file = tmp_path / "repo" / "lenet5-digits" / "config.json"
+    before = config_file.read_bytes()
+    monkeypatch.setattr(
+        "sys.argv",
+        ["headrace", "train", "--epochs", "1", "--repository", str(tmp_path / "repo"),
+         "--runs-dir", str(tmp_path / "runs"), "--run-id", "r"],
+    )  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "its inputs and labels differ" in err and "another name (--name)" in err
+    assert config_file.read_bytes() == before
+    assert not (tmp_path / "runs" / "lenet5-digits-r").exists()  # no epoch was trained
