@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from headrace.commands.options import build_config
-from headrace.errors import ConfigError
+from headrace.errors import ConfigError, WatermarkError
 from headrace.settings import load_settings
 
 
@@ -217,7 +217,7 @@ def verify(
             blackbox = check_triggers(key, oracle)
             target = oracle.describe().target
         except grpc.RpcError as exc:
-            raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None
+            raise _rpc_error(exc, grpc_url, model) from None
         finally:
             oracle.close()
         report = VerificationReport(
@@ -251,6 +251,25 @@ def verify(
     if not report.verified:
         # Not ctx.exit(1): `headrace.cli.main` runs click with standalone_mode=False.
         raise SystemExit(1)
+
+
+_RPC_HINTS = {
+    "UNAVAILABLE": "check that the server is running and that --grpc names its HOST:PORT",
+    "DEADLINE_EXCEEDED": "check that the server is running and that --grpc names its HOST:PORT",
+    "NOT_FOUND": "check --model and --version against the models the server has loaded",
+    "UNAUTHENTICATED": "set the server's bearer token in the variable --token-env names",
+}
+
+
+def _rpc_error(exc: Any, url: str, model: str) -> WatermarkError:
+    """A failed call to the server as a headrace error (exit 2: the model was not checked,
+    which is not the exit 1 of a model checked and found unmarked)."""
+    code = exc.code().name
+    hint = _RPC_HINTS.get(code, "see the server's log")
+    return WatermarkError(
+        f"cannot check model {model!r} at {url}: the call failed with {code}: {exc.details()}; "
+        f"{hint}"
+    )
 
 
 def _print_verification(report: Any) -> None:

@@ -5,6 +5,7 @@ and a published model can be marked by fine-tuning (`headrace watermark embed --
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -196,6 +197,19 @@ def test_embed_marks_a_published_model_by_fine_tuning(setup: Setup) -> None:
     assert entry.metadata.lineage["finetuned_from"] == "plain:1"
     code, verdict = _verify(setup, "--repository", str(setup.repository), "--model", "plain-marked")
     assert code == 0 and verdict["verified"] is True, verdict
+
+
+def test_unreachable_server_is_an_error_not_a_verdict(tmp_path: Path) -> None:
+    key_file = save_key(WatermarkKey.model_validate({"secret": OWNER_SECRET}), tmp_path / "k")
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+        result = _cli("watermark", "verify", "--key", str(key_file), "--grpc", address,
+                      "--model", "marked")  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]  # 1 would mean "checked: not marked"
+    assert result.stderr.startswith("error: cannot check model 'marked' at 127.0.0.1:")
+    assert "UNAVAILABLE" in result.stderr and "check that the server is running" in result.stderr
+    assert "Traceback" not in result.stderr and "VERIFIED" not in result.stdout
 
 
 def test_keygen_writes_a_private_key_once(tmp_path: Path) -> None:
