@@ -20,9 +20,7 @@ def watermark() -> None:
 
 
 @watermark.command("keygen")
-@click.option(
-    "--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Key file."
-)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Key file.")
 @click.option("--triggers", type=int, default=100, show_default=True, help="Trigger inputs.")
 @click.option(
     "--bits", type=int, default=64, show_default=True, help="White-box signature bits (0 = none)."
@@ -34,14 +32,19 @@ def watermark() -> None:
     help="state_dict name of the weights holding the signature (auto: the largest conv).",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing key file.")
-def keygen(out: Path, triggers: int, bits: int, layer: str, force: bool) -> None:
+def keygen(out: str, triggers: int, bits: int, layer: str, force: bool) -> None:
     """Write a new secret key to OUT (mode 0600) and print its public watermark id."""
     from security.watermark.key import WatermarkKey, generate_key, save_key
 
+    if out.endswith(("/", os.sep)):  # click checks existing folders; Path() drops the slash
+        raise ConfigError(
+            f"--out {out} names a folder; give the key file's path, "
+            f"e.g. --out {out.rstrip('/' + os.sep)}/watermark-key.json"
+        )
     build_config(WatermarkKey, secret="0" * 64, trigger_count=triggers, whitebox_bits=bits)
     key = generate_key(triggers, bits, layer)
-    save_key(key, out, overwrite=force)
-    click.echo(f"wrote {out} (mode 600): keep it secret; it never needs to leave this machine")
+    path = save_key(key, Path(out), overwrite=force)
+    click.echo(f"wrote {path} (mode 600): keep it secret; it never needs to leave this machine")
     click.echo(f"watermark id {key.watermark_id}")
 
 

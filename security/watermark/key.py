@@ -90,6 +90,8 @@ def generate_key(
 
 def save_key(key: WatermarkKey, path: Path, overwrite: bool = False) -> Path:
     """Write the key readable by its owner only (mode 0600); replaces a file only if asked."""
+    if path.is_dir():
+        raise WatermarkError(f"{path} is a folder; give the key file's path, e.g. {path}/key.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
     try:

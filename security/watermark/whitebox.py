@@ -60,7 +60,8 @@ def projection(key: WatermarkKey, size: int) -> np.ndarray:
     if size < key.whitebox_bits:
         raise WatermarkError(
             f"the signature layer has {size} weights, fewer than the key's "
-            f"{key.whitebox_bits} bits; pick a larger layer (keygen --whitebox-layer)"
+            f"{key.whitebox_bits} bits; make a key for a larger layer or with fewer bits "
+            "(`headrace watermark keygen --layer NAME` or `--bits N`)"
         )
     return derived_uniform(
         key.secret_bytes, f"whitebox/projection/{size}", (key.whitebox_bits, size)

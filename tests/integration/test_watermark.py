@@ -224,3 +224,14 @@ def test_keygen_writes_a_private_key_once(tmp_path: Path) -> None:
     assert load_key(out).secret_bytes == key.secret_bytes
     bad = CliRunner().invoke(cli, ["watermark", "keygen", "--out", str(out), "--triggers", "3"])
     assert isinstance(bad.exception, ConfigError) and "trigger_count" in str(bad.exception)
+
+
+def test_keygen_refuses_a_folder_as_out(tmp_path: Path) -> None:
+    missing = CliRunner().invoke(cli, ["watermark", "keygen", "--out", f"{tmp_path}/keys/"])
+    assert isinstance(missing.exception, ConfigError), missing.output
+    assert "names a folder" in str(missing.exception)
+    assert f"--out {tmp_path}/keys/watermark-key.json" in str(missing.exception)
+    assert not (tmp_path / "keys").exists()  # no file named like the folder
+    existing = CliRunner().invoke(cli, ["watermark", "keygen", "--out", f"{tmp_path}/"])
+    assert existing.exit_code == 2 and "is a directory" in existing.output
+    assert list(tmp_path.iterdir()) == []

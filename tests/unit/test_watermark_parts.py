@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import re
 import stat
 from fractions import Fraction
 from pathlib import Path
@@ -62,6 +63,8 @@ def test_key_file_is_private_and_round_trips(tmp_path: Path) -> None:
     with pytest.raises(WatermarkError, match="already exists"):
         save_key(generate_key(), path)
     assert load_key(path).secret_bytes == key.secret_bytes  # not replaced
+    with pytest.raises(WatermarkError, match="is a folder"):
+        save_key(generate_key(), path.parent, overwrite=True)
 
 
 def test_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
@@ -191,8 +194,13 @@ def test_unmarked_weights_have_ber_near_one_half() -> None:
     assert 0.42 < ber < 0.58
     assert projection(key, 2400).shape == (1024, 2400)
     assert signature_bits(key).mean() == pytest.approx(0.5, abs=0.06)
-    with pytest.raises(WatermarkError, match="fewer than"):
+    with pytest.raises(WatermarkError, match="fewer than") as too_small:
         projection(key, 100)
+    from headrace.commands.watermark import keygen
+
+    flags = {opt for param in keygen.params for opt in param.opts}
+    named = set(re.findall(r"--[a-z-]+", str(too_small.value)))
+    assert named and named <= flags, named  # the message names flags keygen has
 
 
 # -- the hook --------------------------------------------------------------------------------
