@@ -4,7 +4,8 @@
 NNI experiment (local training service; web UI on a free port, its URL
 printed), prints each trial as it finishes and a summary table at the end, and
 publishes the best trial. `--resume ID` continues a stopped experiment;
-`headrace tune view ID` serves a finished experiment's web UI again.
+`headrace tune view ID` serves a finished experiment's web UI again. Ctrl-C,
+SIGTERM and SIGHUP stop the experiment (node manager, tuner, trials) before exit.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 import click
 
 from headrace.commands.options import build_config
+from headrace.errors import JobCancelled
 from headrace.settings import load_settings
+from headrace.signals import stop_requested
 
 TUNER_NAMES = ["TPE", "GP", "Anneal", "Random", "BOHB"]
 ASSESSOR_NAMES = ["Medianstop", "Curvefitting"]
@@ -188,22 +191,32 @@ def tune(
             return
         click.echo(trial_line(len(done), config.trials, row))
 
-    try:
-        report = run_tuning(
-            config,
-            resume_id=resume_id,
-            experiment_id=experiment_id,
-            on_started=on_started,
-            on_trial=on_trial,
-        )
-    except KeyboardInterrupt:
+    def resume_hint(how: str) -> None:
         if started:
             click.echo(
-                f"stopped experiment {started[0]}; continue it with "
+                f"stopped experiment {started[0]}{how}; continue it with "
                 f"`headrace tune --resume {started[0]} --experiment-dir {config.experiment_dir}`",
                 err=True,
             )
-        raise click.Abort() from None
+
+    with stop_requested() as stop:  # SIGTERM/SIGHUP: stop the experiment as Ctrl-C does
+        try:
+            report = run_tuning(
+                config,
+                resume_id=resume_id,
+                experiment_id=experiment_id,
+                on_started=on_started,
+                on_trial=on_trial,
+                should_stop=stop.is_set,
+            )
+        except KeyboardInterrupt:
+            resume_hint("")
+            raise click.Abort() from None
+        except JobCancelled:
+            if not stop.is_set():
+                raise
+            resume_hint(f" on {stop.name}")
+            raise click.exceptions.Exit(stop.exit_code) from None
     if as_json:
         click.echo(report.model_dump_json())
         return
@@ -236,15 +249,17 @@ def view(
     from training.tuning.runner import trial_row
 
     experiment = NniExperiment(_experiment_dir(experiment_dir), experiment_id)
-    try:
-        experiment.view(port)
-        click.echo(f"experiment {experiment_id}: web UI {experiment.url} (Ctrl-C to stop)")
-        rows = [trial_row(experiment.folder, trial) for trial in experiment.trials()]
-        click.echo(_table(list(rows)))
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic())))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        experiment.stop()
+    with stop_requested() as stop:  # SIGTERM/SIGHUP end the serving as Ctrl-C does
+        try:
+            experiment.view(port)
+            click.echo(f"experiment {experiment_id}: web UI {experiment.url} (Ctrl-C to stop)")
+            rows = [trial_row(experiment.folder, trial) for trial in experiment.trials()]
+            click.echo(_table(list(rows)))
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                left = 0.2 if deadline is None else deadline - time.monotonic()
+                time.sleep(min(0.2, max(0.0, left)))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            experiment.stop()

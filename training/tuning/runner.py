@@ -251,6 +251,8 @@ def run_tuning(
     else:
         check_dataset(config.train)
         config, experiment_id = prepare(config, experiment_id)
+    if should_stop is not None and should_stop():
+        raise JobCancelled(f"tuning experiment {experiment_id} was cancelled before it started")
     experiment = NniExperiment(config.experiment_root, experiment_id)
     try:
         if resume_id is not None:
