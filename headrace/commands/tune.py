@@ -65,6 +65,21 @@ def trial_line(number: int, total: int, row: object) -> str:
     return line + (f" -- {row.error}" if row.error else "")
 
 
+def finished_line(report: object, experiment_dir: Path) -> str:
+    """What `--resume` says of an experiment that already published its best trial."""
+    from training.tuning.runner import TuneReport
+
+    assert isinstance(report, TuneReport)
+    return (
+        f"experiment {report.experiment_id} had already finished: its best trial "
+        f"{report.best_trial_id} (val loss {report.best_val_loss:.4f}, test accuracy "
+        f"{report.test_accuracy:.4f}) was published as {report.name} version {report.version} "
+        f"to {report.repository}; nothing was run or published again. See its trials with "
+        f"`headrace tune view {report.experiment_id} --experiment-dir {experiment_dir}`, or "
+        "start a new experiment (without --resume) to search further"
+    )
+
+
 @click.group("tune", invoke_without_command=True)
 @click.option("--model", default="lenet5", show_default=True, help="Registered architecture.")
 @click.option("--dataset", default="digits", show_default=True, help="digits, mnist or cifar10.")
@@ -144,9 +159,16 @@ def tune(
         return
     from training.config import TrainConfig
     from training.tuning.config import TuneConfig
-    from training.tuning.runner import TrialRow, run_tuning
+    from training.tuning.runner import TrialRow, finished_report, run_tuning
     from training.tuning.search_space import load_search_space
 
+    if resume_id is not None:
+        saved = finished_report(_experiment_dir(experiment_dir), resume_id)
+        if saved is not None:
+            click.echo(finished_line(saved, _experiment_dir(experiment_dir)), err=as_json)
+            if as_json:
+                click.echo(saved.model_dump_json())
+            return
     settings = load_settings()
     tuner = next(n for n in TUNER_NAMES if n.lower() == tuner.lower())
     if assessor is not None:

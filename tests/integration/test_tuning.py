@@ -145,6 +145,14 @@ def test_tuning_run_cancel_resume_view_and_publish(
     archive = tmp_path / "tune" / experiment_id / "trials" / best.trial_id
     assert {"weights.pt", "trial.json", "fit.json"} <= {p.name for p in archive.iterdir()}
 
+    # resuming it again publishes nothing new: the saved report comes back, NNI is not started
+    again = run_tuning(
+        config,
+        resume_id=experiment_id,
+        on_started=lambda _id, _url: no_leftover.extend(_experiment_processes()),
+    )
+    assert again == report and ModelRepository(tmp_path / "repo").versions("tuned") == [1]
+
     viewer = NniExperiment(tmp_path / "tune", experiment_id)
     try:
         viewer.view()

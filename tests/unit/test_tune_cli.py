@@ -131,3 +131,43 @@ def test_a_missing_or_empty_dataset_folder_is_refused_before_nni_starts(
     assert "holds none of the expected files" in err
     assert time.monotonic() - began < 10
     assert not (tmp_path / "tune").exists() and not (tmp_path / "repo").exists()
+
+
+def _stored_experiment(tmp_path: Path, experiment_id: str, published: bool) -> Path:
+    """An experiment folder as `headrace tune` leaves it (settings; report once published)."""
+    from training.config import TrainConfig
+    from training.tuning.config import TuneConfig
+    from training.tuning.runner import TUNE_REPORT_FILE, TrialRow, TuneReport, prepare
+
+    config = TuneConfig(
+        train=TrainConfig(epochs=1, repository=tmp_path / "repo", name="tuned"),
+        trials=4,
+        tuner="Random",
+        experiment_dir=tmp_path / "tune",
+    )
+    config, _ = prepare(config, experiment_id)
+    if published:
+        report = TuneReport(
+            experiment_id=experiment_id, experiment_folder="x", tuner="Random", assessor=None,
+            trials=[TrialRow(trial_id="t1", sequence=0, status="SUCCEEDED", val_loss=0.3)],
+            best_trial_id="t1", best_val_loss=0.3, best_params={}, name="tuned", version=3,
+            repository=str(tmp_path / "repo"), test_accuracy=0.9,
+        )  # fmt: skip
+        path = config.experiment_folder(experiment_id) / TUNE_REPORT_FILE
+        path.write_text(report.model_dump_json())
+    return config.experiment_root
+
+
+def test_resuming_an_experiment_that_already_published_runs_and_publishes_nothing(
+    tmp_path: Path,
+) -> None:
+    tune_dir = _stored_experiment(tmp_path, "done1", published=True)
+    argv = ["tune", "--resume", "done1", "--experiment-dir", str(tune_dir)]
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 0, result.output
+    assert "experiment done1 had already finished: its best trial t1" in result.output
+    assert f"published as tuned version 3 to {tmp_path / 'repo'}; nothing was run" in result.output
+    assert "headrace tune view done1" in result.output
+    as_json = CliRunner().invoke(cli, [*argv, "--json"])
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout)["version"] == 3
+    assert not (tmp_path / "repo").exists() and not (tune_dir / "done1" / "db").exists()

@@ -240,10 +240,15 @@ def run_tuning(
     """Run (or, with `resume_id`, continue) an experiment and publish its best trial.
 
     `on_started(experiment_id, url)` is called once the web UI answers; `on_trial`
-    once per finished trial. The experiment is stopped whatever happens.
+    once per finished trial. The experiment is stopped whatever happens. Resuming an
+    experiment that already published its best trial runs nothing and publishes nothing:
+    its saved report is returned.
     """
     if resume_id is not None:
         stored = load_tune_config(config.experiment_dir, resume_id)
+        done = finished_report(config.experiment_dir, resume_id)
+        if done is not None:
+            return done
         config = stored.model_copy(update={"port": config.port})
         check_available(config.tuner)
         check_dataset(config.train)
