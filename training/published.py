@@ -30,6 +30,21 @@ def save_weights(model: nn.Module, path: Path) -> Path:
     return path
 
 
+def published_architecture(version: ModelVersion) -> nn.Module:
+    """A freshly initialised model of the version's architecture, options and tensor shapes."""
+    config = version.config
+    channels, size = config.inputs[0].dims[0], config.inputs[0].dims[-1]
+    options = version.metadata.architecture_options  # empty for versions published before it
+    return build_model(
+        version.metadata.architecture,
+        num_classes=config.outputs[0].dims[-1],
+        in_channels=channels,
+        image_size=size,
+        width=options.get("width", 1.0),
+        dropout=options.get("dropout", 0.0),
+    )
+
+
 def load_published_model(version: ModelVersion) -> nn.Module:
     """The torch model of a published version, in eval mode; refuses tampered or unsafe files."""
     version.verify()
@@ -55,17 +70,7 @@ def load_published_model(version: ModelVersion) -> nn.Module:
         ) from exc
     if not isinstance(state, dict):
         raise RepositoryError(f"model {version.name!r}: {WEIGHTS_FILE} is not a state_dict")
-    config = version.config
-    channels, size = config.inputs[0].dims[0], config.inputs[0].dims[-1]
-    options = version.metadata.architecture_options  # empty for versions published before it
-    model = build_model(
-        version.metadata.architecture,
-        num_classes=config.outputs[0].dims[-1],
-        in_channels=channels,
-        image_size=size,
-        width=options.get("width", 1.0),
-        dropout=options.get("dropout", 0.0),
-    )
+    model = published_architecture(version)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -99,6 +99,7 @@ def test_int8_qat_is_published_with_int8_weights(root: Path, int8: dict[str, Any
     assert {"latency_b1_s", "latency_b64_s", "source_latency_b64_s"} <= set(metrics)
     source = ModelRepository(root / "repo").get(NAME, 1)
     assert version.config == source.config  # same inputs, outputs, preprocessing, labels
+    assert version.metadata.architecture_options == source.metadata.architecture_options
     with pytest.raises(RepositoryError, match=f"compressed model .*use its source {NAME}:1"):
         load_published_model(version)
 

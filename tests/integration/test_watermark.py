@@ -199,6 +199,19 @@ def test_embed_marks_a_published_model_by_fine_tuning(setup: Setup) -> None:
     assert code == 0 and verdict["verified"] is True, verdict
 
 
+def test_quantized_marked_model_verifies_from_its_integer_weights(setup: Setup) -> None:
+    args = ["compress", "--model", "marked", "--quant", "int8", "--qat-epochs", "1",
+            "--name", "marked-int8", "--repository", str(setup.repository), "--runs-dir",
+            str(setup.root / "runs"), "--latency-seconds", "0.05", "--json"]  # fmt: skip
+    compressed = CliRunner().invoke(cli, args)
+    assert compressed.exit_code == 0, (compressed.output, compressed.exception)
+    code, report = _verify(setup, "--repository", str(setup.repository), "--model", "marked-int8")
+    white = report["whitebox"]
+    assert white["layer"] == "features.3.weight"
+    assert white["source"] == "model.onnx, int8 dequantized"
+    assert white["bit_error_rate"] == 0.0 and report["whitebox_verified"] is True, report
+
+
 def test_unreachable_server_is_an_error_not_a_verdict(tmp_path: Path) -> None:
     key_file = save_key(WatermarkKey.model_validate({"secret": OWNER_SECRET}), tmp_path / "k")
     with socket.socket() as closed:  # bound, never listening: connections are refused

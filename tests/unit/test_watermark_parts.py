@@ -330,6 +330,51 @@ def test_signature_layer_is_read_from_onnx_when_export_kept_its_name(
     assert np.array_equal(weights, model.state_dict()[layer].numpy())
 
 
+@pytest.mark.filterwarnings("ignore:'saved_variables' is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("bits", [8, 4])
+def test_signature_layer_of_a_quantized_model_is_its_dequantized_weights(
+    tmp_path: Path, bits: int
+) -> None:
+    import torch.nn.functional as F
+
+    from security.watermark.weights import signature_weights
+    from serving.model_config import ModelConfig, TensorSpec
+    from serving.repository import ModelRepository
+    from training.compression.onnx_export import export_quantized
+    from training.compression.quantization import QatSession
+
+    torch.manual_seed(0)
+    model = build_model("lenet5").train()
+    qat = QatSession(model, bits)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(2):  # QAT needs a training step to set its scales
+        loss = F.cross_entropy(model(torch.randn(16, 1, 28, 28)), torch.randint(0, 10, (16,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    fake_quant = qat.export_model()
+    onnx_file = export_quantized(fake_quant, (1, 28, 28), tmp_path / "model.onnx", bits)
+    config = ModelConfig(
+        name="q",
+        inputs=[TensorSpec(name="input", dims=[1, 28, 28])],
+        outputs=[TensorSpec(name="logits", dims=[10])],
+    )
+    repo = ModelRepository(tmp_path / "repo")
+    entry = repo.publish(
+        config, onnx_file, architecture="lenet5", lineage={"compressed_from": "m:1"}
+    )
+    weights, layer, found_in = signature_weights(_key(), entry)
+    assert (layer, found_in) == ("features.3.weight", f"model.onnx, int{bits} dequantized")
+    on_grid = fake_quant.state_dict()["features.3.layer.weight"].numpy()  # the integers * scale
+    np.testing.assert_allclose(weights, on_grid, rtol=1e-6, atol=1e-9)
+
+    other = repo.publish(  # the graph's weights do not fit a width-0.5 LeNet-5
+        config, onnx_file, architecture="lenet5", architecture_options={"width": 0.5}
+    )
+    with pytest.raises(WatermarkError, match="pass --no-whitebox"):
+        signature_weights(_key(), other)
+
+
 def test_hook_state_resumes_the_same_trigger_sequence(tmp_path: Path) -> None:
     key = _key(trigger_count=20)
     config = WatermarkConfig(key_file=tmp_path / "k", triggers_per_batch=3)

@@ -285,6 +285,9 @@ class CompressRecipe(FineTuneRecipe):
             config,
             path,
             architecture=self.source.metadata.architecture,
+            # The source's width/dropout: what its layers, quantized, are matched against when
+            # a watermark's signature is read back (security/watermark/weights.py).
+            architecture_options=self.source.metadata.architecture_options,
             metrics=metrics,
             lineage=lineage,
         )
