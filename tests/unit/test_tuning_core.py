@@ -182,3 +182,11 @@ def test_quantised_ranges_of_whole_number_fields_need_whole_q_and_bounds() -> No
     assert check_search_space(whole) == whole
     fractional_float = {"dropout": {"_type": "quniform", "_value": [0.0, 0.5, 0.05]}}
     assert check_search_space(fractional_float) == fractional_float
+
+
+def test_a_json_file_with_exponent_numbers_loads(tmp_path: Path) -> None:
+    """json.dumps writes 1e-05; PyYAML alone would read it as the string '1e-05'."""
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(DEFAULT_SEARCH_SPACE))
+    assert "1e-05" in path.read_text()
+    assert load_search_space(path) == DEFAULT_SEARCH_SPACE
