@@ -3,7 +3,8 @@
 `headrace tune --model lenet5 --dataset digits --tuner TPE --trials 8` starts an
 NNI experiment (local training service; web UI on a free port, its URL
 printed), prints each trial as it finishes and a summary table at the end, and
-publishes the best trial. `--resume ID` continues a stopped experiment;
+publishes the best trial. `--resume ID` continues a stopped experiment (flags
+that contradict its stored settings are refused);
 `headrace tune view ID` serves a finished experiment's web UI again. Ctrl-C,
 SIGTERM and SIGHUP stop the experiment (node manager, tuner, trials) before exit.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import click
 
 from headrace.commands.options import build_config
+from headrace.commands.tune_resume import check_resume_flags
 from headrace.errors import JobCancelled
 from headrace.settings import load_settings
 from headrace.signals import stop_requested
@@ -63,6 +65,14 @@ def trial_line(number: int, total: int, row: object) -> str:
         f"val loss {_fmt(row.val_loss)} acc {_fmt(row.val_accuracy)} {_params(row.params)}"
     )
     return line + (f" -- {row.error}" if row.error else "")
+
+
+def _explicit(ctx: click.Context) -> dict[str, object]:
+    """The parameters given on the command line (not left at their defaults), by name."""
+    from click.core import ParameterSource
+
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {k: v for k, v in ctx.params.items() if ctx.get_parameter_source(k) in given}
 
 
 def finished_line(report: object, experiment_dir: Path) -> str:
@@ -159,10 +169,12 @@ def tune(
         return
     from training.config import TrainConfig
     from training.tuning.config import TuneConfig
-    from training.tuning.runner import TrialRow, finished_report, run_tuning
+    from training.tuning.runner import TrialRow, finished_report, load_tune_config, run_tuning
     from training.tuning.search_space import load_search_space
 
     if resume_id is not None:
+        stored = load_tune_config(_experiment_dir(experiment_dir), resume_id)
+        check_resume_flags(stored, resume_id, _explicit(click.get_current_context()))
         saved = finished_report(_experiment_dir(experiment_dir), resume_id)
         if saved is not None:
             click.echo(finished_line(saved, _experiment_dir(experiment_dir)), err=as_json)

@@ -171,3 +171,46 @@ def test_resuming_an_experiment_that_already_published_runs_and_publishes_nothin
     as_json = CliRunner().invoke(cli, [*argv, "--json"])
     assert as_json.exit_code == 0 and json.loads(as_json.stdout)["version"] == 3
     assert not (tmp_path / "repo").exists() and not (tune_dir / "done1" / "db").exists()
+
+
+def test_flags_that_contradict_a_resumed_experiment_are_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--resume keeps the experiment's settings: a differing flag is an error, not ignored."""
+    tune_dir = _stored_experiment(tmp_path, "stopped1", published=False)
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"dropout": {"_type": "uniform", "_value": [0.0, 0.5]}}))
+    argv = ["--resume", "stopped1", "--experiment-dir", str(tune_dir), "--trials", "8"]
+    argv += ["--name", "other", "--epochs", "3", "--model", "resnet20", "--tuner", "tpe"]
+    argv += ["--search-space", str(space), "--experiment-id", "x2"]
+    err = _main_error(argv, monkeypatch, capsys)
+    assert "error: --resume stopped1 continues the experiment with the settings" in err
+    for flag in (
+        "--trials 8 (experiment: 4)",
+        "--name other (experiment: tuned)",
+        "--epochs 3 (experiment: 1)",
+        "--model resnet20 (experiment: lenet5)",
+        "--tuner TPE (experiment: Random)",
+        f"--search-space {space} (not the experiment's search space)",
+        "--experiment-id x2 (resuming: stopped1)",
+    ):
+        assert flag in err, err
+    assert "start a new experiment without --resume" in err
+    assert not (tune_dir / "stopped1" / "db").exists()  # NNI never started
+
+
+def test_flags_equal_to_the_resumed_experiment_are_accepted(tmp_path: Path) -> None:
+    from headrace.commands.tune_resume import resume_conflicts
+    from training.tuning.runner import load_tune_config
+
+    tune_dir = _stored_experiment(tmp_path, "stopped2", published=False)
+    stored = load_tune_config(tune_dir, "stopped2")
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(stored.search_space))
+    same = {"trials": 4, "tuner": "random", "name": "tuned", "epochs": 1, "model": "lenet5",
+            "repository": tmp_path / "repo", "search_space": space, "assessor": None,
+            "experiment_id": "stopped2", "dataset": "digits", "seed": 0}  # fmt: skip
+    assert resume_conflicts(stored, "stopped2", same) == []
+    assert resume_conflicts(stored, "stopped2", {"assessor": "Medianstop"}) == [
+        "--assessor Medianstop (experiment: none)"
+    ]
