@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from headrace.errors import ConfigError
 from serving.histograms import observe_repeated
 from serving.types import Timings
 
@@ -204,5 +205,11 @@ class ServingMetrics:
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Expose /metrics over HTTP; returns the bound port (port 0 picks a free one)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; pick another "
+                "--metrics-port (0 picks a free one)"
+            ) from None
         return int(server.server_port)

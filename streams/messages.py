@@ -52,8 +52,10 @@ class InferenceRequestMessage(BaseModel):
 
     schema_version: Literal[1] = 1
     request_id: str = Field(min_length=1, max_length=256)
-    id: str | None = Field(
-        default=None, description="OIP's request id: the request_id when it and the key are absent."
+    id: str | None = Field(  # read, never written: workers that predate it refuse it
+        default=None,
+        exclude=True,
+        description="OIP's request id: the request_id when it and the key are absent.",
     )
     model: str = Field(min_length=1)
     version: str | None = None

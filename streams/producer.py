@@ -8,15 +8,17 @@ binary `ModelInferRequest`. A manifest of request ids and true labels lets
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO
 
 import numpy as np
 
+from headrace.errors import ConfigError
 from protos import grpc_service_pb2 as pb
 from streams.messages import (
     CONTENT_TYPE_HEADER,
@@ -77,13 +79,16 @@ def produce_requests(
     """Produce `n` requests (acks=all) and wait for every acknowledgement; returns seconds."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=8 * 1024 * 1024
-    )
-    prefix = uuid.uuid4().hex[:8]
-    lines: list[str] = []
-    started = time.perf_counter()
-    try:
+    with contextlib.ExitStack() as stack:
+        lines = _open_manifest(manifest)  # before anything is sent: a bad path fails at once
+        if lines is not None:  # closed last: it keeps the ids of what was sent before a failure
+            stack.enter_context(lines)
+        producer = KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=8 * 1024 * 1024
+        )
+        stack.callback(producer.close)
+        prefix = uuid.uuid4().hex[:8]
+        started = time.perf_counter()
         futures = []
         for i, (pixels, label) in enumerate(samples(images, labels, n)):
             if rate_per_s:
@@ -95,15 +100,21 @@ def produce_requests(
             futures.append(
                 producer.send(topic, key=request_id.encode(), value=value, headers=headers)
             )
-            lines.append(json.dumps({"request_id": request_id, "label": label}))
+            if lines is not None:
+                lines.write(json.dumps({"request_id": request_id, "label": label}) + "\n")
             if on_sent is not None:
                 on_sent(1)
         producer.flush()
         for future in futures:
             future.get(timeout=60)
-    finally:
-        producer.close()
-    if manifest is not None:
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_text("\n".join(lines) + "\n")
     return time.perf_counter() - started
+
+
+def _open_manifest(manifest: Path | None) -> TextIO | None:
+    if manifest is None:
+        return None
+    try:
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        return manifest.open("w")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the manifest {manifest}: {exc.strerror or exc}") from None

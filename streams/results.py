@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Generator
+from collections.abc import Container, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from pydantic import ValidationError
 
+from headrace.errors import ConfigError
 from streams.messages import DLQRecord, InferenceResultMessage
 
 
@@ -24,6 +25,7 @@ class Summary:
     labelled: int = 0
     request_ids: set[str] = field(default_factory=set)
     duplicates: int = 0
+    others: int = 0  # records skipped: their request is not among those asked about
 
     def latency_ms(self, percentile: float) -> float | None:
         if not self.latencies_s:
@@ -38,10 +40,19 @@ class Summary:
 def read_manifest(path: Path) -> dict[str, int]:
     """request_id -> true label, from the file `headrace produce --manifest` wrote."""
     labels: dict[str, int] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
             labels[str(row["request_id"])] = int(row["label"])
+        except (ValueError, KeyError, TypeError) as exc:
+            problem = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ConfigError(
+                f"{path}, line {number}: not a manifest line ({problem}); a manifest has one "
+                'JSON object per line, {"request_id": ..., "label": ...}, as written by '
+                "`headrace produce --manifest`"
+            ) from None
     return labels
 
 
@@ -83,28 +94,39 @@ def consume(
 
 
 def add_record(
-    summary: Summary, topic: str, value: bytes | None, dlq_topic: str, labels: dict[str, int]
+    summary: Summary,
+    topic: str,
+    value: bytes | None,
+    dlq_topic: str,
+    labels: dict[str, int],
+    only: Container[str] | None = None,
 ) -> InferenceResultMessage | DLQRecord | None:
-    """Fold one record into `summary`; returns it parsed (None if unreadable)."""
+    """Fold one record into `summary`; returns it parsed (None if unreadable, or if `only`
+    is given and the record's request is not in it)."""
     if value is None:
         return None
     record: InferenceResultMessage | DLQRecord
     try:
-        if topic == dlq_topic:
-            record = DLQRecord.model_validate_json(value)
-            summary.dlq[record.error_code] = summary.dlq.get(record.error_code, 0) + 1
-            request_id = record.request_id
-        else:
-            record = result = InferenceResultMessage.model_validate_json(value)
-            summary.results += 1
-            request_id = result.request_id
-            if result.request_created_at is not None:
-                summary.latencies_s.append(result.produced_at - result.request_created_at)
-            if request_id in labels and request_id not in summary.request_ids:
-                summary.labelled += 1
-                summary.correct += int(predicted_class(result) == labels[request_id])
+        record = (
+            DLQRecord.model_validate_json(value)
+            if topic == dlq_topic
+            else InferenceResultMessage.model_validate_json(value)
+        )
     except ValidationError:
         return None
+    if only is not None and record.request_id not in only:
+        summary.others += 1
+        return None
+    request_id = record.request_id
+    if isinstance(record, DLQRecord):
+        summary.dlq[record.error_code] = summary.dlq.get(record.error_code, 0) + 1
+    else:
+        summary.results += 1
+        if record.request_created_at is not None:
+            summary.latencies_s.append(record.produced_at - record.request_created_at)
+        if request_id in labels and request_id not in summary.request_ids:
+            summary.labelled += 1
+            summary.correct += int(predicted_class(record) == labels[request_id])
     if request_id is not None:
         if request_id in summary.request_ids:
             summary.duplicates += 1

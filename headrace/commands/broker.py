@@ -38,6 +38,24 @@ def read_state(path: Path) -> BrokerState | None:
         return None
 
 
+def unreachable(bootstrap: str) -> HeadraceError:
+    """The error of a command that cannot reach Kafka."""
+    return HeadraceError(
+        f"cannot reach Kafka at {bootstrap}; start the embedded broker with "
+        "`headrace broker start` or set HEADRACE_KAFKA_BOOTSTRAP"
+    )
+
+
+def answering_bootstrap(flag: str | None, timeout_s: float = 5.0) -> str:
+    """`resolve_bootstrap(flag)`, once those servers answer a metadata request."""
+    from streams.broker import answers_metadata
+
+    bootstrap = resolve_bootstrap(flag)
+    if not answers_metadata(bootstrap, timeout_s=timeout_s):
+        raise unreachable(bootstrap)
+    return bootstrap
+
+
 def resolve_bootstrap(flag: str | None) -> str:
     """Bootstrap servers: the flag, else HEADRACE_KAFKA_BOOTSTRAP, else the embedded broker."""
     settings = load_settings()

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from headrace.commands.broker import resolve_bootstrap
+from headrace.commands.broker import answering_bootstrap, resolve_bootstrap, unreachable
 from headrace.commands.options import build_config
 from headrace.errors import HeadraceError
 from headrace.settings import load_settings
@@ -31,35 +31,18 @@ data_root_option = click.option(
 )
 
 
-def answering(bootstrap_flag: str | None) -> str:
-    """The bootstrap servers, once they answer."""
-    from streams.broker import answers_metadata
-
-    bootstrap = resolve_bootstrap(bootstrap_flag)
-    if not answers_metadata(bootstrap, timeout_s=5.0):
-        raise _unreachable(bootstrap)
-    return bootstrap
-
-
 def reachable(bootstrap_flag: str | None, dataset: str) -> str:
     """The bootstrap servers, once they answer; the catalogue and data topics created."""
     from kafka.errors import KafkaError
 
     from streams.topics import CATALOGUE, create_topics, data_topic
 
-    bootstrap = answering(bootstrap_flag)
+    bootstrap = answering_bootstrap(bootstrap_flag)
     try:
         create_topics(bootstrap, [*CATALOGUE, data_topic(dataset)])
     except KafkaError:
-        raise _unreachable(bootstrap) from None
+        raise unreachable(bootstrap) from None
     return bootstrap
-
-
-def _unreachable(bootstrap: str) -> HeadraceError:
-    return HeadraceError(
-        f"cannot reach Kafka at {bootstrap}; start the embedded broker with "
-        "`headrace broker start` or set HEADRACE_KAFKA_BOOTSTRAP"
-    )
 
 
 @click.command("ingest")
@@ -190,7 +173,9 @@ def show_ingested_profile(
 
     schema = dataset_schema(dataset)
     topic = changelog_topic(group or default_group(dataset))
-    counts = read_class_counts(answering(bootstrap), topic, dataset, expect, timeout_s=timeout_s)
+    counts = read_class_counts(
+        answering_bootstrap(bootstrap), topic, dataset, expect, timeout_s=timeout_s
+    )
     profile = ingested_profile(schema, counts, topic, expect)
     if as_json:
         click.echo(profile_json(profile))

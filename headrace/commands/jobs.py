@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from headrace.commands.broker import resolve_bootstrap
+from headrace.commands.broker import answering_bootstrap
 from headrace.commands.options import build_config
 from headrace.errors import HeadraceError
 from headrace.settings import load_settings
@@ -24,15 +24,9 @@ _bootstrap_option = click.option(
 
 
 def _reachable(bootstrap_flag: str | None) -> str:
-    from streams.broker import answers_metadata
     from streams.topics import create_topics
 
-    bootstrap = resolve_bootstrap(bootstrap_flag)
-    if not answers_metadata(bootstrap, timeout_s=5.0):
-        raise HeadraceError(
-            f"cannot reach Kafka at {bootstrap}; start the embedded broker with "
-            "`headrace broker start` or set HEADRACE_KAFKA_BOOTSTRAP"
-        )
+    bootstrap = answering_bootstrap(bootstrap_flag)
     create_topics(bootstrap)
     return bootstrap
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from headrace.commands.broker import resolve_bootstrap
+from headrace.commands.broker import answering_bootstrap
 from headrace.settings import load_settings
 
 bootstrap_option = click.option(
@@ -17,12 +17,33 @@ bootstrap_option = click.option(
 )
 
 
+def _topic_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from streams.inference import TOPIC_NAME
+
+    if not TOPIC_NAME.match(value) or value in (".", ".."):
+        raise click.BadParameter(
+            f"{value!r} is not a Kafka topic name (1 to 249 letters, digits, '.', '_' or '-')"
+        )
+    return value
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be above 0")
+    return value
+
+
 @click.command("produce")
 @click.option("--model", required=True, help="Model name in the workers' repository.")
 @click.option("--dataset", default="digits", show_default=True, help="Where samples come from.")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder of a file dataset.")
 @click.option("--n", "count", type=int, default=1000, show_default=True, help="Requests to send.")
-@click.option("--rate", type=float, help="Requests per second (default: as fast as possible).")
+@click.option(
+    "--rate",
+    type=float,
+    callback=_positive,
+    help="Requests per second (default: as fast as possible).",
+)
 @click.option(
     "--format",
     "payload_format",
@@ -31,7 +52,7 @@ bootstrap_option = click.option(
     show_default=True,
     help="OIP JSON, or binary ModelInferRequest (content-type header).",
 )
-@click.option("--topic", default="inference-requests", show_default=True)
+@click.option("--topic", default="inference-requests", show_default=True, callback=_topic_name)
 @click.option(
     "--manifest",
     type=click.Path(path_type=Path),
@@ -58,9 +79,10 @@ def produce(
     if count < 1:
         raise click.BadParameter("must be at least 1", param_hint="--n")
     test = load_splits(dataset, data_dir or load_settings().data_dir).test
+    address = answering_bootstrap(bootstrap)
     with tqdm(total=count, unit="req", desc="producing", disable=None) as bar:
         seconds = produce_requests(
-            resolve_bootstrap(bootstrap),
+            address,
             topic,
             model,
             test.images,
@@ -94,15 +116,27 @@ def _advance(bar: Any, sent: int) -> None:
 
 
 @click.command("results")
-@click.option("--topic", default="inference-results", show_default=True)
-@click.option("--dlq-topic", default="inference-dlq", show_default=True)
+@click.option("--topic", default="inference-results", show_default=True, callback=_topic_name)
+@click.option("--dlq-topic", default="inference-dlq", show_default=True, callback=_topic_name)
 @click.option("--follow", is_flag=True, help="Keep reading new records until Ctrl-C.")
-@click.option("--idle-s", type=float, default=5.0, show_default=True, help="Stop after this quiet.")
 @click.option(
-    "--expect", type=int, help="Stop once this many distinct request ids have an outcome."
+    "--idle-s",
+    type=float,
+    default=5.0,
+    show_default=True,
+    callback=_positive,
+    help="Stop after this quiet.",
 )
 @click.option(
-    "--manifest", type=click.Path(path_type=Path, exists=True), help="Labels, for accuracy."
+    "--expect",
+    type=click.IntRange(min=1),
+    help="Stop once this many distinct request ids (of the manifest, if given) have an outcome.",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Request ids and labels from `headrace produce --manifest`: only those requests' "
+    "outcomes are read, and accuracy is reported.",
 )
 @click.option("--quiet", is_flag=True, help="Only the summary, not one line per record.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the summary as JSON.")
@@ -121,13 +155,12 @@ def results(
     """Print results and DLQ records from the beginning, then a summary (accuracy with labels)."""
     from streams.results import Summary, add_record, consume, read_manifest
 
-    labels = read_manifest(manifest) if manifest is not None else {}
+    labels = read_manifest(manifest) if manifest is not None else None
     summary = Summary()
+    address = answering_bootstrap(bootstrap)
     try:
-        for record_topic, value in consume(
-            resolve_bootstrap(bootstrap), [topic, dlq_topic], follow, idle_s
-        ):
-            record = add_record(summary, record_topic, value, dlq_topic, labels)
+        for record_topic, value in consume(address, [topic, dlq_topic], follow, idle_s):
+            record = add_record(summary, record_topic, value, dlq_topic, labels or {}, labels)
             if record is not None and not (quiet or as_json):
                 _print_record(record)
             if expect is not None and len(summary.request_ids) >= expect:
@@ -139,6 +172,7 @@ def results(
         "dlq": summary.dlq,
         "distinct_request_ids": len(summary.request_ids),
         "duplicates": summary.duplicates,
+        "other_requests": summary.others,
         "latency_p50_ms": summary.latency_ms(50),
         "latency_p99_ms": summary.latency_ms(99),
         "accuracy": summary.accuracy,
@@ -150,6 +184,8 @@ def results(
         f"{summary.results} results, {sum(summary.dlq.values())} DLQ records {summary.dlq}, "
         f"{summary.duplicates} duplicates"
     )
+    if summary.others:
+        click.echo(f"{summary.others} records of requests not in the manifest skipped")
     if summary.latencies_s:
         click.echo(
             f"end-to-end latency p50 {report['latency_p50_ms']:.1f} ms, "

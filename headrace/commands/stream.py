@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from headrace.commands.options import build_config
-from headrace.errors import HeadraceError
 from headrace.settings import load_settings
 
 
@@ -94,7 +93,7 @@ def worker(
     """
     from kafka.errors import KafkaError
 
-    from headrace.commands.broker import resolve_bootstrap
+    from headrace.commands.broker import resolve_bootstrap, unreachable
     from streams.broker import answers_metadata
     from streams.config import StreamWorkerConfig
     from streams.topics import create_topics
@@ -118,16 +117,12 @@ def worker(
         metrics_host=metrics_host,
         processing_guarantee=processing_guarantee,
     )
-    unreachable = HeadraceError(
-        f"cannot reach Kafka at {config.bootstrap}; start the embedded broker with "
-        "`headrace broker start` or set HEADRACE_KAFKA_BOOTSTRAP"
-    )
     if not answers_metadata(config.bootstrap, timeout_s=5.0):
-        raise unreachable
+        raise unreachable(config.bootstrap)
     try:
         create_topics(config.bootstrap)
     except KafkaError:
-        raise unreachable from None
+        raise unreachable(config.bootstrap) from None
     if config.processing_guarantee == "exactly_once":
         from streams import transactions
 

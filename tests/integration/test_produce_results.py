@@ -75,10 +75,13 @@ def test_results_summarises_results_dlq_duplicates_and_accuracy(
         )  # fmt: skip
         return message.model_dump_json().encode()
 
-    for request_id, predicted in [("r0", 0), ("r1", 1), ("r2", 1), ("r2", 1)]:
+    for request_id, predicted in [("r0", 0), ("old", 1), ("r1", 1), ("r2", 1), ("r2", 1)]:
         producer.send("res", key=request_id.encode(), value=result(request_id, predicted))
-    dlq = DLQRecord(request_id="r3", error_code="invalid_input", message="bad", stage="validate")
-    producer.send("dlq", key=b"r3", value=dlq.model_dump_json().encode())
+    for request_id in ("r3", "older"):  # "old" and "older" are not in the manifest
+        dlq = DLQRecord(
+            request_id=request_id, error_code="invalid_input", message="bad", stage="validate"
+        )
+        producer.send("dlq", key=request_id.encode(), value=dlq.model_dump_json().encode())
     producer.flush()
     producer.close()
 
@@ -92,3 +95,52 @@ def test_results_summarises_results_dlq_duplicates_and_accuracy(
     assert summary["distinct_request_ids"] == 4 and summary["duplicates"] == 1
     assert summary["accuracy"] == pytest.approx(2 / 3)  # r2 (labelled 0) is wrong; counted once
     assert summary["latency_p50_ms"] == pytest.approx(250.0)
+    assert summary["other_requests"] == 2
+
+    # --expect counts the manifest's requests only: the 4 are there, whatever else is
+    done = _cli(
+        "results", "--topic", "res", "--dlq-topic", "dlq", "--idle-s", "60", "--expect", "4",
+        "--manifest", str(manifest), "--quiet", bootstrap=bootstrap,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "accuracy 0.6667 on 3 labelled results" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["produce", "--model", "m", "--topic", "."], "'.' is not a Kafka topic name"),
+        (["produce", "--model", "m", "--rate", "0"], "--rate': must be above 0"),
+        (["results", "--expect", "0"], "--expect"),
+        (["results", "--idle-s", "-1"], "--idle-s': must be above 0"),
+        (["results", "--dlq-topic", "a b"], "'a b' is not a Kafka topic name"),
+    ],
+)
+def test_bad_flags_are_refused_before_anything_is_sent(
+    bootstrap: str, args: list[str], message: str
+) -> None:
+    done = _cli(*args, bootstrap=bootstrap)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unreachable_kafka_and_bad_manifests_are_clear_errors(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    nobody = "127.0.0.1:1"
+    for args in (["produce", "--model", "m", "--n", "2"], ["results"]):
+        done = _cli(*args, bootstrap=nobody)
+        assert done.returncode == 2 and f"cannot reach Kafka at {nobody}" in done.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"request_id": "a", "label": 1}\n{"request_id": "b"}\n')
+    done = _cli("results", "--manifest", str(bad), bootstrap=nobody)
+    assert done.returncode == 2, done.stderr
+    assert f"{bad}, line 2: not a manifest line (no 'label')" in done.stderr
+    unwritable = tmp_path / "file" / "manifest.jsonl"
+    (tmp_path / "file").write_text("a file, not a folder")
+    done = _cli(
+        "produce", "--model", "m", "--topic", "unwritten", "--manifest", str(unwritable),
+        bootstrap=bootstrap,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"cannot write the manifest {unwritable}" in done.stderr

@@ -181,3 +181,17 @@ def test_timeout_parameter_tightens_the_deadline() -> None:
     for bad in (-1, 1.5, "100", True):
         with pytest.raises(InvalidInput, match="parameter 'timeout' must be a whole number"):
             with_timeout(bad)
+
+
+def test_a_metrics_port_in_use_is_a_config_error() -> None:
+    import socket
+
+    from headrace.errors import ConfigError
+    from serving.metrics import ServingMetrics
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            ServingMetrics().serve(port)

@@ -134,3 +134,10 @@ def test_result_and_dlq_values() -> None:
         dlq_record("r", InvalidInput("x"), "decode", b"x" * 100_000, source)
     )
     assert large.payload is None and large.source == source
+
+
+def test_a_request_written_by_us_carries_no_id_field() -> None:
+    from streams.producer import encode_sample
+
+    value, _ = encode_sample("r-1", "m", np.zeros((1, 2, 2), np.uint8), "json")
+    assert "id" not in json.loads(value) and json.loads(value)["request_id"] == "r-1"
