@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from headrace.errors import InvalidInput
+from headrace.errors import HeadraceError, InvalidInput
 
 
 @click.command("infer")
@@ -52,7 +52,12 @@ def infer(
     from serving.client import InferenceClient
     from serving.types import DATATYPE_TO_NUMPY
 
-    array = np.load(input_file, allow_pickle=False)
+    try:
+        array = np.load(input_file, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InvalidInput(
+            f"{input_file} is not a numeric .npy array ({exc}); save one with numpy.save"
+        ) from None
     client = InferenceClient(url, os.environ.get(token_env) or None, tls_ca)
     try:
         meta = client.model_metadata(model, version)
@@ -72,8 +77,8 @@ def infer(
                 )
             array = array.astype(wanted)
         result = client.infer(model, {spec.name: array}, version, timeout_s)
-    except grpc.RpcError as exc:
-        raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None
+    except grpc.RpcError as exc:  # exit 2 like every other error, not 1
+        raise HeadraceError(f"{exc.code().name}: {exc.details()}") from None
     finally:
         client.close()
     if as_json:

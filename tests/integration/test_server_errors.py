@@ -480,3 +480,37 @@ def test_auth_scope_control_guards_only_the_control_plane(
         assert stub.ModelInfer(raw_request(MODEL, X), timeout=30).model_version == "1"
         index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=bearer(TOKEN))
         assert [(m.name, m.state) for m in index.models] == [(MODEL, "READY")]
+
+
+# -- the CLI client ------------------------------------------------------------------------
+
+
+def test_headrace_infer_reports_bad_files_and_server_errors_in_one_line(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    def infer(model: str, array_file: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "headrace", "infer", "--model", model,
+             "--input", str(array_file), "--url", server.address],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    not_npy = tmp_path / "not.npy"
+    not_npy.write_text("x")
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array(["a"], dtype=object), allow_pickle=True)
+    good = tmp_path / "good.npy"
+    np.save(good, X)
+    for model, array_file, message in [
+        (MODEL, not_npy, f"{not_npy} is not a numeric .npy array"),
+        (MODEL, objects, "Object arrays cannot be loaded"),
+        ("ghost", good, "error: NOT_FOUND: model 'ghost' not found"),
+    ]:
+        done = infer(model, array_file)
+        assert done.returncode == 2, (done.returncode, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    done = infer(MODEL, good)
+    assert done.returncode == 0 and "row 0: argmax" in done.stdout, done.stderr
