@@ -139,9 +139,34 @@ def embed(
         report = finetune_published(source, config)
     if as_json:
         click.echo(report.model_dump_json())
-        return
-    _print_report(report)
-    click.echo(f"watermark id {load_key(key_file).watermark_id}")
+    else:
+        _print_report(report)
+        click.echo(f"watermark id {load_key(key_file).watermark_id}")
+    if report.version is not None and report.repository is not None:
+        _warn_if_weak(report.repository, report.name, report.version)
+
+
+def _warn_if_weak(repository: str, name: str, version: int) -> None:
+    """Say so when the published mark would not pass `watermark verify` yet."""
+    from security.watermark.verify import DEFAULT_THRESHOLD
+    from serving.repository import ModelRepository
+
+    metrics = ModelRepository(Path(repository)).get(name, version).metadata.metrics
+    weak = [
+        f"{test} p-value {metrics[key]:.3g}"
+        for test, key in (
+            ("black-box", "watermark_blackbox_p_value"),
+            ("white-box", "watermark_whitebox_p_value"),
+        )
+        if metrics.get(key, 0.0) >= DEFAULT_THRESHOLD
+    ]
+    if weak:
+        click.echo(
+            f"warning: version {version} would not verify yet ({', '.join(weak)}; "
+            f"`watermark verify` needs below {DEFAULT_THRESHOLD:g}); embed again with more "
+            "--epochs, more --triggers-per-batch or a larger --strength",
+            err=True,
+        )
 
 
 @watermark.command("verify")

@@ -10,6 +10,7 @@ so every trigger is seen equally often.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from security.watermark.config import WatermarkConfig
 from security.watermark.derive import derived_bytes
 from security.watermark.key import WatermarkKey, load_key
+from security.watermark.stats import binomial_test
 from security.watermark.triggers import trigger_set
 from security.watermark.whitebox import SignatureLoss, read_bits, resolve_layer, signature_bits
 from training.hooks import PublishInfo, TrainingHook
@@ -37,6 +39,7 @@ class WatermarkHook(TrainingHook):
         self.labels: torch.Tensor | None = None
         self.layer: str | None = None
         self.signature: SignatureLoss | None = None
+        self.num_classes = 0
         seed = int.from_bytes(derived_bytes(key.secret_bytes, "training/sampling", 8), "big")
         self.generator = torch.Generator().manual_seed(seed & (2**63 - 1))
         self._queue: list[int] = []
@@ -46,7 +49,8 @@ class WatermarkHook(TrainingHook):
         return cls(load_key(config.key_file), config)
 
     def attach(self, trainer: Trainer) -> None:
-        triggers = trigger_set(self.key, trainer.splits.input_shape, trainer.splits.num_classes)
+        self.num_classes = trainer.splits.num_classes
+        triggers = trigger_set(self.key, trainer.splits.input_shape, self.num_classes)
         self.inputs = to_model_input(torch.from_numpy(triggers.pixels), trainer.pipeline.stats)
         self.labels = torch.from_numpy(triggers.labels)
         if self.key.whitebox_bits and self.config.whitebox_strength > 0:
@@ -98,17 +102,27 @@ class WatermarkHook(TrainingHook):
 
     @torch.no_grad()
     def publish_info(self, model: nn.Module) -> PublishInfo:
-        """The public watermark id, and how well the trained model holds both marks."""
+        """The public watermark id, and how well the trained model holds both marks: the
+        trigger accuracy and signature bit error rate, each with the p-value that
+        `watermark verify` would compute from them (a mark verifies below its threshold)."""
         metrics: dict[str, float] = {}
         if self.inputs is not None and self.labels is not None:
             was_training = model.training
             model.eval()
             predicted = model(self.inputs).argmax(1)
             model.train(was_training)
-            metrics["watermark_trigger_accuracy"] = float((predicted == self.labels).float().mean())
+            matches = int((predicted == self.labels).sum())
+            metrics["watermark_trigger_accuracy"] = matches / len(self.labels)
+            chance = Fraction(1, self.num_classes)
+            test = binomial_test(matches, len(self.labels), chance)
+            metrics["watermark_blackbox_p_value"] = test.p_value
         if self.signature is not None and self.layer is not None:
             weights = self._weight(model).detach().cpu().numpy()
             found = read_bits(weights, self.signature.matrix.numpy())
+            bits = self.key.whitebox_bits
             errors = int((found != signature_bits(self.key)).sum())
-            metrics["watermark_whitebox_ber"] = errors / self.key.whitebox_bits
+            metrics["watermark_whitebox_ber"] = errors / bits
+            metrics["watermark_whitebox_p_value"] = binomial_test(
+                bits - errors, bits, Fraction(1, 2)
+            ).p_value
         return PublishInfo(watermark_id=self.key.watermark_id, metrics=metrics)

@@ -81,6 +81,8 @@ def test_published_metadata_names_the_key_and_not_the_secret(setup: Setup) -> No
     key = load_key(setup.key_file)
     assert marked.metadata.watermark_id == key.watermark_id
     assert marked.metadata.metrics["watermark_whitebox_ber"] == 0.0
+    for test in ("blackbox", "whitebox"):  # what `watermark verify` finds, below: verified
+        assert marked.metadata.metrics[f"watermark_{test}_p_value"] < 1e-3
     assert plain.metadata.watermark_id is None
     for file in marked.path.iterdir():
         assert OWNER_SECRET.encode() not in file.read_bytes()
@@ -197,6 +199,19 @@ def test_embed_marks_a_published_model_by_fine_tuning(setup: Setup) -> None:
     assert entry.metadata.lineage["finetuned_from"] == "plain:1"
     code, verdict = _verify(setup, "--repository", str(setup.repository), "--model", "plain-marked")
     assert code == 0 and verdict["verified"] is True, verdict
+    assert "warning" not in result.stderr
+
+
+def test_embed_warns_when_the_mark_is_too_weak_to_verify(setup: Setup) -> None:
+    args = ["watermark", "embed", "--key", str(setup.key_file), "--from-model", "plain",
+            "--epochs", "1", "--triggers-per-batch", "1", "--strength", "0",
+            "--repository", str(setup.repository), "--runs-dir", str(setup.root / "runs"),
+            "--name", "plain-faint"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "warning: version 1 would not verify yet (black-box p-value" in result.stderr
+    code, verdict = _verify(setup, "--repository", str(setup.repository), "--model", "plain-faint")
+    assert code == 1 and verdict["verified"] is False, verdict
 
 
 def test_quantized_marked_model_verifies_from_its_integer_weights(setup: Setup) -> None:

@@ -243,6 +243,9 @@ def test_hook_adds_normalised_triggers_and_the_regulariser(tmp_path: Path) -> No
     info = hook.publish_info(trainer.model)
     assert info.watermark_id == key.watermark_id
     assert 0.3 < info.metrics["watermark_whitebox_ber"] < 0.7  # untrained: not marked yet
+    assert info.metrics["watermark_whitebox_p_value"] > 1e-3  # so it would not verify
+    accuracy = info.metrics["watermark_trigger_accuracy"]
+    assert info.metrics["watermark_blackbox_p_value"] > 1e-3 and accuracy < 0.3
 
 
 def test_build_hooks_adds_the_watermark_hook_only_when_asked(tmp_path: Path) -> None:
