@@ -86,6 +86,19 @@ def build_scheduler(
     return None
 
 
+def resume_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with its checkpoint: the model, the data and
+    its splits, preprocessing and the optimisation (the optimizer's restored state holds
+    the learning rate; a different one would be silently ignored)."""
+    names = (
+        "width", "dropout", "dataset", "seed", "val_fraction", "test_fraction", "batch_size",
+        "learning_rate", "optimizer", "momentum", "weight_decay", "lr_schedule",
+    )  # fmt: skip
+    settings: dict[str, Any] = {name: getattr(config, name) for name in names}
+    settings["preprocess"] = config.preprocess.model_dump(mode="json")
+    return settings
+
+
 class Trainer:
     """Fits one model on one dataset's splits with one preprocessing pipeline."""
 
@@ -133,6 +146,7 @@ class Trainer:
             "history": [record.model_dump() for record in self.history],
             "architecture": self.config.model,
             "dataset": self.config.dataset,
+            "settings": resume_settings(self.config),
             "hooks": {type(hook).__name__: hook.state_dict() for hook in self.hooks},
         }
 
@@ -142,6 +156,19 @@ class Trainer:
         if state.get("architecture") != self.config.model:
             raise CheckpointError(
                 f"checkpoint is for model {state.get('architecture')!r}, not {self.config.model!r}"
+            )
+        stored = state.get("settings") or {"dataset": state.get("dataset", self.config.dataset)}
+        now = resume_settings(self.config)
+        changed = [
+            f"{name} {stored[name]!r} (now {now[name]!r})"
+            for name in stored
+            if name in now and stored[name] != now[name]
+        ]
+        if changed:
+            raise CheckpointError(
+                f"checkpoint {path} was trained with {', '.join(changed)}; resume with the "
+                "run's own settings (the optimizer's state, the schedule and the data splits "
+                "come from them), or start a new run"
             )
         try:
             self.model.load_state_dict(state["model"])

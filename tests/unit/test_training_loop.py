@@ -75,6 +75,29 @@ def test_resume_refuses_another_architecture(tmp_path: Path) -> None:
         run_training(_config(tmp_path, model="resnet20", resume=run_dir))
 
 
+def test_resume_refuses_other_settings_instead_of_ignoring_them(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _trainer(_config(tmp_path, epochs=1, learning_rate=0.01), run_dir).fit()
+    with pytest.raises(CheckpointError) as info:  # the default lr 0.001, another seed
+        _trainer(_config(tmp_path, epochs=2, seed=3, resume=run_dir), run_dir).fit()
+    assert "seed 0 (now 3)" in info.value.message
+    assert "learning_rate 0.01 (now 0.001)" in info.value.message
+    resumed = _trainer(_config(tmp_path, epochs=2, learning_rate=0.01, resume=run_dir), run_dir)
+    assert resumed.fit().epochs_run == 2  # the same settings (and more epochs) resume
+
+
+def test_resume_of_a_checkpoint_without_settings_still_checks_the_dataset(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    trainer = _trainer(_config(tmp_path, epochs=1), run_dir)
+    trainer.fit()
+    state = load_checkpoint(run_dir)
+    del state["settings"]  # as written before settings were recorded
+    torch.save(state, checkpoint_path(run_dir))
+    with pytest.raises(CheckpointError, match="dataset 'digits' \\(now 'mnist'\\)"):
+        config = _config(tmp_path, dataset="mnist", data_dir=tmp_path, resume=run_dir)
+        _trainer(config, run_dir).restore(run_dir)
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "nothing")
