@@ -247,7 +247,7 @@ def _dlq(
     topics: Topics,
 ) -> Outcome:
     value = dlq_record(request_id, error, stage, record.value, _source(record))
-    key = request_id.encode() if request_id else record.key
+    key = _outcome_key(record, request_id)
     return Outcome("dlq", topics.dlq, key, value, request_id, reason=error.reason)
 
 
@@ -275,4 +275,13 @@ def _result(
         return _dlq(record, request_id, error, "produce", topics)
     topic = item.decoded.reply_to or topics.results
     created_at = item.decoded.created_at or record.timestamp_s
-    return Outcome("result", topic, request_id.encode(), value, request_id, created_at=created_at)
+    key = _outcome_key(record, request_id)
+    return Outcome("result", topic, key, value, request_id, created_at=created_at)
+
+
+def _outcome_key(record: SourceRecord, request_id: str | None) -> bytes | None:
+    """An outcome's key: the request's own key bytes when its id came from them (so a key
+    that is not UTF-8 comes back as sent), else the id."""
+    if record.key is not None and _key_text(record.key) == request_id:
+        return record.key
+    return request_id.encode() if request_id else record.key

@@ -279,3 +279,14 @@ def test_produce_gives_up_after_its_attempts(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(delivery.ProduceFailed, match="1 outcomes could not be produced"):
         asyncio.run(delivery.produce_outcomes(producer, outcomes_for(b"a", b"b")))
     assert producer.delivered == [b"a"]
+
+
+def test_a_key_that_is_not_utf8_comes_back_as_it_was_sent() -> None:
+    key = b"\xff\xfe-7"
+    body = json.loads(request_value("unused", [1.0] * 4))
+    del body["request_id"]
+    records = [record(0, json.dumps(body).encode(), key=key), record(1, b"nope", key=key)]
+    result, dlq = asyncio.run(handle_batch(records, FakeBackend()))
+    assert (result.kind, result.key) == ("result", key)
+    assert (dlq.kind, dlq.key) == ("dlq", key)
+    assert result.request_id == key.decode("utf-8", "replace")
