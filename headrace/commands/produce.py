@@ -134,9 +134,11 @@ def _advance(bar: Any, sent: int) -> None:
 )
 @click.option(
     "--manifest",
+    "manifests",
+    multiple=True,
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="Request ids and labels from `headrace produce --manifest`: only those requests' "
-    "outcomes are read, and accuracy is reported.",
+    help="Request ids and labels from `headrace produce --manifest` (repeatable): only those "
+    "requests' outcomes are read, and accuracy is reported.",
 )
 @click.option("--quiet", is_flag=True, help="Only the summary, not one line per record.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the summary as JSON.")
@@ -147,7 +149,7 @@ def results(
     follow: bool,
     idle_s: float,
     expect: int | None,
-    manifest: Path | None,
+    manifests: tuple[Path, ...],
     quiet: bool,
     as_json: bool,
     bootstrap: str | None,
@@ -155,7 +157,7 @@ def results(
     """Print results and DLQ records from the beginning, then a summary (accuracy with labels)."""
     from streams.results import Summary, add_record, consume, read_manifest
 
-    labels = read_manifest(manifest) if manifest is not None else None
+    labels = {k: v for m in manifests for k, v in read_manifest(m).items()} if manifests else None
     summary = Summary()
     address = answering_bootstrap(bootstrap)
     try:
