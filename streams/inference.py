@@ -194,7 +194,8 @@ def reply_topic_problem(name: str, topics: Topics) -> str | None:
     name, and neither a topic headrace reads or keeps for itself nor one of Kafka's own."""
     if not TOPIC_NAME.match(name) or name in (".", ".."):
         return "is not a valid topic name; use 1 to 249 letters, digits, '.', '_' or '-'"
-    own = {topics.requests, topics.dlq} | {spec.name for spec in CATALOGUE} - {topics.results}
+    catalogue = {spec.name for spec in CATALOGUE}
+    own = ({topics.requests, topics.dlq} | catalogue) - {topics.results}
     if name in own or name.startswith(DATA_TOPIC_PREFIX) or name.startswith("__"):
         return (
             "is a topic of headrace's or Kafka's own; name a topic of yours, or leave reply_to "

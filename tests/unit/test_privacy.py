@@ -253,9 +253,11 @@ def test_resume_keeps_the_accountant(tmp_path: Path) -> None:
 
 def test_resume_of_a_non_private_run_is_refused(tmp_path: Path) -> None:
     same_optimizer = {k: DP_DEFAULTS[k] for k in ("optimizer", "learning_rate", "lr_schedule")}
+    same_data = {"preprocess": {"normalize": False, "augment": {"enabled": False}}}  # as DP's
     plain = _config(
-        tmp_path, epochs=1, privacy=None, run_id="plain", publish=False, **same_optimizer
-    )
+        tmp_path, epochs=1, privacy=None, run_id="plain", publish=False, **same_optimizer,
+        **same_data,
+    )  # fmt: skip
     run_training(plain)
     run_dir = tmp_path / "runs" / "lenet5-digits-plain"
     with pytest.raises(CheckpointError, match="no privacy accountant state"):
