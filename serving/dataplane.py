@@ -84,6 +84,7 @@ class DataPlane:
     manager: ModelManager
     metrics: ServingMetrics | None = None
     draining: bool = False
+    last_request_at: float = 0.0  # time.monotonic() of the latest inference call to arrive
     stats: dict[tuple[str, str], VersionStats] = field(default_factory=dict)
     _executions_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -186,6 +187,7 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         """Validate, queue for the batcher, and answer; records metrics either way."""
         started = time.perf_counter()
+        self.last_request_at = time.monotonic()
         model, version = UNKNOWN_MODEL, ""
         try:
             loaded = self._serving_version(request)

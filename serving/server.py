@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+# A draining server stops grpc once no inference call has arrived for this long.
+BACKLOG_QUIET_S = 0.2
 
 
 class ServeConfig(BaseModel):
@@ -179,19 +182,34 @@ class InferenceServer:
         log.info("serving on %s:%d", cfg.host, self.port)
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Drain and stop: NOT_SERVING first, then refuse new calls and finish in-flight ones."""
+        """Drain and stop: NOT_SERVING first, then refuse new calls and finish in-flight ones.
+
+        grpc's own stop cancels every call it has received but not yet handed to a handler
+        (a busy server holds many). So the calls already received are let in first, each
+        refused as UNAVAILABLE (retryable elsewhere), until no inference call has arrived for
+        `BACKLOG_QUIET_S` or half the grace period has passed; then grpc stops with the rest.
+        """
         if self._stop.is_set():
             return
         self._stop.set()
+        began = time.monotonic()
+        grace = self.config.grace_s if grace_s is None else grace_s
         self.dataplane.draining = True
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
-            await self._server.stop(self.config.grace_s if grace_s is None else grace_s)
+            await self._let_received_calls_in(until=began + grace / 2)
+            await self._server.stop(max(0.0, grace - (time.monotonic() - began)))
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.manager.close()
+
+    async def _let_received_calls_in(self, until: float) -> None:
+        while time.monotonic() < until:
+            if time.monotonic() - self.dataplane.last_request_at >= BACKLOG_QUIET_S:
+                return
+            await asyncio.sleep(BACKLOG_QUIET_S / 10)
 
     async def wait_closed(self) -> None:
         if self._server is not None:

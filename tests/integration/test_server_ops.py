@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,6 +255,32 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(
         assert not slow.done(), "the slow request finished before the drain was tested"
         response = slow.result()
         assert (response.model_name, response.model_version) == ("slow", "1")
+        assert server.process.wait(timeout=60) == 0, server.log_tail()
+
+
+def test_sigterm_under_load_answers_every_received_call(
+    tmp_path: Path, model_files: ModelFiles
+) -> None:
+    """Calls the server has received but not yet started when SIGTERM comes (a busy server
+    holds many) are answered, each served or refused as UNAVAILABLE: none is cancelled."""
+    root = tmp_path / "repo"
+    publish(root, lenet_config("big", max_batch_size=64), model_files.lenet_a)
+    args = ("--grace-s", "20", "--poll-interval-s", "0")
+    with (
+        running_server(root, *args, log_dir=tmp_path) as server,
+        open_channel(server.address) as channel,
+    ):
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = raw_request("big", digits_batch(64))
+        stub.ModelInfer(request, timeout=30)
+        calls = [stub.ModelInfer.future(request, timeout=60) for _ in range(80)]
+        wait_until(lambda: server.in_flight("big") >= 1 or None, "the first calls to execute")
+        server.process.send_signal(signal.SIGTERM)
+        outcomes: Counter[grpc.StatusCode] = Counter()
+        for call in calls:
+            error = call.exception()
+            outcomes[error.code() if error is not None else grpc.StatusCode.OK] += 1
+        assert set(outcomes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, outcomes
         assert server.process.wait(timeout=60) == 0, server.log_tail()
 
 
