@@ -10,12 +10,14 @@ and tools work.
 from __future__ import annotations
 
 import hmac
+import os
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import grpc
 
-from headrace.errors import Unauthenticated
+from headrace.errors import ConfigError, Unauthenticated
 from serving.grpc_errors import Behavior, abort_for, replace_behavior
 
 SERVICE_PREFIX = "/inference.GRPCInferenceService/"
@@ -24,6 +26,23 @@ CONTROL_METHODS = frozenset(
     for name in ("RepositoryModelLoad", "RepositoryModelUnload", "RepositoryIndex")
 )
 AuthScope = Literal["all", "control"]
+# What a bearer token may hold (RFC 6750's token68); gRPC metadata carries printable ASCII only.
+TOKEN = re.compile(r"^[A-Za-z0-9._~+/-]+=*$")
+
+
+def token_from_env(variable: str) -> str | None:
+    """The bearer token in environment variable `variable`, surrounding whitespace (a secret
+    file's trailing newline) removed; None when it is unset or empty. A ConfigError when it
+    holds characters no client could send."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return None
+    if not TOKEN.match(value):
+        raise ConfigError(
+            f"the token in ${variable} holds characters a bearer token cannot carry; use "
+            "letters, digits and . _ ~ + / - (base64 or hex secrets fit)"
+        )
+    return value
 
 
 def token_matches(metadata: tuple[tuple[str, Any], ...] | None, token: str) -> bool:
@@ -32,7 +51,8 @@ def token_matches(metadata: tuple[tuple[str, Any], ...] | None, token: str) -> b
         if key.lower() == "authorization":
             text = value.decode() if isinstance(value, bytes) else str(value)
             scheme, _, given = text.partition(" ")
-            if scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token):
+            matches = hmac.compare_digest(given.strip().encode(), token.encode())
+            if scheme.lower() == "bearer" and matches:
                 return True
     return False
 

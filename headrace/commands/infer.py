@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -49,6 +48,7 @@ def infer(
     import grpc
     import numpy as np
 
+    from serving.auth import token_from_env
     from serving.client import InferenceClient
     from serving.types import DATATYPE_TO_NUMPY
 
@@ -58,7 +58,7 @@ def infer(
         raise InvalidInput(
             f"{input_file} is not a numeric .npy array ({exc}); save one with numpy.save"
         ) from None
-    client = InferenceClient(url, os.environ.get(token_env) or None, tls_ca)
+    client = InferenceClient(url, token_from_env(token_env), tls_ca)
     try:
         meta = client.model_metadata(model, version)
         (spec,) = meta.inputs[:1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 import click
@@ -12,19 +11,39 @@ import click
 from headrace.commands.options import build_config
 from headrace.settings import load_settings
 
+DEFAULT_TOKEN_ENV = "HEADRACE_AUTH_TOKEN"
+
 
 def parse_version_policy(text: str) -> dict[str, object]:
-    """`latest`, `latest:N`, `all` or `specific:1,3` -> VersionPolicy fields."""
+    """`latest`, `latest:N`, `all` or `specific:1,3` -> VersionPolicy fields (N and the
+    versions whole numbers >= 1)."""
     kind, _, arg = text.partition(":")
-    if kind == "latest":
+    numbers = arg.split(",") if arg else []
+    if not all(n.isdigit() and int(n) >= 1 for n in numbers):
+        numbers = []  # refused below
+    if kind == "latest" and (not arg or len(numbers) == 1):
         return {"kind": "latest", "latest_n": int(arg or 1)}
-    if kind == "all":
+    if kind == "all" and not arg:
         return {"kind": "all"}
-    if kind == "specific" and arg:
-        return {"kind": "specific", "versions": [int(v) for v in arg.split(",")]}
+    if kind == "specific" and numbers:
+        return {"kind": "specific", "versions": [int(v) for v in numbers]}
     raise click.BadParameter(
-        "use latest, latest:N, all or specific:1,2", param_hint="--version-policy"
+        f"{text!r}: use latest, latest:N, all or specific:1,2 (N and versions >= 1)",
+        param_hint="--version-policy",
     )
+
+
+def _auth_token(variable: str) -> str | None:
+    """The server's bearer token; a variable named by --auth-token-env must hold one."""
+    from serving.auth import token_from_env
+
+    token = token_from_env(variable)
+    if token is None and variable != DEFAULT_TOKEN_ENV:
+        raise click.BadParameter(
+            f"${variable} is unset or empty; set it, or leave the flag out to serve without auth",
+            param_hint="--auth-token-env",
+        )
+    return token
 
 
 @click.command("serve")
@@ -54,7 +73,7 @@ def parse_version_policy(text: str) -> dict[str, object]:
     "--max-message-bytes", type=int, default=64 * 1024 * 1024, show_default=True,
     help="Largest gRPC message accepted.",
 )  # fmt: skip
-@click.option("--auth-token-env", default="HEADRACE_AUTH_TOKEN", show_default=True,
+@click.option("--auth-token-env", default=DEFAULT_TOKEN_ENV, show_default=True,
               help="Environment variable holding the bearer token (unset = no auth).")  # fmt: skip
 @click.option(
     "--auth-scope",
@@ -101,7 +120,7 @@ def serve(
         poll_interval_s=poll_interval_s,
         grace_s=grace_s,
         max_message_bytes=max_message_bytes,
-        auth_token=os.environ.get(auth_token_env) or None,
+        auth_token=_auth_token(auth_token_env),
         auth_scope=auth_scope,
         tls_cert=tls_cert,
         tls_key=tls_key,

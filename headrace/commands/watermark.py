@@ -225,6 +225,7 @@ def verify(
     """
     from security.watermark.key import load_key
     from security.watermark.verify import VerificationReport, check_signature, check_triggers
+    from serving.auth import token_from_env
 
     if (grpc_url is None) == (repository is None):
         raise ConfigError("pass exactly one of --grpc HOST:PORT or --repository DIR")
@@ -238,9 +239,7 @@ def verify(
 
         from security.watermark.oracles import GrpcOracle
 
-        oracle = GrpcOracle(
-            grpc_url, model, version or "", os.environ.get(token_env) or None, tls_ca
-        )
+        oracle = GrpcOracle(grpc_url, model, version or "", token_from_env(token_env), tls_ca)
         try:
             blackbox = check_triggers(key, oracle)
             target = oracle.describe().target

@@ -195,3 +195,38 @@ def test_a_metrics_port_in_use_is_a_config_error() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
             ServingMetrics().serve(port)
+
+
+def test_tokens_from_the_environment_are_trimmed_and_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from headrace.errors import ConfigError
+    from serving.auth import token_from_env
+
+    for value, expected in [("s3cret\n", "s3cret"), ("  a.b_c~d+e/f-g==  ", "a.b_c~d+e/f-g=="),
+                            ("", None), ("   ", None)]:  # fmt: skip
+        monkeypatch.setenv("T", value)
+        assert token_from_env("T") == expected
+    monkeypatch.delenv("T")
+    assert token_from_env("T") is None
+    for bad in ("pässwörd", "two words", "a\tb"):
+        monkeypatch.setenv("T", bad)
+        with pytest.raises(ConfigError, match="characters a bearer token cannot carry"):
+            token_from_env("T")
+    # a client's token is compared as bytes: no TypeError for text the server never sent
+    assert not token_matches((("authorization", "Bearer pässwörd"),), "s3cret")
+
+
+def test_version_policy_flag_values() -> None:
+    import click
+
+    from headrace.commands.serve import parse_version_policy
+
+    assert parse_version_policy("latest") == {"kind": "latest", "latest_n": 1}
+    assert parse_version_policy("latest:3") == {"kind": "latest", "latest_n": 3}
+    assert parse_version_policy("all") == {"kind": "all"}
+    assert parse_version_policy("specific:1,3") == {"kind": "specific", "versions": [1, 3]}
+    for bad in ("latest:x", "latest:2:3", "latest:0", "all:3", "specific:", "specific:a",
+                "specific:1,,2", "specific:0", "specific:-1", "newest"):  # fmt: skip
+        with pytest.raises(click.BadParameter, match="use latest, latest:N, all or specific"):
+            parse_version_policy(bad)
