@@ -154,7 +154,9 @@ class ServingMetrics:
         self.load_failures = Counter(
             "model_load_failures",
             "Model versions refused or failed at load, by reason (integrity_check_failed, "
-            "unsafe_model, model_load_failed); counted once per change of the files.",
+            "unsafe_model, model_load_failed, repository_error for an invalid config.json, "
+            "interface_mismatch for a model.onnx the config does not describe); counted once "
+            "per change of the files.",
             [*labels, "reason"],
             registry=r,
         )

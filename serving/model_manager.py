@@ -42,6 +42,7 @@ from security.model_files import check_version_files
 from serving.batcher import DynamicBatcher
 from serving.interfaces import ModelRunner, RunnerFactory
 from serving.model_config import ModelConfig, VersionMetadata
+from serving.onnx_interface import interface_problems
 from serving.repository import CONFIG_FILE, MODEL_FILE, ModelRepository, ModelVersion
 from serving.runner import OnnxModel
 
@@ -336,8 +337,16 @@ class ModelManager:
             except ModelLoadError as exc:
                 message, reason = f"{prefix}: {exc.message}", exc.reason
             else:
-                self._failed.pop((name, version), None)
-                return found, model
+                problems = _interface_problems(found.config, model)
+                if not problems:
+                    self._failed.pop((name, version), None)
+                    return found, model
+                model.close()
+                message = (
+                    f"{prefix}: its {MODEL_FILE} does not match the model's config.json: "
+                    f"{'; '.join(problems)} (the version is refused)"
+                )
+                reason = "interface_mismatch"
         self._refuse(name, version, stamp, message, reason, error)
 
     def _refuse(
@@ -441,3 +450,12 @@ def _stamp(path: Path) -> Stamp:
         st = (path.parent / CONFIG_FILE).stat()
         entries.append((f"../{CONFIG_FILE}", st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(entries)
+
+
+def _interface_problems(config: ModelConfig, model: ModelRunner) -> list[str]:
+    """`interface_problems` of a runner that knows its tensors (ONNX Runtime's does)."""
+    inputs = getattr(model, "input_meta", None)
+    outputs = getattr(model, "output_names", None)
+    if inputs is None or outputs is None:
+        return []
+    return interface_problems(config, inputs, outputs)

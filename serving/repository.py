@@ -163,6 +163,16 @@ class ModelRepository:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    def require_folder(self) -> None:
+        """ConfigError unless the repository's root is an existing folder (a server or worker
+        started on a mistyped path would otherwise serve nothing and still look healthy)."""
+        if not self.root.is_dir():
+            what = "is not a folder" if self.root.exists() else "does not exist"
+            raise ConfigError(
+                f"model repository {self.root} {what}; pass --repository (or set "
+                "HEADRACE_MODEL_REPOSITORY) to the folder `headrace train` publishes into"
+            )
+
     def list_models(self) -> list[str]:
         """Sorted names of the models that have at least one complete version."""
         if not self.root.is_dir():

@@ -106,6 +106,7 @@ def serve(
     gracefully on SIGTERM or Ctrl-C. The token is read from an environment
     variable so it never shows in the process list.
     """
+    from serving.repository import ModelRepository
     from serving.server import InferenceServer, ServeConfig, serve_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -125,6 +126,8 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
+
+    ModelRepository(config.repository).require_folder()
 
     def announce(server: InferenceServer) -> None:
         models = ", ".join(f"{n}:{v}" for n, v in server.manager.loaded().items()) or "none"

@@ -94,6 +94,7 @@ def worker(
     from kafka.errors import KafkaError
 
     from headrace.commands.broker import resolve_bootstrap, unreachable
+    from serving.repository import ModelRepository
     from streams.broker import answers_metadata
     from streams.config import StreamWorkerConfig
     from streams.topics import create_topics
@@ -117,6 +118,7 @@ def worker(
         metrics_host=metrics_host,
         processing_guarantee=processing_guarantee,
     )
+    ModelRepository(config.repository).require_folder()
     if not answers_metadata(config.bootstrap, timeout_s=5.0):
         raise unreachable(config.bootstrap)
     try:

@@ -294,6 +294,31 @@ def test_tampered_new_version_keeps_old_one_serving(
     run(scenario)
 
 
+def test_a_new_version_whose_model_disagrees_with_the_config_keeps_the_old_one_serving(
+    repo: ModelRepository, onnx_files, expected, tmp_path: Path
+) -> None:
+    """Another model's file under a good config (a ResNet-20 where LeNet-5's 1x28x28 input
+    is configured) is refused when loaded, instead of replacing v1 and refusing every call."""
+    publish(repo, onnx_files["a"])
+    torch.manual_seed(0)
+    other = export_onnx(build_model("resnet20", in_channels=3, image_size=32), (3, 32, 32),
+                        tmp_path / "resnet.onnx")  # fmt: skip
+
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        await manager.load_all()
+        publish(repo, other)
+        await manager.poll_once()
+        assert manager.loaded() == {"digits": [1]}
+        failure = manager.failures()["digits"]
+        assert "version 2: its model.onnx does not match the model's config.json" in failure
+        assert "input 'input' has dims [3, 32, 32] after the batch axis" in failure
+        assert which((await infer(manager))[1], expected) == "a"
+        await manager.close()
+
+    run(scenario)
+
+
 def test_removed_versions_go(repo: ModelRepository, onnx_files, expected) -> None:
     publish(repo, onnx_files["a"])
     publish(repo, onnx_files["b"])

@@ -230,3 +230,26 @@ def test_version_policy_flag_values() -> None:
                 "specific:1,,2", "specific:0", "specific:-1", "newest"):  # fmt: skip
         with pytest.raises(click.BadParameter, match="use latest, latest:N, all or specific"):
             parse_version_policy(bad)
+
+
+def test_interface_problems_of_an_onnx_model_against_its_config() -> None:
+    from serving.onnx_interface import interface_problems
+
+    good = {"input": ("tensor(float)", ("batch", 1, 4, 4))}
+    assert interface_problems(CONFIG, good, ["logits", "extra"]) == []
+    named_dim = {"input": ("tensor(float)", (8, 1, "h", 4))}
+    assert interface_problems(CONFIG, named_dim, ["logits"]) == []
+    cases = {
+        "inputs ['image'] in the model, ['input'] in the config": (
+            {"image": ("tensor(float)", ("b", 1, 4, 4))}, ["logits"]
+        ),
+        "input 'input' is FP64 in the model, FP32 in the config": (
+            {"input": ("tensor(double)", ("b", 1, 4, 4))}, ["logits"]
+        ),
+        "input 'input' has dims [3, 4, 4] after the batch axis": (
+            {"input": ("tensor(float)", ("b", 3, 4, 4))}, ["logits"]
+        ),
+        "outputs ['logits'] of the config are not among the model's ['probs']": (good, ["probs"]),
+    }  # fmt: skip
+    for message, (inputs, outputs) in cases.items():
+        assert any(message in p for p in interface_problems(CONFIG, inputs, outputs)), message
