@@ -357,3 +357,12 @@ def test_headrace_cli_runs_models(
         cli_module.main()
     assert exit_info.value.code == 2
     assert "error: model 'nope' not found" in capsys.readouterr().err
+
+
+def test_a_server_needs_an_existing_repository_folder(tmp_path: Path) -> None:
+    ModelRepository(tmp_path).require_folder()  # empty is fine: models may come later
+    with pytest.raises(ConfigError, match="does not exist; pass --repository"):
+        ModelRepository(tmp_path / "typo").require_folder()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is not a folder"):
+        ModelRepository(tmp_path / "file").require_folder()
