@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from headrace.errors import ConfigError
 from headrace.gc_pauses import prepare_for_serving
 from protos import grpc_service_pb2, grpc_service_pb2_grpc
 from serving.auth import BearerTokenInterceptor
@@ -141,8 +143,9 @@ class InferenceServer:
         return interceptors
 
     async def start(self) -> None:
+        """Bind the ports (a bad address, port or certificate fails before any model is
+        loaded), load the repository, then serve."""
         cfg = self.config
-        await self.manager.load_all()
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -159,21 +162,15 @@ class InferenceServer:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(service_names, server)
-        address = f"{cfg.host}:{cfg.port}"
-        if cfg.tls_cert is not None and cfg.tls_key is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())]
-            )
-            self.port = server.add_secure_port(address, credentials)
-        else:
-            self.port = server.add_insecure_port(address)
+        self.port = _bind(server, cfg)
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host.strip("[]"))
+        await self.manager.load_all()
         await server.start()
         self._server = server
         await self.health.set("", SERVING)
         for name, versions in self.manager.loaded().items():
             await self.health.set(name, SERVING if versions else NOT_SERVING)
-        if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
         if cfg.poll_interval_s > 0:
             self._track(
                 asyncio.create_task(self.manager.run_polling(cfg.poll_interval_s, self._stop))
@@ -214,6 +211,35 @@ class InferenceServer:
     async def wait_closed(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def _bind(server: grpc.aio.Server, cfg: ServeConfig) -> int:
+    """Add the listening port (TLS when configured); a ConfigError says why it cannot be."""
+    host = cfg.host if ":" not in cfg.host or cfg.host.startswith("[") else f"[{cfg.host}]"
+    address = f"{host}:{cfg.port}"
+    credentials = None
+    if cfg.tls_cert is not None and cfg.tls_key is not None:
+        try:  # grpc only says "failed to bind" for a key that does not fit its certificate
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                cfg.tls_cert, cfg.tls_key
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"--tls-cert {cfg.tls_cert} and --tls-key {cfg.tls_key} are not a PEM "
+                f"certificate and its private key ({exc})"
+            ) from None
+        credentials = grpc.ssl_server_credentials(
+            [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())]
+        )
+    try:
+        if credentials is not None:
+            return server.add_secure_port(address, credentials)
+        return server.add_insecure_port(address)
+    except RuntimeError:
+        raise ConfigError(
+            f"cannot listen on {address}: the port is taken or the host is not an address of "
+            "this machine; pick another --port (0 picks a free one) or --host"
+        ) from None
 
 
 async def serve_forever(

@@ -375,3 +375,34 @@ def test_tls_with_tritonclient(
     np.testing.assert_allclose(
         np.asarray(got["infer"]["output"]), reference(model_files.lenet_a, X), rtol=1e-4, atol=1e-5
     )
+
+
+def test_start_up_errors_are_one_line_and_come_before_loading(tmp_path: Path) -> None:
+    import socket
+    import sys
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "headrace", "serve", "--repository", str(tmp_path),
+             "--metrics-port", "0", *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    first, _ = self_signed_certificate(tmp_path / "a")
+    _, other_key = self_signed_certificate(tmp_path / "b")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        cases = [
+            (("--port", port), f"cannot listen on 127.0.0.1:{port}: the port is taken"),
+            (("--port", "0", "--tls-cert", str(first), "--tls-key", str(other_key)),
+             "are not a PEM certificate and its private key"),
+            (("--repository", str(tmp_path / "typo")), "does not exist; pass --repository"),
+        ]  # fmt: skip
+        for args, message in cases:
+            done = serve(*args)
+            assert done.returncode == 2, done.stderr
+            assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
