@@ -69,6 +69,7 @@ class _Job:
     partition: int
     spec: TrainingJobSpec
     cancelled: threading.Event = field(default_factory=threading.Event)
+    interrupted: threading.Event = field(default_factory=threading.Event)  # the agent stops
     thread: threading.Thread | None = None
 
 
@@ -151,6 +152,7 @@ class JobAgent:
                 self._commit()
         finally:
             if self.running is not None:
+                self.running.interrupted.set()
                 self.running.cancelled.set()
                 if self.running.thread is not None:
                     self.running.thread.join(timeout=STOP_JOIN_S)
@@ -198,7 +200,7 @@ class JobAgent:
         job = self.pending.popleft()
         job.thread = threading.Thread(
             target=self.runner.execute,
-            args=(job.spec, job.cancelled),
+            args=(job.spec, job.cancelled, job.interrupted),
             name=f"job-{job.spec.job_id}",
             daemon=True,
         )

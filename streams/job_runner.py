@@ -11,6 +11,7 @@ job is handed to `streams.tune_job` (an NNI experiment; `trial` events).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,8 @@ from training.datasets.shards import DEFAULT_DATA_ROOT, ShardSource
 from training.job_spec import TrainingJobSpec, parse_job_spec
 from training.loop import EpochRecord
 from training.recipe import REPORT_FILE, TrainReport
+
+log = logging.getLogger(__name__)
 
 Emit = Callable[[TrainingEvent], None]
 Announce = Callable[[ModelUpdate], None]
@@ -71,6 +74,11 @@ class JobRunner:
         except ConfigError as exc:
             self._emit(TrainingEvent(job_id=job_id, event="rejected", reason=exc.message))
             return None
+        except Exception as exc:  # a spec must never take the agent down: it would on restart
+            log.exception("validating the spec of job %s failed", job_id)
+            reason = f"the spec could not be validated ({type(exc).__name__}: {exc})"
+            self._emit(TrainingEvent(job_id=job_id, event="rejected", reason=reason))
+            return None
         self._emit(TrainingEvent(job_id=job_id, event="accepted", model=parsed.train.model_name))
         return parsed
 
@@ -94,8 +102,15 @@ class JobRunner:
         root = (source.root or self.config.data_root).resolve()
         return source.model_copy(update={"root": root})
 
-    def execute(self, spec: TrainingJobSpec, cancelled: threading.Event) -> None:
-        """Run the job to its end; every outcome is an event, nothing is raised."""
+    def execute(
+        self,
+        spec: TrainingJobSpec,
+        cancelled: threading.Event,
+        interrupted: threading.Event | None = None,
+    ) -> None:
+        """Run the job to its end; every outcome is an event, nothing is raised. A job stopped
+        with `interrupted` set (the agent is stopping; the job stays unacknowledged and is
+        resumed by the next agent) gets no event: `cancelled` is for a user's cancel."""
         job_id = spec.job_id
         config = self.train_config(spec)
         if spec.kind == "tune":  # an NNI experiment on this machine, not a Ray task
@@ -109,6 +124,7 @@ class JobRunner:
                 self._emit,
                 self._announce,
                 self._tune,
+                interrupted,
             )
             return
         run_dir = config.runs_dir / f"{config.model_name}-{job_id}"
@@ -125,6 +141,9 @@ class JobRunner:
                     config, self._epoch_emitter(job_id, attempt, config.epochs), cancelled.is_set
                 )
             except JobCancelled:
+                if interrupted is not None and interrupted.is_set():
+                    log.info("job %s interrupted by the agent's stop; it resumes later", job_id)
+                    return
                 self._emit(TrainingEvent(job_id=job_id, event="cancelled", attempt=attempt))
                 return
             except WorkerCrashed as exc:

@@ -57,8 +57,10 @@ def execute_tune(
     emit: Emit,
     announce: Announce,
     tune: Tune | None = None,
+    interrupted: threading.Event | None = None,
 ) -> None:
-    """Run the tuning job to its end; every outcome is an event, nothing is raised."""
+    """Run the tuning job to its end; every outcome is an event, nothing is raised (none
+    when `interrupted`: the agent stops, and the next one resumes the experiment)."""
     job_id = spec.job_id
     try:
         config = tune_config(spec, train, runs_dir)
@@ -117,7 +119,8 @@ def execute_tune(
             should_stop=cancelled.is_set,
         )
     except JobCancelled:
-        emit(TrainingEvent(job_id=job_id, event="cancelled", experiment_id=experiment_id))
+        if interrupted is None or not interrupted.is_set():
+            emit(TrainingEvent(job_id=job_id, event="cancelled", experiment_id=experiment_id))
         return
     except HeadraceError as exc:
         emit(TrainingEvent(job_id=job_id, event="failed", reason=exc.message))

@@ -70,8 +70,8 @@ class TrainingJobSpec(BaseModel):
     @classmethod
     def _gather_train_fields(cls, data: Any) -> Any:
         """Top-level training keys (model, epochs, distributed, ...) move under `train`."""
-        if not isinstance(data, dict):
-            return data
+        if not isinstance(data, dict) or not isinstance(data.get("train") or {}, dict):
+            return data  # the schema says what is wrong
         own = set(cls.model_fields)
         train = dict(data.get("train") or {})
         outer = {key: value for key, value in data.items() if key in own}
@@ -119,7 +119,12 @@ def parse_job_spec(
     if not isinstance(data, dict):
         raise ConfigError(f"job spec {source} must be a mapping of settings, not {data!r:.60}")
     problems: list[str] = []
-    train_keys = set(data) | set(data.get("train") or {})
+    section = data.get("train") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(
+            f"job spec {source}: train must be a mapping of settings, not {section!r:.60}"
+        )
+    train_keys = set(data) | set(section)
     for key in sorted(AGENT_OWNED & train_keys):
         problems.append(f"{key}: set by the training agent, not by a job spec")
     spec: TrainingJobSpec | None = None
@@ -149,7 +154,10 @@ def parse_job_spec(
 
 
 def _requested_workers(data: dict[str, Any]) -> int | None:
-    section = data.get("distributed") or (data.get("train") or {}).get("distributed")
+    train = data.get("train") or {}
+    section = data.get("distributed") or (
+        train.get("distributed") if isinstance(train, dict) else None
+    )
     workers = section.get("workers") if isinstance(section, dict) else None
     return workers if isinstance(workers, int) and not isinstance(workers, bool) else None
 

@@ -1,0 +1,47 @@
+"""The training agent's job runner without Ray: which events a job's spec and its end give."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from headrace.errors import ConfigError, JobCancelled
+from streams.job_messages import TrainingEvent
+from streams.job_runner import JobRunner, JobRunnerConfig
+from training.job_spec import parse_job_spec
+
+
+def _runner(tmp_path: Path, events: list[TrainingEvent]) -> JobRunner:
+    def cancelled_training(*_args: Any) -> Any:
+        raise JobCancelled("stopped")
+
+    config = JobRunnerConfig(repository=tmp_path / "repo", runs_dir=tmp_path / "runs")
+    return JobRunner(config, cancelled_training, events.append, lambda _update: None)
+
+
+@pytest.mark.parametrize("train", [5, [1, 2], "resnet20"])
+def test_a_spec_whose_train_section_is_not_a_mapping_is_rejected_not_raised(
+    tmp_path: Path, train: object
+) -> None:
+    events: list[TrainingEvent] = []
+    assert _runner(tmp_path, events).validate("poison", {"train": train}) is None
+    [event] = events
+    assert (event.job_id, event.event) == ("poison", "rejected")
+    assert event.reason is not None and "train" in event.reason
+    with pytest.raises(ConfigError, match="train"):  # and the CLI's submit says the same
+        parse_job_spec({"train": train, "job_id": "poison"})
+
+
+def test_a_job_stopped_by_the_agents_stop_gets_no_cancelled_event(tmp_path: Path) -> None:
+    spec = parse_job_spec({"model": "lenet5", "epochs": 1, "job_id": "j-1"})
+    for interrupted, expected in [(True, ["started"]), (False, ["started", "cancelled"])]:
+        events: list[TrainingEvent] = []
+        stop, agent_stops = threading.Event(), threading.Event()
+        stop.set()
+        if interrupted:
+            agent_stops.set()
+        _runner(tmp_path, events).execute(spec, stop, agent_stops)
+        assert [e.event for e in events] == expected
