@@ -67,6 +67,7 @@ def _publish(
     lineage: dict | None = None,
     weights: bool = True,
     spec: PreprocessingSpec = SPEC,
+    dp_epsilon: float | None = None,
 ) -> ModelVersion:
     model = build_model("lenet5", num_classes=classes)
     onnx_file = export_onnx(model, (1, 28, 28), tmp / f"{name}.onnx")
@@ -78,8 +79,9 @@ def _publish(
     )
     extra = {WEIGHTS_FILE: save_weights(model, tmp / f"{name}.pt")} if weights else {}
     return repo.publish(
-        config, onnx_file, architecture="lenet5", lineage=lineage or {}, extra_files=extra
-    )
+        config, onnx_file, architecture="lenet5", lineage=lineage or {}, extra_files=extra,
+        dp_epsilon=dp_epsilon,
+    )  # fmt: skip
 
 
 def test_source_is_the_latest_uncompressed_version(tmp_path: Path) -> None:
@@ -170,3 +172,15 @@ def test_report_table() -> None:
     assert "0.040" in lines[1] and "2.000" in lines[1]  # latencies in ms
     assert lines[2].split()[-2:] == ["2.50", "1.50"]
     assert "180 test images" in lines[-1]
+
+
+def test_a_differentially_private_model_is_not_compressed(tmp_path: Path) -> None:
+    from training.compression.recipe import compress_published
+
+    repo = ModelRepository(tmp_path / "repo")
+    _publish(repo, tmp_path, "private", dp_epsilon=0.5)
+    config = CompressConfig(
+        source="private", quant="int8", repository=repo.root, runs_dir=tmp_path / "runs"
+    )
+    with pytest.raises(ConfigError, match=r"differential privacy \(epsilon 0.5\).*refused"):
+        compress_published(config)
