@@ -114,7 +114,7 @@ def compress(
         click.echo(report.model_dump_json())
         return
     lat = " ".join(
-        f"b{b} {report.latency_s[b] * 1e3:.3f} ms ({report.source_latency_s[b] * 1e3:.3f})"
+        f"b{b} {report.latency_s[b] * 1e3:.3f} ms (source {report.source_latency_s[b] * 1e3:.3f})"
         for b in sorted(report.latency_s)
     )
     click.echo(

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from headrace.commands.broker import resolve_bootstrap
+from headrace.commands.broker import answering_bootstrap
 
 bootstrap_option = click.option(
     "--bootstrap",
@@ -31,17 +31,27 @@ def create(
     bootstrap: str | None, datasets: tuple[str, ...], replication_factor: int | None
 ) -> None:
     """Create every catalogue topic that does not exist yet (safe to run again)."""
-    from streams.topics import CATALOGUE, create_topics, data_topic
+    from streams.topics import CATALOGUE, create_topics, data_topic, list_topics
+    from training.datasets import DATASETS
 
+    unknown = [name for name in datasets if name not in DATASETS]
+    if unknown:
+        raise click.BadParameter(
+            f"no dataset {unknown[0]!r}; known: {', '.join(sorted(DATASETS))}",
+            param_hint="--dataset",
+        )
     specs = [*CATALOGUE, *(data_topic(name) for name in datasets)]
     if replication_factor is not None:
         specs = [s.model_copy(update={"replication_factor": replication_factor}) for s in specs]
-    outcome = create_topics(resolve_bootstrap(bootstrap), specs)
+    address = answering_bootstrap(bootstrap)
+    outcome = create_topics(address, specs)
+    partitions = list_topics(address)
     for spec in specs:
-        click.echo(
-            f"{spec.name:<20} {outcome[spec.name]:<8} {spec.partitions} partitions, "
-            f"replication factor {spec.replication_factor}"
-        )
+        if outcome[spec.name] == "created":
+            detail = f"{spec.partitions} partitions, replication factor {spec.replication_factor}"
+        else:  # as the cluster has it, which may differ from the catalogue
+            detail = f"{partitions.get(spec.name, '?')} partitions (left as they are)"
+        click.echo(f"{spec.name:<20} {outcome[spec.name]:<8} {detail}")
 
 
 @topics.command("list")
@@ -51,7 +61,7 @@ def list_(bootstrap: str | None, as_json: bool) -> None:
     """Topics on the cluster with their partition counts."""
     from streams.topics import list_topics
 
-    found = list_topics(resolve_bootstrap(bootstrap))
+    found = list_topics(answering_bootstrap(bootstrap))
     if as_json:
         click.echo(json.dumps(found))
         return
