@@ -243,12 +243,14 @@ class ModelManager:
             listed = ", ".join(map(str, missing))
             errors.append(f"model {name!r}: version policy asks for version(s) {listed}, not found")
         current = dict(self._ready.get(name, {}))
+        edited = await self._edited_config(name, current) if retry_failed else None
+        replaced: list[LoadedVersion] = []
         for version in selected:
-            if version in current:
+            if version in current and (edited is None or current[version].config == edited):
                 continue
             known = None if retry_failed else self._failed.get((name, version))
             try:
-                current[version] = await self._load_version(name, version, known)
+                loaded = await self._load_version(name, version, known)
             except HeadraceError as exc:
                 errors.append(exc.message)
                 if known is None or known.message != exc.message:  # say it once per change
@@ -258,9 +260,15 @@ class ModelManager:
                 log.exception("model %s version %d not loaded", name, version)
                 errors.append(f"model {name!r} version {version}: {type(exc).__name__}")
                 continue
+            if version in current:  # reloaded with the edited config.json
+                replaced.append(current[version])
+            current[version] = loaded
             self._publish(name, dict(current))  # ready now; older versions still serve
-        keep = {v: loaded for v, loaded in current.items() if v in selected}
-        self._retire(name, keep or current)  # nothing selected loaded: keep what serves
+        for old in replaced:
+            self._close_later(old)
+        still_there = {v: loaded for v, loaded in current.items() if v in available}
+        keep = {v: loaded for v, loaded in still_there.items() if v in selected}
+        self._retire(name, keep or still_there)  # nothing selected loaded: keep what serves
         if errors:
             self._failures[name] = "; ".join(errors)
             raise ModelLoadError(self._failures[name])
@@ -371,11 +379,26 @@ class ModelManager:
         """Serve only `keep`; drain and close the other versions in the background."""
         gone = [v for n, v in self._ready.get(name, {}).items() if n not in keep]
         self._publish(name, keep)
-        tasks = {asyncio.create_task(self._close_version(v)) for v in gone}
-        self._retiring |= tasks
-        for task in tasks:
-            task.add_done_callback(self._retiring.discard)
-        return tasks
+        return {self._close_later(v) for v in gone}
+
+    def _close_later(self, loaded: LoadedVersion) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._close_version(loaded))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return task
+
+    async def _edited_config(
+        self, name: str, current: dict[int, LoadedVersion]
+    ) -> ModelConfig | None:
+        """For an explicit load: the model's config.json when it differs from the one its
+        loaded versions run with (they are then reloaded, as Triton does), else None."""
+        if not current:
+            return None
+        try:
+            config = await asyncio.to_thread(self.repository.config, name)
+        except RepositoryError:
+            return None  # invalid now: the loaded versions keep serving as they are
+        return None if all(v.config == config for v in current.values()) else config
 
     async def _close_version(self, loaded: LoadedVersion) -> None:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -488,6 +489,39 @@ def test_an_invalid_config_is_reported_once_and_loaded_once_fixed(
         config_file.write_text(good)
         await manager.poll_once()
         assert manager.loaded() == {"digits": [1]} and len(sessions_built) == 1
+        await manager.close()
+
+    run(scenario)
+
+
+def test_an_explicit_load_applies_an_edited_config_and_a_deleted_specific_version_goes(
+    repo: ModelRepository, onnx_files, expected
+) -> None:
+    """As in Triton: load reloads a served model whose config.json changed (until now the
+    edit waited for a new version); and a version that is served because the policy names
+    it goes when its folder is deleted (until now it was served on forever)."""
+    publish(repo, onnx_files["a"])
+    publish(repo, onnx_files["b"])
+    config_file = repo.version_dir("digits", 1).parent / "config.json"
+
+    async def scenario() -> None:
+        manager = ModelManager(repo, policy=VersionPolicy(kind="specific", versions=[1]))
+        await manager.load_all()
+        before = manager.get("digits")
+        assert before.config.max_batch_size == 8
+        edited = json.loads(config_file.read_text())
+        edited["max_batch_size"] = 4
+        config_file.write_text(json.dumps(edited))
+        await manager.poll_once()  # polling leaves a served version as it is
+        assert manager.get("digits") is before
+        await manager.load("digits")
+        after = manager.get("digits")
+        assert after is not before and after.config.max_batch_size == 4
+        assert which((await infer(manager))[1], expected) == "a"
+
+        shutil.rmtree(repo.version_dir("digits", 1))
+        await manager.poll_once()
+        assert manager.loaded() == {}
         await manager.close()
 
     run(scenario)
