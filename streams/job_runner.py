@@ -24,7 +24,7 @@ from streams.job_messages import ModelUpdate, TrainingEvent
 from training.checkpoint import checkpoint_path
 from training.config import TrainConfig
 from training.datasets.shards import DEFAULT_DATA_ROOT, ShardSource
-from training.job_spec import TrainingJobSpec, parse_job_spec
+from training.job_spec import TrainingJobSpec, parse_job_spec, spec_to_json
 from training.loop import EpochRecord
 from training.recipe import REPORT_FILE, TrainReport
 
@@ -128,6 +128,10 @@ class JobRunner:
             )
             return
         run_dir = config.runs_dir / f"{config.model_name}-{job_id}"
+        other = _other_spec(run_dir, spec)
+        if other:
+            self._failed(job_id, 1, other)
+            return
         finished = _finished_report(run_dir)
         if finished is not None:  # a restarted agent met a job it had already done
             self._succeeded(job_id, finished, attempt=1)
@@ -214,6 +218,31 @@ class JobRunner:
 
 def _distributed(config: TrainConfig) -> bool:
     return config.distributed is not None and config.distributed.workers > 1
+
+
+SPEC_FILE = "job-spec.json"
+
+
+def _other_spec(run_dir: Path, spec: TrainingJobSpec) -> str | None:
+    """Why the job cannot run in `run_dir`: its id already ran there with another spec (a
+    restarted agent meets the same spec and resumes or reports). Records the spec when the
+    folder is new."""
+    recorded = run_dir / SPEC_FILE
+    mine = json.loads(spec_to_json(spec))
+    try:
+        theirs = json.loads(recorded.read_text())
+    except FileNotFoundError:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recorded.write_text(json.dumps(mine))
+        return None
+    except (OSError, ValueError):
+        return None  # unreadable: as before this record existed
+    if theirs == mine:
+        return None
+    return (
+        f"job id {spec.job_id!r} already ran with another spec (see {recorded}); its run "
+        "is kept as it is: submit this spec with a new job id"
+    )
 
 
 def _finished_report(run_dir: Path) -> TrainReport | None:

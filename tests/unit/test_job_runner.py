@@ -45,3 +45,18 @@ def test_a_job_stopped_by_the_agents_stop_gets_no_cancelled_event(tmp_path: Path
             agent_stops.set()
         _runner(tmp_path, events).execute(spec, stop, agent_stops)
         assert [e.event for e in events] == expected
+
+
+def test_a_job_id_reused_for_another_spec_fails_and_the_same_spec_runs(tmp_path: Path) -> None:
+    first = parse_job_spec({"model": "lenet5", "epochs": 1, "job_id": "dup", "name": "m"})
+    other = parse_job_spec({"model": "lenet5", "epochs": 2, "job_id": "dup", "name": "m"})
+    stop = threading.Event()
+    stop.set()
+    for spec, expected in [(first, "started"), (other, "failed"), (first, "started")]:
+        events: list[TrainingEvent] = []
+        _runner(tmp_path, events).execute(spec, stop)
+        assert events[0].event == expected, events
+    assert events[0].event == "started"
+    events = []
+    _runner(tmp_path, events).execute(other, stop)
+    assert events[0].reason is not None and "already ran with another spec" in events[0].reason
