@@ -37,7 +37,7 @@ def _reachable(bootstrap_flag: str | None) -> str:
 @click.option("--job-id", help="Job id (default: the spec's, else a new one).")
 @click.option(
     "--cpus",
-    type=int,
+    type=click.IntRange(min=1),
     help="CPUs the Ray cluster offers, to check `workers` (default: this host's).",
 )
 def submit(spec_file: Path, bootstrap: str | None, job_id: str | None, cpus: int | None) -> None:

@@ -118,6 +118,11 @@ def test_teacher_must_fit_the_student(tmp_path: Path) -> None:
     _publish(repo, tmp_path, "renorm", spec=other)
     wrapped, _ = load_teacher(repo, "renorm", student)
     assert isinstance(wrapped, Renormalized)
+    compressed = {"compressed_from": "same:1", "compression": "int8"}
+    _publish(repo, tmp_path, "same", lineage=compressed, weights=False)
+    hint = r"distill from its source instead \(--distill-from same:1\)"
+    with pytest.raises(ConfigError, match=hint):
+        load_teacher(repo, "same:2", student)
 
 
 def test_renormalized_teacher_sees_its_own_normalisation() -> None:

@@ -32,18 +32,24 @@ def version_ref(version: ModelVersion) -> str:
 
 
 def uncompressed_version(
-    repository: ModelRepository, name: str, version: int | None
+    repository: ModelRepository, name: str, version: int | None, teacher: bool = False
 ) -> ModelVersion:
-    """`name`'s given version, or its latest uncompressed one; refuses compressed versions."""
+    """`name`'s given version, or its latest uncompressed one; refuses compressed versions
+    (a `teacher`'s refusal names the --distill-from flag, a source's --model)."""
     if version is not None:
         found = repository.get(name, version)
         if is_compressed(found):
             origin = str(found.metadata.lineage[COMPRESSED_FROM])
             source_name, _, source_version = origin.rpartition(":")
+            instead = (
+                f"distill from its source instead (--distill-from {origin})"
+                if teacher
+                else f"compress its source instead (--model {source_name} "
+                f"--from-version {source_version})"
+            )
             raise ConfigError(
                 f"model {name!r} version {version} is already compressed (from {origin}) and has "
-                f"no torch weights; compress its source instead (--model {source_name} "
-                f"--from-version {source_version})"
+                f"no torch weights; {instead}"
             )
         return found
     for number in reversed(repository.versions(name)):
@@ -100,7 +106,7 @@ def load_teacher(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     try:
-        version = uncompressed_version(repository, name, number)
+        version = uncompressed_version(repository, name, number, teacher=True)
     except ModelNotFound as exc:
         raise ConfigError(f"teacher {ref!r} not found: {exc.message}") from None
     s_cfg, t_cfg = student.config, version.config
