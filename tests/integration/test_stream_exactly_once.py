@@ -107,6 +107,7 @@ def test_probe_finds_that_the_embedded_broker_shows_aborted_records(bootstrap: s
 
 
 def test_exactly_once_worker_exits_2_on_the_embedded_broker(bootstrap: str, tmp_path: Path) -> None:
+    (tmp_path / "repo").mkdir()  # an empty repository: the check at issue comes after it
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "headrace", "stream", "worker", "--bootstrap", bootstrap,
