@@ -47,7 +47,11 @@ def security() -> None:
 
 @security.command("robustness")
 @click.option("--model", "name", required=True, help="Published model name.")
-@click.option("--version", type=click.IntRange(min=1), help="Version [default: the latest].")
+@click.option(
+    "--version",
+    type=click.IntRange(min=1),
+    help="Version [default: the latest one not compressed].",
+)
 @click.option(
     "--repository",
     type=click.Path(file_okay=False, path_type=Path),
@@ -84,6 +88,7 @@ def robustness(
     from security.adversarial import robustness_report
     from serving.repository import ModelRepository
     from training.adversarial import published_pixel_model
+    from training.compression.sources import uncompressed_version
     from training.datasets import load_splits
 
     radii = _epsilons(epsilons)
@@ -91,7 +96,9 @@ def robustness(
         raise ConfigError(f"--step-size must be in (0, 1], not {step_size}")
     torch.set_num_threads(threads)
     settings = load_settings()
-    found = ModelRepository(repository or settings.model_repository).get(name, version)
+    repo = ModelRepository(repository or settings.model_repository)
+    # by default the latest version with torch weights: a compressed one has none to attack
+    found = uncompressed_version(repo, name, None) if version is None else repo.get(name, version)
     wrapped = published_pixel_model(found)
 
     lineage = found.metadata.lineage

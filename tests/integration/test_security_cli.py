@@ -57,6 +57,20 @@ def test_adversarial_training_then_robustness_report(tmp_path: Path) -> None:
     assert [row["epsilon"] for row in report["rows"]] == [0.0, 0.1, 0.2, 0.3]
     assert report["rows"][0]["pgd_accuracy"] == report["clean_accuracy"]
 
+    # a compressed version (no torch weights) on top: the default is still the one to attack
+    repo = ModelRepository(tmp_path / "model_repository")
+    lineage: dict[str, str | int | float | bool | None] = {
+        "compressed_from": f"{NAME}:1",
+        "compression": "int8",
+    }
+    published = repo.publish(
+        version.config, version.model_file, architecture="lenet5-wide", lineage=lineage
+    )
+    assert published.version == 2
+    done = headrace("security", "robustness", "--model", NAME, "--limit", "5", "--json",
+                    cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0 and json.loads(done.stdout)["version"] == 1, done.stderr[-3000:]
+
     weights = version.path / "weights.pt"
     weights.write_bytes(weights.read_bytes()[:-10])  # tampered after publishing
     refused = headrace("security", "robustness", "--model", NAME, "--limit", "5", cwd=tmp_path)
