@@ -17,7 +17,6 @@ model's compute time for the executed batch, whose row count is `batch_size`.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,10 +41,9 @@ from streams.codec import (
 )
 from streams.messages import CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, RecordRef, Stage, Timings
 from streams.pixels import ConfigSource, PixelInput, convert, pixel_inputs
-from streams.topics import CATALOGUE, DATA_TOPIC_PREFIX
+from streams.topics import CATALOGUE, DATA_TOPIC_PREFIX, TOPIC_NAME_RULE, valid_topic_name
 
 log = logging.getLogger(__name__)
-TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 JSON_HEADERS = [(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE.encode())]
 VALIDATE_ERRORS = (InvalidInput, ModelNotFound, ModelNotReady)
 
@@ -192,8 +190,8 @@ def _prepare(
 def reply_topic_problem(name: str, topics: Topics) -> str | None:
     """Why `name` cannot take a request's result, or None: it must be a valid Kafka topic
     name, and neither a topic headrace reads or keeps for itself nor one of Kafka's own."""
-    if not TOPIC_NAME.match(name) or name in (".", ".."):
-        return "is not a valid topic name; use 1 to 249 letters, digits, '.', '_' or '-'"
+    if not valid_topic_name(name):
+        return f"is not a valid topic name; use {TOPIC_NAME_RULE}"
     catalogue = {spec.name for spec in CATALOGUE}
     own = ({topics.requests, topics.dlq} | catalogue) - {topics.results}
     if name in own or name.startswith(DATA_TOPIC_PREFIX) or name.startswith("__"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Container, Generator
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,11 +98,10 @@ def add_record(
     topic: str,
     value: bytes | None,
     dlq_topic: str,
-    labels: dict[str, int],
-    only: Container[str] | None = None,
+    labels: Mapping[str, int] | None = None,
 ) -> InferenceResultMessage | DLQRecord | None:
-    """Fold one record into `summary`; returns it parsed (None if unreadable, or if `only`
-    is given and the record's request is not in it)."""
+    """Fold one record into `summary`; returns it parsed. With `labels` (a manifest), only
+    the records of its requests count: others, like unreadable ones, give None."""
     if value is None:
         return None
     record: InferenceResultMessage | DLQRecord
@@ -114,7 +113,7 @@ def add_record(
         )
     except ValidationError:
         return None
-    if only is not None and record.request_id not in only:
+    if labels is not None and record.request_id not in labels:
         summary.others += 1
         return None
     request_id = record.request_id
@@ -124,9 +123,9 @@ def add_record(
         summary.results += 1
         if record.request_created_at is not None:
             summary.latencies_s.append(record.produced_at - record.request_created_at)
-        if request_id in labels and request_id not in summary.request_ids:
+        if labels is not None and request_id not in summary.request_ids:
             summary.labelled += 1
-            summary.correct += int(predicted_class(record) == labels[request_id])
+            summary.correct += int(predicted_class(record) == labels[record.request_id])
     if request_id is not None:
         if request_id in summary.request_ids:
             summary.duplicates += 1

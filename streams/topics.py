@@ -8,6 +8,7 @@ applies every setting here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +52,13 @@ CATALOGUE: tuple[TopicSpec, ...] = (
 
 
 DATA_TOPIC_PREFIX = "data-"
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+TOPIC_NAME_RULE = "1 to 249 letters, digits, '.', '_' or '-', and not '.' or '..'"
+
+
+def valid_topic_name(name: str) -> bool:
+    """Whether Kafka accepts `name` as a topic name (`TOPIC_NAME_RULE`)."""
+    return bool(_TOPIC_NAME.match(name)) and name not in (".", "..")
 
 
 def data_topic(dataset: str) -> TopicSpec:

@@ -18,12 +18,10 @@ bootstrap_option = click.option(
 
 
 def _topic_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from streams.inference import TOPIC_NAME
+    from streams.topics import TOPIC_NAME_RULE, valid_topic_name
 
-    if not TOPIC_NAME.match(value) or value in (".", ".."):
-        raise click.BadParameter(
-            f"{value!r} is not a Kafka topic name (1 to 249 letters, digits, '.', '_' or '-')"
-        )
+    if not valid_topic_name(value):
+        raise click.BadParameter(f"{value!r} is not a Kafka topic name ({TOPIC_NAME_RULE})")
     return value
 
 
@@ -162,7 +160,7 @@ def results(
     address = answering_bootstrap(bootstrap)
     try:
         for record_topic, value in consume(address, [topic, dlq_topic], follow, idle_s):
-            record = add_record(summary, record_topic, value, dlq_topic, labels or {}, labels)
+            record = add_record(summary, record_topic, value, dlq_topic, labels)
             if record is not None and not (quiet or as_json):
                 _print_record(record)
             if expect is not None and len(summary.request_ids) >= expect:
