@@ -11,7 +11,7 @@ from security.adversarial.config import AdversarialConfig
 from security.privacy.config import PrivacyConfig
 from security.watermark.config import WatermarkConfig
 from serving.model_config import check_model_name
-from training.datasets import DATASETS, ShardSource
+from training.datasets import DATASETS, DatasetSplits, ShardSource, load_splits
 from training.distributed.config import DistributedConfig
 from training.models import MODELS
 from training.preprocess.config import PreprocessConfig
@@ -132,3 +132,14 @@ class TrainConfig(BaseModel):
     def model_name(self) -> str:
         """The name the model is published under."""
         return self.name or f"{self.model}-{self.dataset}"
+
+    def load_splits(self) -> DatasetSplits:
+        """The run's train/val/test splits: its dataset (or shards), seed and fractions."""
+        return load_splits(
+            self.dataset,
+            self.data_dir,
+            self.seed,
+            self.val_fraction,
+            self.test_fraction,
+            source=self.data_source,
+        )

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from serving.model_config import ModelConfig, TensorSpec
 from serving.repository import ModelRepository
 from training.config import TrainConfig
-from training.datasets import DatasetSplits, load_splits
+from training.datasets import DatasetSplits
 from training.evaluate import EvalMetrics, evaluate
 from training.export import INPUT_NAME, OUTPUT_NAME, export_onnx, verify_onnx
 from training.hooks import PublishInfo, TrainingHook, build_hooks
@@ -76,14 +76,7 @@ class TrainRecipe:
         cfg = self.config
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        splits = load_splits(
-            cfg.dataset,
-            cfg.data_dir,
-            cfg.seed,
-            cfg.val_fraction,
-            cfg.test_fraction,
-            source=cfg.data_source,
-        )
+        splits = cfg.load_splits()
         model = self.initial_model(splits)
         pipeline = BatchPipeline(
             cfg.preprocess,

@@ -25,7 +25,6 @@ from pydantic import BaseModel
 
 from headrace.errors import CheckpointError, ConfigError
 from training.config import TrainConfig
-from training.datasets import load_splits
 from training.datasets.shards import DEFAULT_DATA_ROOT
 from training.distributed.strategies import shard_layout
 from training.distributed.worker import FaultPlan, WorkerSpec, checkpoint_summary
@@ -111,14 +110,7 @@ def fit_distributed(
     dcfg = config.distributed
     assert dcfg is not None
     _check_checkpoint(config, run_dir)
-    splits = load_splits(
-        config.dataset,
-        config.data_dir,
-        config.seed,
-        config.val_fraction,
-        config.test_fraction,
-        source=config.data_source,
-    )
+    splits = config.load_splits()
     channels, size, _ = splits.input_shape
     model = build_model(
         config.model, splits.num_classes, channels, size, config.width, config.dropout

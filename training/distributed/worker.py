@@ -45,7 +45,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from headrace.errors import ConfigError
 from training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
-from training.datasets import load_splits
 from training.distributed.counting import ByteCounter, CountingGroup
 from training.distributed.interfaces import WorkerEnv
 from training.distributed.strategies import (
@@ -153,14 +152,7 @@ class _Worker:
         self.counter, self.control_counter = ByteCounter(), ByteCounter()
         self.group = CountingGroup(raw, self.counter)
         self.control = CountingGroup(raw, self.control_counter)
-        self.splits = load_splits(
-            cfg.dataset,
-            cfg.data_dir,
-            cfg.seed,
-            cfg.val_fraction,
-            cfg.test_fraction,
-            source=cfg.data_source,
-        )
+        self.splits = cfg.load_splits()
         channels, size, _ = self.splits.input_shape
         torch.manual_seed(cfg.seed)
         self.model = build_model(

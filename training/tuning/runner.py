@@ -21,7 +21,6 @@ from pydantic import BaseModel, Field
 
 from headrace.errors import ConfigError, JobCancelled, TuningError
 from training.config import TrainConfig
-from training.datasets import load_splits
 from training.tuning.config import EXPERIMENT_ID_PATTERN, TUNE_FILE, TuneConfig
 from training.tuning.nni_experiment import ENDED, FINISHED, NniExperiment, TrialInfo
 from training.tuning.nni_trial import trial_folder
@@ -94,14 +93,7 @@ def check_dataset(train: TrainConfig) -> None:
     """Load the trials' dataset once, as `headrace train` does before training: a missing,
     empty or malformed folder is a DatasetError now, not a failure of every trial. The
     splits are cached on disk, so the trials do not pay for it again."""
-    load_splits(
-        train.dataset,
-        train.data_dir,
-        train.seed,
-        train.val_fraction,
-        train.test_fraction,
-        source=train.data_source,
-    )
+    train.load_splits()
 
 
 def prepare(config: TuneConfig, experiment_id: str | None = None) -> tuple[TuneConfig, str]:
