@@ -19,9 +19,18 @@ from serving.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, InferT
 
 MAX_ELEMENTS = 1 << 28
 
+# The JSON types each datatype's elements may have, as in Triton's JSON parser: no numbers
+# in strings, no booleans as numbers, no fractions in integer tensors.
+_JSON_TYPES: dict[str, frozenset[type]] = {
+    "BOOL": frozenset({bool}),
+    "BYTES": frozenset({str}),
+    **{dt: frozenset({int, float}) for dt in ("FP16", "FP32", "FP64")},
+    **{dt: frozenset({int}) for dt in DATATYPE_TO_NUMPY if dt.startswith(("INT", "UINT"))},
+}
+
 
 def _element_count(name: str, shape: list[int]) -> int:
-    if any(not isinstance(d, int) or d < 0 for d in shape):
+    if any(type(d) is not int or d < 0 for d in shape):
         raise InvalidInput(f"input {name!r}: shape {shape} must hold non-negative integers")
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
@@ -35,6 +44,11 @@ def _flatten(data: Any) -> list[Any]:
     if data and isinstance(data[0], list):
         return [x for item in data for x in _flatten(item)]
     return data
+
+
+def _json_type_name(kind: type) -> str:
+    names = {bool: "boolean", int: "integer", float: "fractional", str: "string"}
+    return names.get(kind, "array" if kind is list else "null" if kind is type(None) else "object")
 
 
 def tensor_from_json(body: dict[str, Any]) -> InferTensor:
@@ -54,10 +68,14 @@ def tensor_from_json(body: dict[str, Any]) -> InferTensor:
         raise InvalidInput(
             f"input {name!r}: shape {shape} needs {count} values, 'data' has {len(values)}"
         )
+    wrong = {type(v) for v in values} - _JSON_TYPES[datatype]
+    if wrong:
+        found = ", ".join(sorted(_json_type_name(t) for t in wrong))
+        raise InvalidInput(f"input {name!r}: {datatype} data cannot hold {found} values")
     dtype = DATATYPE_TO_NUMPY[datatype]
     try:
         if datatype == "BYTES":
-            array = np.array([str(v).encode() for v in values], dtype=np.object_)
+            array = np.array([v.encode() for v in values], dtype=np.object_)
         else:
             array = np.asarray(values, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 SCHEMA_VERSION = 1
 CONTENT_TYPE_HEADER = "content-type"
@@ -30,7 +30,7 @@ class TensorJSON(BaseModel):
 
     name: str = Field(min_length=1)
     datatype: str
-    shape: list[int]
+    shape: list[StrictInt]
     data: list[Any]
     parameters: dict[str, Any] = Field(default_factory=dict)
 

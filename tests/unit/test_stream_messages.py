@@ -9,7 +9,12 @@ from pydantic import ValidationError
 from headrace.errors import InvalidInput
 from serving.json_convert import request_from_json, response_to_json, tensor_from_json
 from serving.types import InferResponse, InferTensor
-from streams.messages import DLQRecord, InferenceRequestMessage, InferenceResultMessage
+from streams.messages import (
+    DLQRecord,
+    InferenceRequestMessage,
+    InferenceResultMessage,
+    TensorJSON,
+)
 
 
 def _tensor(**overrides: object) -> dict[str, object]:
@@ -43,14 +48,40 @@ def test_nested_data_is_flattened() -> None:
         (_tensor(datatype="FP128"), "unknown datatype"),
         (_tensor(shape=[2, -2]), "non-negative"),
         (_tensor(shape=[3, 2]), "needs 6 values"),
-        (_tensor(data=["a", "b", "c", "d"]), "does not fit FP32"),
+        (_tensor(datatype="INT8", data=[1, 2, 3, 300]), "does not fit INT8"),
         (_tensor(shape=[1 << 20, 1 << 20], data=[]), "too many"),
         (_tensor(name=""), "non-empty 'name'"),
+        (_tensor(data=["1", "2", "3", "4"]), "FP32 data cannot hold string values"),
+        (_tensor(data=[True, 2, 3, 4]), "FP32 data cannot hold boolean values"),
+        (_tensor(data=[1, 2, None, 4]), "cannot hold null values"),
+        (_tensor(data=[1, 2, [3], 4]), "cannot hold array values"),
+        (_tensor(datatype="INT32", data=[1, 2.5, 3, 4]), "INT32 data cannot hold fractional"),
+        (_tensor(datatype="UINT8", data=[1, 2, 3, 1.0]), "UINT8 data cannot hold fractional"),
+        (_tensor(datatype="BOOL", data=[1, 0, 1, 0]), "BOOL data cannot hold integer"),
+        (_tensor(datatype="BYTES", data=["a", 2, "c", "d"]), "BYTES data cannot hold integer"),
+        (_tensor(shape=[True, 4], data=[1, 2, 3, 4]), "non-negative integers"),
+        (_tensor(shape=[1.0, 4], data=[1, 2, 3, 4]), "non-negative integers"),
     ],
 )
 def test_bad_tensors_name_the_problem(body: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         tensor_from_json(body)
+
+
+def test_data_of_the_right_json_types_is_accepted() -> None:
+    assert tensor_from_json(_tensor(data=[1, 2.5, 3, 4])).data.dtype == np.float32
+    assert tensor_from_json(_tensor(datatype="INT64", data=[1, -2, 3, 4])).data.sum() == 6
+    flags = tensor_from_json(_tensor(datatype="BOOL", data=[True, False, True, True]))
+    assert flags.data.tolist() == [[True, False], [True, True]]
+    words = tensor_from_json(_tensor(datatype="BYTES", data=["a", "b", "c", "d"]))
+    assert words.data.reshape(-1).tolist() == [b"a", b"b", b"c", b"d"]
+
+
+@pytest.mark.parametrize("shape", ["[1.0, 4]", "[true, 4]", '["1", 4]'])
+def test_a_message_shape_must_hold_json_integers(shape: str) -> None:
+    body = '{"name": "x", "datatype": "FP32", "shape": ' + shape + ', "data": [1, 2, 3, 4]}'
+    with pytest.raises(ValidationError):
+        TensorJSON.model_validate_json(body)
 
 
 def test_request_needs_inputs_with_distinct_names() -> None:
