@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import BaseModel
 
 from headrace.errors import RepositoryError
 from headrace.settings import load_settings
@@ -82,7 +83,7 @@ def list_models(repository: Path | None, as_json: bool) -> None:
                 "latest": latest.version,
                 "architecture": latest.metadata.architecture,
                 "created_at": latest.metadata.created_at.isoformat(),
-                "metrics": latest.metadata.metrics,
+                "metrics": _as_json(latest.metadata)["metrics"],
             }
         )
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
@@ -95,6 +96,12 @@ def list_models(repository: Path | None, as_json: bool) -> None:
     else:
         header = ["MODEL", "VERSIONS", "LATEST", "ARCHITECTURE", "CREATED_AT", "METRICS"]
         click.echo(_table(header, rows))
+
+
+def _as_json(model: BaseModel) -> dict[str, Any]:
+    """The model as JSON values; a non-finite number edited into a file becomes null (as
+    pydantic writes it), where `json.dumps` would print NaN, which is not JSON."""
+    return dict(json.loads(model.model_dump_json()))
 
 
 @models.command("show")
@@ -115,8 +122,8 @@ def show(name: str, version: int | None, repository: Path | None, as_json: bool)
             "version": found.version,
             "versions": repo.versions(name),
             "path": str(found.path),
-            "config": found.config.model_dump(mode="json"),
-            "metadata": found.metadata.model_dump(mode="json"),
+            "config": _as_json(found.config),
+            "metadata": _as_json(found.metadata),
         }
         click.echo(json.dumps(doc, indent=2))
         return

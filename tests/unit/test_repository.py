@@ -336,6 +336,31 @@ def test_cli_empty_repository_is_friendly(tmp_path: Path, monkeypatch: pytest.Mo
     assert str(tmp_path / "missing") in result.output
 
 
+def test_cli_list_json_stays_json_with_hand_edited_metrics(
+    repo: ModelRepository, model_file: Path
+) -> None:
+    published = publish(repo, model_file, metrics={"val_loss": 0.1})
+    meta_file = published.path / "metadata.json"
+    meta_file.write_text(meta_file.read_text().replace("0.1", "NaN"))
+
+    result = CliRunner().invoke(models, ["list", "--json", "--repository", str(repo.root)])
+
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    (entry,) = json.loads(result.output, parse_constant=refuse)
+    assert entry["metrics"] == {"val_loss": None}
+    result = CliRunner().invoke(
+        models, ["show", "digits", "--json", "--repository", str(repo.root)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        json.loads(result.output, parse_constant=refuse)["metadata"]["metrics"] == entry["metrics"]
+    )
+
+
 def test_cli_help() -> None:
     runner = CliRunner()
     for args in (["--help"], ["list", "--help"], ["show", "--help"]):
