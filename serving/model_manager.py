@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NoReturn
@@ -166,11 +166,19 @@ class ModelManager:
             *(self._quietly(n, poll=True) for n in sorted(names | set(self._ready)))
         )
 
-    async def run_polling(self, interval_s: float, stop: asyncio.Event) -> None:
-        """`poll_once` every `interval_s` until `stop` is set or the manager closes."""
+    async def run_polling(
+        self,
+        interval_s: float,
+        stop: asyncio.Event,
+        after_each: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """`poll_once` (then `after_each`) every `interval_s` until `stop` is set or the
+        manager closes."""
         while not stop.is_set() and not self._closed:
             try:
                 await self.poll_once()
+                if after_each is not None:
+                    await after_each()
             except Exception:  # a failed poll must not end hot reload for good
                 log.exception("polling the model repository failed")
             with contextlib.suppress(TimeoutError):

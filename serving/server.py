@@ -94,6 +94,7 @@ class InferenceServer:
         self._server: grpc.aio.Server | None = None
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._failed_models: set[str] = set()  # marked NOT_SERVING for a failed load
 
     def _live_state(self) -> list[tuple[str, str, int, int, int]]:
         rows = []
@@ -127,7 +128,17 @@ class InferenceServer:
 
     def _on_model_change(self, name: str, versions: list[int]) -> None:
         status = SERVING if versions else NOT_SERVING
+        self._failed_models.discard(name)
         self._track(asyncio.get_running_loop().create_task(self.health.set(name, status)))
+
+    async def _mark_failed_models(self) -> None:
+        """A repository model that failed to load and serves no version answers NOT_SERVING
+        on health checks (a model the server never heard of answers NOT_FOUND)."""
+        loaded = self.manager.loaded()
+        for name in self.manager.failures():
+            if not loaded.get(name) and name not in self._failed_models:
+                self._failed_models.add(name)
+                await self.health.set(name, NOT_SERVING)
 
     def _track(self, task: asyncio.Task[None]) -> None:
         """Keep a background task referenced until it ends (and no longer)."""
@@ -171,10 +182,12 @@ class InferenceServer:
         await self.health.set("", SERVING)
         for name, versions in self.manager.loaded().items():
             await self.health.set(name, SERVING if versions else NOT_SERVING)
+        await self._mark_failed_models()
         if cfg.poll_interval_s > 0:
-            self._track(
-                asyncio.create_task(self.manager.run_polling(cfg.poll_interval_s, self._stop))
+            polling = self.manager.run_polling(
+                cfg.poll_interval_s, self._stop, after_each=self._mark_failed_models
             )
+            self._track(asyncio.create_task(polling))
         self._track(asyncio.create_task(self.autoscaler.run(cfg.autoscale_interval_s, self._stop)))
         log.info("serving on %s:%d", cfg.host, self.port)
 

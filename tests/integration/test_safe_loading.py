@@ -12,12 +12,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_fixtures import (
     ServerProcess,
     digits_batch,
     export_lenet,
     inference_stub,
     lenet_config,
+    open_channel,
     output_array,
     publish,
     raw_request,
@@ -35,6 +37,9 @@ from serving.repository import ModelRepository
 from training.published import WEIGHTS_FILE, load_published_model
 
 pytestmark = pytest.mark.integration
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 X = digits_batch(2)
 # model -> (what its load error must say, the reason label of model_load_failures)
@@ -120,6 +125,12 @@ def server(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         yield process
 
 
+def health_status(server: ServerProcess, service: str) -> int:
+    with open_channel(server.address) as channel:
+        request = health_pb2.HealthCheckRequest(service=service)
+        return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=10).status)
+
+
 def infer_good(stub, lenet: Path) -> None:
     response = stub.ModelInfer(raw_request("good", X), timeout=10)
     np.testing.assert_allclose(output_array(response), reference(lenet, X), atol=1e-5)
@@ -147,6 +158,20 @@ def test_bad_versions_are_refused_and_the_good_model_serves(world: World, server
         states = {m.name: (m.state, m.reason) for m in index.models}
         assert states["good"][0] == "READY"
         assert all(states[n][0] == "UNAVAILABLE" and REFUSED[n][0] in states[n][1] for n in REFUSED)
+        # Health: a refused model is known and NOT_SERVING (NOT_FOUND is for unknown names),
+        # also when it first appears while the server runs (found by polling).
+        late = world.repo / "late" / str(publish(world.repo, lenet_config("late"), world.lenet))
+        (late / "model.onnx").write_bytes(b"not the published file")
+        statuses = {name: health_status(server, name) for name in ["good", "pickled", *REFUSED]}
+        assert statuses == {
+            "good": SERVING,
+            "pickled": SERVING,
+            **dict.fromkeys(REFUSED, NOT_SERVING),
+        }
+        wait_until(lambda: health_status(server, "late") == NOT_SERVING, "late NOT_SERVING")
+        assert rpc_error(lambda: health_status(server, "never-published")).code() == (
+            grpc.StatusCode.NOT_FOUND
+        )
 
         # Hot reload: an unsafe new version of "good" is refused while version 1 keeps serving.
         model = external_data_model(world.root / "v2.onnx", "../../outside/secret.bin")
