@@ -147,8 +147,10 @@ def check_gradients(
     """
     if max_params is not None and max_params < 1:
         raise ConfigError(f"max_params must be at least 1 or None, got {max_params}")
-    if step <= 0:
-        raise ConfigError(f"step must be positive, got {step}")
+    if not math.isfinite(step) or step <= 0:  # NaN slips past `step <= 0` alone
+        raise ConfigError(f"step must be a positive finite number, got {step}")
+    if not math.isfinite(tolerance) or tolerance <= 0:  # NaN fails every entry, inf none
+        raise ConfigError(f"tolerance must be a positive finite number, got {tolerance}")
 
     checked_model = copy.deepcopy(model).double().eval()
     x = inputs.double() if inputs.is_floating_point() else inputs

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import click
 
+MAX_SEED = 2**32 - 1
+"""The seeds `headrace train` accepts (TrainConfig.seed); torch refuses those above 2**64 - 1."""
+
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -44,7 +47,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 )
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(min=0, max=MAX_SEED),
     default=0,
     show_default=True,
     help="Seed of the random batch and of the sampled entries.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -151,6 +152,45 @@ def test_bad_arguments_are_config_errors() -> None:
         check_gradients(small_conv_net(), inputs, targets, max_params=0)
     with pytest.raises(ConfigError, match="scalar"):
         check_gradients(small_conv_net(), inputs, targets, loss_fn=lambda out, _: out, max_params=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("step", math.nan), ("step", math.inf), ("tolerance", math.nan), ("tolerance", math.inf),
+     ("tolerance", 0.0)],
+)  # fmt: skip
+def test_non_finite_step_and_tolerance_are_config_errors(name: str, value: float) -> None:
+    # NaN slipped past `step <= 0` (every entry then failed with an error of inf), a NaN
+    # tolerance failed a correct model, an infinite one passed any backward
+    inputs, targets = random_batch((1, 8, 8), num_classes=4)
+    settings = {"step": 1e-6, "tolerance": 1e-3, name: value}
+    with pytest.raises(ConfigError, match=f"{name} must be a positive finite number"):
+        check_gradients(
+            small_conv_net(),
+            inputs,
+            targets,
+            max_params=1,
+            step=settings["step"],
+            tolerance=settings["tolerance"],
+        )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--step", "nan"], "step must be a positive finite number"),
+        (["--tolerance", "nan"], "tolerance must be a positive finite number"),
+        (["--seed", str(2**70)], "--seed"),
+        (["--seed", "-1"], "--seed"),
+    ],
+)
+def test_cli_refuses_unusable_numbers(args: list[str], message: str) -> None:
+    # they printed a FAIL verdict (NaN) or a torch traceback (a seed torch cannot take)
+    result = CliRunner().invoke(check_grad, ["--model", "lenet5", "--samples", "1", *args])
+    assert result.exit_code != 0
+    error = str(result.exception) if isinstance(result.exception, ConfigError) else result.output
+    assert message in error
+    assert "FAIL" not in result.output
 
 
 def test_lenet5_from_the_registry_passes() -> None:
