@@ -49,7 +49,12 @@ class TrainConfig(BaseModel):
         "cosine: anneal to zero over `epochs`.",
     )
     threads: int = Field(default=1, ge=1, le=256, description="CPU threads for torch.")
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**32 - 1,  # the splits' random_state (scikit-learn) takes no more
+        description="Seeds the splits, the weights and the training order.",
+    )
     patience: int = Field(
         default=5,
         ge=0,

@@ -19,6 +19,8 @@ from training.checkpoint import load_checkpoint
         (["--dropout", "1"], "dropout: Input should be less than 1"),
         (["--dropout", "-0.1"], "dropout: Input should be greater than or equal to 0"),
         (["--width", "wide"], "Invalid value for '--width'"),
+        # a traceback from scikit-learn's train_test_split after the data had loaded
+        (["--seed", str(2**32)], "seed: Input should be less than or equal to 4294967295"),
     ],
 )
 def test_invalid_width_or_dropout_is_refused_with_exit_code_2(
