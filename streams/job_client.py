@@ -38,6 +38,18 @@ def cancel_job(bootstrap: str, job_id: str) -> None:
     _send(bootstrap, JobCommand(command="cancel", job_id=job_id))
 
 
+def was_submitted(bootstrap: str, job_id: str, idle_s: float = 1.0) -> bool:
+    """Whether `training-jobs` holds a submit of `job_id` (read from the beginning)."""
+    for _, value in consume(bootstrap, [JOBS_TOPIC], follow=False, idle_s=idle_s):
+        try:
+            command = JobCommand.model_validate_json(value or b"")
+        except ValidationError:
+            continue
+        if command.command == "submit" and command.job_id == job_id:
+            return True
+    return False
+
+
 def read_events(
     bootstrap: str, job_id: str | None = None, follow: bool = False, idle_s: float = 2.0
 ) -> Iterator[TrainingEvent]:

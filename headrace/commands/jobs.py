@@ -59,9 +59,17 @@ def submit(spec_file: Path, bootstrap: str | None, job_id: str | None, cpus: int
 @_bootstrap_option
 def cancel(job_id: str, bootstrap: str | None) -> None:
     """Ask the agent to cancel JOB_ID (queued or running)."""
-    from streams.job_client import cancel_job
+    from streams.job_client import cancel_job, read_events, was_submitted
+    from streams.job_messages import JOBS_TOPIC, TERMINAL_EVENTS
 
-    cancel_job(_reachable(bootstrap), job_id)
+    address = _reachable(bootstrap)
+    history = list(read_events(address, job_id, idle_s=1.0))
+    if history and history[-1].event in TERMINAL_EVENTS:
+        click.echo(f"job {job_id} already ended ({history[-1].event}); nothing to cancel")
+        return
+    if not history and not was_submitted(address, job_id):
+        raise HeadraceError(f"no job {job_id!r} was submitted on {JOBS_TOPIC}; nothing to cancel")
+    cancel_job(address, job_id)
     click.echo(f"cancel requested for {job_id}")
 
 

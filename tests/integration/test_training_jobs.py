@@ -273,6 +273,11 @@ def test_cancel_stops_a_running_job(stack: Stack) -> None:
     history = _events_until(stack, job_id, set(), timeout_s=60)
     assert history[-1].event == "cancelled"
     assert "cancel-me" not in ModelRepository(stack.repository).list_models()
+    again = _cli("cancel", job_id, bootstrap=stack.bootstrap)
+    assert again.returncode == 0 and "already ended (cancelled)" in again.stdout, again
+    unknown = _cli("cancel", "job-never-submitted", bootstrap=stack.bootstrap)
+    assert unknown.returncode == 2, unknown
+    assert "no job 'job-never-submitted' was submitted" in unknown.stderr, unknown.stderr
 
 
 def _train_task_processes(agent_pid: int) -> list[psutil.Process]:
