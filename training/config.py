@@ -129,6 +129,12 @@ class TrainConfig(BaseModel):
         if self.val_fraction + self.test_fraction >= 0.9:
             problems.append("val_fraction + test_fraction must leave at least 10% for training")
         problems.extend(privacy_problems(self))
+        hooks = [name for name in ("adversarial", "watermark") if getattr(self, name) is not None]
+        if hooks and self.distributed is not None and self.distributed.workers > 1:
+            problems.append(
+                f"distributed runs do not support {' or '.join(hooks)} training yet: set "
+                "distributed.workers to 1 or drop the " + " and ".join(hooks) + " section"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch.distributed as dist
 from pydantic import ValidationError
 
 from headrace.errors import ConfigError
+from security.adversarial import AdversarialConfig
 from training.config import TrainConfig
 from training.distributed.compression import PushEncoder, TopKSparsifier, densify
 from training.distributed.config import DistributedConfig, TopKCompression
@@ -20,6 +22,7 @@ from training.distributed.counting import ByteCounter, CountingGroup
 from training.distributed.fit import check_distributed
 from training.distributed.server import ParameterShard, StaleGeneration, partition
 from training.distributed.worker import FaultPlan, epoch_shard
+from training.job_spec import parse_job_spec
 from training.preprocess import BatchPipeline, PreprocessConfig
 
 # -- top-k with error feedback -------------------------------------------------------------------
@@ -217,9 +220,24 @@ def test_fault_plan_parses_and_explains_mistakes() -> None:
         FaultPlan.parse("rank=one")
 
 
-def test_distributed_runs_refuse_training_hooks() -> None:
-    config = TrainConfig.model_validate(
-        {"distributed": {"workers": 2}, "adversarial": {"method": "fgsm", "epsilon": 0.1}}
+def test_distributed_runs_refuse_training_hooks(tmp_path: Path) -> None:
+    key = tmp_path / "watermark.key"
+    key.write_text("{}")
+    # refused when the spec is checked (`train submit`, the agent's `rejected`), not after
+    # the job had been accepted and started
+    sections: list[dict[str, Any]] = [
+        {"adversarial": {"method": "fgsm", "epsilon": 0.1}},
+        {"watermark": {"key_file": str(key)}},
+    ]
+    for section in sections:
+        document = {"model": "lenet5", "distributed": {"workers": 2}, **section}
+        with pytest.raises(ConfigError, match="distributed runs do not support"):
+            parse_job_spec(document, available_cpus=2)
+        single = {**document, "distributed": {"workers": 1}}
+        assert parse_job_spec(single, available_cpus=2).train.distributed is not None
+    # and still by the driver, for a config that skipped validation
+    config = TrainConfig.model_validate({"distributed": {"workers": 2}}).model_copy(
+        update={"adversarial": AdversarialConfig(method="fgsm", epsilon=0.1)}
     )
     with pytest.raises(ConfigError, match="do not support training hooks"):
         check_distributed(config)
