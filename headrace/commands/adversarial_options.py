@@ -69,4 +69,10 @@ def adversarial_settings(
             flags = ", ".join(f"--adv-{key.replace('_', '-')}" for key in given)
             raise ConfigError(f"{flags} only apply with --adversarial pgd (or fgsm)")
         return None
+    pgd_only = [key for key in ("steps", "step_size") if key in given]
+    if method == "fgsm" and pgd_only:  # fgsm takes one step of epsilon: they would be ignored
+        flags = ", ".join(f"--adv-{key.replace('_', '-')}" for key in pgd_only)
+        raise ConfigError(
+            f"{flags} only apply with --adversarial pgd; fgsm takes one step of --adv-epsilon"
+        )
     return {"method": method, **given}

@@ -152,6 +152,17 @@ def test_train_flags_build_the_config_or_say_what_is_wrong(tmp_path: Path) -> No
     assert adversarial_settings(None, None, None, None, None, None) is None
     with pytest.raises(ConfigError, match="--adv-epsilon, --adv-steps only apply"):
         adversarial_settings(None, 0.3, 7, None, None, None)
+    # fgsm ignored them (and the published lineage recorded them as if used)
+    with pytest.raises(ConfigError, match="--adv-steps, --adv-step-size only apply with"):
+        adversarial_settings("fgsm", 0.3, 7, 0.1, None, None)
+    with pytest.raises(ConfigError, match="--adv-step-size only apply with --adversarial pgd"):
+        adversarial_settings("fgsm", None, None, 0.1, None, None)
+    assert adversarial_settings("fgsm", 0.2, None, None, 0.5, 1) == {
+        "method": "fgsm",
+        "epsilon": 0.2,
+        "clean_fraction": 0.5,
+        "warmup_epochs": 1,
+    }
     settings = adversarial_settings("pgd", 0.3, 7, 0.1, None, None)
     config = build_config(TrainConfig, adversarial=settings, repository=tmp_path)
     assert config.adversarial == AdversarialConfig(epsilon=0.3, steps=7, step_size=0.1)
