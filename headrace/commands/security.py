@@ -94,6 +94,14 @@ def robustness(
     radii = _epsilons(epsilons)
     if step_size is not None and not 0 < step_size <= 1:
         raise ConfigError(f"--step-size must be in (0, 1], not {step_size}")
+    if step_size is not None and step_size * steps < max(radii) - 1e-9:  # 1e-9: rounding
+        # as adversarial training refuses it: PGD would stay near its random start, and the
+        # row would report robustness at a radius the attack never explored
+        raise ConfigError(
+            f"--step-size {step_size:g} x --steps {steps} = {step_size * steps:g} cannot reach "
+            f"epsilon {max(radii):g}: raise --step-size or --steps, or leave --step-size out "
+            "(2.5 * epsilon / steps at each epsilon)"
+        )
     torch.set_num_threads(threads)
     settings = load_settings()
     repo = ModelRepository(repository or settings.model_repository)
