@@ -3,8 +3,9 @@
 The model's torch weights come from the repository through
 `training.published.load_published_model` (sha256-checked, read with
 `weights_only=True`); its normalisation from the model's config.json; its test
-split from `load_splits` with the seed and fractions its lineage records, so
-the samples are the ones the model never trained on.
+split from `load_splits` with the seed and fractions its lineage records (and,
+for a model trained on ingested shards, the same shard selection), so the
+samples are the ones the model never trained on.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def security() -> None:
 @click.option("--dataset", help="Dataset to attack [default: the one the model trained on].")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder of a file-based dataset.")
 @click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="For a model trained on ingested shards: their data root "
+    "[default: HEADRACE_DATA_ROOT or ./data].",
+)
+@click.option(
     "--epsilons", default="0,0.1,0.2,0.3", show_default=True, help="L-inf radii, [0,1] pixels."
 )
 @click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True)
@@ -74,6 +81,7 @@ def robustness(
     repository: Path | None,
     dataset: str | None,
     data_dir: Path | None,
+    data_root: Path | None,
     epsilons: str,
     steps: int,
     step_size: float | None,
@@ -89,7 +97,7 @@ def robustness(
     from serving.repository import ModelRepository
     from training.adversarial import published_pixel_model
     from training.compression.sources import uncompressed_version
-    from training.datasets import load_splits
+    from training.datasets import ShardSource, load_splits
 
     radii = _epsilons(epsilons)
     if step_size is not None and not 0 < step_size <= 1:
@@ -113,12 +121,15 @@ def robustness(
     trained_on = str(lineage.get("dataset") or "digits")
     chosen = dataset or trained_on
     same = chosen == trained_on
+    # a model trained on shards: the same records, so its test split holds no training image
+    source = ShardSource.from_lineage(lineage, data_root or settings.data_root) if same else None
     splits = load_splits(
         chosen,
         data_dir or settings.data_dir,
         int(lineage.get("seed") or 0) if same else 0,
         float(lineage.get("val_fraction") or 0.1) if same else 0.1,
         float(lineage.get("test_fraction") or 0.1) if same else 0.1,
+        source=source,
     )
     expected = tuple(found.config.inputs[0].dims)
     if splits.input_shape != expected:

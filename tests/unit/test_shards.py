@@ -88,6 +88,12 @@ def test_a_selection_records_its_bounds_and_count(folder: Path) -> None:
     assert lineage["data_source"] == "shards"
     assert json.loads(str(lineage["data_up_to_offset"])) == {"0": 20, "1": 5}
     assert lineage["data_records"] == 19 + 5 and lineage["data_shard_files"] == 3
+    again = ShardSource.from_lineage({"dataset": "digits", **lineage}, root)
+    assert again == ShardSource(root=root, up_to_offset={0: 20, 1: 5})
+    assert (
+        select_shards("digits", DIGITS, again).rows.offsets.tolist() == part.rows.offsets.tolist()
+    )
+    assert ShardSource.from_lineage({"dataset": "digits", "seed": 0}, root) is None
 
 
 def test_bounds_beyond_what_was_ingested_are_refused(folder: Path) -> None:

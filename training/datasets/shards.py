@@ -71,6 +71,15 @@ class ShardSource(BaseModel):
                 raise ValueError(f"partition {partition} and offset {offset} must be >= 0")
         return dict(sorted(value.items()))
 
+    @classmethod
+    def from_lineage(cls, lineage: Lineage, root: Path | None = None) -> ShardSource | None:
+        """The selection a published version trained on (`ShardSelection.lineage` recorded it),
+        read from `root`; None for a version trained on the dataset's files."""
+        if lineage.get("data_source") != "shards":
+            return None
+        bounds = json.loads(str(lineage.get("data_up_to_offset") or "{}"))
+        return cls(root=root, up_to_offset={int(p): int(b) for p, b in bounds.items()} or None)
+
 
 def shards_dir(root: Path, dataset: str) -> Path:
     """Where the shards of `dataset` live under a data root."""
