@@ -49,6 +49,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether nothing listens on `host:port` (a bind with SO_REUSEADDR, as servers bind, so
+    connections of an earlier broker still in TIME_WAIT do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def answers_metadata(bootstrap: str, timeout_s: float = 2.0) -> bool:
     """Whether a Kafka broker at `bootstrap` answers a metadata request."""
     from kafka import KafkaAdminClient
@@ -111,7 +123,15 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     def start(self, detach: bool = False, log_file: Path | None = None) -> EmbeddedBroker:
-        """Start the broker and wait until it answers; `detach` survives this process."""
+        """Start the broker and wait until it answers; `detach` survives this process.
+
+        A port in use is refused first: another broker there would answer the readiness
+        check while this one exits, and the start would report a broker that is not running."""
+        if not port_free(self.host, self.port):
+            raise BrokerError(
+                f"port {self.port} on {self.host} is in use; pick another port or leave it out "
+                "for a free one"
+            )
         output = open(log_file, "ab") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115
         try:
             self.process = subprocess.Popen(
@@ -161,6 +181,20 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def broker_alive(pid: int, host: str, port: int) -> bool:
+    """Whether `pid` is still the embedded broker listening on `host:port`, not a process that
+    got the pid after the broker ended (a crash, a reboot). Where there is no /proc to read
+    the command line from (not Linux), a living pid is all there is to go by."""
+    if not pid_alive(pid):
+        return False
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return not Path("/proc/self/cmdline").exists()  # gone since, or no /proc at all
+    command = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    return bool(command) and Path(command[0]).name == "tansu" and f"tcp://{host}:{port}" in command
 
 
 def stop_pid(pid: int, timeout_s: float = 10.0) -> None:

@@ -25,6 +25,13 @@ class BrokerState(BaseModel):
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def alive(self) -> bool:
+        """Whether the recorded process is still that broker (its pid may belong to another
+        process by now)."""
+        from streams.broker import broker_alive
+
+        return broker_alive(self.pid, self.host, self.port)
+
 
 def _state_path(state_dir: Path | None) -> Path:
     return (state_dir or load_settings().state_dir) / STATE_FILE
@@ -83,24 +90,42 @@ def broker() -> None:
 
 
 @broker.command("start")
-@click.option("--port", type=int, default=0, help="Port to listen on (default: a free one).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Port to listen on (default: a free one).",
+)
 @state_dir_option
 def start(port: int, state_dir: Path | None) -> None:
     """Start the broker in the background and print its bootstrap address."""
-    from streams.broker import EmbeddedBroker, pid_alive
+    from streams.broker import EmbeddedBroker
 
     path = _state_path(state_dir)
     current = read_state(path)
-    if current is not None and pid_alive(current.pid):
+    if current is not None and current.alive():
         raise HeadraceError(
             f"a broker is already running on {current.bootstrap} (pid {current.pid}); "
             "stop it first with `headrace broker stop`"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".log").open("ab").close()
+    except OSError as exc:
+        raise HeadraceError(
+            f"cannot keep the broker's record in {path.parent} ({exc.strerror}); pass "
+            "--state-dir (or set HEADRACE_STATE_DIR) to a folder you can write"
+        ) from None
     embedded = EmbeddedBroker(port or None).start(detach=True, log_file=path.with_suffix(".log"))
     assert embedded.process is not None
     state = BrokerState(pid=embedded.process.pid, host=embedded.host, port=embedded.port)
-    path.write_text(state.model_dump_json())
+    try:
+        path.write_text(state.model_dump_json())
+    except OSError as exc:  # unrecorded, `stop` could never find it: do not leave it running
+        embedded.stop()
+        raise HeadraceError(
+            f"cannot write {path} ({exc.strerror}); the broker was stopped"
+        ) from None
     click.echo(f"broker running on {state.bootstrap} (pid {state.pid})")
     click.echo(f"export HEADRACE_KAFKA_BOOTSTRAP={state.bootstrap}")
 
@@ -116,8 +141,11 @@ def stop(state_dir: Path | None) -> None:
     if state is None:
         click.echo("no broker recorded; nothing to stop")
         return
-    stop_pid(state.pid)
     path.unlink(missing_ok=True)
+    if not state.alive():  # never signal a process that only inherited the pid
+        click.echo(f"broker on {state.bootstrap} (pid {state.pid}) was not running; record removed")
+        return
+    stop_pid(state.pid)
     click.echo(f"broker on {state.bootstrap} stopped")
 
 
@@ -126,10 +154,10 @@ def stop(state_dir: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(state_dir: Path | None, as_json: bool) -> None:
     """Whether the recorded broker runs and answers Kafka metadata requests (exit 1 if not)."""
-    from streams.broker import answers_metadata, pid_alive
+    from streams.broker import answers_metadata
 
     state = read_state(_state_path(state_dir))
-    running = state is not None and pid_alive(state.pid)
+    running = state is not None and state.alive()
     answering = running and state is not None and answers_metadata(state.bootstrap)
     if as_json:
         info: dict[str, object] = {"running": running, "answering": answering}

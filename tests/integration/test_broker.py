@@ -76,3 +76,45 @@ def test_topic_catalogue_created_idempotently() -> None:
     for spec in CATALOGUE:
         assert found[spec.name] == spec.partitions
     assert "data-digits" in found
+
+
+def test_broker_cli_refuses_a_port_another_broker_listens_on(tmp_path: Path) -> None:
+    # The other broker answered the readiness check while the new one exited on its bind
+    # error: `start` reported success and recorded a dead pid.
+    with EmbeddedBroker() as other:
+        started = _cli("start", "--port", str(other.port), state_dir=tmp_path)
+        assert started.returncode == 2, started.stdout
+        assert started.stderr.startswith("error: port ") and "in use" in started.stderr
+        assert not (tmp_path / "broker.json").exists()
+        assert answers_metadata(other.bootstrap)
+
+
+def test_broker_cli_never_signals_a_process_that_took_the_recorded_pid(tmp_path: Path) -> None:
+    # A broker that died (a crash, a reboot) leaves its record; its pid may belong to another
+    # process by now, which `stop` used to SIGTERM and `start` took for a running broker.
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        record = {"pid": stranger.pid, "host": "127.0.0.1", "port": 1}
+        (tmp_path / "broker.json").write_text(json.dumps(record))
+        status = _cli("status", "--json", state_dir=tmp_path)
+        assert status.returncode == 1 and json.loads(status.stdout)["running"] is False
+        stopped = _cli("stop", state_dir=tmp_path)
+        assert stopped.returncode == 0 and "was not running" in stopped.stdout
+        assert stranger.poll() is None, "broker stop signalled an unrelated process"
+        assert not (tmp_path / "broker.json").exists()
+        (tmp_path / "broker.json").write_text(json.dumps(record))
+        started = _cli("start", state_dir=tmp_path)
+        assert started.returncode == 0, started.stderr
+        assert _cli("stop", state_dir=tmp_path).returncode == 0
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_broker_cli_unusable_state_dir_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    started = _cli("start", state_dir=tmp_path / "file" / "state")
+    assert started.returncode == 2
+    assert started.stderr.startswith("error: cannot keep the broker's record in ")
+    assert "Traceback" not in started.stderr
