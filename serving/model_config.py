@@ -176,6 +176,12 @@ class VersionMetadata(BaseModel):
     dp_epsilon: float | None = None
     dp_delta: float | None = None
     watermark_id: str | None = None
+    preprocessing: PreprocessingSpec | None = Field(
+        default=None,
+        description="The preprocessing this version was trained with; the version is served "
+        "with it, whatever the model's config.json (which follows the latest publish) says. "
+        "Absent in versions published before it was recorded: they take config.json's.",
+    )
     sha256: dict[str, str] = Field(
         default_factory=dict, description="File name -> sha256 of each file in the version folder."
     )

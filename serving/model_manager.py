@@ -43,7 +43,13 @@ from serving.batcher import DynamicBatcher
 from serving.interfaces import ModelRunner, RunnerFactory
 from serving.model_config import ModelConfig, VersionMetadata
 from serving.onnx_interface import interface_problems
-from serving.repository import CONFIG_FILE, MODEL_FILE, ModelRepository, ModelVersion
+from serving.repository import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    ModelRepository,
+    ModelVersion,
+    version_config,
+)
 from serving.runner import OnnxModel
 
 log = logging.getLogger(__name__)
@@ -254,7 +260,10 @@ class ModelManager:
         edited = await self._edited_config(name, current) if retry_failed else None
         replaced: list[LoadedVersion] = []
         for version in selected:
-            if version in current and (edited is None or current[version].config == edited):
+            if version in current and (
+                edited is None
+                or current[version].config == version_config(edited, current[version].metadata)
+            ):
                 continue
             known = None if retry_failed else self._failed.get((name, version))
             try:
@@ -406,7 +415,8 @@ class ModelManager:
             config = await asyncio.to_thread(self.repository.config, name)
         except RepositoryError:
             return None  # invalid now: the loaded versions keep serving as they are
-        return None if all(v.config == config for v in current.values()) else config
+        unchanged = all(v.config == version_config(config, v.metadata) for v in current.values())
+        return None if unchanged else config
 
     async def _close_version(self, loaded: LoadedVersion) -> None:
         try:

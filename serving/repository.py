@@ -18,8 +18,9 @@ invisible; the next publish removes staging folders whose owner process is gone
 
 Since `config.json` serves every version, a publish whose inputs, outputs,
 batch axis or labels differ from the model's current ones is refused before
-anything is written; its other settings (batching, instances, preprocessing)
-replace the current ones.
+anything is written; its other settings (batching, instances) replace the
+current ones. Preprocessing belongs to the weights: each version records its
+own in `metadata.json`, and `get` hands out config.json with it.
 """
 
 from __future__ import annotations
@@ -201,7 +202,9 @@ class ModelRepository:
             raise RepositoryError(
                 f"model {name!r}: {version}/{METADATA_FILE} says version {metadata.version}"
             )
-        return ModelVersion(name, version, path, self.config(name), metadata)
+        return ModelVersion(
+            name, version, path, version_config(self.config(name), metadata), metadata
+        )
 
     def latest(self, name: str) -> ModelVersion:
         """The highest complete version of a model."""
@@ -246,6 +249,7 @@ class ModelRepository:
                 architecture_options=architecture_options or {},
                 metrics=metrics or {}, lineage=lineage or {},
                 dp_epsilon=dp_epsilon, dp_delta=dp_delta, watermark_id=watermark_id,
+                preprocessing=config.preprocessing,
             )  # fmt: skip
         except ValidationError as exc:
             raise ConfigError(f"cannot publish model {name!r}: {exc}") from exc
@@ -303,7 +307,8 @@ class ModelRepository:
 
         All versions share one config.json, so a publish rewrites it for every version: inputs,
         outputs, the presence of a batch axis and labels must stay as they are. Other settings
-        (batching, instances, preprocessing, ...) are updated by the new config, as in Triton.
+        (batching, instances, ...) are updated by the new config, as in Triton; preprocessing
+        too, but each version keeps its own (see `version_config`).
         An unreadable config.json is left to be replaced, as before.
         """
         name = config.name
@@ -371,6 +376,16 @@ class ModelRepository:
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
+
+
+def version_config(config: ModelConfig, metadata: VersionMetadata) -> ModelConfig:
+    """The model's config.json as one version runs with it: with the preprocessing the
+    version was trained with (recorded in its metadata), which a later publish may have
+    replaced in config.json."""
+    own = metadata.preprocessing
+    if own is None or own == config.preprocessing:
+        return config
+    return config.model_copy(update={"preprocessing": own})
 
 
 def _interface(config: ModelConfig) -> str:

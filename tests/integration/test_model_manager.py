@@ -23,7 +23,12 @@ from headrace.errors import (
     ShuttingDown,
 )
 from serving.dataplane import DataPlane
-from serving.model_config import DynamicBatchingConfig, ModelConfig, TensorSpec
+from serving.model_config import (
+    DynamicBatchingConfig,
+    ModelConfig,
+    PreprocessingSpec,
+    TensorSpec,
+)
 from serving.model_manager import ModelManager, VersionPolicy
 from serving.repository import ModelRepository
 from serving.runner import OnnxModel
@@ -522,6 +527,32 @@ def test_an_explicit_load_applies_an_edited_config_and_a_deleted_specific_versio
         shutil.rmtree(repo.version_dir("digits", 1))
         await manager.poll_once()
         assert manager.loaded() == {}
+        await manager.close()
+
+    run(scenario)
+
+
+def test_each_served_version_runs_with_its_own_preprocessing(
+    repo: ModelRepository, onnx_files
+) -> None:
+    """A retrain with other normalisation statistics rewrites config.json; version 1 must
+    keep the statistics it was trained with, and an explicit load must not mistake that
+    difference for an edited config and reload it."""
+    stats = {
+        1: PreprocessingSpec(mean=[0.2], std=[0.3]),
+        2: PreprocessingSpec(mean=[0.1], std=[0.4]),
+    }
+    for spec in stats.values():
+        own = config().model_copy(update={"preprocessing": spec})
+        repo.publish(own, onnx_files["a"], architecture="lenet5")
+
+    async def scenario() -> None:
+        manager = ModelManager(repo, policy=VersionPolicy(kind="all"))
+        await manager.load_all()
+        served = {v: manager.get("digits", v) for v in (1, 2)}
+        assert {v: loaded.config.preprocessing for v, loaded in served.items()} == stats
+        await manager.load("digits")
+        assert all(manager.get("digits", v) is served[v] for v in (1, 2))
         await manager.close()
 
     run(scenario)

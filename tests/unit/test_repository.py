@@ -336,6 +336,33 @@ def test_cli_empty_repository_is_friendly(tmp_path: Path, monkeypatch: pytest.Mo
     assert str(tmp_path / "missing") in result.output
 
 
+def test_each_version_keeps_the_preprocessing_it_was_trained_with(
+    repo: ModelRepository, model_file: Path
+) -> None:
+    first = publish(repo, model_file)
+    other_stats = PreprocessingSpec(mean=[0.13], std=[0.31])
+    second = repo.publish(
+        make_config().model_copy(update={"preprocessing": other_stats}),
+        model_file,
+        architecture="lenet5",
+    )
+    assert repo.config("digits").preprocessing == other_stats  # config.json: the latest
+    assert repo.get("digits", first.version).config.preprocessing == make_config().preprocessing
+    assert repo.get("digits", second.version).config.preprocessing == other_stats
+    assert repo.get("digits", first.version).metadata.preprocessing == make_config().preprocessing
+
+
+def test_a_version_without_recorded_preprocessing_takes_the_config_json_one(
+    repo: ModelRepository, model_file: Path
+) -> None:
+    published = publish(repo, model_file)
+    meta_file = published.path / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["preprocessing"]  # as published before versions recorded it
+    meta_file.write_text(json.dumps(meta))
+    assert repo.get("digits", 1).config == repo.config("digits")
+
+
 def test_cli_list_json_stays_json_with_hand_edited_metrics(
     repo: ModelRepository, model_file: Path
 ) -> None:
