@@ -36,6 +36,7 @@ from training.datasets.schema import DatasetSchema
 SCHEMA_VERSION = 1
 DATA_DLQ_TOPIC = "data-dlq"
 MAX_RECORD_BYTES = 4 * 1024 * 1024
+MAX_RECORD_ID_CHARS = 256
 # DLQ reasons (error_code) of refused records
 NOT_JSON, INVALID_SCHEMA, TOMBSTONE, TOO_LARGE = (
     "not_json",
@@ -69,7 +70,9 @@ class DataRecordMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
-    record_id: str = Field(min_length=1, max_length=256, description="Also the record key.")
+    record_id: str = Field(
+        min_length=1, max_length=MAX_RECORD_ID_CHARS, description="Also the record key."
+    )
     label: StrictInt = Field(description="Class index into the dataset's classes.")
     image: ImageTensor
     source: str | None = Field(default=None, max_length=1024, description="Where it came from.")

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from headrace.errors import ConfigError
 from streams.data_messages import (
     INVALID_SCHEMA,
     LABEL_RANGE,
+    MAX_RECORD_ID_CHARS,
     NOT_JSON,
     PIXEL_RANGE,
     TOMBSTONE,
@@ -72,7 +74,15 @@ def plan_records(
     prefix: str = "rec",
     compact: bool = False,
 ) -> list[PlannedRecord]:
-    """`n` good records (cycling through the samples) with `bad` bad ones spread between them."""
+    """`n` good records (cycling through the samples) with `bad` bad ones spread between them.
+    `ConfigError` if the longest record id would not fit the record schema."""
+    longest = max(len(f"{prefix}-{n - 1:06d}"), len(f"{prefix}-bad-{bad - 1:04d}") if bad else 0)
+    if longest > MAX_RECORD_ID_CHARS:
+        room = MAX_RECORD_ID_CHARS - longest + len(prefix)
+        raise ConfigError(
+            f"--id-prefix makes record ids of up to {longest} characters, over the "
+            f"{MAX_RECORD_ID_CHARS} a record id may have: use a prefix of at most {room}"
+        )
     good = []
     for i in range(n):
         record_id, label = f"{prefix}-{i:06d}", int(labels[i % len(labels)])

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from headrace.errors import ConfigError
 from streams.codec import RecordRejected
 from streams.data_messages import (
     ClassCounts,
@@ -143,6 +144,17 @@ def test_planned_records_spread_every_bad_kind_among_the_good_ones() -> None:
     assert planned[0].bad is None and planned[-1].bad is None  # bad ones sit between good ones
     again = plan_records(DIGITS, images, labels, n=30, bad=6, prefix="t")  # same ids, same order
     assert [(r.record_id, r.bad) for r in again] == [(r.record_id, r.bad) for r in planned]
+
+
+def test_an_id_prefix_too_long_for_the_record_id_is_refused_before_planning() -> None:
+    # `headrace data publish --id-prefix <250 characters>` printed a pydantic traceback.
+    images, labels = np.stack([image()]), np.zeros(1, dtype=np.int64)
+    longest_good = "p" * (256 - len("-000000"))
+    assert len(plan_records(DIGITS, images, labels, n=3, prefix=longest_good)[-1].record_id) == 256
+    with pytest.raises(ConfigError, match="prefix of at most 249"):
+        plan_records(DIGITS, images, labels, n=3, prefix=longest_good + "p")
+    with pytest.raises(ConfigError, match="prefix of at most 247"):  # the bad ones' -bad-0000
+        plan_records(DIGITS, images, labels, n=3, bad=1, prefix=longest_good)
 
 
 # -- one batch -----------------------------------------------------------------------------
