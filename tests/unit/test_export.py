@@ -49,3 +49,20 @@ def test_mismatch_is_refused(tmp_path: Path) -> None:
         model.classifier[-1].bias.add_(0.01)
     with pytest.raises(ExportMismatch, match="not published"):
         verify_onnx(model, path, (1, 28, 28))
+
+
+def test_large_outputs_are_checked_relative_to_their_size(tmp_path: Path) -> None:
+    """A model with logits in the tens of thousands (a diverging DP run) differs from its
+    own export by float32 rounding far above 1e-4: no export error. A real difference of
+    1% still is one."""
+    torch.manual_seed(0)
+    model = build_model("lenet5")
+    with torch.no_grad():
+        model.classifier[-1].weight.mul_(1e5)
+    path = export_onnx(model, (1, 28, 28), tmp_path / "m.onnx")
+    assert max(max_abs_difference(model, path, (1, 28, 28)).values()) > 1e-4
+    verify_onnx(model, path, (1, 28, 28))
+    with torch.no_grad():
+        model.classifier[-1].weight.mul_(1.01)
+    with pytest.raises(ExportMismatch, match="relative to the largest output"):
+        verify_onnx(model, path, (1, 28, 28))
