@@ -18,11 +18,11 @@ import re
 import uuid
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from headrace.errors import ConfigError
 from training.config import TrainConfig
+from training.documents import load_document
 from training.tuning.config import TuneSettings
 
 SCHEMA_VERSION = 1
@@ -101,21 +101,11 @@ def _problems(exc: ValidationError) -> list[str]:
     return problems
 
 
-def _load_document(text: str, source: str) -> Any:
-    try:
-        return yaml.safe_load(text)  # YAML is a superset of JSON
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML or JSON"
-        raise ConfigError(f"job spec {source} is malformed{where}: {problem}") from None
-
-
 def parse_job_spec(
     document: str | dict[str, Any], available_cpus: int | None = None, source: str = "<spec>"
 ) -> TrainingJobSpec:
     """Validate a spec (YAML/JSON text or a dict), listing every problem in one ConfigError."""
-    data = _load_document(document, source) if isinstance(document, str) else document
+    data = load_document(document, f"job spec {source}") if isinstance(document, str) else document
     if not isinstance(data, dict):
         raise ConfigError(f"job spec {source} must be a mapping of settings, not {data!r:.60}")
     problems: list[str] = []

@@ -249,7 +249,7 @@ def test_bad_specs_are_refused_with_every_error_listed(stack: Stack) -> None:
         assert expected in done.stderr, done.stderr
     path.write_text("model: [lenet5\n")
     done = _cli("submit", str(path), bootstrap=stack.bootstrap)
-    assert done.returncode == 2 and "malformed at line 2" in done.stderr, done.stderr
+    assert done.returncode == 2 and "not valid JSON or YAML at line 2" in done.stderr, done.stderr
     # A bad spec that skips the CLI's checks is refused by the agent before anything runs.
     from kafka import KafkaProducer
 

@@ -60,3 +60,20 @@ def test_a_job_id_reused_for_another_spec_fails_and_the_same_spec_runs(tmp_path:
     events = []
     _runner(tmp_path, events).execute(other, stop)
     assert events[0].reason is not None and "already ran with another spec" in events[0].reason
+
+
+def test_a_json_spec_reads_exponent_numbers_as_numbers() -> None:
+    """YAML 1.1 reads JSON's 1e-05 as a string; a JSON spec is read as JSON first."""
+    text = (
+        '{"kind": "tune", "model": "lenet5", "epochs": 1, "job_id": "j-exp", "tune": {"tuner": "Random", '
+        '"trials": 2, "search_space": {"learning_rate": {"_type": "loguniform", '
+        '"_value": [1e-05, 0.01]}}}}'
+    )
+    spec = parse_job_spec(text)
+    assert spec.tune is not None
+    assert spec.tune.search_space["learning_rate"]["_value"] == [1e-05, 0.01]
+
+
+def test_a_malformed_spec_names_its_line() -> None:
+    with pytest.raises(ConfigError, match="job spec <spec> is not valid JSON or YAML at line 2"):
+        parse_job_spec("model: lenet5\n  epochs: [1\n")

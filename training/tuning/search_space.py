@@ -14,17 +14,16 @@ validated whole (unknown keys, unknown or unbounded types, bad bounds, values a
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from headrace.errors import ConfigError
 from training.config import TrainConfig
+from training.documents import load_document
 
 DEFAULT_SEARCH_SPACE: dict[str, dict[str, Any]] = {
     "learning_rate": {"_type": "loguniform", "_value": [1e-5, 1.0]},
@@ -161,15 +160,7 @@ def load_search_space(path: Path | None) -> dict[str, dict[str, Any]]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read search space {path}: {exc.strerror or exc}") from None
-    try:  # JSON first: PyYAML (YAML 1.1) reads JSON's 1e-05 as a string, not a number
-        data = json.loads(text)
-    except ValueError:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"search space {path} is not valid JSON or YAML{where}") from None
+    data = load_document(text, f"search space {path}")
     return check_search_space(data, f"search space {path}")
 
 
