@@ -5,7 +5,8 @@ the data topic, the latest `ClassCounts`; the profile is the latest value per
 key, summed over partitions. Records are counted by consuming from the
 earliest offset (the embedded broker's end offsets are wrong, DESIGN.md), until
 nothing new arrives for `idle_s`, or, with `expect`, until that many records
-have been ingested.
+have been ingested; `timeout_s` bounds either (a read without `expect` that it
+cuts short is an error, not a smaller profile).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def read_class_counts(
         consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
         deadline = time.monotonic() + timeout_s
         quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
+        done = False
+        while not done and time.monotonic() < deadline:
             batches = consumer.poll(timeout_ms=200)
             for records in batches.values():
                 for record in records:
@@ -84,12 +86,17 @@ def read_class_counts(
             if batches:
                 quiet_since = time.monotonic()
             total = sum(c.records for c in latest.values())
-            if expect is not None and total >= expect:
-                break
-            if expect is None and time.monotonic() - quiet_since >= idle_s:
-                break
+            if expect is not None:
+                done = total >= expect
+            else:
+                done = time.monotonic() - quiet_since >= idle_s
     finally:
         consumer.close()
+    if not done and expect is None:  # a partial read would pass for the whole table
+        raise HeadraceError(
+            f"the class-counts table {topic!r} was still being read when the {timeout_s:g} s "
+            "timeout ran out; raise --timeout-s"
+        )
     return dict(sorted(latest.items()))
 
 

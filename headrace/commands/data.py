@@ -8,6 +8,8 @@ import click
 
 from headrace.settings import load_settings
 
+DEFAULT_INGESTED_TIMEOUT_S = 60.0
+
 
 @click.group("data")
 def data() -> None:
@@ -26,8 +28,16 @@ def data() -> None:
 )
 @click.option("--group", help="With --ingested: the ingestion group (default headrace-ingest-*).")
 @click.option("--bootstrap", help="With --ingested: Kafka bootstrap servers.")
-@click.option("--expect", type=int, help="With --ingested: wait until this many are ingested.")
-@click.option("--timeout-s", type=float, default=60.0, show_default=True, help="For --expect.")
+@click.option(
+    "--expect",
+    type=click.IntRange(min=1),
+    help="With --ingested: wait until this many are ingested.",
+)
+@click.option(
+    "--timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --ingested: longest time to read the table and wait for --expect  [default: 60]",
+)
 def profile(
     dataset: str,
     data_dir: Path | None,
@@ -36,7 +46,7 @@ def profile(
     group: str | None,
     bootstrap: str | None,
     expect: int | None,
-    timeout_s: float,
+    timeout_s: float | None,
 ) -> None:
     """Class counts, imbalance ratio, per-channel mean/std and exact duplicates of DATASET.
 
@@ -48,11 +58,20 @@ def profile(
     from training.datasets import ImageArrays, load_raw
     from training.preprocess import profile_arrays
 
+    ingest_flags = {"--group": group, "--bootstrap": bootstrap, "--expect": expect,
+                    "--timeout-s": timeout_s}  # fmt: skip
     if ingested:
+        if data_dir is not None:
+            raise click.UsageError("--data-dir is for the dataset's files, not with --ingested")
         from headrace.commands.data_ingest import show_ingested_profile
 
-        show_ingested_profile(dataset, bootstrap, group, expect, timeout_s, as_json)
+        timeout = DEFAULT_INGESTED_TIMEOUT_S if timeout_s is None else timeout_s
+        show_ingested_profile(dataset, bootstrap, group, expect, timeout, as_json)
         return
+    if given := [flag for flag, value in ingest_flags.items() if value is not None]:
+        raise click.UsageError(
+            f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --ingested"
+        )
 
     raw = load_raw(dataset, data_dir or load_settings().data_dir)
     arrays = raw.data

@@ -30,6 +30,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka_fixtures import kafka_cluster
 from server_fixtures import REPO_ROOT, pump, stop_process
 
+from headrace.errors import HeadraceError
 from streams.data_producer import BAD_KINDS, plan_records, publish_records
 from streams.ingest import PartitionState
 from streams.ingest_app import changelog_topic, default_group
@@ -184,6 +185,27 @@ def test_good_records_reach_the_shards_bad_ones_the_dlq_and_the_table_counts_the
         assert record.request_id is not None and record.request_id.startswith("t1-bad-")
         assert record.source is not None and record.source.topic == TOPIC
         assert record.message and (record.payload is not None) == (record.error_code != "tombstone")
+
+
+def test_the_ingested_profile_is_read_whole_or_refused(ingested: Ingested) -> None:
+    # --timeout-s 0 (or too short a one) printed a profile of the records read so far: none.
+    table = changelog_topic(default_group("digits"))
+    with pytest.raises(HeadraceError, match="still being read when the 0.001 s timeout ran out"):
+        read_class_counts(ingested.ingestion.bootstrap, table, "digits", timeout_s=0.001)
+    ingested_from = ("--ingested", "--bootstrap", ingested.ingestion.bootstrap)
+    for flags, message in [
+        ((*ingested_from, "--timeout-s", "0.001"), "still being read when the 0.001 s timeout"),
+        ((*ingested_from, "--timeout-s", "0"), "'--timeout-s': 0.0 is not in the range x>0"),
+        ((*ingested_from, "--expect", "-5"), "'--expect': -5 is not in the range x>=1"),
+        ((*ingested_from, "--data-dir", "somewhere"), "--data-dir is for the dataset's files"),
+        (("--expect", "5"), "--expect needs --ingested"),  # was ignored: the files' profile
+        (("--group", "g", "--timeout-s", "5"), "--group, --timeout-s need --ingested"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "headrace", "data", "profile", "--dataset", "digits", *flags],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 2 and message in done.stderr, (flags, done.stderr)
 
 
 def test_a_killed_worker_resumes_without_losing_or_double_counting(
