@@ -13,7 +13,7 @@ from security.watermark.config import WatermarkConfig
 from serving.model_config import check_model_name
 from training.datasets import DATASETS, DatasetSplits, ShardSource, load_splits
 from training.distributed.config import DistributedConfig
-from training.models import MODELS
+from training.models import MODELS, build_model
 from training.preprocess.config import PreprocessConfig
 from training.privacy import privacy_problems, with_dp_defaults
 
@@ -129,15 +129,35 @@ class TrainConfig(BaseModel):
         if self.val_fraction + self.test_fraction >= 0.9:
             problems.append("val_fraction + test_fraction must leave at least 10% for training")
         problems.extend(privacy_problems(self))
+        problems.extend(self._distributed_problems())
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _distributed_problems(self) -> list[str]:
+        """What the distributed engine would refuse once started (training/distributed/fit.py)."""
+        dcfg = self.distributed
+        if dcfg is None or dcfg.workers < 2:
+            return []
+        problems = []
         hooks = [name for name in ("adversarial", "watermark") if getattr(self, name) is not None]
-        if hooks and self.distributed is not None and self.distributed.workers > 1:
+        if hooks:
             problems.append(
                 f"distributed runs do not support {' or '.join(hooks)} training yet: set "
                 "distributed.workers to 1 or drop the " + " and ".join(hooks) + " section"
             )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+        if dcfg.strategy != "allreduce" and self.model in MODELS:
+            # torch.distributed and the loop: load them only for a parameter-server config
+            from training.distributed.strategies import server_param_names
+
+            served = len(server_param_names(build_model(self.model), dcfg.strategy))
+            if dcfg.server_shards > served:
+                problems.append(
+                    f"distributed.server_shards: {dcfg.strategy} with {dcfg.server_shards} "
+                    f"server shards leaves a shard without parameters ({self.model} has "
+                    f"{served} to serve); use at most {served}"
+                )
+        return problems
 
     @property
     def model_name(self) -> str:

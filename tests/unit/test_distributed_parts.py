@@ -243,6 +243,20 @@ def test_distributed_runs_refuse_training_hooks(tmp_path: Path) -> None:
         check_distributed(config)
 
 
+@pytest.mark.parametrize(("strategy", "served"), [("parameter_server", 10), ("hybrid", 6)])
+def test_more_server_shards_than_parameters_are_refused_with_the_spec(
+    strategy: str, served: int
+) -> None:
+    # the driver refused them, after the job had been accepted and started
+    def spec(shards: int) -> dict[str, Any]:
+        section = {"workers": 2, "strategy": strategy, "server_shards": shards}
+        return {"model": "lenet5", "distributed": section}
+
+    with pytest.raises(ConfigError, match=f"lenet5 has {served} to serve"):
+        parse_job_spec(spec(served + 1), available_cpus=2)
+    assert parse_job_spec(spec(served), available_cpus=2).train.distributed is not None
+
+
 def test_epoch_shards_are_disjoint_equal_and_seeded() -> None:
     labels = np.arange(101) % 10
     images = np.zeros((101, 1, 4, 4), dtype=np.uint8)
