@@ -10,6 +10,7 @@ class balance it keeps in its Faust table.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,23 @@ def reachable(bootstrap_flag: str | None, dataset: str) -> str:
     except KafkaError:
         raise unreachable(bootstrap) from None
     return bootstrap
+
+
+def require_writable(shards: Path) -> None:
+    """Create the shards folder now: a data root that cannot hold it failed only at the first
+    batch, after the worker had said it was ready."""
+    try:
+        shards.mkdir(parents=True, exist_ok=True)
+        writable = os.access(shards, os.W_OK | os.X_OK)
+    except OSError as exc:
+        reason: str | None = exc.strerror
+    else:
+        reason = None if writable else "not writable"
+    if reason is not None:
+        raise HeadraceError(
+            f"cannot write shards to {shards} ({reason}); pass --data-root (or set "
+            "HEADRACE_DATA_ROOT) to a folder you can write"
+        )
 
 
 @click.command("ingest")
@@ -95,6 +113,7 @@ def ingest(
         flush_records=flush_records,
         flush_interval_s=flush_interval_s,
     )
+    require_writable(config.shards)
     reachable(config.bootstrap, dataset)
 
     def announce(fields: dict[str, str]) -> None:

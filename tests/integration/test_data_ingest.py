@@ -208,6 +208,20 @@ def test_the_ingested_profile_is_read_whole_or_refused(ingested: Ingested) -> No
         assert done.returncode == 2 and message in done.stderr, (flags, done.stderr)
 
 
+def test_a_data_root_that_cannot_hold_shards_is_refused_at_start(
+    broker: str, tmp_path: Path
+) -> None:
+    # It said "data ingest ready" and exited 3 at the first record.
+    (tmp_path / "file").write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "headrace", "data", "ingest", "--dataset", "digits",
+         "--bootstrap", broker, "--data-root", str(tmp_path / "file" / "data")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("error: cannot write shards to ") and not done.stdout
+
+
 def test_a_killed_worker_resumes_without_losing_or_double_counting(
     ingested: Ingested, tmp_path: Path
 ) -> None:
