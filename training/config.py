@@ -140,6 +140,12 @@ class TrainConfig(BaseModel):
         if dcfg is None or dcfg.workers < 2:
             return []
         problems = []
+        if self.batch_size < dcfg.workers:  # each worker steps on batch_size // workers images
+            problems.append(
+                f"batch_size {self.batch_size} is the global batch, split over "
+                f"{dcfg.workers} workers: give each worker at least one image "
+                f"(batch_size >= {dcfg.workers}) or use fewer workers"
+            )
         hooks = [name for name in ("adversarial", "watermark") if getattr(self, name) is not None]
         if hooks:
             problems.append(

@@ -257,6 +257,13 @@ def test_more_server_shards_than_parameters_are_refused_with_the_spec(
     assert parse_job_spec(spec(served), available_cpus=2).train.distributed is not None
 
 
+def test_a_global_batch_smaller_than_the_workers_is_refused() -> None:
+    # each of 3 workers stepped on max(1, 2 // 3) = 1 image: a global batch of 3, not 2
+    with pytest.raises(ConfigError, match="batch_size 2 is the global batch, split over 3"):
+        parse_job_spec({"batch_size": 2, "distributed": {"workers": 3}}, available_cpus=3)
+    assert parse_job_spec({"batch_size": 3, "distributed": {"workers": 3}}, available_cpus=3)
+
+
 def test_epoch_shards_are_disjoint_equal_and_seeded() -> None:
     labels = np.arange(101) % 10
     images = np.zeros((101, 1, 4, 4), dtype=np.uint8)
