@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -117,8 +119,12 @@ class TransactionalOutcomes:
             *(self._commit_run(run, outcomes, positions, events) for run in offset_runs(positions)),
             return_exceptions=True,
         )
-        if any(answer is True for answer in answers) and self._metrics is not None:
-            self._metrics.ack_waits.inc()
+        runs = [answer for answer in answers if isinstance(answer, _RunDone)]
+        if runs and self._metrics is not None:
+            if any(run.waited for run in runs):
+                self._metrics.ack_waits.inc()
+            # per batch, as at-least-once: until the broker acknowledged all of its outcomes
+            self._metrics.outcome_acks.observe(max(run.ack_s for run in runs))
         errors = [answer for answer in answers if isinstance(answer, BaseException)]
         for error in errors:  # a real failure comes before a voided run
             if not isinstance(error, RebalanceVoided):
@@ -132,9 +138,9 @@ class TransactionalOutcomes:
         outcomes: list[Outcome],
         positions: list[Position],
         events: Sequence[EventT],
-    ) -> bool:
+    ) -> _RunDone:
         """Once every earlier record of the run's partition is acked, produce its outcomes in
-        that partition's transaction and ack its records. Whether it had to wait."""
+        that partition's transaction and ack its records."""
         own = [positions[i] for i in indexes]
         waited = self.offsets.blocking(own)
         if waited:
@@ -148,9 +154,19 @@ class TransactionalOutcomes:
             ):
                 self.offsets.finished(own)  # later runs go on (and are voided in turn)
                 raise RebalanceVoided(f"records of {own[0][0]} taken before a rebalance")
+            sent_at = time.perf_counter()
             await self._produce(self.app.producer, run, [transactional_id] * len(run))
+            ack_s = time.perf_counter() - sent_at
             self.offsets.finished(own)
             consumer = self.app.consumer
             for i in indexes:  # Faust's own ack after the batch then finds them acked
                 events[i].message.ack(consumer)
-        return waited
+        return _RunDone(waited, ack_s)
+
+
+@dataclass(frozen=True)
+class _RunDone:
+    """A run whose outcomes the broker acknowledged."""
+
+    waited: bool  # for earlier records of its partition
+    ack_s: float  # from handing its outcomes to the producer to the last acknowledgement

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from aiokafka.producer import sender as aiokafka_sender
 from aiokafka.protocol.transaction import InitProducerIdRequest_v0
+from faust.types import TP
 
 from headrace.commands.options import build_config
 from headrace.errors import ConfigError
+from serving.metrics import ServingMetrics
 from streams import init_producer_id
 from streams.commit_gate import CommitGate
 from streams.config import StreamWorkerConfig
+from streams.exactly_once import TransactionalOutcomes
+from streams.metrics import StreamMetrics
 from streams.offsets import OffsetGate, Position, offset_runs
 
 # -- CommitGate ----------------------------------------------------------------------------
@@ -152,6 +158,45 @@ def test_interleaved_batches_of_two_actors_all_commit() -> None:
         return acked
 
     assert asyncio.run(scenario()) == [1, *range(10, 21), 30, 50]
+
+
+# -- TransactionalOutcomes -----------------------------------------------------------------
+
+
+def test_a_transactional_batch_observes_how_long_its_outcomes_took_to_be_acknowledged() -> None:
+    """`stream_outcome_ack_seconds` stayed empty under exactly-once (only the at-least-once path
+    observed it), so the dashboard's ack panel showed nothing for such workers."""
+    metrics = StreamMetrics(ServingMetrics())
+    app = SimpleNamespace(
+        conf=SimpleNamespace(id="g"),
+        assignor=SimpleNamespace(group_for_topic=lambda topic: 0),
+        consumer_generation_id=1,
+        producer=object(),
+        consumer=object(),
+    )
+    produced: list[list[str]] = []
+
+    async def produce(producer: object, outcomes: Sequence[Any], ids: Sequence[str]) -> None:
+        await asyncio.sleep(0.02)  # the broker's acknowledgements
+        produced.append(list(ids))
+
+    def event() -> Any:
+        message = SimpleNamespace(generation_id=1, ack=lambda consumer: None)
+        return SimpleNamespace(message=message)
+
+    positions: list[Position] = [(TP("requests", 0), 0), (TP("requests", 0), 1),
+                                 (TP("requests", 1), 7)]  # fmt: skip
+    outcomes: list[Any] = [object()] * len(positions)
+    gate = OffsetGate()
+    for tp, offset in positions:
+        gate.received(tp, offset)
+    transactions = TransactionalOutcomes(cast(Any, app), gate, produce, metrics)
+    asyncio.run(transactions.commit_batch(outcomes, positions, [event() for _ in positions]))
+    assert sorted(produced) == [["g-0-0", "g-0-0"], ["g-0-1"]]
+    registry = metrics.serving.registry
+    assert registry.get_sample_value("stream_outcome_ack_seconds_count") == 1  # one batch
+    assert 0.02 <= (registry.get_sample_value("stream_outcome_ack_seconds_sum") or 0) < 1
+    assert gate.pending() == 0
 
 
 # -- InitProducerId v3 ---------------------------------------------------------------------
