@@ -55,6 +55,11 @@ def parse_bounds(values: tuple[str, ...]) -> dict[int, int]:
                 raise ConfigError(
                     f"--up-to-offset {item!r}: write PARTITION=OFFSET, e.g. 0=500,1=480"
                 )
+            if int(partition) in bounds:  # the last one won: a typo trained on other records
+                raise ConfigError(
+                    f"--up-to-offset gives partition {int(partition)} twice; give each "
+                    "partition one bound"
+                )
             bounds[int(partition)] = int(offset)
     return bounds
 

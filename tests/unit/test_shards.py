@@ -155,6 +155,8 @@ def test_command_line_bounds() -> None:
     assert parse_bounds(("0=500,1=480", "3=7")) == {0: 500, 1: 480, 3: 7}
     with pytest.raises(ConfigError, match="PARTITION=OFFSET"):
         parse_bounds(("0:500",))
+    with pytest.raises(ConfigError, match="partition 0 twice"):  # the last bound won
+        parse_bounds(("0=10,1=5", "0=20"))
     assert shard_settings(False, (), None, Path("d")) is None
     assert shard_settings(True, (), None, Path("d")) == {
         "kind": "shards",
