@@ -5,7 +5,8 @@ It starts the embedded broker, a stream worker and `headrace serve`; produces
 real digits from the embedded dataset's test split as inference requests and
 reads the results back (throughput, end-to-end latency percentiles, accuracy);
 then sends a few digits through Triton's own client (`tritonclient.grpc`).
-Everything it starts is stopped at the end, by pid, also on errors.
+Everything it starts is stopped at the end, by pid, also on errors. A model the
+repository does not hold, or a step that fails, is one `error:` line and exit code 2.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from headrace.errors import HeadraceError
 from headrace.processes import stop_process
+from serving.repository import ModelRepository
 from streams.broker import EmbeddedBroker
 from streams.producer import produce_requests
 from streams.results import Summary, add_record, consume, read_manifest
@@ -39,7 +42,7 @@ def start_process(argv: list[str], ready_prefix: str) -> tuple[subprocess.Popen[
         if line.startswith(ready_prefix):
             return process, line.strip()
     process.wait()
-    raise RuntimeError(
+    raise HeadraceError(
         f"headrace {argv[0]} exited with code {process.returncode} before it was ready"
     )
 
@@ -91,7 +94,9 @@ def grpc_demo(repository: Path, model: str, count: int) -> None:
     """`headrace serve` queried with tritonclient, in its own process: tritonclient's generated
     `inference` protos and ours cannot be loaded into one Python process."""
     argv = ["--repository", str(repository), "--model", model, "--count", str(count)]
-    subprocess.run([sys.executable, "-m", "headrace.demo_grpc", *argv], check=True)
+    code = subprocess.run([sys.executable, "-m", "headrace.demo_grpc", *argv]).returncode
+    if code:
+        raise HeadraceError(f"the gRPC half of the demo exited with code {code}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,10 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000, help="Kafka requests (0 = skip)")
     parser.add_argument("--grpc-count", type=int, default=8, help="digits sent over gRPC")
     args = parser.parse_args(argv)
-    with ExitStack() as stack:
-        if args.requests > 0:
-            kafka_demo(args.repository, args.model, args.requests, stack)
-    grpc_demo(args.repository, args.model, args.grpc_count)
+    try:
+        repository = ModelRepository(args.repository)
+        repository.require_folder()
+        repository.config(args.model)  # before anything starts: every request would go to DLQ
+        with ExitStack() as stack:
+            if args.requests > 0:
+                kafka_demo(args.repository, args.model, args.requests, stack)
+        grpc_demo(args.repository, args.model, args.grpc_count)
+    except HeadraceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     return 0
 
 

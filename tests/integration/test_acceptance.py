@@ -61,3 +61,17 @@ def test_demo_runs_the_kafka_and_grpc_paths(tmp_path: Path) -> None:
     assert "200/200 requests answered" in done.stdout
     assert "accuracy from the results topic" in done.stdout
     assert "correct through tritonclient.grpc" in done.stdout
+
+
+def test_demo_with_a_model_the_repository_lacks_is_one_error_line(tmp_path: Path) -> None:
+    # It ran the Kafka half (every request to the DLQ as model_not_found), then died in the gRPC
+    # half with two tracebacks.
+    (tmp_path / "repo").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "headrace.demo", "--repository", "repo", "--model", "nosuch",
+         "--requests", "5", "--grpc-count", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.startswith("error: model 'nosuch' not found")
+    assert done.stderr.count("\n") == 1 and done.stdout == ""
