@@ -9,7 +9,10 @@ is when Faust acks the batch's records and may commit their offsets; Faust
 flushes the producer (DLQ and table changelog) before it commits. So a record's
 offset is committed only after the shard holding it is on disk: at-least-once.
 Records below the shards' coverage are skipped after a restart
-(`streams.ingest`), and readers de-duplicate by (partition, offset) anyway.
+(`streams.ingest`), and readers de-duplicate by (partition, offset) anyway. DLQ
+records are at-least-once: a crash between their acknowledgements and the
+shard's rename produces them again after the restart (each names its source
+partition and offset).
 
 Two Faust behaviours would break that, so the app works around them. Faust
 counts offsets it did not see arrive in order as done (meant for compacted
