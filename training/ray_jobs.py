@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -24,19 +25,44 @@ from training.loop import EpochCallback, EpochRecord
 from training.recipe import TrainReport, run_training
 
 POLL_S = 0.2
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_answers(address: str) -> None:
+    """Fail fast if nothing listens at a HOST:PORT (or ray://HOST:PORT) cluster address:
+    `ray.init` would retry forever, deaf to SIGTERM and Ctrl-C. Other forms (`auto`) are
+    left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdecimal():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise HeadraceError(
+            f"no Ray cluster answers at RAY_ADDRESS={address} ({exc.strerror or exc}); start "
+            "it, correct RAY_ADDRESS, or unset it to train on a local Ray"
+        ) from None
 
 
 def connect_ray(num_cpus: int | None = None) -> int:
     """Join the cluster at RAY_ADDRESS, or start a local one; returns the cluster's CPUs."""
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or None
-        ray.init(
-            address=address,
-            num_cpus=None if address else num_cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-        )
+        if address is not None:
+            _check_answers(address)
+        try:
+            ray.init(
+                address=address,
+                num_cpus=None if address else num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+            )
+        except ConnectionError as exc:  # e.g. RAY_ADDRESS=auto with no cluster on this host
+            raise HeadraceError(
+                f"cannot join the Ray cluster at RAY_ADDRESS={address}: {exc}"
+            ) from None
     return int(ray.cluster_resources().get("CPU", 0))
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from headrace.errors import ConfigError, JobCancelled
+from headrace.errors import ConfigError, HeadraceError, JobCancelled
 from streams.job_messages import TrainingEvent
 from streams.job_runner import JobRunner, JobRunnerConfig
 from training.job_spec import parse_job_spec
@@ -77,3 +78,46 @@ def test_a_json_spec_reads_exponent_numbers_as_numbers() -> None:
 def test_a_malformed_spec_names_its_line() -> None:
     with pytest.raises(ConfigError, match="job spec <spec> is not valid JSON or YAML at line 2"):
         parse_job_spec("model: lenet5\n  epochs: [1\n")
+
+
+def test_a_ray_address_nothing_answers_at_is_an_error_not_a_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `ray.init` retried such an address forever and ignored SIGTERM and Ctrl-C; with
+    # RAY_ADDRESS=auto and no cluster it raised a traceback
+    from training import ray_jobs
+
+    def init(**_: Any) -> None:
+        raise AssertionError("ray.init was called for an address nothing listens at")
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the block ends
+    monkeypatch.setattr(ray_jobs.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_jobs.ray, "init", init)
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        with pytest.raises(HeadraceError, match=f"no Ray cluster answers at RAY_ADDRESS={address}"):
+            ray_jobs.connect_ray()
+
+    def no_cluster(**_: Any) -> None:
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray_jobs.ray, "init", no_cluster)
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    with pytest.raises(HeadraceError, match="cannot join the Ray cluster at RAY_ADDRESS=auto"):
+        ray_jobs.connect_ray()
+
+
+def test_a_ray_address_that_answers_is_joined(monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import ray_jobs
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(ray_jobs.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_jobs.ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray_jobs.ray, "cluster_resources", lambda: {"CPU": 8.0})
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        assert ray_jobs.connect_ray(2) == 8
+    assert calls[0]["address"] == address and calls[0]["num_cpus"] is None
