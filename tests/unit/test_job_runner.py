@@ -66,8 +66,9 @@ def test_a_job_id_reused_for_another_spec_fails_and_the_same_spec_runs(tmp_path:
 def test_a_json_spec_reads_exponent_numbers_as_numbers() -> None:
     """YAML 1.1 reads JSON's 1e-05 as a string; a JSON spec is read as JSON first."""
     text = (
-        '{"kind": "tune", "model": "lenet5", "epochs": 1, "job_id": "j-exp", "tune": {"tuner": "Random", '
-        '"trials": 2, "search_space": {"learning_rate": {"_type": "loguniform", '
+        '{"kind": "tune", "model": "lenet5", "epochs": 1, "job_id": "j-exp", '
+        '"tune": {"tuner": "Random", "trials": 2, '
+        '"search_space": {"learning_rate": {"_type": "loguniform", '
         '"_value": [1e-05, 0.01]}}}}'
     )
     spec = parse_job_spec(text)
