@@ -18,7 +18,7 @@ from torch import nn
 from headrace.errors import ConfigError
 from serving.repository import ModelVersion
 from training.config import TrainConfig
-from training.datasets import DatasetSplits
+from training.datasets import DatasetSplits, ShardSource
 from training.hooks import PublishInfo, TrainingHook, build_hooks
 from training.loop import EpochCallback
 from training.preprocess import BatchPipeline, PreprocessConfig
@@ -80,8 +80,9 @@ class FineTuneRecipe(TrainRecipe):
 def finetune_config(source: ModelVersion, **overrides: Any) -> TrainConfig:
     """A config that continues `source` on its own dataset and publishes beside it.
 
-    Defaults: the version's dataset, seed, split fractions and preprocessing
-    (from its lineage), 3 epochs at a constant learning rate, no early
+    Defaults: the version's dataset (or the same selection of ingested shards, read
+    from the process's data root), seed, split fractions and preprocessing (from its
+    lineage), 3 epochs at a constant learning rate, no early
     stopping; `overrides` win (e.g. `epochs`, `learning_rate`, `data_dir`,
     `watermark`, `name`). The architecture and its options (`width`,
     `dropout`) are the version's own and cannot be overridden: training starts
@@ -103,6 +104,9 @@ def finetune_config(source: ModelVersion, **overrides: Any) -> TrainConfig:
         "dataset": lineage.get("dataset", "digits"),
         "seed": lineage.get("seed", 0),
         **{k: lineage[k] for k in ("val_fraction", "test_fraction") if k in lineage},
+        # trained on ingested shards: the same records (else its test split would hold
+        # training images of the source)
+        "data_source": ShardSource.from_lineage(lineage),
         "epochs": 3,
         "lr_schedule": "none",
         "patience": 0,

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from headrace.errors import ConfigError, ModelNotFound, RepositoryError
+from security.watermark.embed import finetune_config
 from serving.model_config import ModelConfig, PreprocessingSpec, TensorSpec
 from serving.repository import ModelRepository, ModelVersion
 from training.compression.config import CompressConfig, parse_model_ref
@@ -18,6 +19,7 @@ from training.compression.measure import compare_latency, onnx_accuracy
 from training.compression.report import (
     CompressionReport,
     ReportRow,
+    build_report,
     format_report,
     stored_weights,
 )
@@ -26,7 +28,10 @@ from training.compression.sources import (
     load_teacher,
     uncompressed_version,
 )
+from training.datasets import ShardSource, load_raw
 from training.datasets.base import ImageArrays
+from training.datasets.schema import SCHEMAS
+from training.datasets.shards import select_shards, shards_dir, write_shard
 from training.export import export_onnx
 from training.models import build_model
 from training.published import WEIGHTS_FILE, load_published_model, save_weights
@@ -189,3 +194,46 @@ def test_a_differentially_private_model_is_not_compressed(tmp_path: Path) -> Non
     )
     with pytest.raises(ConfigError, match=r"differential privacy \(epsilon 0.5\).*refused"):
         compress_published(config)
+
+
+def test_a_model_trained_on_shards_is_fine_tuned_and_reported_on_its_own_selection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fine-tuning (compress, watermark embed) and the compression report rebuilt the
+    splits from the dataset's files: 600 ingested digits of which 500 were selected gave
+    the 180-image test split of all of digits, holding images the model trained on."""
+    raw = load_raw("digits")
+    count = 600
+    write_shard(
+        shards_dir(tmp_path / "data", "digits"), 0, 0, count - 1,
+        raw.data.images[:count], raw.data.labels[:count], np.arange(count),
+        [f"r{i}" for i in range(count)],
+    )  # fmt: skip
+    source = ShardSource(root=tmp_path / "data", up_to_offset={0: 500})
+    selection = select_shards("digits", SCHEMAS["digits"], source)
+    torch.manual_seed(0)
+    model = build_model("lenet5").eval()
+    config = ModelConfig(
+        name="sharded",
+        max_batch_size=8,
+        inputs=[TensorSpec(name="input", dims=[1, 28, 28])],
+        outputs=[TensorSpec(name="logits", dims=[10])],
+        preprocessing=SPEC,
+    )
+    repository = ModelRepository(tmp_path / "repo")
+    version = repository.publish(
+        config,
+        export_onnx(model, (1, 28, 28), tmp_path / "m.onnx"),
+        architecture="lenet5",
+        extra_files={WEIGHTS_FILE: save_weights(model, tmp_path / WEIGHTS_FILE)},
+        lineage={"dataset": "digits", "seed": 0, **selection.lineage()},
+    )
+    monkeypatch.setenv("HEADRACE_DATA_ROOT", str(tmp_path / "data"))
+
+    finetune = finetune_config(version)
+    assert finetune.data_source is not None
+    assert finetune.data_source.up_to_offset == {0: 500}
+    assert len(finetune.load_splits().test) == 50  # 500 records, not the 1,797 of digits
+
+    (row,) = build_report(repository, "sharded", latency_seconds=0.01).rows
+    assert row.test_samples == 50

@@ -47,6 +47,7 @@ from training.compression.sources import (
 )
 from training.config import TrainConfig
 from training.datasets import DatasetSplits
+from training.datasets.shards import SHARD_LINEAGE_KEYS
 from training.export import export_onnx, verify_onnx
 from training.hooks import PublishInfo, TrainingHook
 from training.loop import EpochCallback, FitResult, Trainer
@@ -294,7 +295,10 @@ class CompressRecipe(FineTuneRecipe):
         return published.version
 
 
-_SPLIT_KEYS = ("dataset", "seed", "val_fraction", "test_fraction", "preprocess")
+_SPLIT_KEYS = (
+    "dataset", "seed", "val_fraction", "test_fraction", "preprocess",
+    *SHARD_LINEAGE_KEYS,
+)  # fmt: skip
 """Source lineage copied to a compressed version: enough to rebuild its test split."""
 
 

@@ -30,7 +30,7 @@ from training.compression.measure import (
     onnx_accuracy,
 )
 from training.compression.sources import COMPRESSED_FROM, version_ref
-from training.datasets import DatasetSplits, load_splits
+from training.datasets import DatasetSplits, ShardSource, load_splits
 
 _WEIGHT_TYPES = {
     onnx.TensorProto.FLOAT,
@@ -108,6 +108,8 @@ def _split_key(version: ModelVersion) -> tuple[Any, ...] | None:
         lineage.get("seed", 0),
         lineage.get("val_fraction", 0.1),
         lineage.get("test_fraction", 0.1),
+        lineage.get("data_source"),
+        lineage.get("data_up_to_offset"),
     )
 
 
@@ -132,10 +134,11 @@ def build_report(
         accuracy, samples = None, 0
         if key is not None:
             if key not in splits:
-                dataset, seed, val_fraction, test_fraction = key
+                dataset, seed, val_fraction, test_fraction, *_ = key
                 splits[key] = load_splits(
-                    str(dataset), data_dir, int(seed), float(val_fraction), float(test_fraction)
-                )
+                    str(dataset), data_dir, int(seed), float(val_fraction), float(test_fraction),
+                    source=ShardSource.from_lineage(version.metadata.lineage),
+                )  # fmt: skip
             measured = onnx_accuracy(
                 version.model_file, splits[key].test, version.config.preprocessing
             )

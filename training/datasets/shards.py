@@ -32,14 +32,19 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from headrace.errors import DatasetError
+from headrace.settings import load_settings
 from training.datasets.base import ImageArrays
 from training.datasets.schema import DatasetSchema
 
-DEFAULT_DATA_ROOT = Path("data")
+DEFAULT_DATA_ROOT = Path("data")  # HEADRACE_DATA_ROOT's default (`headrace.settings`)
 SHARDS_FOLDER = "shards"
 SHARD_NAME = re.compile(r"^p(\d+)-(\d+)-(\d+)\.npz$")
 PARTITION_SHIFT = 40  # (partition, offset) -> one int64 key; offsets stay below 2**40
 Lineage = dict[str, str | int | float | bool | None]
+
+
+SHARD_LINEAGE_KEYS = ("data_source", "data_up_to_offset", "data_records", "data_shard_files")
+"""The lineage keys of a version trained on shards (`ShardSelection.lineage`)."""
 
 
 class ShardSource(BaseModel):
@@ -70,6 +75,10 @@ class ShardSource(BaseModel):
             if partition < 0 or offset < 0:
                 raise ValueError(f"partition {partition} and offset {offset} must be >= 0")
         return dict(sorted(value.items()))
+
+    def resolved_root(self) -> Path:
+        """`root`, or the process's data root (HEADRACE_DATA_ROOT, else ./data) when unset."""
+        return self.root if self.root is not None else load_settings().data_root
 
     @classmethod
     def from_lineage(cls, lineage: Lineage, root: Path | None = None) -> ShardSource | None:
@@ -271,7 +280,7 @@ class ShardSelection:
 
 def select_shards(dataset: str, schema: DatasetSchema, source: ShardSource) -> ShardSelection:
     """The records `source` selects; refuses bounds beyond what has been ingested."""
-    folder = shards_dir(source.root or DEFAULT_DATA_ROOT, dataset)
+    folder = shards_dir(source.resolved_root(), dataset)
     shards = list_shards(folder)
     if not shards:
         raise DatasetError(

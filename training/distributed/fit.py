@@ -25,7 +25,6 @@ from pydantic import BaseModel
 
 from headrace.errors import CheckpointError, ConfigError
 from training.config import TrainConfig
-from training.datasets.shards import DEFAULT_DATA_ROOT
 from training.distributed.strategies import shard_layout
 from training.distributed.worker import FaultPlan, WorkerSpec, checkpoint_summary
 from training.hooks import build_hooks
@@ -104,7 +103,7 @@ def fit_distributed(
     if config.data_dir is not None:
         config = config.model_copy(update={"data_dir": config.data_dir.resolve()})
     if config.data_source is not None:
-        root = (config.data_source.root or DEFAULT_DATA_ROOT).resolve()
+        root = config.data_source.resolved_root().resolve()
         source = config.data_source.model_copy(update={"root": root})
         config = config.model_copy(update={"data_source": source})
     dcfg = config.distributed
