@@ -86,6 +86,11 @@ def build_scheduler(
     return None
 
 
+DISTRIBUTED_MARK = "bytes_per_epoch"
+"""A key only checkpoints of distributed runs hold (`training.distributed.worker`): their
+optimizer state is kept per worker or per server shard, not in this loop's format."""
+
+
 def resume_settings(config: TrainConfig) -> dict[str, Any]:
     """The settings a resumed run must share with its checkpoint: the model, the data and
     its splits, preprocessing and the optimisation (the optimizer's restored state holds
@@ -153,6 +158,12 @@ class Trainer:
     def restore(self, path: Path) -> None:
         """Continue from a checkpoint written by `state()`."""
         state = load_checkpoint(path)
+        if DISTRIBUTED_MARK in state:
+            raise CheckpointError(
+                f"checkpoint {path} was written by a distributed training job; `headrace train "
+                "--resume` continues single-process runs only (the agent resumes a distributed "
+                "job from it when it retries or restarts the job)"
+            )
         if state.get("architecture") != self.config.model:
             raise CheckpointError(
                 f"checkpoint is for model {state.get('architecture')!r}, not {self.config.model!r}"

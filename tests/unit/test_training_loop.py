@@ -98,6 +98,17 @@ def test_resume_of_a_checkpoint_without_settings_still_checks_the_dataset(tmp_pa
         _trainer(config, run_dir).restore(run_dir)
 
 
+def test_resume_of_a_distributed_checkpoint_says_how_it_resumes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _trainer(_config(tmp_path, epochs=1), run_dir).fit()
+    state = load_checkpoint(run_dir)
+    del state["optimizer"], state["settings"]  # as a parameter-server job writes it
+    state["bytes_per_epoch"] = [1024]
+    torch.save(state, checkpoint_path(run_dir))
+    with pytest.raises(CheckpointError, match="written by a distributed training job"):
+        _trainer(_config(tmp_path, epochs=2, resume=run_dir), run_dir).fit()
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "nothing")
