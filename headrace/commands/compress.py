@@ -36,7 +36,9 @@ from headrace.settings import load_settings
 )
 @click.option("--qat-lr", "qat_learning_rate", type=float, default=1e-4, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--seed", type=int, help="Seed (default the source model's).")
+@click.option(
+    "--seed", type=int, help="Seed: the source model's own, which picks its split (the default)."
+)
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder of a file-based dataset.")
 @click.option("--name", help="Publish under this name (default the source model's name).")
 @click.option("--repository", type=click.Path(path_type=Path), help="Model repository.")

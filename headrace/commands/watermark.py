@@ -72,7 +72,9 @@ def _print_report(report: Any) -> None:
 @click.option("--epochs", type=int, help="Epochs (default 50 for new training, 3 to fine-tune).")
 @click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--seed", type=int, help="Seed (default 0, or the --from-model's own).")
+@click.option(
+    "--seed", type=int, help="Seed (default 0; with --from-model its own, which picks its split)."
+)
 @click.option("--triggers-per-batch", type=int, default=8, show_default=True)
 @click.option(
     "--strength", type=float, default=0.1, show_default=True, help="White-box regulariser weight."

@@ -29,6 +29,9 @@ from training.recipe import TrainRecipe, TrainReport
 ARCHITECTURE_OPTIONS = ("width", "dropout")
 """`TrainConfig` fields a version records in `architecture_options` (`training.recipe`)."""
 
+SPLIT_OPTIONS = ("seed", "val_fraction", "test_fraction")
+"""`TrainConfig` fields that pick the train/validation/test split (`load_splits`)."""
+
 
 class _FineTuneLineage(TrainingHook):
     """Records which version a fine-tuned model started from."""
@@ -87,9 +90,12 @@ def finetune_config(source: ModelVersion, **overrides: Any) -> TrainConfig:
     `watermark`, `name`). The architecture and its options (`width`,
     `dropout`) are the version's own and cannot be overridden: training starts
     from its weights, and the result is published with them, so that its
-    `weights.pt` loads back.
+    `weights.pt` loads back. Nor can the seed and split fractions its lineage
+    records (they pick its test split), and a version trained with differential
+    privacy is refused (`refuse_private`).
     """
     lineage = source.metadata.lineage
+    refuse_private(source, "fine-tuning it")
     architecture = _architecture(source)
     changed = sorted(k for k, v in architecture.items() if k in overrides and overrides[k] != v)
     if changed:
@@ -99,11 +105,20 @@ def finetune_config(source: ModelVersion, **overrides: Any) -> TrainConfig:
             f"({', '.join(f'{k} {v}' for k, v in architecture.items())}); "
             "train a new model with `headrace train` instead"
         )
+    split = {k: lineage[k] for k in SPLIT_OPTIONS if k in lineage}
+    moved = sorted(k for k, v in split.items() if k in overrides and overrides[k] != v)
+    if moved:
+        raise ConfigError(
+            f"cannot fine-tune model {source.name!r} version {source.version} with another "
+            f"{', '.join(f'{k} ({overrides[k]}; it was trained with {split[k]})' for k in moved)}:"
+            " the seed and split fractions pick the train/validation/test split, and another "
+            "split would put images it trained on into the test split; leave --seed out"
+        )
     values: dict[str, Any] = {
         **architecture,
         "dataset": lineage.get("dataset", "digits"),
-        "seed": lineage.get("seed", 0),
-        **{k: lineage[k] for k in ("val_fraction", "test_fraction") if k in lineage},
+        "seed": 0,
+        **split,
         # trained on ingested shards: the same records (else its test split would hold
         # training images of the source)
         "data_source": ShardSource.from_lineage(lineage),
@@ -118,6 +133,20 @@ def finetune_config(source: ModelVersion, **overrides: Any) -> TrainConfig:
         values["preprocess"] = PreprocessConfig.model_validate_json(preprocess)
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def refuse_private(source: ModelVersion, job: str) -> None:
+    """ConfigError for a version trained with differential privacy: `job` (fine-tuning,
+    compressing) trains on the data without privacy, so its result would lose the guarantee
+    while it kept the model's name (and, as its next version, replaced it in serving)."""
+    epsilon = source.metadata.dp_epsilon
+    if epsilon is not None:
+        raise ConfigError(
+            f"model {source.name!r} version {source.version} was trained with differential "
+            f"privacy (epsilon {epsilon:g}); {job} trains on the data without privacy and "
+            "would publish a model without that guarantee, so it is refused; train a new "
+            "model privately instead (headrace train --dp-epsilon ...)"
+        )
 
 
 def _architecture(source: ModelVersion) -> dict[str, Any]:

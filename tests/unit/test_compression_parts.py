@@ -196,6 +196,39 @@ def test_a_differentially_private_model_is_not_compressed(tmp_path: Path) -> Non
         compress_published(config)
 
 
+def test_a_differentially_private_model_is_not_fine_tuned_by_watermark_embed(
+    tmp_path: Path,
+) -> None:
+    """`watermark embed --from-model` fine-tuned a private model without privacy and
+    published it as the model's next version, without dp_epsilon, replacing the private one
+    in serving; compress refused the same source."""
+    version = _publish(ModelRepository(tmp_path / "repo"), tmp_path, "private", dp_epsilon=0.5)
+    with pytest.raises(ConfigError, match=r"privacy \(epsilon 0.5\); fine-tuning it .*refused"):
+        finetune_config(version)
+
+
+def test_fine_tuning_keeps_the_split_of_its_source(tmp_path: Path) -> None:
+    """`compress --seed 0` of a model trained with seed 3 fine-tuned on seed 0's split, whose
+    test images the source had trained on, measured source and result there, and recorded
+    seed 3 in the compressed version's lineage."""
+    from training.compression.recipe import compression_train_config
+
+    lineage = {"dataset": "digits", "seed": 3, "val_fraction": 0.1, "test_fraction": 0.1}
+    version = _publish(ModelRepository(tmp_path / "repo"), tmp_path, "m", lineage=lineage)
+    assert finetune_config(version).seed == 3
+    assert finetune_config(version, seed=3, test_fraction=0.1).seed == 3
+    with pytest.raises(ConfigError, match=r"another seed \(0; it was trained with 3\)"):
+        finetune_config(version, seed=0)
+    with pytest.raises(ConfigError, match=r"another test_fraction \(0.2; it was trained"):
+        finetune_config(version, test_fraction=0.2)
+    compress = CompressConfig(source="m", quant="int8", seed=0, repository=tmp_path / "repo")
+    with pytest.raises(ConfigError, match="another seed"):
+        compression_train_config(compress, version)
+    # a version whose lineage predates the seed: the seed given is taken
+    bare = _publish(ModelRepository(tmp_path / "repo"), tmp_path, "bare", lineage={})
+    assert finetune_config(bare, seed=4).seed == 4
+
+
 def test_a_model_trained_on_shards_is_fine_tuned_and_reported_on_its_own_selection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

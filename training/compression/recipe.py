@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from headrace.errors import ConfigError
-from security.watermark.embed import FineTuneRecipe, finetune_config
+from security.watermark.embed import FineTuneRecipe, finetune_config, refuse_private
 from serving.model_config import ModelConfig
 from serving.repository import ModelRepository, ModelVersion
 from training.compression.config import CompressConfig
@@ -315,19 +315,6 @@ def _check_target(repository: ModelRepository, config: ModelConfig) -> None:
         )
 
 
-def _refuse_private(source: ModelVersion) -> None:
-    """Compression fine-tunes on the training data without differential privacy, so its
-    result would no longer carry a private source's guarantee: refused."""
-    epsilon = source.metadata.dp_epsilon
-    if epsilon is not None:
-        raise ConfigError(
-            f"model {source.name!r} version {source.version} was trained with differential "
-            f"privacy (epsilon {epsilon:g}); compressing it fine-tunes on the data without "
-            "privacy and would publish a model without that guarantee, so it is refused; "
-            "train a smaller model privately instead (headrace train --dp-epsilon ...)"
-        )
-
-
 def compress_published(
     config: CompressConfig, on_epoch: EpochCallback | None = None
 ) -> CompressReport:
@@ -335,7 +322,7 @@ def compress_published(
     torch.set_num_threads(1)
     repository = ModelRepository(config.repository)
     source = uncompressed_version(repository, config.source, config.source_version)
-    _refuse_private(source)
+    refuse_private(source, "compressing it")  # before the teacher loads
     teacher, teacher_ref = None, None
     if config.distill_from is not None:
         teacher, teacher_version = load_teacher(repository, config.distill_from, source)
