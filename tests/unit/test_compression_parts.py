@@ -229,6 +229,31 @@ def test_fine_tuning_keeps_the_split_of_its_source(tmp_path: Path) -> None:
     assert finetune_config(bare, seed=4).seed == 4
 
 
+def test_an_older_version_trained_on_other_statistics_is_compressed(tmp_path: Path) -> None:
+    """Each version keeps its own preprocessing, but compress compared the source's with
+    config.json's (the latest publish's): version 1 of a model retrained on other statistics
+    was refused after training ('already exists with other ... preprocessing')."""
+    from training.compression.recipe import compress_published
+
+    repo = ModelRepository(tmp_path / "repo")
+    lineage = {"dataset": "digits", "seed": 0}
+    _publish(repo, tmp_path, "m", lineage=lineage)
+    other = PreprocessingSpec(mean=[0.2], std=[0.4])
+    _publish(repo, tmp_path, "m", lineage=lineage, spec=other)
+    config = CompressConfig(
+        source="m", source_version=1, quant="int8", qat_epochs=1, latency_seconds=0.01,
+        repository=repo.root, runs_dir=tmp_path / "runs", progress=False,
+    )  # fmt: skip
+    assert compress_published(config).version == 3
+    assert repo.get("m", 3).config.preprocessing == SPEC  # its source's, not config.json's
+    assert repo.get("m", 2).config.preprocessing == other
+    # another interface under the target name is still refused, before any training
+    _publish(repo, tmp_path, "five", classes=5, lineage=lineage)
+    wrong = config.model_copy(update={"name": "five"})
+    with pytest.raises(ConfigError, match="cannot publish model 'five': its outputs"):
+        compress_published(wrong, on_epoch=lambda *_: pytest.fail("trained"))
+
+
 def test_a_model_trained_on_shards_is_fine_tuned_and_reported_on_its_own_selection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

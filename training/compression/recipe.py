@@ -31,7 +31,6 @@ from torch import nn
 
 from headrace.errors import ConfigError
 from security.watermark.embed import FineTuneRecipe, finetune_config, refuse_private
-from serving.model_config import ModelConfig
 from serving.repository import ModelRepository, ModelVersion
 from training.compression.config import CompressConfig
 from training.compression.distillation import DistillationHook
@@ -248,7 +247,6 @@ class CompressRecipe(FineTuneRecipe):
         cfg = self.compress
         repository = ModelRepository(cfg.repository)
         config = self.source.config.model_copy(update={"name": report.name})
-        _check_target(repository, config)
         info = PublishInfo()
         for hook in trainer.hooks:
             info = info.merged(hook.publish_info(trainer.model))
@@ -302,19 +300,6 @@ _SPLIT_KEYS = (
 """Source lineage copied to a compressed version: enough to rebuild its test split."""
 
 
-def _check_target(repository: ModelRepository, config: ModelConfig) -> None:
-    """Refuse to publish under a name whose served inputs/outputs/preprocessing differ."""
-    if config.name not in repository.list_models():
-        return
-    current = repository.config(config.name)
-    fields = ("inputs", "outputs", "preprocessing", "labels")
-    if any(getattr(current, f) != getattr(config, f) for f in fields):
-        raise ConfigError(
-            f"model {config.name!r} already exists with other inputs, outputs, preprocessing or "
-            "labels; publish the compressed model under a new --name"
-        )
-
-
 def compress_published(
     config: CompressConfig, on_epoch: EpochCallback | None = None
 ) -> CompressReport:
@@ -323,6 +308,9 @@ def compress_published(
     repository = ModelRepository(config.repository)
     source = uncompressed_version(repository, config.source, config.source_version)
     refuse_private(source, "compressing it")  # before the teacher loads
+    if config.publish:  # fail now, not after training; preprocessing may differ (per version)
+        target = config.name or source.name
+        repository.check_interface(source.config.model_copy(update={"name": target}))
     teacher, teacher_ref = None, None
     if config.distill_from is not None:
         teacher, teacher_version = load_teacher(repository, config.distill_from, source)
