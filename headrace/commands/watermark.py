@@ -65,7 +65,11 @@ def _print_report(report: Any) -> None:
     help="Key file from `headrace watermark keygen`.",
 )
 @click.option("--from-model", help="Fine-tune this published model instead of training anew.")
-@click.option("--from-version", type=int, help="Version of --from-model (default the latest).")
+@click.option(
+    "--from-version",
+    type=int,
+    help="Version of --from-model (default the latest one not compressed).",
+)
 @click.option("--model", default="lenet5", show_default=True, help="Architecture (new training).")
 @click.option("--dataset", help="Dataset (default digits, or the --from-model's own).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder of a file dataset.")
@@ -135,8 +139,16 @@ def embed(
     else:
         from security.watermark.embed import finetune_config, finetune_published
         from serving.repository import ModelRepository
+        from training.compression.sources import uncompressed_version
 
-        source = ModelRepository(root).get(from_model, from_version)
+        repo = ModelRepository(root)
+        # by default the latest version with torch weights, as compress and robustness pick:
+        # a compressed one (published as ONNX only) has none to fine-tune
+        source = (
+            uncompressed_version(repo, from_model, None)
+            if from_version is None
+            else repo.get(from_model, from_version)
+        )
         config = build_config(lambda **kw: finetune_config(source, **kw), **common)
         report = finetune_published(source, config)
     if as_json:

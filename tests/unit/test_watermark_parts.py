@@ -422,3 +422,35 @@ def test_finetune_publishes_the_source_architecture_options(tmp_path: Path) -> N
     assert model.state_dict()["features.0.weight"].shape[0] == 3  # width 0.5 of 6 channels
     with pytest.raises(ConfigError, match="keeps the published architecture"):
         finetune_config(source, width=1.0)
+
+
+def test_embed_from_model_defaults_to_its_latest_uncompressed_version(tmp_path: Path) -> None:
+    """After `headrace compress` published a version (ONNX only), `watermark embed
+    --from-model NAME` picked it and failed ('... without torch weights; use its source'),
+    while compress and security robustness default to the latest version not compressed."""
+    from click.testing import CliRunner
+
+    from headrace.cli import cli
+    from serving.repository import ModelRepository
+    from training.export import export_onnx
+    from training.recipe import run_training
+
+    repo_dir = tmp_path / "repo"
+    common: dict[str, Any] = {"repository": repo_dir, "runs_dir": tmp_path / "runs"}
+    run_training(TrainConfig(name="m", epochs=1, progress=False, **common))
+    repo = ModelRepository(repo_dir)
+    model = build_model("lenet5")
+    repo.publish(  # what compress publishes: ONNX only, compressed_from in the lineage
+        repo.config("m"),
+        export_onnx(model, (1, 28, 28), tmp_path / "c.onnx"),
+        architecture="lenet5",
+        lineage={**repo.get("m", 1).metadata.lineage, "compressed_from": "m:1"},
+    )
+    key_file = save_key(_key(), tmp_path / "key.json")
+    args = ["watermark", "embed", "--key", str(key_file), "--from-model", "m", "--epochs", "1",
+            "--repository", str(repo_dir), "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert repo.get("m", 3).metadata.lineage["finetuned_from"] == "m:1"
+    named = CliRunner().invoke(cli, [*args, "--from-version", "2"])  # asked for: refused
+    assert "use its source m:1" in str(named.exception)
