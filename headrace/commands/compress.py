@@ -40,6 +40,12 @@ from headrace.settings import load_settings
     "--seed", type=int, help="Seed: the source model's own, which picks its split (the default)."
 )
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder of a file-based dataset.")
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="For a model trained on ingested shards: their data root "
+    "[default: HEADRACE_DATA_ROOT or ./data].",
+)
 @click.option("--name", help="Publish under this name (default the source model's name).")
 @click.option("--repository", type=click.Path(path_type=Path), help="Model repository.")
 @click.option("--runs-dir", type=click.Path(path_type=Path), help="Checkpoints and logs.")
@@ -65,6 +71,7 @@ def compress(
     batch_size: int,
     seed: int | None,
     data_dir: Path | None,
+    data_root: Path | None,
     name: str | None,
     repository: Path | None,
     runs_dir: Path | None,
@@ -105,6 +112,7 @@ def compress(
         batch_size=batch_size,
         seed=seed,
         data_dir=data_dir or settings.data_dir,
+        data_root=data_root,
         name=name,
         repository=repository or settings.model_repository,
         runs_dir=runs_dir or settings.runs_dir,
@@ -134,11 +142,22 @@ def compress(
 @click.option("--repository", type=click.Path(path_type=Path), help="Model repository.")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder of a file-based dataset.")
 @click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="For a model trained on ingested shards: their data root "
+    "[default: HEADRACE_DATA_ROOT or ./data].",
+)
+@click.option(
     "--latency-seconds", type=float, default=0.3, show_default=True, help="Timing per batch size."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def report(
-    name: str, repository: Path | None, data_dir: Path | None, latency_seconds: float, as_json: bool
+    name: str,
+    repository: Path | None,
+    data_dir: Path | None,
+    data_root: Path | None,
+    latency_seconds: float,
+    as_json: bool,
 ) -> None:
     """The original NAME against each compressed version: accuracy, size, latency (b1, b64)."""
     from serving.repository import ModelRepository
@@ -152,5 +171,6 @@ def report(
         name,
         data_dir or settings.data_dir,
         latency_seconds,
+        data_root,
     )
     click.echo(found.model_dump_json() if as_json else format_report(found))

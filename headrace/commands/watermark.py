@@ -73,6 +73,12 @@ def _print_report(report: Any) -> None:
 @click.option("--model", default="lenet5", show_default=True, help="Architecture (new training).")
 @click.option("--dataset", help="Dataset (default digits, or the --from-model's own).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder of a file dataset.")
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="For a --from-model trained on ingested shards: their data root "
+    "[default: HEADRACE_DATA_ROOT or ./data].",
+)
 @click.option("--epochs", type=int, help="Epochs (default 50 for new training, 3 to fine-tune).")
 @click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
@@ -94,6 +100,7 @@ def embed(
     model: str,
     dataset: str | None,
     data_dir: Path | None,
+    data_root: Path | None,
     epochs: int | None,
     learning_rate: float,
     batch_size: int,
@@ -130,6 +137,8 @@ def embed(
     if data_dir or settings.data_dir:
         common["data_dir"] = data_dir or settings.data_dir
     root = repository or settings.model_repository
+    if from_model is None and data_root is not None:  # new training reads the dataset's files
+        raise ConfigError("--data-root goes with --from-model (a model trained on shards)")
     if from_model is None:
         from training.config import TrainConfig
         from training.recipe import run_training
@@ -149,7 +158,9 @@ def embed(
             if from_version is None
             else repo.get(from_model, from_version)
         )
-        config = build_config(lambda **kw: finetune_config(source, **kw), **common)
+        config = build_config(
+            lambda **kw: finetune_config(source, data_root=data_root, **kw), **common
+        )
         report = finetune_published(source, config)
     if as_json:
         click.echo(report.model_dump_json())

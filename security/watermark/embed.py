@@ -80,12 +80,14 @@ class FineTuneRecipe(TrainRecipe):
         return [*build_hooks(self.config), _FineTuneLineage(self.source)]
 
 
-def finetune_config(source: ModelVersion, **overrides: Any) -> TrainConfig:
+def finetune_config(
+    source: ModelVersion, *, data_root: Path | None = None, **overrides: Any
+) -> TrainConfig:
     """A config that continues `source` on its own dataset and publishes beside it.
 
     Defaults: the version's dataset (or the same selection of ingested shards, read
-    from the process's data root), seed, split fractions and preprocessing (from its
-    lineage), 3 epochs at a constant learning rate, no early
+    from `data_root`, by default the process's data root), seed, split fractions and
+    preprocessing (from its lineage), 3 epochs at a constant learning rate, no early
     stopping; `overrides` win (e.g. `epochs`, `learning_rate`, `data_dir`,
     `watermark`, `name`). The architecture and its options (`width`,
     `dropout`) are the version's own and cannot be overridden: training starts
@@ -121,7 +123,7 @@ def finetune_config(source: ModelVersion, **overrides: Any) -> TrainConfig:
         **split,
         # trained on ingested shards: the same records (else its test split would hold
         # training images of the source)
-        "data_source": ShardSource.from_lineage(lineage),
+        "data_source": ShardSource.from_lineage(lineage, data_root),
         "epochs": 3,
         "lr_schedule": "none",
         "patience": 0,

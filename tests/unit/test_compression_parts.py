@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from headrace.errors import ConfigError, ModelNotFound, RepositoryError
+from headrace.errors import ConfigError, DatasetError, ModelNotFound, RepositoryError
 from security.watermark.embed import finetune_config
 from serving.model_config import ModelConfig, PreprocessingSpec, TensorSpec
 from serving.repository import ModelRepository, ModelVersion
@@ -260,6 +260,8 @@ def test_a_model_trained_on_shards_is_fine_tuned_and_reported_on_its_own_selecti
     """Fine-tuning (compress, watermark embed) and the compression report rebuilt the
     splits from the dataset's files: 600 ingested digits of which 500 were selected gave
     the 180-image test split of all of digits, holding images the model trained on."""
+    from training.compression.recipe import compression_train_config
+
     raw = load_raw("digits")
     count = 600
     write_shard(
@@ -295,3 +297,26 @@ def test_a_model_trained_on_shards_is_fine_tuned_and_reported_on_its_own_selecti
 
     (row,) = build_report(repository, "sharded", latency_seconds=0.01).rows
     assert row.test_samples == 50
+
+    # shards kept under another root than HEADRACE_DATA_ROOT (`train --data-root`): compress,
+    # compress report and watermark embed take --data-root, as security robustness does
+    # (the error said to pass --data-root, which they did not have)
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "data").rename(moved)
+    with pytest.raises(DatasetError, match="no shards"):
+        finetune_config(version).load_splits()
+    finetune = finetune_config(version, data_root=moved)
+    assert len(finetune.load_splits().test) == 50
+    compress = CompressConfig(source="sharded", quant="int8", data_root=moved)
+    assert compression_train_config(compress, version).data_source == finetune.data_source
+    (row,) = build_report(repository, "sharded", latency_seconds=0.01, data_root=moved).rows
+    assert row.test_samples == 50
+    from click.testing import CliRunner
+
+    from headrace.cli import cli
+
+    args = ["compress", "report", "sharded", "--repository", str(repository.root),
+            "--latency-seconds", "0.01", "--data-root", str(moved), "--json"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert '"test_samples":50' in result.output

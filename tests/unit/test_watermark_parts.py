@@ -454,3 +454,7 @@ def test_embed_from_model_defaults_to_its_latest_uncompressed_version(tmp_path: 
     assert repo.get("m", 3).metadata.lineage["finetuned_from"] == "m:1"
     named = CliRunner().invoke(cli, [*args, "--from-version", "2"])  # asked for: refused
     assert "use its source m:1" in str(named.exception)
+    # --data-root is for a --from-model trained on shards; new training reads files
+    alone = CliRunner().invoke(cli, ["watermark", "embed", "--key", str(key_file),
+                                     "--data-root", str(tmp_path)])  # fmt: skip
+    assert "--data-root goes with --from-model" in str(alone.exception)

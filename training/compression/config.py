@@ -84,6 +84,11 @@ class CompressConfig(BaseModel):
     batch_size: int = Field(default=64, ge=1, le=65_536)
     seed: int | None = Field(default=None, ge=0, description="Default: the source's own seed.")
     data_dir: Path | None = Field(default=None, description="Folder of a file-based dataset.")
+    data_root: Path | None = Field(
+        default=None,
+        description="Data root of the ingested shards a source trained on; None = the "
+        "process's (HEADRACE_DATA_ROOT, else ./data).",
+    )
     name: str | None = Field(
         default=None, description="Publish under this name; default the source's name."
     )

@@ -103,7 +103,7 @@ def compression_train_config(compress: CompressConfig, source: ModelVersion) -> 
     if compress.data_dir is not None:
         overrides["data_dir"] = compress.data_dir
     try:
-        return finetune_config(source, **overrides)
+        return finetune_config(source, data_root=compress.data_root, **overrides)
     except ValidationError as exc:
         problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
         raise ConfigError(f"cannot fine-tune {version_ref(source)}: {problems}") from None

@@ -118,8 +118,11 @@ def build_report(
     name: str,
     data_dir: Path | None = None,
     latency_seconds: float = 0.3,
+    data_root: Path | None = None,
 ) -> CompressionReport:
-    """Measure every version `report_versions` lists (see the module docstring)."""
+    """Measure every version `report_versions` lists (see the module docstring); a version
+    trained on ingested shards is measured on their test split, read from `data_root`
+    (default the process's data root)."""
     versions = report_versions(repository, name)
     splits: dict[tuple[Any, ...], DatasetSplits] = {}
     shape = list(versions[0].config.inputs[0].dims)
@@ -137,7 +140,7 @@ def build_report(
                 dataset, seed, val_fraction, test_fraction, *_ = key
                 splits[key] = load_splits(
                     str(dataset), data_dir, int(seed), float(val_fraction), float(test_fraction),
-                    source=ShardSource.from_lineage(version.metadata.lineage),
+                    source=ShardSource.from_lineage(version.metadata.lineage, data_root),
                 )  # fmt: skip
             measured = onnx_accuracy(
                 version.model_file, splits[key].test, version.config.preprocessing
