@@ -14,7 +14,9 @@ generated name, read by a DequantizeLinear, and it carries no `weights.pt`.
 Those weights are dequantized as ONNX Runtime does (`(q - zero_point) * scale`)
 and matched, in graph order, to the Conv/Linear weights of the version's
 architecture in state_dict order; the match must hold shape for shape (it does
-not for a pruned model, whose signature layer has lost weights anyway).
+not for a pruned model, whose signature layer has lost weights anyway). A pruned
+float version keeps the layer names in its `model.onnx`, with fewer channels: it is
+refused the same way, rather than read through a projection made for another size.
 """
 
 from __future__ import annotations
@@ -99,11 +101,22 @@ def signature_weights(key: WatermarkKey, version: ModelVersion) -> tuple[np.ndar
     if WEIGHTS_FILE in version.metadata.sha256:
         model = load_published_model(version)
         state = {name: t.detach().cpu().numpy() for name, t in model.state_dict().items()}
-    names = state if state is not None else initializers
-    layer = resolve_layer({n: tuple(a.shape) for n, a in names.items()}, key.whitebox_layer)
+    if state is not None:
+        shapes = {n: tuple(a.shape) for n, a in state.items()}
+    else:  # ONNX only (a compressed version): its layers are matched against its architecture
+        architecture = published_architecture(version).state_dict()
+        shapes = {n: tuple(t.shape) for n, t in architecture.items()}
+    layer = resolve_layer(shapes, key.whitebox_layer)
     in_onnx = initializers.get(layer)
-    if in_onnx is not None and (state is None or in_onnx.shape == state[layer].shape):
+    if in_onnx is not None and in_onnx.shape == shapes[layer]:
         return in_onnx, layer, MODEL_FILE
+    if in_onnx is not None and state is None:  # the projection would be another key's matrix
+        raise WatermarkError(
+            f"model {version.name!r} version {version.version}: {layer!r} in its {MODEL_FILE} "
+            f"has shape {list(in_onnx.shape)}, not the {list(shapes[layer])} of architecture "
+            f"{version.metadata.architecture!r} (pruned channels?), so the white-box signature "
+            "cannot be read from it; pass --no-whitebox for the black-box test alone"
+        )
     if state is not None:
         return state[layer], layer, WEIGHTS_FILE
     raise WatermarkError(

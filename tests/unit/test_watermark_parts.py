@@ -378,6 +378,33 @@ def test_signature_layer_of_a_quantized_model_is_its_dequantized_weights(
         signature_weights(_key(), other)
 
 
+def test_signature_of_a_pruned_float_model_is_refused_not_read_at_another_size(
+    tmp_path: Path,
+) -> None:
+    """A pruned (not quantized) version keeps `features.3.weight` in its model.onnx with fewer
+    channels; verify read it through a projection made for that other size (a matrix the key
+    never marked) and reported the white-box test as failed (BER ~0.5) for a marked model."""
+    from security.watermark.weights import signature_weights
+    from serving.model_config import ModelConfig, TensorSpec
+    from serving.repository import ModelRepository
+    from training.compression.pruning import prune_channels
+    from training.export import export_onnx
+
+    torch.manual_seed(0)
+    pruned = prune_channels(build_model("lenet5").eval(), 0.5, torch.randn(4, 1, 28, 28))
+    onnx_file = export_onnx(pruned.eval(), (1, 28, 28), tmp_path / "model.onnx")
+    config = ModelConfig(
+        name="p",
+        inputs=[TensorSpec(name="input", dims=[1, 28, 28])],
+        outputs=[TensorSpec(name="logits", dims=[10])],
+    )
+    entry = ModelRepository(tmp_path / "repo").publish(
+        config, onnx_file, architecture="lenet5", lineage={"compressed_from": "m:1"}
+    )
+    with pytest.raises(WatermarkError, match=r"'features.3.weight' .* has shape \[8, 3, 5, 5\]"):
+        signature_weights(_key(), entry)
+
+
 def test_hook_state_resumes_the_same_trigger_sequence(tmp_path: Path) -> None:
     key = _key(trigger_count=20)
     config = WatermarkConfig(key_file=tmp_path / "k", triggers_per_batch=3)
