@@ -73,6 +73,14 @@ class VersionPolicy(BaseModel):
             raise ValueError("version policy 'specific' needs at least one version")
         return self
 
+    def describe(self) -> str:
+        """The policy as `--version-policy` spells it: latest:N, all or specific:1,2."""
+        if self.kind == "all":
+            return "all"
+        if self.kind == "latest":
+            return f"latest:{self.latest_n}"
+        return "specific:" + ",".join(map(str, self.versions))
+
     def select(self, available: list[int]) -> list[int]:
         """The versions to serve among `available` (ascending)."""
         if self.kind == "all":
@@ -127,6 +135,7 @@ class ModelManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._failures: dict[str, str] = {}
         self._failed: dict[tuple[str, int], _Failure] = {}
+        self._in_repository: dict[str, list[int]] = {}  # each model's versions at its last sync
         self._unloaded: set[str] = set()  # unloaded on request: polling leaves them alone
         self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -219,6 +228,13 @@ class ModelManager:
         failure = self._failed.get((name, number)) if number is not None else None
         if failure is not None:
             raise ModelNotReady(f"{failure.message}; ready versions: {ready}")
+        in_repository = self._in_repository.get(name, [])
+        if number in in_repository and number not in self.policy.select(in_repository):
+            raise ModelNotFound(
+                f"model {name!r} version {number} is not served (version policy "
+                f"{self.policy.describe()}; ready versions: {ready}); ask for a ready version, "
+                "or leave the version out for the latest"
+            )
         raise ModelNotFound(f"model {name!r} has no ready version {version}; versions: {ready}")
 
     def ready(self, name: str, version: str | int | None = None) -> bool:
@@ -248,6 +264,7 @@ class ModelManager:
             self._retire(name, {})
             raise
         finally:
+            self._in_repository[name] = available
             for key in [k for k in self._failed if k[0] == name and k[1] not in available]:
                 del self._failed[key]  # forget failures of versions that are gone
         selected = self.policy.select(available)

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from serving.model_manager import VersionPolicy
+
 DEFAULT_GROUP = "headrace-stream"
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 
@@ -65,6 +67,11 @@ class StreamWorkerConfig(BaseModel):
     )
     poll_interval_s: float = Field(
         default=2.0, ge=0, description="Seconds between model repository polls (0 = off)."
+    )
+    version_policy: VersionPolicy = Field(
+        default_factory=VersionPolicy,
+        description="Which versions of each model to serve, as `headrace serve` does: requests "
+        "pinned to a `version` reach only these.",
     )
     updates_topic: str = "model-updates"
     requests_topic: str = "inference-requests"

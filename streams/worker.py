@@ -106,6 +106,7 @@ def run_worker(
     serving_metrics = ServingMetrics(lambda: _live_state(manager))
     manager = ModelManager(
         ModelRepository(config.repository),
+        policy=config.version_policy,
         on_execute=lambda name, version, rows: serving_metrics.observe_execution(
             name, version, rows
         ),

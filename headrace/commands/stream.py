@@ -51,6 +51,13 @@ def stream() -> None:
     "announcements reload at once either way).",
 )
 @click.option(
+    "--version-policy",
+    default="latest",
+    show_default=True,
+    help="Versions of each model to serve, as `headrace serve --version-policy`: latest, "
+    "latest:N, all or specific:1,2. A request's `version` reaches only these.",
+)
+@click.option(
     "--metrics-host",
     default="127.0.0.1",
     show_default=True,
@@ -80,6 +87,7 @@ def worker(
     max_buffered: int,
     metrics_port: int | None,
     poll_interval_s: float,
+    version_policy: str,
     metrics_host: str,
     processing_guarantee: str,
     loglevel: str,
@@ -94,6 +102,7 @@ def worker(
     from kafka.errors import KafkaError
 
     from headrace.commands.broker import resolve_bootstrap, unreachable
+    from headrace.commands.serve import parse_version_policy
     from serving.repository import ModelRepository
     from streams.broker import answers_metadata
     from streams.config import StreamWorkerConfig
@@ -115,6 +124,7 @@ def worker(
         max_delay_s=max_delay_ms / 1000.0,
         metrics_port=metrics_port,
         poll_interval_s=poll_interval_s,
+        version_policy=parse_version_policy(version_policy),
         metrics_host=metrics_host,
         processing_guarantee=processing_guarantee,
     )

@@ -115,7 +115,7 @@ def test_load_serves_latest(repo: ModelRepository, onnx_files, expected) -> None
         assert loaded.model.instances == 1
         version, logits = await infer(manager)
         assert (version, which(logits, expected)) == (2, "b")
-        with pytest.raises(ModelNotFound, match="no ready version 1; versions: 2"):
+        with pytest.raises(ModelNotFound, match=r"version 1 is not served \(version policy"):
             manager.get("digits", 1)
         with pytest.raises(ModelNotFound, match="no ready version"):
             manager.get("digits", "latest")
@@ -206,6 +206,35 @@ def test_policy_specific_versions(repo: ModelRepository, onnx_files, expected) -
     run(scenario)
     with pytest.raises(ValueError, match="at least one version"):
         VersionPolicy(kind="specific")
+
+
+def test_a_version_the_policy_leaves_out_is_named_so(repo: ModelRepository, onnx_files) -> None:
+    """A version in the repository that the policy does not serve says so and names the
+    policy; "has no ready version" left a client (or a stream's DLQ reader) guessing whether
+    the version existed at all."""
+    for source in ("a", "b", "a"):
+        publish(repo, onnx_files[source])
+
+    async def scenario() -> None:
+        latest = ModelManager(repo)
+        await latest.load("digits")
+        with pytest.raises(ModelNotFound) as left_out:
+            latest.get("digits", 1)
+        assert left_out.value.message == (
+            "model 'digits' version 1 is not served (version policy latest:1; ready versions: "
+            "3); ask for a ready version, or leave the version out for the latest"
+        )
+        with pytest.raises(ModelNotFound, match="has no ready version 7; versions: 3"):
+            latest.get("digits", 7)  # not in the repository
+        await latest.close()
+
+        specific = ModelManager(repo, policy=VersionPolicy(kind="specific", versions=[1, 3]))
+        await specific.load("digits")
+        with pytest.raises(ModelNotFound, match=r"version policy specific:1,3; ready versions"):
+            specific.get("digits", "2")
+        await specific.close()
+
+    run(scenario)
 
 
 def test_unload_and_unknown_models(repo: ModelRepository, onnx_files) -> None:

@@ -22,8 +22,11 @@ import numpy as np
 import pytest
 from kafka_fixtures import kafka_cluster
 from server_fixtures import (
+    export_lenet,
     inference_stub,
+    lenet_config,
     output_array,
+    publish,
     raw_request,
     reference,
     running_server,
@@ -35,6 +38,7 @@ from stream_fixtures import (
     WorkerProcess,
     collect,
     json_request,
+    outcome_consumer,
     producer,
     publish_lenet,
     running_worker,
@@ -256,6 +260,58 @@ def test_binary_protobuf_request_gets_a_result(setup: Setup) -> None:
     np.testing.assert_allclose(
         logits(value), reference(setup.model_file, image), rtol=1e-4, atol=1e-5
     )
+
+
+def test_requests_pinned_to_a_version_reach_the_versions_of_its_policy(setup: Setup) -> None:
+    """`--version-policy all`, as on `headrace serve`: a request's `version` picks any
+    published version, and a result names the version that answered. The worker served only
+    the latest version, so a pinned request for an older one always went to the DLQ.
+
+    The model has a name of its own: the module's worker, which reads the same topic in
+    another group, sends these requests to the DLQ, and only results are read here."""
+    folder = setup.folder / "pinned"
+    name = "lenet-versions"
+    config = lenet_config(name, max_batch_size=64)
+    files = [export_lenet(folder / f"{seed}.onnx", seed=seed) for seed in (0, 1)]
+    for model_file in files:
+        publish(folder / "repo", config, model_file)
+    image = np.random.default_rng(3).standard_normal((1, 1, 28, 28), dtype=np.float32)
+    answering = {"1": files[0], "2": files[1], "": files[1]}  # no version: the latest
+    ids = {f"pin{v or 'none'}-{uuid.uuid4().hex[:6]}": v for v in answering}
+    group = f"pinned-{uuid.uuid4().hex[:8]}"
+    args = ["--version-policy", "all"]
+    with running_worker(setup.bootstrap, folder / "repo", group, folder / "w.log", args=args):
+        send = producer(setup.bootstrap)
+        for request_id, version in ids.items():
+            extra = {"model": name, **({"version": version} if version else {})}
+            send.send("inference-requests", key=request_id.encode(),
+                      value=json_request(request_id, image, **extra))  # fmt: skip
+        send.flush()
+        send.close()
+        results = _results_of(setup.bootstrap, set(ids))
+    for request_id, version in ids.items():
+        result = results[request_id]
+        assert result["model_version"] == (version or "2"), result
+        expected = reference(answering[version], image)
+        np.testing.assert_allclose(logits(result), expected, rtol=1e-4, atol=1e-5)
+
+
+def _results_of(bootstrap: str, wanted: set[str], timeout_s: float = 60.0) -> dict[str, Any]:
+    """The result record of each of `wanted` (DLQ records are skipped)."""
+    consumer = outcome_consumer(bootstrap)
+    found: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while set(found) != wanted:
+            assert time.monotonic() < deadline, f"no results for {sorted(wanted - set(found))}"
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    value = json.loads(record.value)
+                    if record.topic == "inference-results" and value["request_id"] in wanted:
+                        found[value["request_id"]] = value
+    finally:
+        consumer.close()
+    return found
 
 
 def test_sigkill_mid_stream_loses_no_request(setup: Setup) -> None:
