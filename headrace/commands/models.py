@@ -47,6 +47,16 @@ def _created_at(version: ModelVersion) -> str:
     return version.metadata.created_at.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _architecture(name: str, options: dict[str, float]) -> str:
+    """`lenet5 (width 1.5, dropout 0.2)`: the options a version's layers were built with."""
+    shown = ", ".join(f"{key} {value:g}" for key, value in sorted(options.items(), reverse=True))
+    return f"{name} ({shown})" if shown else name
+
+
+def _floats(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
+
+
 @click.group()
 def models() -> None:
     """List and inspect the published models and their versions."""
@@ -133,7 +143,7 @@ def show(name: str, version: int | None, repository: Path | None, as_json: bool)
         ("model", found.name),
         ("version", f"{found.version} (versions: {', '.join(map(str, repo.versions(name)))})"),
         ("path", found.path),
-        ("architecture", meta.architecture),
+        ("architecture", _architecture(meta.architecture, meta.architecture_options)),
         ("created_at", _created_at(found)),
         *(("metric", f"{k} = {v:.6g}") for k, v in sorted(meta.metrics.items())),
         *(("lineage", f"{k} = {v}") for k, v in sorted(meta.lineage.items())),
@@ -144,6 +154,12 @@ def show(name: str, version: int | None, repository: Path | None, as_json: bool)
         rows.append(("watermark_id", meta.watermark_id))
     rows += [("file", f"{f} sha256={digest}") for f, digest in sorted(meta.sha256.items())]
     rows += [("input", f"{t.name} {t.datatype} {t.dims}") for t in config.inputs]
+    if config.preprocessing is not None:  # this version's own (each keeps what it trained with)
+        spec = config.preprocessing
+        rows.append(
+            ("preprocessing", f"scale={spec.scale:.6g} mean={_floats(spec.mean)} "
+             f"std={_floats(spec.std)} layout={spec.layout}")
+        )  # fmt: skip
     rows += [("output", f"{t.name} {t.datatype} {t.dims}") for t in config.outputs]
     if config.max_batch_size > 0:
         how = f"max_queue_delay_us={batching.max_queue_delay_us}"

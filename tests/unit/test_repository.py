@@ -282,7 +282,10 @@ def test_concurrent_publishers_get_distinct_versions(repo: ModelRepository, tmp_
 
 def test_cli_list_and_show(repo: ModelRepository, model_file: Path) -> None:
     publish(repo, model_file, metrics={"test_accuracy": 0.9723, "test_loss": 0.1})
-    publish(repo, model_file, metrics={"test_accuracy": 0.9861}, dp_epsilon=2.5, dp_delta=1e-5)
+    publish(
+        repo, model_file, metrics={"test_accuracy": 0.9861}, dp_epsilon=2.5, dp_delta=1e-5,
+        architecture_options={"width": 1.5, "dropout": 0.2},
+    )  # fmt: skip
     runner = CliRunner()
 
     result = runner.invoke(models, ["list", "--repository", str(repo.root)])
@@ -307,6 +310,10 @@ def test_cli_list_and_show(repo: ModelRepository, model_file: Path) -> None:
     result = runner.invoke(models, ["show", "digits", "--repository", str(repo.root)])
     assert result.exit_code == 0, result.output
     assert "version:        2 (versions: 1, 2)" in result.output
+    # what differs between versions: the options its layers were built with and its own
+    # normalisation (the text view showed neither: `lenet5` for a width-1.5 model)
+    assert "architecture:   lenet5 (width 1.5, dropout 0.2)" in result.output
+    assert "preprocessing:  scale=0.00392157 mean=[0.5] std=[0.25] layout=NCHW" in result.output
     assert "epsilon=2.5" in result.output
     assert "input:          pixels FP32 [1, 8, 8]" in result.output
     assert "batching:       max_queue_delay_us=2000 max_queue_size=1024" in result.output
