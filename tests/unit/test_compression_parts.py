@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from shard_models import SELECTED_TEST_SAMPLES, publish_shard_trained
 from torch import nn
 
 from headrace.errors import ConfigError, DatasetError, ModelNotFound, RepositoryError
@@ -28,10 +29,7 @@ from training.compression.sources import (
     load_teacher,
     uncompressed_version,
 )
-from training.datasets import ShardSource, load_raw
 from training.datasets.base import ImageArrays
-from training.datasets.schema import SCHEMAS
-from training.datasets.shards import select_shards, shards_dir, write_shard
 from training.export import export_onnx
 from training.models import build_model
 from training.published import WEIGHTS_FILE, load_published_model, save_weights
@@ -262,41 +260,17 @@ def test_a_model_trained_on_shards_is_fine_tuned_and_reported_on_its_own_selecti
     the 180-image test split of all of digits, holding images the model trained on."""
     from training.compression.recipe import compression_train_config
 
-    raw = load_raw("digits")
-    count = 600
-    write_shard(
-        shards_dir(tmp_path / "data", "digits"), 0, 0, count - 1,
-        raw.data.images[:count], raw.data.labels[:count], np.arange(count),
-        [f"r{i}" for i in range(count)],
-    )  # fmt: skip
-    source = ShardSource(root=tmp_path / "data", up_to_offset={0: 500})
-    selection = select_shards("digits", SCHEMAS["digits"], source)
-    torch.manual_seed(0)
-    model = build_model("lenet5").eval()
-    config = ModelConfig(
-        name="sharded",
-        max_batch_size=8,
-        inputs=[TensorSpec(name="input", dims=[1, 28, 28])],
-        outputs=[TensorSpec(name="logits", dims=[10])],
-        preprocessing=SPEC,
-    )
+    version, _ = publish_shard_trained(tmp_path, "sharded", SPEC)
     repository = ModelRepository(tmp_path / "repo")
-    version = repository.publish(
-        config,
-        export_onnx(model, (1, 28, 28), tmp_path / "m.onnx"),
-        architecture="lenet5",
-        extra_files={WEIGHTS_FILE: save_weights(model, tmp_path / WEIGHTS_FILE)},
-        lineage={"dataset": "digits", "seed": 0, **selection.lineage()},
-    )
     monkeypatch.setenv("HEADRACE_DATA_ROOT", str(tmp_path / "data"))
 
     finetune = finetune_config(version)
     assert finetune.data_source is not None
     assert finetune.data_source.up_to_offset == {0: 500}
-    assert len(finetune.load_splits().test) == 50  # 500 records, not the 1,797 of digits
+    assert len(finetune.load_splits().test) == SELECTED_TEST_SAMPLES  # not all of digits' 180
 
     (row,) = build_report(repository, "sharded", latency_seconds=0.01).rows
-    assert row.test_samples == 50
+    assert row.test_samples == SELECTED_TEST_SAMPLES
 
     # shards kept under another root than HEADRACE_DATA_ROOT (`train --data-root`): compress,
     # compress report and watermark embed take --data-root, as security robustness does
@@ -306,11 +280,11 @@ def test_a_model_trained_on_shards_is_fine_tuned_and_reported_on_its_own_selecti
     with pytest.raises(DatasetError, match="no shards"):
         finetune_config(version).load_splits()
     finetune = finetune_config(version, data_root=moved)
-    assert len(finetune.load_splits().test) == 50
+    assert len(finetune.load_splits().test) == SELECTED_TEST_SAMPLES
     compress = CompressConfig(source="sharded", quant="int8", data_root=moved)
     assert compression_train_config(compress, version).data_source == finetune.data_source
     (row,) = build_report(repository, "sharded", latency_seconds=0.01, data_root=moved).rows
-    assert row.test_samples == 50
+    assert row.test_samples == SELECTED_TEST_SAMPLES
     from click.testing import CliRunner
 
     from headrace.cli import cli

@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from shard_models import SELECTED_TEST_SAMPLES, publish_shard_trained
 
 from headrace.commands.security import security
 from headrace.errors import ConfigError, DatasetError, HeadraceError
 from serving.model_config import ModelConfig, TensorSpec
 from serving.repository import ModelRepository
 from training.adversarial import published_pixel_model
-from training.datasets import ShardSource, load_raw, load_splits
-from training.datasets.schema import SCHEMAS
-from training.datasets.shards import select_shards, shards_dir, write_shard
+from training.datasets import load_splits
 from training.export import export_onnx
 from training.models import build_model
 from training.preprocess import ChannelStats
@@ -108,36 +106,7 @@ def test_a_model_trained_on_shards_is_attacked_on_its_own_test_split(
 ) -> None:
     # It was attacked on the whole dataset's test split: trained on 600 ingested digits,
     # 47 of the 180 images reported as its test split were training images.
-    raw = load_raw("digits")
-    count = 600
-    write_shard(
-        shards_dir(tmp_path / "data", "digits"),
-        0,
-        0,
-        count - 1,
-        raw.data.images[:count],
-        raw.data.labels[:count],
-        np.arange(count),
-        [f"r{i}" for i in range(count)],
-    )
-    source = ShardSource(root=tmp_path / "data", up_to_offset={0: 500})
-    selection = select_shards("digits", SCHEMAS["digits"], source)
-    torch.manual_seed(0)
-    model = build_model("lenet5").eval()
-    config = ModelConfig(
-        name="sharded",
-        max_batch_size=8,
-        inputs=[TensorSpec(name="input", dims=[1, 28, 28])],
-        outputs=[TensorSpec(name="logits", dims=[10])],
-        preprocessing=ChannelStats((0.2,), (0.3,)).to_spec(),
-    )
-    ModelRepository(tmp_path / "repo").publish(
-        config,
-        export_onnx(model, (1, 28, 28), tmp_path / "m.onnx"),
-        architecture="lenet5",
-        extra_files={WEIGHTS_FILE: save_weights(model, tmp_path / WEIGHTS_FILE)},
-        lineage={"dataset": "digits", "seed": 0, **selection.lineage()},
-    )
+    _, source = publish_shard_trained(tmp_path, "sharded", ChannelStats((0.2,), (0.3,)).to_spec())
     monkeypatch.setenv("HEADRACE_DATA_ROOT", str(tmp_path / "data"))
     args = ["robustness", "--model", "sharded", "--repository", str(tmp_path / "repo")]
     args += ["--epsilons", "0", "--json"]
@@ -145,7 +114,7 @@ def test_a_model_trained_on_shards_is_attacked_on_its_own_test_split(
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)["report"]
     test = load_splits("digits", source=source).test
-    assert report["samples"] == len(test) == 50  # 500 records, not the 1,797 of digits
+    assert report["samples"] == len(test) == SELECTED_TEST_SAMPLES
     elsewhere = CliRunner().invoke(security, [*args, "--data-root", str(tmp_path / "none")])
     assert isinstance(elsewhere.exception, DatasetError)
     assert "no shards of 'digits'" in elsewhere.exception.message
