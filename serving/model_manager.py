@@ -1,7 +1,8 @@
 """Which model versions are loaded and ready, with hot reload from the repository.
 
 A `VersionPolicy` (Triton's: latest N, all, specific) selects each model's versions.
-`load(name)` loads the selected versions not loaded yet, then retires the others: load
+`load(name)` loads the selected versions not loaded yet (or published again under their
+number since they were loaded), then retires the others: load
 before unload, so an update never leaves a model dark. If no selected version loads
 (say a tampered file), the versions already serving stay and the error goes to
 `failures()` (and to the `on_load_failure` hook, once per change of the files).
@@ -20,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, NoReturn
 
 import numpy as np
@@ -44,16 +43,16 @@ from serving.interfaces import ModelRunner, RunnerFactory
 from serving.model_config import ModelConfig, VersionMetadata
 from serving.onnx_interface import interface_problems
 from serving.repository import (
-    CONFIG_FILE,
+    METADATA_FILE,
     MODEL_FILE,
     ModelRepository,
     ModelVersion,
     version_config,
 )
 from serving.runner import OnnxModel
+from serving.version_stamps import FileStamp, Stamp, file_stamp, folder_stamp, metadata_stamp
 
 log = logging.getLogger(__name__)
-Stamp = tuple[tuple[str, int, int, int], ...]
 ExecuteHook = Callable[[str, int, int], None]  # (model, version, rows) after each executed batch
 LoadFailureHook = Callable[[str, int, str], None]  # (model, version, reason) per refused load
 
@@ -100,6 +99,7 @@ class LoadedVersion:
     metadata: VersionMetadata
     model: ModelRunner
     batcher: DynamicBatcher
+    published: FileStamp | None = None  # its metadata.json when loaded: see `_republished`
 
 
 @dataclass(frozen=True)
@@ -275,11 +275,16 @@ class ModelManager:
             errors.append(f"model {name!r}: version policy asks for version(s) {listed}, not found")
         current = dict(self._ready.get(name, {}))
         edited = await self._edited_config(name, current) if retry_failed else None
+        republished = await asyncio.to_thread(self._republished, name, current)
         replaced: list[LoadedVersion] = []
         for version in selected:
-            if version in current and (
-                edited is None
-                or current[version].config == version_config(edited, current[version].metadata)
+            if (
+                version in current
+                and version not in republished
+                and (
+                    edited is None
+                    or current[version].config == version_config(edited, current[version].metadata)
+                )
             ):
                 continue
             known = None if retry_failed else self._failed.get((name, version))
@@ -294,7 +299,7 @@ class ModelManager:
                 log.exception("model %s version %d not loaded", name, version)
                 errors.append(f"model {name!r} version {version}: {type(exc).__name__}")
                 continue
-            if version in current:  # reloaded with the edited config.json
+            if version in current:  # reloaded: an edited config.json, or published again
                 replaced.append(current[version])
             current[version] = loaded
             self._publish(name, dict(current))  # ready now; older versions still serve
@@ -310,7 +315,7 @@ class ModelManager:
         return sorted(keep)
 
     async def _load_version(self, name: str, version: int, known: _Failure | None) -> LoadedVersion:
-        found, model = await asyncio.to_thread(self._open, name, version, known)
+        found, model, published = await asyncio.to_thread(self._open, name, version, known)
         config = found.config
         try:
             batcher = DynamicBatcher(
@@ -327,7 +332,7 @@ class ModelManager:
             model.close()
             raise ModelLoadError(f"model {name!r} version {version}: {exc.message}") from exc
         log.info("model %s version %d loaded (%d instances)", name, version, model.instances)
-        return LoadedVersion(name, version, config, found.metadata, model, batcher)
+        return LoadedVersion(name, version, config, found.metadata, model, batcher, published)
 
     def _counted(
         self, name: str, version: int, model: ModelRunner
@@ -346,11 +351,12 @@ class ModelManager:
 
     def _open(
         self, name: str, version: int, known: _Failure | None
-    ) -> tuple[ModelVersion, ModelRunner]:
-        """Blocking: verify one version's files and build its sessions (in a worker thread)."""
+    ) -> tuple[ModelVersion, ModelRunner, FileStamp | None]:
+        """Blocking: verify one version's files and build its sessions (in a worker thread);
+        also the stamp of its metadata.json."""
         prefix = f"model {name!r} version {version}"
         try:
-            stamp = _stamp(self.repository.version_dir(name, version))
+            stamp = folder_stamp(self.repository.version_dir(name, version))
         except OSError:
             raise ModelLoadError(f"{prefix}: its folder cannot be read") from None
         if known is not None and known.stamp == stamp:
@@ -382,7 +388,7 @@ class ModelManager:
                 problems = _interface_problems(found.config, model)
                 if not problems:
                     self._failed.pop((name, version), None)
-                    return found, model
+                    return found, model, metadata_stamp(stamp)
                 model.close()
                 message = (
                     f"{prefix}: its {MODEL_FILE} does not match the model's config.json: "
@@ -420,6 +426,20 @@ class ModelManager:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
         return task
+
+    def _republished(self, name: str, current: dict[int, LoadedVersion]) -> set[int]:
+        """Blocking: the loaded versions whose folder now holds another publish. A deleted
+        version's number is given again to the next publish, so a folder replaced between two
+        polls kept serving the deleted weights under the new version's number."""
+        changed = set()
+        for number, loaded in current.items():
+            if loaded.published is None:
+                continue
+            with contextlib.suppress(OSError):  # a folder gone: `_sync` retires it
+                path = self.repository.version_dir(name, number) / METADATA_FILE
+                if file_stamp(path) != loaded.published:
+                    changed.add(number)
+        return changed
 
     async def _edited_config(
         self, name: str, current: dict[int, LoadedVersion]
@@ -495,19 +515,6 @@ class ModelManager:
 
 def _int_or_none(text: str) -> int | None:
     return int(text) if text.strip().isdecimal() else None
-
-
-def _stamp(path: Path) -> Stamp:
-    """Identity of a version folder's files and of its model's config.json: any write
-    changes a file's ctime."""
-    entries = []
-    for entry in sorted(os.scandir(path), key=lambda e: e.name):
-        st = entry.stat()
-        entries.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-    with contextlib.suppress(FileNotFoundError):
-        st = (path.parent / CONFIG_FILE).stat()
-        entries.append((f"../{CONFIG_FILE}", st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-    return tuple(entries)
 
 
 def _interface_problems(config: ModelConfig, model: ModelRunner) -> list[str]:

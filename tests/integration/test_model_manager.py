@@ -237,6 +237,32 @@ def test_a_version_the_policy_leaves_out_is_named_so(repo: ModelRepository, onnx
     run(scenario)
 
 
+def test_a_version_published_again_under_its_number_is_reloaded(
+    repo: ModelRepository, onnx_files, expected
+) -> None:
+    """Deleting the latest version frees its number for the next publish. When both happen
+    between two polls, the manager kept serving the deleted weights as that version."""
+    publish(repo, onnx_files["a"])
+    publish(repo, onnx_files["b"])
+
+    async def scenario() -> None:
+        manager = ModelManager(repo, policy=VersionPolicy(kind="all"))
+        await manager.load("digits")
+        assert which((await infer(manager, version=2))[1], expected) == "b"
+        unchanged, replaced = manager.get("digits", 1), manager.get("digits", 2)
+        await manager.poll_once()  # nothing changed: nothing reloaded
+        assert (manager.get("digits", 1), manager.get("digits", 2)) == (unchanged, replaced)
+        shutil.rmtree(repo.version_dir("digits", 2))
+        assert publish(repo, onnx_files["a"]) == 2  # the deleted version's number again
+        await manager.poll_once()
+        assert manager.loaded() == {"digits": [1, 2]}
+        assert which((await infer(manager, version=2))[1], expected) == "a"
+        assert manager.get("digits", 1) is unchanged  # the others are left as they are
+        await manager.close()
+
+    run(scenario)
+
+
 def test_unload_and_unknown_models(repo: ModelRepository, onnx_files) -> None:
     publish(repo, onnx_files["a"])
     publish(repo, onnx_files["a"], name="other")
