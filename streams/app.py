@@ -359,6 +359,11 @@ class StreamWorker:
         for tp in revoked:
             self.positions.pop(tp, None)
 
+    @property
+    def ready(self) -> bool:
+        """Whether the consumer has had its first assignment (the group's first rebalance)."""
+        return self._announced
+
     def paused_partitions(self) -> int:
         """Partitions whose fetching is paused because their buffer is full."""
         return len(getattr(self.app.consumer, "_buffered_partitions", ()))

@@ -13,6 +13,7 @@ per record on them than on asyncio's (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -33,9 +34,13 @@ from streams.job_messages import ModelUpdate
 from streams.metrics import StreamMetrics
 from streams.model_updates import follow_model_updates
 
+log = logging.getLogger(__name__)
 EXIT_BATCH_FAILED = 3
 EXIT_STOP_TIMEOUT = 4
 STOP_DEADLINE_S = 45.0  # a stop that hangs (say the broker vanished) ends the process anyway
+# A group join takes 1 to 5 s (DESIGN.md) and waits at most the rebalance timeout (10 s) for
+# members to rejoin; a worker with no assignment after this long says so, every this long.
+UNASSIGNED_WARN_S = 20.0
 
 
 class WatchdogWorker(faust.Worker):
@@ -94,6 +99,32 @@ def _reload_models(app: faust.App, manager: ModelManager, config: StreamWorkerCo
         app.timer(interval=config.poll_interval_s)(poll)
 
 
+def _warn_while_unassigned(
+    loop: asyncio.AbstractEventLoop, stream: StreamWorker, group: str
+) -> None:
+    """Say so while the consumer group gives this worker no assignment. The embedded broker
+    never finishes a rebalance again once a group's leader has left between its JoinGroup and
+    its SyncGroup (a worker stopped mid-rebalance); its workers then waited without a word.
+    On the loop itself: Faust starts an app's tasks and timers only after the first
+    assignment."""
+
+    def check(waited_s: float) -> None:
+        if stream.ready:
+            return
+        log.warning(
+            "no partitions assigned after %.0f s: consumer group %r has not finished a "
+            "rebalance. A member may be stuck; on the embedded broker a group whose leader "
+            "left in the middle of a rebalance stays stuck until the broker restarts. "
+            "Restart the broker, or run the workers with another --group (a new group reads "
+            "inference-requests from the earliest offset).",
+            waited_s,
+            group,
+        )
+        loop.call_later(UNASSIGNED_WARN_S, check, waited_s + UNASSIGNED_WARN_S)
+
+    loop.call_later(UNASSIGNED_WARN_S, check, UNASSIGNED_WARN_S)
+
+
 def run_worker(
     config: StreamWorkerConfig,
     announce: Callable[[dict[str, str]], None],
@@ -138,6 +169,7 @@ def run_worker(
 
     stream = StreamWorker(config, dataplane, metrics, on_ready=ready, on_fatal=fatal)
     _reload_models(stream.app, manager, config)
+    _warn_while_unassigned(loop, stream, config.group_id)
     metrics.watch_lag(stream.consumer_lag)
     code = run_faust_app(stream.app, loop, loglevel)
     if stream.failed is not None:

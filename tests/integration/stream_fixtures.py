@@ -8,6 +8,7 @@ records are counted by consuming them (DESIGN.md, "Known facts about the embedde
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
@@ -109,6 +110,36 @@ def running_worker(
         yield worker
     finally:
         worker.stop()
+
+
+def leader_leaves_mid_rebalance(bootstrap: str, group: str) -> None:
+    """Join `group` as its only member, hence its leader, and leave it (LeaveGroup) before
+    the SyncGroup that would hand out the assignment: what a worker stopped in the middle of
+    a rebalance does. The embedded broker never finishes a rebalance of that group again."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.protocol.coordination import FindCoordinatorRequest
+    from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
+
+    async def join_and_leave() -> None:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap)
+        await client.bootstrap()
+        try:
+            found = await client.send(client.get_random_node(), FindCoordinatorRequest(group, 0))
+            coordinator = found.coordinator_id
+            member = ""  # the first answer is MEMBER_ID_REQUIRED, with the id to join with
+            for _ in range(2):
+                join = JoinGroupRequest(group, 2000, 10000, member, None, "consumer", [("x", b"")])
+                joined = await client.send(coordinator, join)
+                member = joined.member_id
+                if joined.error_code == 0:
+                    break
+            assert joined.error_code == 0 and joined.leader_id == member, joined
+            left = await client.send(coordinator, LeaveGroupRequest(group, member))
+            assert left.error_code == 0, left
+        finally:
+            await client.close()
+
+    asyncio.run(join_and_leave())
 
 
 # -- requests ------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kafka_fixtures import kafka_cluster
+from kafka_fixtures import external_bootstrap, kafka_cluster
 from server_fixtures import (
+    REPO_ROOT,
     export_lenet,
     inference_stub,
     lenet_config,
@@ -38,14 +41,17 @@ from stream_fixtures import (
     WorkerProcess,
     collect,
     json_request,
+    leader_leaves_mid_rebalance,
     outcome_consumer,
     producer,
     publish_lenet,
     running_worker,
 )
 
+from headrace.processes import stop_process
 from protos import grpc_service_pb2 as pb
 from streams.messages import CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE
+from streams.worker import UNASSIGNED_WARN_S
 
 SHAPE = [1, 1, 28, 28]
 
@@ -312,6 +318,32 @@ def _results_of(bootstrap: str, wanted: set[str], timeout_s: float = 60.0) -> di
     finally:
         consumer.close()
     return found
+
+
+@pytest.mark.skipif(external_bootstrap() is not None, reason="the embedded broker's fault")
+def test_a_worker_of_a_stuck_group_says_so(setup: Setup) -> None:
+    """On the embedded broker a group whose leader left between JoinGroup and SyncGroup never
+    finishes a rebalance again. A worker of that group waited without a word (no ready line,
+    nothing on stderr at the default log level); it warns while it has no assignment."""
+    group = f"stuck-{uuid.uuid4().hex[:8]}"
+    leader_leaves_mid_rebalance(setup.bootstrap, group)
+    log_file = setup.folder / "stuck.log"
+    repository = str(setup.folder / "repo")
+    command = [sys.executable, "-m", "headrace", "stream", "worker", "--bootstrap",
+               setup.bootstrap, "--repository", repository, "--group", group]  # fmt: skip
+    with log_file.open("w") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=log, text=True)
+    try:
+        wait_until(
+            lambda: "no partitions assigned after" in log_file.read_text(errors="replace"),
+            "the worker's warning",
+            timeout_s=UNASSIGNED_WARN_S + 30,
+        )
+        text = log_file.read_text(errors="replace")
+        assert f"consumer group {group!r} has not finished a rebalance" in text, text
+        assert "stream worker ready" not in text
+    finally:
+        assert stop_process(process, 40) == 0, log_file.read_text(errors="replace")[-3000:]
 
 
 def test_sigkill_mid_stream_loses_no_request(setup: Setup) -> None:
