@@ -216,8 +216,14 @@ class ModelManager:
         if not versions:
             if name in self._failures:
                 raise ModelNotReady(f"model {name!r} is not ready: {self._failures[name]}")
-            if self._known(name):
+            if name in self._unloaded:
                 raise ModelNotReady(f"model {name!r} is not loaded; load it first")
+            if self._known(name):  # published since the last scan, or loading right now
+                raise ModelNotReady(
+                    f"model {name!r} is in the repository but not loaded yet: it loads at the "
+                    "next repository scan (or with an explicit load); send the request again "
+                    "shortly"
+                )
             raise ModelNotFound(f"model {name!r} not found; {self._available()}")
         if version is None or version == "":
             return versions[max(versions)]

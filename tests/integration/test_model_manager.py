@@ -294,6 +294,31 @@ def test_unload_and_unknown_models(repo: ModelRepository, onnx_files) -> None:
     run(scenario)
 
 
+def test_a_model_published_since_the_last_scan_is_not_ready_yet(
+    repo: ModelRepository, onnx_files
+) -> None:
+    """A model that appears between two scans is not ready yet, and will be without anyone
+    loading it: 'load it first' (what an unloaded model is told) sent Kafka clients, who have
+    no load, and gRPC clients of a polling server after a load they did not need."""
+    publish(repo, onnx_files["a"])
+
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        await manager.load_all()
+        publish(repo, onnx_files["a"], name="later")
+        with pytest.raises(ModelNotReady) as not_yet:
+            manager.get("later")
+        assert not_yet.value.message == (
+            "model 'later' is in the repository but not loaded yet: it loads at the next "
+            "repository scan (or with an explicit load); send the request again shortly"
+        )
+        await manager.poll_once()
+        assert manager.get("later").version == 1
+        await manager.close()
+
+    run(scenario)
+
+
 def test_tampered_or_broken_versions_are_refused(repo: ModelRepository, onnx_files) -> None:
     publish(repo, onnx_files["a"], name="good")
     publish(repo, onnx_files["a"], name="tampered")
