@@ -13,9 +13,11 @@ the training recipe starting from a published model) with these steps changed:
   on ONNX Runtime next to the source's, and publishes a new version.
 
 Compressed versions are new versions of the source's model name (or `name`),
-with the same config.json (inputs, outputs, preprocessing, labels), so serving
-hot-reloads them unchanged; their lineage holds `compressed_from` and the
-settings, their metrics the measurements. They carry no `weights.pt`.
+with the same config.json (inputs, outputs, labels) and the source version's
+own preprocessing (in their metadata.json), so serving hot-reloads them
+unchanged; their lineage holds `compressed_from`, the settings and the source's
+split (dataset, seed, fractions and, for shards, the shard selection), their
+metrics the measurements. They carry no `weights.pt`.
 """
 
 from __future__ import annotations

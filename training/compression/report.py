@@ -5,7 +5,8 @@ names, and the sources of NAME's compressed versions. Every row is measured in
 this process on ONNX Runtime, so the figures compare like with like:
 
 - accuracy on the version's own test split (rebuilt from its lineage: dataset,
-  seed, split fractions) through its served preprocessing;
+  seed, split fractions and, for a model trained on ingested shards, the same
+  shard selection, read from `data_root`) through its served preprocessing;
 - size of `model.onnx` on disk, and the number of weights it stores;
 - latency at batch 1 and 64, all rows timed in interleaved rounds on one thread
   (`training.compression.measure.compare_latency`).
