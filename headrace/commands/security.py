@@ -2,10 +2,11 @@
 
 The model's torch weights come from the repository through
 `training.published.load_published_model` (sha256-checked, read with
-`weights_only=True`); its normalisation from the model's config.json; its test
-split from `load_splits` with the seed and fractions its lineage records (and,
-for a model trained on ingested shards, the same shard selection), so the
-samples are the ones the model never trained on.
+`weights_only=True`); its normalisation from the preprocessing the version
+records in its metadata.json (each version keeps its own); its test split from
+`load_splits` with the seed and fractions its lineage records (and, for a model
+trained on ingested shards, the same shard selection), so the samples are the
+ones the model never trained on.
 """
 
 from __future__ import annotations
