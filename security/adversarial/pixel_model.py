@@ -1,8 +1,8 @@
 """A trained network seen from pixel space: [0, 1] pixels in, logits out.
 
 Models are trained and served on normalised input, `(pixel - mean[c]) / std[c]`
-with the training split's per-channel statistics (the `PreprocessingSpec` in a
-served model's config.json, `ChannelStats` while training). Attacks are defined
+with the training split's per-channel statistics (the `PreprocessingSpec` a
+published version records in its metadata.json, `ChannelStats` while training). Attacks are defined
 on pixels, so they run through this wrapper; `to_pixels` / `to_model_input`
 convert batches between the two spaces.
 """

@@ -1,9 +1,10 @@
 """Oracles over the ways a model is served: a gRPC endpoint and a model repository entry.
 
 Both take raw uint8 pixels and turn them into model input exactly as a client
-of that model does: the `PreprocessingSpec` the model publishes (in the
-served model config's parameters over gRPC, in `config.json` in the
-repository), as `headrace infer` does. Only those inputs are sent.
+of that model does: the `PreprocessingSpec` the version publishes (in the
+served model config over gRPC; in the repository, the one the version records
+in its metadata.json, as `ModelRepository.get` hands it out), as `headrace
+infer` does. Only those inputs are sent.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The preprocessing pipeline: normalisation, augmentation, class balancing, and data profiles.
 
 `BatchPipeline` turns uint8 training batches into model input; the same
-normalisation is recorded in the model's config.json for serving.
+normalisation is published with the version (its `PreprocessingSpec`, kept in
+the version's metadata.json) for serving.
 """
 
 from __future__ import annotations
