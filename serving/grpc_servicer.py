@@ -27,12 +27,24 @@ from serving.types import InferRequest
 
 Context: TypeAlias = grpc.aio.ServicerContext
 
+# Triton's stream conventions. Each response on a stream is its request's last one (models here
+# are not decoupled), and says so in this response parameter, which streaming clients wait for.
+FINAL_RESPONSE = "triton_final_response"
+# A stream opened with this header set to "true" ends at its first error, with that error's
+# gRPC status, instead of carrying the error as a message and going on.
+GRPC_ERROR_HEADER = "triton_grpc_error"
+
 
 def _with_deadline(request: InferRequest, context: Context) -> InferRequest:
     remaining = context.time_remaining()
     if remaining is not None:
         request.deadline = time.monotonic() + remaining
     return request
+
+
+def _wants_grpc_errors(context: Context) -> bool:
+    metadata = context.invocation_metadata() or ()
+    return any(key == GRPC_ERROR_HEADER and value == "true" for key, value in metadata)
 
 
 def _duration(count: int, ns: int) -> pb.StatisticDuration:
@@ -142,24 +154,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests on a stream run concurrently (so they can share batches); each gets a
-        response or an error message, in completion order, and the stream goes on."""
-        done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        response or an error message, in completion order, and the stream goes on (or, with
+        the `triton_grpc_error: true` header, ends with the first error's status)."""
+        done: asyncio.Queue[pb.ModelStreamInferResponse | HeadraceError | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        grpc_errors = _wants_grpc_errors(context)
 
         async def answer(message: pb.ModelInferRequest) -> None:
             try:
                 infer_request = _with_deadline(request_from_proto(message), context)
                 response = response_to_proto(await self.dataplane.infer(infer_request))
-                await done.put(pb.ModelStreamInferResponse(infer_response=response))
+                item = pb.ModelStreamInferResponse(infer_response=response)
             except HeadraceError as exc:
-                await done.put(
-                    pb.ModelStreamInferResponse(
-                        error_message=exc.message,
-                        infer_response=pb.ModelInferResponse(
-                            model_name=message.model_name, id=message.id
-                        ),
-                    )
+                if grpc_errors:
+                    await done.put(exc)
+                    return
+                response = pb.ModelInferResponse(model_name=message.model_name, id=message.id)
+                item = pb.ModelStreamInferResponse(
+                    error_message=exc.message, infer_response=response
                 )
+            item.infer_response.parameters[FINAL_RESPONSE].bool_param = True
+            await done.put(item)
 
         async def read_all() -> None:
             async for message in request_iterator:
@@ -173,6 +188,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         reader = asyncio.create_task(read_all())
         try:
             while (item := await done.get()) is not None:
+                if isinstance(item, HeadraceError):
+                    raise item  # the stream's status (see serving.grpc_errors)
                 yield item
             await reader
         finally:

@@ -184,6 +184,23 @@ def test_stream_infer_answers_every_request(
         assert_output(stream[f"stream-{i}"], model_files.lenet_a, batch)
 
 
+def test_stream_marks_final_responses_and_honours_triton_grpc_error(
+    server: ServerProcess,
+) -> None:
+    got = run_driver(server.address, "stream_flags", model=MODEL, batch=digits_batch(1).tolist())
+    default = got["default"]
+    answered = sorted((a["id"], a["final"]) for a in default if "id" in a)
+    assert answered == [("good-0", True), ("good-2", True)], default
+    [error] = [a for a in default if "status" in a]
+    assert error["status"] == "None"  # an error message on the stream, which goes on
+    assert "unknown input 'no-such-input'" in error["message"]
+    closing = got["grpc_error"]
+    assert closing["first"] == {"id": "good-0", "final": True}
+    assert closing["error"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "unknown input 'no-such-input'" in closing["error"]["message"]
+    assert "no longer in valid state" in closing["send_after"]["message"]  # the stream ended
+
+
 def test_statistics_count_the_rows_inferred(
     report: dict[str, Any], batches: list[np.ndarray]
 ) -> None:

@@ -137,6 +137,45 @@ def protocol(url: str, params: Report) -> Report:
     return report
 
 
+def stream_flags(url: str, params: Report) -> Report:
+    """Triton's stream conventions: each answer marked as its request's final response, errors
+    as messages on the stream by default, and as the stream's status with `triton_grpc_error`."""
+    model = params["model"]
+    x = np.asarray(params["batch"], np.float32)
+    client = triton.InferenceServerClient(url)
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+
+    def callback(result: Any, error: Any) -> None:
+        answers.put((result, error))
+
+    def seen(result: Any, error: Any) -> Report:
+        if error is not None:
+            return {"status": str(error.status()), "message": error.message()}
+        final = result.get_response().parameters.get("triton_final_response")
+        return {"id": result.get_response().id, "final": final is not None and final.bool_param}
+
+    report: Report = {}
+    client.start_stream(callback=callback)
+    client.async_stream_infer(model, [fp32_input(x)], request_id="good-0")
+    client.async_stream_infer(model, [fp32_input(x, "no-such-input")], request_id="bad-1")
+    client.async_stream_infer(
+        model, [fp32_input(x)], request_id="good-2", enable_empty_final_response=True
+    )
+    report["default"] = [seen(*answers.get(timeout=60)) for _ in range(3)]
+    client.stop_stream()
+
+    client.start_stream(callback=callback, headers={"triton_grpc_error": "true"})
+    client.async_stream_infer(model, [fp32_input(x)], request_id="good-0")
+    first = seen(*answers.get(timeout=60))
+    client.async_stream_infer(model, [fp32_input(x, "no-such-input")], request_id="bad-1")
+    error = seen(*answers.get(timeout=60))
+    after = error_of(lambda: client.async_stream_infer(model, [fp32_input(x)], request_id="x"))
+    report["grpc_error"] = {"first": first, "error": error, "send_after": after}
+    client.stop_stream()
+    client.close()
+    return report
+
+
 def load_unload(url: str, params: Report) -> Report:
     """Unload a model, see it refused and unlisted as ready, load it again, infer."""
     model = params["model"]
@@ -291,6 +330,7 @@ def tls(url: str, params: Report) -> Report:
 
 SCENARIOS: dict[str, Callable[[str, Report], Report]] = {
     "protocol": protocol,
+    "stream_flags": stream_flags,
     "load_unload": load_unload,
     "reload": reload,
     "errors": errors,
