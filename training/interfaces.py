@@ -1,4 +1,4 @@
-"""The protocol every job recipe (training, later tuning and compression) implements."""
+"""The protocol every job recipe implements: training, tuning trials, fine-tuning, compression."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 Models are trained and served on normalised input, `(pixel - mean[c]) / std[c]`
 with the training split's per-channel statistics (the `PreprocessingSpec` a
-published version records in its metadata.json, `ChannelStats` while training). Attacks are defined
-on pixels, so they run through this wrapper; `to_pixels` / `to_model_input`
-convert batches between the two spaces.
+published version records in its metadata.json, `ChannelStats` while
+training). Attacks are defined on pixels, so they run through this wrapper;
+`to_pixels` / `to_model_input` convert batches between the two spaces.
 """
 
 from __future__ import annotations

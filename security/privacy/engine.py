@@ -6,7 +6,8 @@ so the module that is evaluated, checkpointed and exported stays the plain
 one), wraps the optimizer in a `DPOptimizer` that clips each sample's gradient
 to `max_grad_norm` and adds Gaussian noise, and draws each step's batch by
 Poisson sampling (every training index joins a batch independently with
-probability batch_size / N, so batch sizes vary and may be empty). The noise
+probability 1 / ceil(N / batch_size), Opacus's `DPDataLoader` rate, close to
+batch_size / N; so batch sizes vary and may be empty). The noise
 multiplier is the smallest that keeps the planned number of epochs within
 (target_epsilon, target_delta) (`make_private_with_epsilon`'s search, memoised
 per process); the accountant then reports what the steps

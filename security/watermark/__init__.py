@@ -10,9 +10,9 @@ tests, given an oracle or a model's weights).
 Adapters that reach into the rest of headrace, imported only where they are
 used: `hook` (the `TrainingHook` that embeds both marks; `training.hooks`
 imports it lazily inside `build_hooks`), `oracles` (gRPC server, repository
-entry on ONNX Runtime, Kafka topics), `weights` (reading a published version's
-ONNX initializers and torch weights) and `embed` (train or fine-tune a marked
-model and publish it).
+entry on ONNX Runtime; no Kafka oracle, see docs/watermark.md), `weights`
+(reading a published version's ONNX initializers and torch weights) and
+`embed` (train or fine-tune a marked model and publish it).
 
 The key stays with its owner: a verifier only ever sends trigger inputs.
 """

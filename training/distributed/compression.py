@@ -5,10 +5,11 @@ that hands its buffers to a `CountingGroup` (so bytes are counted):
 
 - none: the bucket, averaged by one allreduce (float32);
 - fp16: the bucket cast to float16, allreduced, cast back;
-- topk: the largest `ratio` of entries (by magnitude) of each bucket, values
-  and int32 indices packed in one float32 buffer and all-gathered, then summed
-  into a dense gradient; with error feedback what was not sent is added to the
-  same bucket's next gradient (Stich et al., "Sparsified SGD with memory");
+- topk: the largest `ratio` of entries (by magnitude) of each parameter's
+  gradient in a bucket (so small layers are not starved), values and int32
+  indices packed in one float32 buffer and all-gathered, then summed into a
+  dense gradient; with error feedback what was not sent is added to the same
+  bucket's next gradient (Stich et al., "Sparsified SGD with memory");
 - powersgd: torch's own `powerSGD_hook` (rank `rank`, error feedback and warm
   start on; the first `max(warmup_steps, 2)` steps go uncompressed because DDP
   rebuilds its buckets after step one).
