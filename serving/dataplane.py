@@ -27,7 +27,7 @@ from serving.batcher import BatchResult
 from serving.classification import top_classes
 from serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from serving.model_config import ModelConfig, TensorSpec
-from serving.model_manager import LoadedVersion, ModelManager
+from serving.model_manager import LoadedVersion, ModelManager, VersionPolicy
 from serving.types import InferRequest, InferResponse, InferTensor, Timings
 from serving.validation import check_finite, validate_request
 
@@ -123,6 +123,10 @@ class DataPlane:
 
     def model_config(self, name: str, version: str = "") -> ModelConfig:
         return self.manager.get(name, version or None).config
+
+    def version_policy(self) -> VersionPolicy:
+        """Which versions of each model the server serves."""
+        return self.manager.policy
 
     def version_parameters(self, name: str, version: str = "") -> dict[str, str]:
         """A ready version's own metadata as strings (for ModelConfig's parameters map):

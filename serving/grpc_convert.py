@@ -21,7 +21,7 @@ import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from protos import model_config_pb2 as mc
 from serving.classification import class_counts
 from serving.model_config import ModelConfig, TensorSpec
 from serving.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, InferTensor
+
+if TYPE_CHECKING:  # the model manager loads ONNX Runtime, which clients of this module lack
+    from serving.model_manager import VersionPolicy
 
 # The InferTensorContents field carrying each datatype; FP16 has none (raw only).
 CONTENTS_FIELD: dict[str, str] = {
@@ -367,13 +370,13 @@ def model_metadata_to_proto(
 
 def model_config_to_proto(
     config: ModelConfig,
-    versions: Sequence[int] | None = None,
+    policy: VersionPolicy | None = None,
     parameters: Mapping[str, str] | None = None,
 ) -> mc.ModelConfig:
     """Our config.json as Triton's ModelConfig (dims without the batch axis, as in Triton).
 
-    `versions` (the versions served) becomes a `specific` version policy; without it the
-    policy is Triton's default, the latest version. `parameters` (a version's metadata,
+    `policy` (the server's version policy) becomes the config's version policy; without it
+    the policy is Triton's default, the latest version. `parameters` (a version's metadata,
     e.g. dp_epsilon) go into the free-form parameters map as strings.
     """
     msg = mc.ModelConfig(
@@ -393,10 +396,12 @@ def model_config_to_proto(
             mc.ModelInstanceGroup(count=config.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
         ],
     )
-    if versions is None:
-        msg.version_policy.latest.num_versions = 1
+    if policy is None or policy.kind == "latest":
+        msg.version_policy.latest.num_versions = 1 if policy is None else policy.latest_n
+    elif policy.kind == "all":
+        msg.version_policy.all.SetInParent()
     else:
-        msg.version_policy.specific.versions.extend(versions)
+        msg.version_policy.specific.versions.extend(policy.versions)
     if config.max_batch_size > 0:  # as in Triton, a model that cannot batch has no batcher
         ours, theirs = config.dynamic_batching, msg.dynamic_batching
         theirs.preferred_batch_size.extend(ours.preferred_batch_sizes)

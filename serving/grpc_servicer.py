@@ -109,7 +109,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelConfigResponse:
         config = self.dataplane.model_config(request.name, request.version)
         parameters = self.dataplane.version_parameters(request.name, request.version)
-        return pb.ModelConfigResponse(config=model_config_to_proto(config, parameters=parameters))
+        policy = self.dataplane.version_policy()
+        return pb.ModelConfigResponse(config=model_config_to_proto(config, policy, parameters))
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Context

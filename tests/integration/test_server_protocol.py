@@ -120,6 +120,19 @@ def test_model_config(report: dict[str, Any]) -> None:
         [10],
     )
     assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 1000
+    assert config["version_policy"] == {"latest": {"num_versions": 1}}
+
+
+def test_model_config_states_the_servers_version_policy(
+    tmp_path: Path, model_files: ModelFiles
+) -> None:
+    root = tmp_path / "repo"
+    for model_file in (model_files.lenet_a, model_files.lenet_b):
+        publish(root, lenet_config(MODEL), model_file)
+    args = ("--version-policy", "all", "--poll-interval-s", "0")
+    with running_server(root, *args, log_dir=tmp_path) as server:
+        config = run_driver(server.address, "model_config", model=MODEL)
+    assert config["version_policy"] == {"all": {}}
 
 
 def test_classification_answers_the_top_classes_of_each_row(

@@ -176,6 +176,14 @@ def stream_flags(url: str, params: Report) -> Report:
     return report
 
 
+def model_config(url: str, params: Report) -> Report:
+    """The model's config as tritonclient reads it."""
+    client = triton.InferenceServerClient(url)
+    config: Report = client.get_model_config(params["model"], as_json=True)["config"]
+    client.close()
+    return config
+
+
 def load_unload(url: str, params: Report) -> Report:
     """Unload a model, see it refused and unlisted as ready, load it again, infer."""
     model = params["model"]
@@ -331,6 +339,7 @@ def tls(url: str, params: Report) -> Report:
 SCENARIOS: dict[str, Callable[[str, Report], Report]] = {
     "protocol": protocol,
     "stream_flags": stream_flags,
+    "model_config": model_config,
     "load_unload": load_unload,
     "reload": reload,
     "errors": errors,

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from google.protobuf import json_format
 
 from headrace.errors import InvalidInput
 from protos import grpc_service_pb2 as pb
@@ -36,6 +37,7 @@ from serving.grpc_convert import (
     tensor_metadata,
 )
 from serving.model_config import DynamicBatchingConfig, ModelConfig, TensorSpec
+from serving.model_manager import VersionPolicy
 from serving.types import DATATYPE_TO_NUMPY, InferResponse, InferTensor
 
 pytestmark = pytest.mark.unit
@@ -480,11 +482,25 @@ def test_model_config_to_proto() -> None:
     assert batching.default_queue_policy.max_queue_size == 64
     assert [(g.count, g.kind) for g in msg.instance_group] == [(3, mc.ModelInstanceGroup.KIND_CPU)]
     assert msg.version_policy.latest.num_versions == 1
-    specific = model_config_to_proto(make_config(), versions=[1, 3]).version_policy
-    assert list(specific.specific.versions) == [1, 3]
     assert (
         model_config_to_proto(make_config(max_batch_size=0)).WhichOneof("scheduling_choice") is None
     )
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (VersionPolicy(), {"latest": {"num_versions": 1}}),
+        (VersionPolicy(kind="latest", latest_n=3), {"latest": {"num_versions": 3}}),
+        (VersionPolicy(kind="all"), {"all": {}}),
+        (VersionPolicy(kind="specific", versions=[1, 3]), {"specific": {"versions": ["1", "3"]}}),
+    ],
+)
+def test_model_config_states_the_servers_version_policy(
+    policy: VersionPolicy, expected: dict[str, Any]
+) -> None:
+    msg = model_config_to_proto(make_config(), policy).version_policy
+    assert json_format.MessageToDict(msg, preserving_proto_field_name=True) == expected
 
 
 def test_every_datatype_has_tritons_config_enum() -> None:
