@@ -103,8 +103,8 @@ def privacy_problems(config: TrainConfig) -> list[str]:
         )
     if config.preprocess.normalize:
         problems.append(
-            "normalisation statistics are computed from the training images and published in "
-            "config.json outside the privacy budget: train with --no-normalize (the default "
+            "normalisation statistics are computed from the training images and published "
+            "with the model outside the privacy budget: train with --no-normalize (the default "
             "with --dp-epsilon)"
         )
     for feature in ("adversarial", "watermark"):
