@@ -38,6 +38,13 @@ class InvalidInput(HeadraceError):
     reason = "invalid_input"
 
 
+class Unsupported(HeadraceError):
+    """A request asks for a protocol feature this server does not offer."""
+
+    grpc_status = "UNIMPLEMENTED"
+    reason = "unsupported"
+
+
 class DatasetError(HeadraceError):
     """A dataset folder is missing, incomplete or malformed."""
 

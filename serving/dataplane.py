@@ -22,6 +22,7 @@ from headrace.errors import (
     InvalidInput,
     ModelNotFound,
     ShuttingDown,
+    Unsupported,
 )
 from serving.batcher import BatchResult
 from serving.classification import top_classes
@@ -156,7 +157,8 @@ class DataPlane:
             if (not name or key[0] == name) and (not version or key[1] == version)
         }
 
-    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+    def repository_index(self, ready_only: bool = False, repository: str = "") -> list[IndexEntry]:
+        _check_repository(repository)
         loaded = self.manager.loaded()
         failures = self.manager.failures()
         entries: list[IndexEntry] = []
@@ -169,10 +171,13 @@ class DataPlane:
                 entries.append(IndexEntry(name, "", state, failures.get(name, "")))
         return entries
 
-    async def load(self, name: str, parameters: Sequence[str] = ()) -> list[int]:
+    async def load(
+        self, name: str, parameters: Sequence[str] = (), repository: str = ""
+    ) -> list[int]:
         """Load (or reload) a model from the repository. `parameters` are the names of the
         load request's parameters: Triton's overrides ("config", "file:...") are refused, as
         versions are only ever read from the repository."""
+        _check_repository(repository)
         overrides = [p for p in parameters if p == "config" or p.startswith("file:")]
         if overrides:
             raise InvalidInput(
@@ -183,7 +188,8 @@ class DataPlane:
             raise ModelNotFound(f"model {name!r} is not in the repository")
         return await self.manager.load(name)
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, repository: str = "") -> None:
+        _check_repository(repository)
         await self.manager.unload(name)
 
     # -- inference -----------------------------------------------------------------------
@@ -360,6 +366,15 @@ class DataPlane:
             stats.fail_ns += int((time.perf_counter() - started) * 1e9)
         if self.metrics is not None:
             self.metrics.observe_failure(model, version, reason)
+
+
+def _check_repository(name: str) -> None:
+    """The model repository extension may name a repository; this server has one, unnamed."""
+    if name:
+        raise Unsupported(
+            f"repository_name {name!r}: this server serves one model repository, which has no "
+            "name; leave repository_name empty"
+        )
 
 
 def _apply_timeout(request: InferRequest) -> None:

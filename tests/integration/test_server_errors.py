@@ -283,6 +283,13 @@ def test_tritonclient_sees_the_statuses(server: ServerProcess, model_files: Mode
             "load of 'digits': overrides (config) are not supported",
         ),
         "expired_timeout": ("DEADLINE_EXCEEDED", "the request's deadline passed"),
+        **{
+            f"{call}_in_named_repository": (
+                "UNIMPLEMENTED",
+                "repository_name 'elsewhere': this server serves one model repository",
+            )
+            for call in ("index", "load", "unload")
+        },
     }
     for case, (status, message) in expected.items():
         assert got[case]["status"] == status, (case, got[case])

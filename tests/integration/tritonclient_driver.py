@@ -279,6 +279,34 @@ def errors(url: str, params: Report) -> Report:
         logits.set_shared_memory("logits-region", 40)
         return digits_infer(client, model, x, outputs=[logits])
 
+    # tritonclient never names a repository; Triton refuses a name other than ""
+    channel = grpc.insecure_channel(url)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+    def in_repository(method: str, request: Any) -> Report:
+        try:
+            getattr(stub, method)(request, timeout=30)
+        except grpc.RpcError as exc:
+            return {"status": exc.code().name, "message": exc.details()}
+        return {"status": "OK"}
+
+    elsewhere = "elsewhere"
+    named_repository = {
+        "index": in_repository(
+            "RepositoryIndex", service_pb2.RepositoryIndexRequest(repository_name=elsewhere)
+        ),
+        "load": in_repository(
+            "RepositoryModelLoad",
+            service_pb2.RepositoryModelLoadRequest(repository_name=elsewhere, model_name=model),
+        ),
+        "unload": in_repository(
+            "RepositoryModelUnload",
+            service_pb2.RepositoryModelUnloadRequest(
+                repository_name=elsewhere, model_name="no-such-model"
+            ),
+        ),
+    }
+    channel.close()
     negative_class_count = triton.InferRequestedOutput("logits")
     negative_class_count._output.parameters["classification"].int64_param = -2
     nan = x.copy()
@@ -300,6 +328,7 @@ def errors(url: str, params: Report) -> Report:
             lambda: client.load_model(model, config='{"max_batch_size": 2}')
         ),
         "expired_timeout": error_of(lambda: digits_infer(client, model, x, timeout=1)),
+        **{f"{call}_in_named_repository": got for call, got in named_repository.items()},
         "after": result_report(digits_infer(client, model, x)),
     }
     client.close()
