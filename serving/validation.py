@@ -70,12 +70,16 @@ def validate_request(request: InferRequest, config: ModelConfig) -> int:
     if not request.requested_outputs:
         return rows.pop()
     known_outputs = {spec.name for spec in config.outputs}
+    seen: set[str] = set()
     for name in request.requested_outputs:
         if name not in known_outputs:
             raise InvalidInput(
                 f"unknown output {name!r} requested; "
                 f"model {config.name!r} has {sorted(known_outputs)}"
             )
+        if name in seen:  # as in Triton: each copy could ask for another classification
+            raise InvalidInput(f"output {name!r} is requested more than once; request it once")
+        seen.add(name)
     if request.class_counts:
         check_classifiable(config, request.class_counts)
     return rows.pop()

@@ -283,6 +283,10 @@ def test_tritonclient_sees_the_statuses(server: ServerProcess, model_files: Mode
             "load of 'digits': overrides (config) are not supported",
         ),
         "expired_timeout": ("DEADLINE_EXCEEDED", "the request's deadline passed"),
+        "output_requested_twice": (
+            "INVALID_ARGUMENT",
+            "output 'logits' is requested more than once; request it once",
+        ),
         **{
             f"{call}_in_named_repository": (
                 "UNIMPLEMENTED",

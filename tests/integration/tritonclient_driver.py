@@ -328,6 +328,17 @@ def errors(url: str, params: Report) -> Report:
             lambda: client.load_model(model, config='{"max_batch_size": 2}')
         ),
         "expired_timeout": error_of(lambda: digits_infer(client, model, x, timeout=1)),
+        "output_requested_twice": error_of(
+            lambda: digits_infer(
+                client,
+                model,
+                x,
+                outputs=[
+                    triton.InferRequestedOutput("logits", class_count=3),
+                    triton.InferRequestedOutput("logits"),
+                ],
+            )
+        ),
         **{f"{call}_in_named_repository": got for call, got in named_repository.items()},
         "after": result_report(digits_infer(client, model, x)),
     }
