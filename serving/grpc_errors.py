@@ -4,7 +4,9 @@ registered as they come).
 
 A `HeadraceError` carries its status name and a message written for the
 client. Anything else is a server fault: it is logged with its traceback and
-the client sees INTERNAL with no internal detail (paths, keys, stack).
+the client sees INTERNAL with no internal detail (paths, keys, stack). A method the
+server does not have (Triton's shared memory, trace and log settings RPCs) is
+UNIMPLEMENTED naming it, from a handler registered after every service.
 """
 
 from __future__ import annotations
@@ -96,3 +98,22 @@ def error_mapped(servicer: Any, service: ServiceDescriptor) -> SimpleNamespace:
         else:
             setattr(mapped, method.name, _wrap_unary(behavior, name))
     return mapped
+
+
+class Unimplemented(grpc.GenericRpcHandler):
+    """Answers any method no service before it took with UNIMPLEMENTED naming the method
+    (grpc's own answer is a bare 'Method not found!'). Register it last: grpc asks the
+    handlers in order, so the served methods never reach it."""
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+
+        async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{method} is not offered by this server; ServerMetadata lists the protocol "
+                "extensions it implements",
+            )
+
+        # stream-stream fits a call of any arity: nothing is read before the refusal
+        return grpc.stream_stream_rpc_method_handler(refuse)

@@ -29,7 +29,7 @@ from protos import grpc_service_pb2, grpc_service_pb2_grpc
 from serving.auth import BearerTokenInterceptor
 from serving.autoscaler import Autoscaler
 from serving.dataplane import DataPlane
-from serving.grpc_errors import error_mapped
+from serving.grpc_errors import Unimplemented, error_mapped
 from serving.grpc_servicer import InferenceServicer
 from serving.metrics import ServingMetrics
 from serving.model_manager import ModelManager, VersionPolicy
@@ -173,6 +173,7 @@ class InferenceServer:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(service_names, server)
+        server.add_generic_rpc_handlers((Unimplemented(),))  # last: see its docstring
         self.port = _bind(server, cfg)
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host.strip("[]"))

@@ -283,6 +283,14 @@ def test_tritonclient_sees_the_statuses(server: ServerProcess, model_files: Mode
             "load of 'digits': overrides (config) are not supported",
         ),
         "expired_timeout": ("DEADLINE_EXCEEDED", "the request's deadline passed"),
+        "log_settings": (
+            "UNIMPLEMENTED",
+            "/inference.GRPCInferenceService/LogSettings is not offered by this server",
+        ),
+        "register_shared_memory": (
+            "UNIMPLEMENTED",
+            "/inference.GRPCInferenceService/SystemSharedMemoryRegister is not offered",
+        ),
         "output_requested_twice": (
             "INVALID_ARGUMENT",
             "output 'logits' is requested more than once; request it once",

@@ -328,6 +328,10 @@ def errors(url: str, params: Report) -> Report:
             lambda: client.load_model(model, config='{"max_batch_size": 2}')
         ),
         "expired_timeout": error_of(lambda: digits_infer(client, model, x, timeout=1)),
+        "log_settings": error_of(lambda: client.get_log_settings()),
+        "register_shared_memory": error_of(
+            lambda: client.register_system_shared_memory("images", "/images", 4096)
+        ),
         "output_requested_twice": error_of(
             lambda: digits_infer(
                 client,
