@@ -284,8 +284,9 @@ def select_shards(dataset: str, schema: DatasetSchema, source: ShardSource) -> S
     shards = list_shards(folder)
     if not shards:
         raise DatasetError(
-            f"no shards of {dataset!r} in {folder}; ingest records first with "
-            f"`headrace data ingest --dataset {dataset}` (and --data-root if it is elsewhere)"
+            f"no shards of {dataset!r} in {folder}: if they were ingested under another data "
+            "root, pass it with --data-root (or HEADRACE_DATA_ROOT); else ingest records first "
+            f"with `headrace data ingest --dataset {dataset}`"
         )
     covered = coverage(shards)
     if source.up_to_offset is None:
