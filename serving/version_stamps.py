@@ -18,10 +18,13 @@ FileStamp = tuple[str, int, int, int]  # (name, size, mtime_ns, ctime_ns)
 Stamp = tuple[FileStamp, ...]
 
 
+def _entry(name: str, st: os.stat_result) -> FileStamp:
+    return (name, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def file_stamp(path: Path) -> FileStamp:
     """One file's stamp (OSError if it cannot be read)."""
-    st = path.stat()
-    return (path.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return _entry(path.name, path.stat())
 
 
 def metadata_stamp(stamp: Stamp) -> FileStamp | None:
@@ -33,11 +36,7 @@ def metadata_stamp(stamp: Stamp) -> FileStamp | None:
 def folder_stamp(path: Path) -> Stamp:
     """Identity of a version folder's files and of its model's config.json: any write
     changes a file's ctime."""
-    entries = []
-    for entry in sorted(os.scandir(path), key=lambda e: e.name):
-        st = entry.stat()
-        entries.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    entries = [_entry(e.name, e.stat()) for e in sorted(os.scandir(path), key=lambda e: e.name)]
     with contextlib.suppress(FileNotFoundError):
-        st = (path.parent / CONFIG_FILE).stat()
-        entries.append((f"../{CONFIG_FILE}", st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        entries.append(_entry(f"../{CONFIG_FILE}", (path.parent / CONFIG_FILE).stat()))
     return tuple(entries)

@@ -4,7 +4,7 @@ The model's torch weights come from the repository through
 `training.published.load_published_model` (sha256-checked, read with
 `weights_only=True`); its normalisation from the preprocessing the version
 records in its metadata.json (each version keeps its own); its test split from
-`load_splits` with the seed and fractions its lineage records (and, for a model
+`lineage_splits`, with the seed and fractions its lineage records (and, for a model
 trained on ingested shards, the same shard selection), so the samples are the
 ones the model never trained on.
 """
@@ -98,7 +98,7 @@ def robustness(
     from serving.repository import ModelRepository
     from training.adversarial import published_pixel_model
     from training.compression.sources import uncompressed_version
-    from training.datasets import ShardSource, load_splits
+    from training.datasets import lineage_splits, load_splits
 
     radii = _epsilons(epsilons)
     if step_size is not None and not 0 < step_size <= 1:
@@ -121,17 +121,10 @@ def robustness(
     lineage = found.metadata.lineage
     trained_on = str(lineage.get("dataset") or "digits")
     chosen = dataset or trained_on
-    same = chosen == trained_on
-    # a model trained on shards: the same records, so its test split holds no training image
-    source = ShardSource.from_lineage(lineage, data_root or settings.data_root) if same else None
-    splits = load_splits(
-        chosen,
-        data_dir or settings.data_dir,
-        int(lineage.get("seed") or 0) if same else 0,
-        float(lineage.get("val_fraction") or 0.1) if same else 0.1,
-        float(lineage.get("test_fraction") or 0.1) if same else 0.1,
-        source=source,
-    )
+    if chosen == trained_on:  # the same split (and shard selection): no training image
+        splits = lineage_splits(lineage, data_dir or settings.data_dir, data_root)
+    else:
+        splits = load_splits(chosen, data_dir or settings.data_dir)
     expected = tuple(found.config.inputs[0].dims)
     if splits.input_shape != expected:
         raise ConfigError(

@@ -31,7 +31,7 @@ from training.compression.measure import (
     onnx_accuracy,
 )
 from training.compression.sources import COMPRESSED_FROM, version_ref
-from training.datasets import DatasetSplits, ShardSource, load_splits
+from training.datasets import DatasetSplits, lineage_splits
 
 _WEIGHT_TYPES = {
     onnx.TensorProto.FLOAT,
@@ -138,11 +138,7 @@ def build_report(
         accuracy, samples = None, 0
         if key is not None:
             if key not in splits:
-                dataset, seed, val_fraction, test_fraction, *_ = key
-                splits[key] = load_splits(
-                    str(dataset), data_dir, int(seed), float(val_fraction), float(test_fraction),
-                    source=ShardSource.from_lineage(version.metadata.lineage, data_root),
-                )  # fmt: skip
+                splits[key] = lineage_splits(version.metadata.lineage, data_dir, data_root)
             measured = onnx_accuracy(
                 version.model_file, splits[key].test, version.config.preprocessing
             )

@@ -23,7 +23,7 @@ from training.datasets.cifar10 import load_cifar10
 from training.datasets.digits import load_digits_28
 from training.datasets.mnist import load_mnist
 from training.datasets.schema import SCHEMAS, DatasetSchema, dataset_schema
-from training.datasets.shards import ShardSource, select_shards
+from training.datasets.shards import Lineage, ShardSource, select_shards
 from training.datasets.split_cache import cached_split
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "ShardSource",
     "dataset_schema",
     "load_raw",
+    "lineage_splits",
     "load_splits",
     "split_raw",
 ]
@@ -125,3 +126,24 @@ def load_splits(
     raw = RawDataset(name=name, classes=schema.classes, data=selection.arrays)
     splits = split_raw(raw, seed, val_fraction, test_fraction)
     return dataclasses.replace(splits, lineage=selection.lineage())
+
+
+def lineage_splits(
+    lineage: Lineage, data_dir: Path | None = None, data_root: Path | None = None
+) -> DatasetSplits:
+    """The splits a published version was trained on, rebuilt from its lineage: its dataset
+    (or the same selection of ingested shards, read from `data_root`), seed and fractions
+    (the defaults where the lineage lacks one), so its test split holds no training image."""
+
+    def number(key: str, default: float) -> float:
+        value = lineage.get(key)
+        return default if value is None else float(value)
+
+    return load_splits(
+        str(lineage.get("dataset") or "digits"),
+        data_dir,
+        int(number("seed", 0)),
+        number("val_fraction", 0.1),
+        number("test_fraction", 0.1),
+        source=ShardSource.from_lineage(lineage, data_root),
+    )
