@@ -36,7 +36,7 @@ from torch import nn
 
 from headrace.errors import ConfigError
 from security.adversarial import AdversarialConfig, PixelSpaceModel, fgsm, pgd, robustness_report
-from security.adversarial.config import default_step_size
+from security.adversarial.config import LINEAGE_KEY, default_step_size
 from serving.repository import ModelVersion
 from training.hooks import PublishInfo, TrainingHook
 from training.published import load_published_model
@@ -188,7 +188,7 @@ class AdversarialHook(TrainingHook):
                 "test_fgsm_accuracy": row.fgsm_accuracy,
             },
             lineage={
-                "adversarial_training": cfg.model_dump_json(),
+                LINEAGE_KEY: cfg.model_dump_json(),
                 "robust_accuracy_attack": (
                     f"pgd linf eps={cfg.epsilon:g} steps={steps} step={step:.4g} random start, "
                     f"pixels in [0,1], first {count} test samples"

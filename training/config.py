@@ -128,6 +128,13 @@ class TrainConfig(BaseModel):
             problems.append(f"dataset {self.dataset!r} is read from files: pass --data-dir FOLDER")
         if self.val_fraction + self.test_fraction >= 0.9:
             problems.append("val_fraction + test_fraction must leave at least 10% for training")
+        adversarial = self.adversarial
+        if adversarial is not None and adversarial.warmup_epochs > self.epochs:
+            problems.append(
+                f"adversarial warm-up of {adversarial.warmup_epochs} epochs is longer than the "
+                f"{self.epochs} epochs of training, so epsilon would never reach "
+                f"{adversarial.epsilon:g}: lower --adv-warmup-epochs or raise --epochs"
+            )
         problems.extend(privacy_problems(self))
         problems.extend(self._distributed_problems())
         if problems:

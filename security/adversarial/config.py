@@ -11,6 +11,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 AttackMethod = Literal["pgd", "fgsm"]
+LINEAGE_KEY = "adversarial_training"
+"""Lineage key of an adversarially trained version: its `AdversarialConfig` as JSON."""
+
 STEP_SIZE_FACTOR = 2.5
 """Default PGD step size is STEP_SIZE_FACTOR * epsilon / steps (Madry et al.'s rule of thumb)."""
 

@@ -4,7 +4,8 @@ Training a new model is the ordinary recipe with `TrainConfig.watermark` set.
 Fine-tuning starts from a published version's torch weights (`weights.pt`,
 loaded verified), keeps the preprocessing the version was served with, trains
 on its dataset with the hooks the config asks for (the watermark hook among
-them, or none for a clean fine-tune), and publishes the result as a new
+them, adversarial training when the version had it, or none for a clean fine-tune),
+and publishes the result as a new
 version with `finetuned_from` in its lineage.
 """
 
@@ -16,6 +17,8 @@ from typing import Any
 from torch import nn
 
 from headrace.errors import ConfigError
+from security.adversarial.config import LINEAGE_KEY as ADVERSARIAL_LINEAGE
+from security.adversarial.config import AdversarialConfig
 from serving.repository import ModelVersion
 from training.config import TrainConfig
 from training.datasets import DatasetSplits, ShardSource
@@ -32,6 +35,9 @@ ARCHITECTURE_OPTIONS = ("width", "dropout")
 SPLIT_OPTIONS = ("seed", "val_fraction", "test_fraction")
 """`TrainConfig` fields that pick the train/validation/test split (`load_splits`)."""
 
+FINETUNED_FROM = "finetuned_from"
+"""Lineage key of a fine-tuned version: the `name:version` it started from."""
+
 
 class _FineTuneLineage(TrainingHook):
     """Records which version a fine-tuned model started from."""
@@ -40,7 +46,7 @@ class _FineTuneLineage(TrainingHook):
         self.source = source
 
     def publish_info(self, model: nn.Module) -> PublishInfo:
-        return PublishInfo(lineage={"finetuned_from": f"{self.source.name}:{self.source.version}"})
+        return PublishInfo(lineage={FINETUNED_FROM: f"{self.source.name}:{self.source.version}"})
 
 
 class FineTuneRecipe(TrainRecipe):
@@ -94,7 +100,9 @@ def finetune_config(
     from its weights, and the result is published with them, so that its
     `weights.pt` loads back. Nor can the seed and split fractions its lineage
     records (they pick its test split), and a version trained with differential
-    privacy is refused (`refuse_private`).
+    privacy is refused (`refuse_private`). An adversarially trained version is
+    fine-tuned under the same attack (its lineage's `adversarial_training`, without the
+    warm-up ramp), so that the result keeps its robustness.
     """
     lineage = source.metadata.lineage
     refuse_private(source, "fine-tuning it")
@@ -133,6 +141,12 @@ def finetune_config(
     preprocess = lineage.get("preprocess")
     if isinstance(preprocess, str):
         values["preprocess"] = PreprocessConfig.model_validate_json(preprocess)
+    adversarial = lineage.get(ADVERSARIAL_LINEAGE)
+    if isinstance(adversarial, str):
+        # an adversarially trained source stays robust: its fine-tune trains under the same
+        # attack, at full epsilon from the first epoch (the source has been through the ramp)
+        trained = AdversarialConfig.model_validate_json(adversarial)
+        values["adversarial"] = trained.model_copy(update={"warmup_epochs": 0})
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -170,6 +170,12 @@ def test_train_flags_build_the_config_or_say_what_is_wrong(tmp_path: Path) -> No
         build_config(TrainConfig, adversarial={"method": "pgd", "epsilon": 3.0})
     hooks = build_hooks(config)
     assert [type(h) for h in hooks] == [AdversarialHook]
+    # a ramp longer than the run never reached epsilon, while the version was published as
+    # trained at it
+    ramp = {"method": "pgd", "epsilon": 0.3, "warmup_epochs": 5}
+    with pytest.raises(ConfigError, match="warm-up of 5 epochs is longer than the 4 epochs"):
+        build_config(TrainConfig, adversarial=ramp, epochs=4, repository=tmp_path)
+    assert build_config(TrainConfig, adversarial=ramp, epochs=5, repository=tmp_path)
 
 
 # -- the training hook -----------------------------------------------------------------------

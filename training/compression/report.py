@@ -11,7 +11,8 @@ this process on ONNX Runtime, so the figures compare like with like:
 - latency at batch 1 and 64, all rows timed in interleaved rounds on one thread
   (`training.compression.measure.compare_latency`).
 
-Ratios and differences are against the row's source (for compressed versions).
+Ratios and differences are against the row's source: the version it was
+compressed or fine-tuned from.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import onnx
 from pydantic import BaseModel
 
+from security.watermark.embed import FINETUNED_FROM
 from serving.repository import ModelRepository, ModelVersion
 from training.compression.measure import (
     LATENCY_BATCHES,
@@ -143,13 +145,12 @@ def build_report(
                 version.model_file, splits[key].test, version.config.preprocessing
             )
             accuracy, samples = measured.accuracy, measured.samples
-        lineage = version.metadata.lineage
-        origin = lineage.get(COMPRESSED_FROM)
+        compression, origin = _provenance(version)
         ref = version_ref(version)
         rows[ref] = ReportRow(
             ref=ref,
-            compression=str(lineage.get("compression", "?")) if origin else "original",
-            source=str(origin) if origin else None,
+            compression=compression,
+            source=origin,
             accuracy=accuracy,
             test_samples=samples,
             model_bytes=file_bytes(version.model_file),
@@ -169,6 +170,21 @@ def build_report(
     return CompressionReport(
         name=name, rows=list(rows.values()), latency_batches=list(LATENCY_BATCHES)
     )
+
+
+def _provenance(version: ModelVersion) -> tuple[str, str | None]:
+    """The row's compression label and the version it was made from: a compressed version
+    names its compression, a fine-tune (`watermark embed --from-model`) says so (it is not
+    compressed, but not the original either), anything else is an original."""
+    lineage = version.metadata.lineage
+    compressed = lineage.get(COMPRESSED_FROM)
+    if compressed:
+        return str(lineage.get("compression", "?")), str(compressed)
+    finetuned = lineage.get(FINETUNED_FROM)
+    if finetuned:
+        marked = " + watermark" if version.metadata.watermark_id else ""
+        return f"fine-tuned{marked}", str(finetuned)
+    return "original", None
 
 
 def format_report(report: CompressionReport) -> str:
