@@ -36,7 +36,9 @@ a request made under backpressure never leaves the agent without records.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -186,9 +188,11 @@ class _App(faust.App):
 
 
 def _data_dir(app_id: str) -> Path:
-    """Faust's data folder (empty with memory tables), kept out of the working directory."""
-    path = Path(tempfile.gettempdir()) / "headrace-faust" / f"{app_id}-data"
-    path.mkdir(parents=True, exist_ok=True)
+    """Faust's data folder: it holds nothing with memory tables, but Faust wants one. A new
+    temporary folder for each app, removed when the process exits, so that neither the
+    working directory nor the temporary one fills up with them."""
+    path = Path(tempfile.mkdtemp(prefix=f"headrace-faust-{app_id}-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
 
 
