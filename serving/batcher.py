@@ -14,7 +14,9 @@ again. Only requests with the same input names, dtypes and non-batch
 shapes are batched together: one FIFO queue per signature, oldest head first.
 Every future is settled exactly once: with its rows of the outputs, the batch's
 error, `DeadlineExceeded` or `ShuttingDown` (both never executed), or by the
-caller's cancellation. Use a batcher from one event loop's thread.
+caller's cancellation. Use a batcher from one event loop's thread. An `on_batch`
+hook, if given, hears of every batch executed without error (its rows and where
+its time went), from the executing thread.
 
 `max_batch_size=0` is Triton's model without a batch axis: its inputs are passed as
 they are, one request per execution, with no check of axis 0 (the queue, deadlines,
@@ -45,6 +47,19 @@ from headrace.errors import (
 
 Arrays = dict[str, np.ndarray]
 Execute = Callable[[Arrays], Arrays]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTiming:
+    """One executed batch: its rows and where its time went (Triton's batch statistics)."""
+
+    rows: int  # total rows in the batch (1 per request without a batch axis)
+    input_s: float  # joining the requests' inputs into the batch's
+    infer_s: float  # `execute`
+    output_s: float  # checking the outputs and splitting them per request
+
+
+BatchHook = Callable[[BatchTiming], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +100,7 @@ class DynamicBatcher:
         executor: concurrent.futures.Executor | None = None,
         enabled: bool = True,
         name: str = "",
+        on_batch: BatchHook | None = None,
     ) -> None:
         label = f"batcher {name!r}" if name else "batcher"
         ints = {
@@ -100,6 +116,8 @@ class DynamicBatcher:
         ]
         if not callable(execute):
             problems.append("execute must be callable")
+        if on_batch is not None and not callable(on_batch):
+            problems.append("on_batch must be callable")
         if _int_at_least(max_batch_size, 0) and not all(
             _int_at_least(p, 1) and p <= max_batch_size for p in preferred_batch_sizes
         ):
@@ -111,6 +129,7 @@ class DynamicBatcher:
             raise ConfigError(f"{label}: " + "; ".join(problems))
         self.name, self._label = name, label
         self._execute = execute
+        self._on_batch = on_batch
         self._max_batch = max_batch_size
         self._preferred = frozenset(preferred_batch_sizes)
         # Triton: a batch that cannot reach a larger preferred size is sent without waiting.
@@ -366,14 +385,16 @@ class DynamicBatcher:
 
     def _run(self, inputs: list[Arrays], rows: list[int]) -> tuple[float, int, list[Arrays]]:
         """In a worker thread: concatenate, execute, check rows, split back per request."""
+        started = time.perf_counter()
         if len(inputs) == 1:
             merged = inputs[0]  # one request: its arrays as-is, no copy
         else:
             merged = {name: np.concatenate([d[name] for d in inputs]) for name in inputs[0]}
         total = sum(rows)
-        started = time.perf_counter()
+        executing = time.perf_counter()
         outputs = self._execute(merged)
-        compute_s = time.perf_counter() - started
+        executed = time.perf_counter()
+        compute_s = executed - executing
         if not isinstance(outputs, dict):
             raise HeadraceError(
                 f"{self._label}: execute must return a dict of output name -> numpy array, "
@@ -389,11 +410,15 @@ class DynamicBatcher:
                         "input row"
                     )
         if len(inputs) == 1:
-            return compute_s, total, [outputs]
-        parts, start = [], 0
-        for n in rows:
-            parts.append({name: value[start : start + n] for name, value in outputs.items()})
-            start += n
+            parts = [outputs]
+        else:
+            parts, start = [], 0
+            for n in rows:
+                parts.append({name: value[start : start + n] for name, value in outputs.items()})
+                start += n
+        if self._on_batch is not None:
+            output_s = time.perf_counter() - executed
+            self._on_batch(BatchTiming(total, executing - started, compute_s, output_s))
         return compute_s, total, parts
 
     def _finish(self, batch: list[_Request], queue_s: list[float], fut: asyncio.Future) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from headrace.errors import (
     ShuttingDown,
     Unsupported,
 )
-from serving.batcher import BatchResult
+from serving.batcher import BatchResult, BatchTiming
 from serving.classification import top_classes
 from serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from serving.model_config import ModelConfig, TensorSpec
@@ -54,6 +54,17 @@ class ModelMetadata:
 
 
 @dataclass
+class BatchStats:
+    """Cumulative statistics of the executed batches of one size (Triton's
+    InferBatchStatistics): how many ran, and their time in each phase, in nanoseconds."""
+
+    count: int = 0
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+
+@dataclass
 class VersionStats:
     """Cumulative statistics of one model version (for ModelStatistics)."""
 
@@ -66,6 +77,7 @@ class VersionStats:
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0
+    batches: dict[int, BatchStats] = field(default_factory=dict)  # by batch size (rows)
 
 
 @dataclass
@@ -151,11 +163,12 @@ class DataPlane:
         for model, versions in self.manager.loaded().items():  # ready versions report zeros
             for number in versions:
                 self.stats.setdefault((model, str(number)), VersionStats())
-        return {
-            key: value
-            for key, value in self.stats.items()
-            if (not name or key[0] == name) and (not version or key[1] == version)
-        }
+        with self._executions_lock:  # a copy: executing threads update the counts meanwhile
+            return {
+                key: replace(value, batches={n: replace(b) for n, b in value.batches.items()})
+                for key, value in self.stats.items()
+                if (not name or key[0] == name) and (not version or key[1] == version)
+            }
 
     def repository_index(self, ready_only: bool = False, repository: str = "") -> list[IndexEntry]:
         _check_repository(repository)
@@ -334,10 +347,18 @@ class DataPlane:
             timings=timings,
         )
 
-    def count_execution(self, model: str, version: str) -> None:
+    def count_execution(self, model: str, version: str, batch: BatchTiming) -> None:
         """One batch executed; called from the executing thread, hence the lock."""
         with self._executions_lock:
-            self.stats.setdefault((model, version), VersionStats()).execution_count += 1
+            stats = self.stats.setdefault((model, version), VersionStats())
+            stats.execution_count += 1
+            same_size = stats.batches.get(batch.rows)
+            if same_size is None:
+                same_size = stats.batches[batch.rows] = BatchStats()
+            same_size.count += 1
+            same_size.input_ns += int(batch.input_s * 1e9)
+            same_size.infer_ns += int(batch.infer_s * 1e9)
+            same_size.output_ns += int(batch.output_s * 1e9)
 
     def _record_success(
         self,

@@ -64,6 +64,15 @@ def _statistics(name: str, version: str, stats: VersionStats) -> pb.ModelStatist
             queue=_duration(stats.success_count, stats.queue_ns),
             compute_infer=_duration(stats.success_count, stats.compute_ns),
         ),
+        batch_stats=[  # one entry per batch size executed, as Triton reports them
+            pb.InferBatchStatistics(
+                batch_size=size,
+                compute_input=_duration(batch.count, batch.input_ns),
+                compute_infer=_duration(batch.count, batch.infer_ns),
+                compute_output=_duration(batch.count, batch.output_ns),
+            )
+            for size, batch in sorted(stats.batches.items())
+        ],
     )
 
 

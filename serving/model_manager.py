@@ -23,9 +23,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, NoReturn
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from headrace.errors import (
@@ -38,7 +38,7 @@ from headrace.errors import (
     UnsafeModel,
 )
 from security.model_files import check_version_files
-from serving.batcher import DynamicBatcher
+from serving.batcher import BatchTiming, DynamicBatcher
 from serving.interfaces import ModelRunner, RunnerFactory
 from serving.model_config import ModelConfig, VersionMetadata
 from serving.onnx_interface import interface_problems
@@ -53,7 +53,7 @@ from serving.runner import OnnxModel
 from serving.version_stamps import FileStamp, Stamp, file_stamp, folder_stamp, metadata_stamp
 
 log = logging.getLogger(__name__)
-ExecuteHook = Callable[[str, int, int], None]  # (model, version, rows) after each executed batch
+ExecuteHook = Callable[[str, int, BatchTiming], None]  # (model, version, batch) per executed batch
 LoadFailureHook = Callable[[str, int, str], None]  # (model, version, reason) per refused load
 
 
@@ -323,9 +323,10 @@ class ModelManager:
     async def _load_version(self, name: str, version: int, known: _Failure | None) -> LoadedVersion:
         found, model, published = await asyncio.to_thread(self._open, name, version, known)
         config = found.config
+        hook = self._on_execute
         try:
             batcher = DynamicBatcher(
-                self._counted(name, version, model),
+                model.run,
                 max_batch_size=config.max_batch_size,
                 max_queue_delay_us=config.dynamic_batching.max_queue_delay_us,
                 preferred_batch_sizes=config.dynamic_batching.preferred_batch_sizes,
@@ -333,27 +334,13 @@ class ModelManager:
                 concurrency=model.instances,
                 enabled=self.batching,
                 name=f"{name}/{version}",
+                on_batch=None if hook is None else partial(hook, name, version),
             )
         except HeadraceError as exc:  # settings the batcher refuses (ConfigError)
             model.close()
             raise ModelLoadError(f"model {name!r} version {version}: {exc.message}") from exc
         log.info("model %s version %d loaded (%d instances)", name, version, model.instances)
         return LoadedVersion(name, version, config, found.metadata, model, batcher, published)
-
-    def _counted(
-        self, name: str, version: int, model: ModelRunner
-    ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-        """`model.run`, reporting each executed batch to the `on_execute` hook if there is one."""
-        hook = self._on_execute
-        if hook is None:
-            return model.run
-
-        def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            outputs = model.run(inputs)
-            hook(name, version, len(next(iter(inputs.values()))))
-            return outputs
-
-        return run
 
     def _open(
         self, name: str, version: int, known: _Failure | None

@@ -28,6 +28,7 @@ from headrace.gc_pauses import prepare_for_serving
 from protos import grpc_service_pb2, grpc_service_pb2_grpc
 from serving.auth import BearerTokenInterceptor
 from serving.autoscaler import Autoscaler
+from serving.batcher import BatchTiming
 from serving.dataplane import DataPlane
 from serving.grpc_errors import Unimplemented, error_mapped
 from serving.grpc_servicer import InferenceServicer
@@ -122,9 +123,9 @@ class InferenceServer:
                     rows.append((name, str(version), meta.dp_epsilon, meta.dp_delta))
         return rows
 
-    def _on_execute(self, name: str, version: int, rows: int) -> None:
-        self.metrics.observe_execution(name, version, rows)
-        self.dataplane.count_execution(name, str(version))
+    def _on_execute(self, name: str, version: int, batch: BatchTiming) -> None:
+        self.metrics.observe_execution(name, version, batch.rows)
+        self.dataplane.count_execution(name, str(version), batch)
 
     def _on_model_change(self, name: str, versions: list[int]) -> None:
         status = SERVING if versions else NOT_SERVING

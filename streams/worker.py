@@ -138,8 +138,8 @@ def run_worker(
     manager = ModelManager(
         ModelRepository(config.repository),
         policy=config.version_policy,
-        on_execute=lambda name, version, rows: serving_metrics.observe_execution(
-            name, version, rows
+        on_execute=lambda name, version, batch: serving_metrics.observe_execution(
+            name, version, batch.rows
         ),
     )
     dataplane = DataPlane(manager, serving_metrics)

@@ -226,6 +226,26 @@ def test_statistics_count_the_rows_inferred(
     assert int(stats["inference_stats"]["success"]["count"]) == 3 + 2 * len(batches) + 1
 
 
+def test_statistics_list_each_batch_size_executed(report: dict[str, Any]) -> None:
+    """batch_stats, as Triton fills them: one entry per batch size the model executed, ordered
+    by size, each counting its batches in compute_input, compute_infer and compute_output
+    with their summed times; together they hold every execution and every row."""
+    [stats] = report["statistics"]
+    batch_stats = stats.get("batch_stats", [])
+    assert batch_stats, "ModelStatistics has no batch_stats"
+    sizes = [int(entry["batch_size"]) for entry in batch_stats]
+    assert sizes == sorted(set(sizes)) and 1 in sizes  # the first requests ran one at a time
+    counts = []
+    for entry in batch_stats:
+        phases = [entry[phase] for phase in ("compute_input", "compute_infer", "compute_output")]
+        [count] = {int(phase["count"]) for phase in phases}
+        assert count >= 1 and int(entry["compute_infer"]["ns"]) > 0
+        counts.append(count)
+    assert sum(counts) == int(stats["execution_count"])
+    rows = sum(size * count for size, count in zip(sizes, counts, strict=True))
+    assert rows == int(stats["inference_count"])
+
+
 def test_load_and_unload(server: ServerProcess, model_files: ModelFiles) -> None:
     batch = digits_batch(2)
     got = run_driver(server.address, "load_unload", model="digits-ctl", batch=batch.tolist())

@@ -23,7 +23,7 @@ from headrace.errors import (
     InvalidInput,
     ShuttingDown,
 )
-from serving.batcher import BatchResult, DynamicBatcher
+from serving.batcher import BatchResult, BatchTiming, DynamicBatcher
 
 pytestmark = pytest.mark.unit
 
@@ -291,6 +291,33 @@ def test_an_output_row_mismatch_fails_the_batch_clearly() -> None:
             await scalar.submit(row(1))
         await batcher.close()
         await scalar.close()
+
+    run(scenario)
+
+
+def test_on_batch_hears_of_every_executed_batch_with_its_rows_and_phases() -> None:
+    """One `BatchTiming` per batch executed without error (what ModelStatistics' batch_stats
+    are built from): the batch's total rows and its time joining inputs, executing and
+    splitting outputs; a batch that fails is not reported."""
+    heard: list[BatchTiming] = []
+
+    async def scenario() -> None:
+        model = Model(blocked=True)
+        batcher = DynamicBatcher(model, max_batch_size=4, on_batch=heard.append)
+        first = await occupy(batcher, model)
+        tasks = spawn([batcher.submit(row(i, rows=2 if i == 0 else 1)) for i in range(6)])
+        await until(lambda: batcher.queue_depth == 6)
+        model.gate.set()
+        await asyncio.gather(first, *tasks)
+        assert model.sizes == [1, 4, 3]
+        assert [b.rows for b in heard] == [1, 4, 3]
+        for batch in heard:
+            assert batch.input_s >= 0 and batch.infer_s > 0 and batch.output_s >= 0
+        model.fail = RuntimeError("boom")
+        with pytest.raises(HeadraceError):
+            await batcher.submit(row(9))
+        assert len(heard) == 3
+        await batcher.close()
 
     run(scenario)
 
