@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,13 @@ EXTENSIONS = ("classification", "model_repository", "statistics", "health", "bin
 DEADLINE_CANCEL_SLACK_S = 0.25
 # Triton's request parameter bounding a request's time in the server, in microseconds.
 TIMEOUT_PARAMETER = "timeout"
+# Triton's request parameters for sequence batching and priority levels. Triton ignores them
+# for a model configured with neither (it schedules such a request as any other), and no
+# model here has either: they are ignored too, once their values have the types Triton
+# accepts (it refuses others with INVALID_ARGUMENT).
+SEQUENCE_ID_PARAMETER = "sequence_id"
+SEQUENCE_FLAG_PARAMETERS = ("sequence_start", "sequence_end")
+PRIORITY_PARAMETER = "priority"
 
 
 @dataclass
@@ -215,6 +223,8 @@ class DataPlane:
         try:
             loaded = self._serving_version(request)
             model, version = loaded.name, str(loaded.version)
+            if request.parameters:
+                _check_scheduling_parameters(request.parameters)
             _apply_timeout(request)
             response, rows = await self._infer_loaded(request, loaded)
         except HeadraceError as exc:
@@ -256,6 +266,8 @@ class DataPlane:
             try:
                 loaded = self._serving_version(request)
                 model, version = loaded.name, str(loaded.version)
+                if request.parameters:
+                    _check_scheduling_parameters(request.parameters)
                 rows, signature = _validated(request, loaded, layouts)
             except HeadraceError as exc:
                 self._record_failure(model, version, exc.reason, started)
@@ -396,6 +408,26 @@ def _check_repository(name: str) -> None:
             f"repository_name {name!r}: this server serves one model repository, which has no "
             "name; leave repository_name empty"
         )
+
+
+def _check_scheduling_parameters(parameters: dict[str, Any]) -> None:
+    """Refuse (as Triton does) sequence and priority parameters of the wrong type; their
+    values are then ignored (see SEQUENCE_ID_PARAMETER)."""
+    if SEQUENCE_ID_PARAMETER in parameters:
+        value = parameters[SEQUENCE_ID_PARAMETER]
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise InvalidInput(
+                f"parameter {SEQUENCE_ID_PARAMETER!r} must be an integer or a string, got {value!r}"
+            )
+    for key in SEQUENCE_FLAG_PARAMETERS:
+        if key in parameters and not isinstance(parameters[key], bool):
+            raise InvalidInput(f"parameter {key!r} must be a bool, got {parameters[key]!r}")
+    if PRIORITY_PARAMETER in parameters:
+        value = parameters[PRIORITY_PARAMETER]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidInput(
+                f"parameter {PRIORITY_PARAMETER!r} must be a whole number >= 0, got {value!r}"
+            )
 
 
 def _apply_timeout(request: InferRequest) -> None:

@@ -156,3 +156,43 @@ def test_classification_and_plain_requests_share_a_batch_and_each_get_their_answ
             assert result.outputs[0].data[0].split(":")[1] == str(predicted_class(result))
 
     asyncio.run(scenario())
+
+
+def test_sequence_and_priority_parameters_are_ignored_unless_of_a_type_triton_refuses(
+    repo: ModelRepository,
+) -> None:
+    """No model here has sequence batching or priority levels, so Triton's sequence_id,
+    sequence_start, sequence_end and priority parameters are ignored, as Triton ignores them;
+    a value of a type Triton refuses fails its request alone (INVALID_ARGUMENT, on Kafka the
+    DLQ), through infer_many as through infer."""
+
+    def with_parameters(seed: int, **parameters: object) -> InferRequest:
+        item = request(1, seed)
+        item.parameters = dict(parameters)
+        return item
+
+    async def scenario() -> None:
+        async with serving(repo) as plane:
+            plain = [request(1, 1), request(1, 2)]
+            ignored = [
+                with_parameters(1, sequence_id=7, sequence_start=True, priority=3),
+                with_parameters(2, sequence_id="chat-7", sequence_end=False, priority=0),
+            ]
+            refused = [
+                with_parameters(3, sequence_id=1.5),
+                with_parameters(3, sequence_start="true"),
+                with_parameters(3, priority=-1),
+                with_parameters(3, priority=True),
+            ]
+            answers = await plane.infer_many([*ignored, *refused])
+            expected = await plane.infer_many(plain)
+            for answer, same in zip(answers[:2], expected, strict=True):
+                np.testing.assert_allclose(logits(answer), logits(same), rtol=1e-5, atol=1e-5)
+            names = ["sequence_id", "sequence_start", "priority", "priority"]
+            for answer, name in zip(answers[2:], names, strict=True):
+                assert isinstance(answer, InvalidInput), answer
+                assert f"parameter {name!r} must be" in answer.message
+            with pytest.raises(InvalidInput, match="parameter 'priority' must be a whole number"):
+                await plane.infer(with_parameters(4, priority=-2))
+
+    asyncio.run(scenario())

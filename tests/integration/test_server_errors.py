@@ -119,6 +119,12 @@ def requested_output(name: str) -> pb.ModelInferRequest:
     return request
 
 
+def with_parameter(key: str, field: str, value: object) -> pb.ModelInferRequest:
+    request = raw_request(MODEL, X)
+    setattr(request.parameters[key], field, value)
+    return request
+
+
 N = 784  # elements of one digit
 BAD_REQUESTS: dict[str, tuple[Callable[[], pb.ModelInferRequest], grpc.StatusCode, str]] = {
     "unknown model": (
@@ -205,6 +211,28 @@ BAD_REQUESTS: dict[str, tuple[Callable[[], pb.ModelInferRequest], grpc.StatusCod
     "unknown requested output": (
         lambda: requested_output("probs"), Code.INVALID_ARGUMENT,
         "unknown output 'probs' requested; model 'digits' has ['logits']",
+    ),
+    # sequence and priority parameters are ignored (no model here has sequence batching or
+    # priority levels), as Triton ignores them, but values of a type Triton refuses are refused
+    "sequence_id neither an integer nor a string": (
+        lambda: with_parameter("sequence_id", "double_param", 1.5), Code.INVALID_ARGUMENT,
+        "parameter 'sequence_id' must be an integer or a string, got 1.5",
+    ),
+    "sequence_start not a bool": (
+        lambda: with_parameter("sequence_start", "string_param", "yes"), Code.INVALID_ARGUMENT,
+        "parameter 'sequence_start' must be a bool, got 'yes'",
+    ),
+    "sequence_end not a bool": (
+        lambda: with_parameter("sequence_end", "int64_param", 1), Code.INVALID_ARGUMENT,
+        "parameter 'sequence_end' must be a bool, got 1",
+    ),
+    "negative priority": (
+        lambda: with_parameter("priority", "int64_param", -1), Code.INVALID_ARGUMENT,
+        "parameter 'priority' must be a whole number >= 0, got -1",
+    ),
+    "priority not a number": (
+        lambda: with_parameter("priority", "string_param", "high"), Code.INVALID_ARGUMENT,
+        "parameter 'priority' must be a whole number >= 0, got 'high'",
     ),
 }  # fmt: skip
 
@@ -306,9 +334,10 @@ def test_tritonclient_sees_the_statuses(server: ServerProcess, model_files: Mode
     for case, (status, message) in expected.items():
         assert got[case]["status"] == status, (case, got[case])
         assert message in got[case]["message"], (case, got[case])
-    np.testing.assert_allclose(
-        np.asarray(got["after"]["output"]), reference(model_files.lenet_a, X), rtol=1e-4, atol=1e-5
-    )
+    for case in ("in_sequence_with_priority", "in_string_sequence", "after"):
+        np.testing.assert_allclose(
+            np.asarray(got[case]["output"]), reference(model_files.lenet_a, X), rtol=1e-4, atol=1e-5
+        )
 
 
 # -- back pressure and deadlines -----------------------------------------------------------

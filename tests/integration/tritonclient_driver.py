@@ -344,6 +344,15 @@ def errors(url: str, params: Report) -> Report:
             )
         ),
         **{f"{call}_in_named_repository": got for call, got in named_repository.items()},
+        # answered as any request: no model here has sequence batching or priority levels
+        "in_sequence_with_priority": result_report(
+            digits_infer(
+                client, model, x, sequence_id=7, sequence_start=True, sequence_end=True, priority=2
+            )
+        ),
+        "in_string_sequence": result_report(
+            digits_infer(client, model, x, sequence_id="conversation-7", sequence_start=True)
+        ),
         "after": result_report(digits_infer(client, model, x)),
     }
     client.close()
