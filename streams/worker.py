@@ -150,7 +150,8 @@ def run_worker(
         if config.metrics_port is None
         else metrics.serve(config.metrics_port, config.metrics_host)
     )
-    models = ",".join(f"{n}:{max(v)}" for n, v in sorted(manager.loaded().items())) or "none"
+    served = sorted(manager.loaded().items())  # every version the policy serves, not the latest
+    models = ",".join(f"{n}:{v}" for n, versions in served for v in versions) or "none"
 
     def ready() -> None:
         prepare_for_serving()  # consuming: fewer and shorter collections from here on

@@ -287,7 +287,9 @@ def test_requests_pinned_to_a_version_reach_the_versions_of_its_policy(setup: Se
     group = f"pinned-{uuid.uuid4().hex[:8]}"
     _start_group_at_the_end(setup.bootstrap, group)
     args = ["--version-policy", "all"]
-    with running_worker(setup.bootstrap, folder / "repo", group, folder / "w.log", args=args):
+    repository, log = folder / "repo", folder / "w.log"
+    with running_worker(setup.bootstrap, repository, group, log, args=args) as worker:
+        assert worker.fields["models"] == f"{name}:1,{name}:2"  # the ready line names both
         send = producer(setup.bootstrap)
         for request_id, version in ids.items():
             extra = {"model": name, **({"version": version} if version else {})}
