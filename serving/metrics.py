@@ -155,8 +155,9 @@ class ServingMetrics:
             "model_load_failures",
             "Model versions refused or failed at load, by reason (integrity_check_failed, "
             "unsafe_model, model_load_failed, repository_error for an invalid config.json, "
-            "interface_mismatch for a model.onnx the config does not describe); counted once "
-            "per change of the files.",
+            "interface_mismatch for a model.onnx the config does not describe, "
+            "version_removed for a version whose folder or files were deleted before its load "
+            "finished); counted once per change of the files.",
             [*labels, "reason"],
             registry=r,
         )

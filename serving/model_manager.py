@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal, NoReturn
@@ -55,6 +55,7 @@ from serving.version_stamps import FileStamp, Stamp, file_stamp, folder_stamp, m
 log = logging.getLogger(__name__)
 ExecuteHook = Callable[[str, int, BatchTiming], None]  # (model, version, batch) per executed batch
 LoadFailureHook = Callable[[str, int, str], None]  # (model, version, reason) per refused load
+REMOVED = "version_removed"  # load failure reason: the version's folder or files were deleted
 
 
 class VersionPolicy(BaseModel):
@@ -351,12 +352,15 @@ class ModelManager:
         try:
             stamp = folder_stamp(self.repository.version_dir(name, version))
         except OSError:
-            raise ModelLoadError(f"{prefix}: its folder cannot be read") from None
+            unreadable = f"{prefix}: its folder cannot be read"
+            if self.repository.removed(name, version) is None:
+                raise ModelLoadError(unreadable) from None
+            self._refuse(name, version, (), unreadable, "model_load_failed", ModelLoadError)
         if known is not None and known.stamp == stamp:
             raise ModelLoadError(known.message)  # same files as last time: same failure
         try:
             found = self.repository.get(name, version)
-        except RepositoryError as exc:  # e.g. an invalid config.json: kept until it changes
+        except (RepositoryError, ModelNotFound) as exc:  # e.g. an invalid config.json: kept
             self._refuse(name, version, stamp, exc.message, exc.reason, ModelLoadError)
         error: type[ModelLoadError] = ModelLoadError
         reason = "integrity_check_failed"
@@ -388,7 +392,7 @@ class ModelManager:
                     f"{'; '.join(problems)} (the version is refused)"
                 )
                 reason = "interface_mismatch"
-        self._refuse(name, version, stamp, message, reason, error)
+        self._refuse(name, version, stamp, message, reason, error, found.metadata.sha256)
 
     def _refuse(
         self,
@@ -398,8 +402,22 @@ class ModelManager:
         message: str,
         reason: str,
         error: type[ModelLoadError],
+        files: Iterable[str] = (MODEL_FILE,),
     ) -> NoReturn:
-        """Remember why a version failed (until its files change) and raise it."""
+        """Remember why a version failed (until its files change) and raise it. A version
+        whose folder or files (`files`: those its metadata.json records) were deleted while it
+        loaded failed whichever check met the gap first: it is refused as removed (REMOVED),
+        not as corrupt, tampered or broken."""
+        gone = self.repository.removed(name, version, files)
+        if gone is not None:
+            reason, error = REMOVED, ModelLoadError
+            message = (
+                f"model {name!r} version {version} was removed from the repository while it "
+                "was loading; it is not served"
+                if gone == METADATA_FILE
+                else f"model {name!r} version {version}: its {gone} was deleted (a publish never "
+                "leaves it out); the version is not served; publish the model again"
+            )
         self._failed[(name, version)] = _Failure(stamp, message)
         if self._on_load_failure is not None:
             try:

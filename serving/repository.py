@@ -34,7 +34,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -268,6 +268,16 @@ class ModelRepository:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return self.get(name, version)
+
+    def removed(self, name: str, version: int, files: Iterable[str] = (MODEL_FILE,)) -> str | None:
+        """What of a version seen in the repository has since been deleted: METADATA_FILE
+        when the version left the repository (its folder or its metadata.json is gone), else
+        the first of `files` (those its metadata.json records) that is gone; None if none is.
+        A publish is atomic, so a published version never lacks any of them."""
+        folder = self.version_dir(name, version)
+        if not (folder / METADATA_FILE).is_file():
+            return METADATA_FILE
+        return next((f for f in sorted(files) if not os.path.lexists(folder / f)), None)
 
     def version_dir(self, name: str, version: int) -> Path:
         """Where a version's files are (whether or not it exists); its config.json is in

@@ -30,7 +30,7 @@ from serving.model_config import (
     TensorSpec,
 )
 from serving.model_manager import ModelManager, VersionPolicy
-from serving.repository import ModelRepository
+from serving.repository import ModelRepository, ModelVersion
 from serving.runner import OnnxModel
 from serving.types import InferRequest, InferTensor
 from training.export import export_onnx
@@ -400,6 +400,85 @@ def test_a_new_version_whose_model_disagrees_with_the_config_keeps_the_old_one_s
         assert "version 2: its model.onnx does not match the model's config.json" in failure
         assert "input 'input' has dims [3, 32, 32] after the batch axis" in failure
         assert which((await infer(manager))[1], expected) == "a"
+        await manager.close()
+
+    run(scenario)
+
+
+class DeletingRepository(ModelRepository):
+    """Deletes version 2's folder (or its model.onnx) at one step of its load, as `rm -r`
+    does when it runs between the repository scan that saw the version and the load's end."""
+
+    def __init__(self, root: Path, when: str, what: str) -> None:
+        super().__init__(root)
+        self.when, self.what, self.armed = when, what, False
+
+    def delete(self, step: str) -> None:
+        if self.armed and step == self.when:
+            self.armed = False
+            folder = self.version_dir("digits", 2)
+            if self.what == "folder":
+                shutil.rmtree(folder)
+            else:
+                (folder / "model.onnx").unlink()
+
+    def versions(self, name: str) -> list[int]:
+        found = super().versions(name)
+        self.delete("after the scan")
+        return found
+
+    def get(self, name: str, version: int | None = None) -> ModelVersion:
+        found = super().get(name, version)
+        self.delete("before the sha256 check")
+        return found
+
+
+@pytest.mark.parametrize(
+    ("when", "what"),
+    [
+        ("after the scan", "folder"),
+        ("before the sha256 check", "folder"),
+        ("before the sha256 check", "model.onnx"),
+        ("while its sessions are built", "folder"),
+    ],
+)
+def test_a_version_deleted_while_it_loads_is_counted_as_removed_not_as_corrupt(
+    tmp_path: Path, onnx_files, expected, when: str, what: str
+) -> None:
+    """A version whose folder (or model.onnx) is deleted between the scan that saw it and the
+    end of its load fails whichever check meets the gap first (folder stamp, sha256 check,
+    session build); it was reported and counted as integrity_check_failed ("does not match
+    its sha256") or model_load_failed, as if the file were corrupt or tampered with. It is
+    refused as version_removed, v1 keeps serving, and the next scan forgets it."""
+    repo = DeletingRepository(tmp_path / "repo", when, what)
+    publish(repo, onnx_files["a"])
+    refused: list[tuple[str, int, str]] = []
+
+    def sessions(model_file: Path, instances: int) -> OnnxModel:
+        repo.delete("while its sessions are built")
+        return OnnxModel(model_file, instances=instances)
+
+    async def scenario() -> None:
+        manager = ModelManager(
+            repo,
+            runner_factory=sessions,
+            on_load_failure=lambda *failure: refused.append(failure),
+        )
+        await manager.load_all()
+        publish(repo, onnx_files["b"])
+        repo.armed = True
+        await manager.poll_once()
+        assert not repo.armed  # the deletion happened
+        assert refused == [("digits", 2, "version_removed")]
+        failure = manager.failures()["digits"]
+        gone = "was removed from the repository" if what == "folder" else "model.onnx was deleted"
+        assert gone in failure and "not served" in failure, failure
+        assert "sha256" not in failure and "integrity" not in failure and "refused" not in failure
+        assert manager.loaded() == {"digits": [1]}
+        assert which((await infer(manager))[1], expected) == "a"
+        if what == "folder":
+            await manager.poll_once()  # v2 is gone for good: nothing left to report
+            assert manager.failures() == {} and len(refused) == 1
         await manager.close()
 
     run(scenario)
