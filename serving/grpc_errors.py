@@ -26,6 +26,8 @@ from headrace.errors import HeadraceError
 log = logging.getLogger(__name__)
 
 Behavior = Callable[..., Any]
+# What a client hears of a server fault (the traceback goes to the server log).
+INTERNAL_MESSAGE = "internal server error; see the server log"
 
 
 def status_code(error: HeadraceError) -> grpc.StatusCode:
@@ -38,7 +40,7 @@ async def abort_for(error: BaseException, context: grpc.aio.ServicerContext, met
     if isinstance(error, HeadraceError):
         await context.abort(status_code(error), error.message)
     log.exception("internal error in %s", method, exc_info=error)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
 def _wrap_unary(behavior: Behavior, method: str) -> Behavior:

@@ -7,6 +7,7 @@ No model logic and no error handling live here: conversions are in
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import TypeAlias
@@ -23,8 +24,10 @@ from serving.grpc_convert import (
     request_from_proto,
     response_to_proto,
 )
+from serving.grpc_errors import INTERNAL_MESSAGE
 from serving.types import InferRequest
 
+log = logging.getLogger(__name__)
 Context: TypeAlias = grpc.aio.ServicerContext
 
 # Triton's stream conventions. Each response on a stream is its request's last one (models here
@@ -168,7 +171,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Requests on a stream run concurrently (so they can share batches); each gets a
         response or an error message, in completion order, and the stream goes on (or, with
         the `triton_grpc_error: true` header, ends with the first error's status)."""
-        done: asyncio.Queue[pb.ModelStreamInferResponse | HeadraceError | None] = asyncio.Queue()
+        done: asyncio.Queue[pb.ModelStreamInferResponse | Exception | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
         grpc_errors = _wants_grpc_errors(context)
 
@@ -177,14 +180,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 infer_request = _with_deadline(request_from_proto(message), context)
                 response = response_to_proto(await self.dataplane.infer(infer_request))
                 item = pb.ModelStreamInferResponse(infer_response=response)
-            except HeadraceError as exc:
+            except Exception as exc:  # a HeadraceError says what was wrong; others are bugs
                 if grpc_errors:
-                    await done.put(exc)
+                    await done.put(exc)  # ends the stream with its status (serving.grpc_errors)
                     return
+                if isinstance(exc, HeadraceError):
+                    text = exc.message
+                else:  # answered all the same: a client waits for one response per request
+                    log.exception("internal error in ModelStreamInfer (request id %r)", message.id)
+                    text = INTERNAL_MESSAGE
                 response = pb.ModelInferResponse(model_name=message.model_name, id=message.id)
-                item = pb.ModelStreamInferResponse(
-                    error_message=exc.message, infer_response=response
-                )
+                item = pb.ModelStreamInferResponse(error_message=text, infer_response=response)
             item.infer_response.parameters[FINAL_RESPONSE].bool_param = True
             await done.put(item)
 
@@ -200,7 +206,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         reader = asyncio.create_task(read_all())
         try:
             while (item := await done.get()) is not None:
-                if isinstance(item, HeadraceError):
+                if isinstance(item, Exception):
                     raise item  # the stream's status (see serving.grpc_errors)
                 yield item
             await reader

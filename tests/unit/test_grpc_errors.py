@@ -7,11 +7,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 
 from headrace.errors import HeadraceError, InvalidInput, ModelNotFound
 from protos import grpc_service_pb2 as pb
-from serving.grpc_errors import error_mapped
+from serving.grpc_errors import INTERNAL_MESSAGE, error_mapped
+from serving.grpc_servicer import InferenceServicer
+from serving.types import InferRequest, InferResponse, InferTensor
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
@@ -91,3 +94,69 @@ def test_a_streaming_rpc_yields_until_its_error_then_aborts() -> None:
         return seen
 
     assert asyncio.run(consume()) == ["first"]
+
+
+class BuggyDataPlane:
+    """Answers every request but the one with id "boom", which meets a bug (not a
+    HeadraceError) and "bad", which is refused."""
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        if request.id == "boom":
+            raise KeyError("/secret/path")
+        if request.id == "bad":
+            raise InvalidInput("input 'x': wrong shape")
+        y = InferTensor.from_array("y", np.zeros(1, np.float32))
+        return InferResponse(request.model_name, "1", [y], id=request.id)
+
+
+class StreamContext(FakeContext):
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.metadata = metadata
+
+    def time_remaining(self) -> None:
+        return None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+
+def stream_of(ids: list[str], metadata: tuple[tuple[str, str], ...] = ()) -> list[Any]:
+    """What ModelStreamInfer sends back for requests with these ids (then Aborted, if raised)."""
+
+    async def requests() -> AsyncIterator[pb.ModelInferRequest]:
+        for request_id in ids:
+            message = pb.ModelInferRequest(model_name="m", id=request_id)
+            tensor = message.inputs.add(name="x", datatype="FP32", shape=[1])
+            tensor.contents.fp32_contents.append(1.0)
+            yield message
+
+    async def consume() -> list[Any]:
+        mapped = error_mapped(InferenceServicer(BuggyDataPlane()), SERVICE)  # type: ignore[arg-type]
+        seen: list[Any] = []
+        try:
+            async for item in mapped.ModelStreamInfer(requests(), StreamContext(metadata)):
+                seen.append((item.infer_response.id, item.error_message))
+        except Aborted as exc:
+            seen.append(exc)
+        return seen
+
+    return asyncio.run(consume())
+
+
+def test_a_stream_answers_a_request_that_meets_a_bug(caplog: pytest.LogCaptureFixture) -> None:
+    """A request on ModelStreamInfer that met an error other than a HeadraceError got no
+    response at all, and nothing was logged: a client waiting for one response per request
+    waited forever. It is answered INTERNAL (logged with its traceback, no detail sent), as
+    ModelInfer answers it, and with the triton_grpc_error header it ends the stream so."""
+    got = stream_of(["a", "boom", "bad", "c"])
+    assert sorted(got) == [
+        ("a", ""),
+        ("bad", "input 'x': wrong shape"),
+        ("boom", INTERNAL_MESSAGE),
+        ("c", ""),
+    ]
+    assert "internal error in ModelStreamInfer (request id 'boom')" in caplog.text
+    assert "secret" not in INTERNAL_MESSAGE
+    [*_, ended] = stream_of(["boom"], (("triton_grpc_error", "true"),))
+    assert isinstance(ended, Aborted)
+    assert (ended.code, ended.details) == (grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
