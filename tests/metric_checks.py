@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INFRA = REPO_ROOT / "infra"
 PROMETHEUS_FILE = INFRA / "prometheus" / "prometheus.yml"
+ALERTS_FILE = INFRA / "prometheus" / "alerts.yml"
+ALERTS_TEST_FILE = INFRA / "prometheus" / "alerts_test.yml"
 DASHBOARD_FILE = INFRA / "grafana" / "dashboards" / "headrace.json"
 DATASOURCES_DIR = INFRA / "grafana" / "provisioning" / "datasources"
 K8S_DIR = INFRA / "k8s"
@@ -319,6 +321,12 @@ def provisioned_datasource_uids(folder: Path = DATASOURCES_DIR) -> set[str]:
         for path in sorted(folder.glob("*.yml"))
         for source in yaml.safe_load(path.read_text())["datasources"]
     }
+
+
+def alert_exprs(path: Path = ALERTS_FILE) -> dict[str, str]:
+    """Alert name -> its PromQL expression, from a Prometheus rules file."""
+    groups = yaml.safe_load(path.read_text())["groups"]
+    return {rule["alert"]: rule["expr"] for group in groups for rule in group["rules"]}
 
 
 def dashboard_exprs(path: Path) -> list[str]:

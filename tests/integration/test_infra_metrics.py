@@ -34,6 +34,7 @@ from metric_checks import (
     DASHBOARD_FILE,
     adapter_metric_names,
     adapter_rules,
+    alert_exprs,
     dashboard_exprs,
     declared_names,
     promql_metric_names,
@@ -187,6 +188,14 @@ def test_every_dashboard_metric_is_exported(scrapes: Scrapes) -> None:
     assert missing_from(names, scrapes) == set()
     assert {n for n in names if n.startswith("stream_")} <= scrapes.worker
     assert {n for n in names if n.startswith("training_")} <= scrapes.agent
+
+
+def test_every_alert_metric_is_exported(scrapes: Scrapes) -> None:
+    """infra/prometheus/alerts.yml reads only series the services export (`up` is
+    Prometheus's own), so no alert is silently never able to fire."""
+    names = set().union(*(promql_metric_names(e) for e in alert_exprs().values())) - {"up"}
+    assert len(names) >= 6, names
+    assert missing_from(names, scrapes) == set()
 
 
 def test_the_agent_exports_the_job_it_ran(scrapes: Scrapes) -> None:

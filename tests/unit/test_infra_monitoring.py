@@ -13,9 +13,12 @@ import yaml
 from infra_checks import COMPOSE_FILE, K8S_DIR, compose_model, k8s_documents
 from metric_checks import (
     ADAPTER_FILE,
+    ALERTS_FILE,
+    ALERTS_TEST_FILE,
     DASHBOARD_FILE,
     PROMETHEUS_FILE,
     adapter_problems,
+    alert_exprs,
     compose_metrics_ports,
     dashboard_exprs,
     dashboard_problems,
@@ -119,6 +122,56 @@ def test_promtool_accepts_the_config_and_refuses_a_broken_copy(tmp_path: Path) -
     broken.write_text(PROMETHEUS_FILE.read_text().replace("type: A", "type: B"))
     bad = subprocess.run([tool, "check", "config", str(broken)], capture_output=True)
     assert bad.returncode != 0
+
+
+# -- alerting rules ----------------------------------------------------------------------
+
+
+def test_the_alerting_rules_are_loaded_and_mounted() -> None:
+    """prometheus.yml loads alerts.yml, and the compose stack mounts it beside the config."""
+    config = yaml.safe_load(PROMETHEUS_FILE.read_text())
+    assert config["rule_files"] == [ALERTS_FILE.name]
+    volumes = compose_model(COMPOSE_FILE)["services"]["prometheus"]["volumes"]
+    mounted = {Path(v["source"]): v["target"] for v in volumes}
+    assert mounted[ALERTS_FILE] == "/etc/prometheus/alerts.yml"
+    assert mounted[PROMETHEUS_FILE] == "/etc/prometheus/prometheus.yml"
+
+
+def test_every_alert_has_a_severity_a_summary_and_parses() -> None:
+    groups = yaml.safe_load(ALERTS_FILE.read_text())["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) == len(alert_exprs()) >= 8  # alert names do not repeat
+    for rule in rules:
+        assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        assert promql_problems(rule["expr"]) == [], rule["alert"]
+
+
+@needs_promtool
+def test_promtool_checks_the_rules_and_their_unit_tests_pass(tmp_path: Path) -> None:
+    """`promtool test rules` feeds series to each alert and checks which fire and which must
+    not; a copy with a threshold moved fails it."""
+    import shutil
+    import subprocess
+
+    tool = str(promtool())
+    check = subprocess.run([tool, "check", "rules", str(ALERTS_FILE)], capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    run = subprocess.run(
+        [tool, "test", "rules", ALERTS_TEST_FILE.name],
+        cwd=ALERTS_FILE.parent, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    shutil.copy(ALERTS_TEST_FILE, tmp_path)
+    moved = ALERTS_FILE.read_text().replace("> 0.01\n", "> 0.03\n")
+    assert moved != ALERTS_FILE.read_text()
+    (tmp_path / ALERTS_FILE.name).write_text(moved)
+    broken = subprocess.run(
+        [tool, "test", "rules", ALERTS_TEST_FILE.name],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert broken.returncode != 0
+    assert "HeadraceInferenceLoadShedding" in broken.stdout + broken.stderr
 
 
 # -- the Grafana dashboard ---------------------------------------------------------------
