@@ -70,6 +70,8 @@ class BatchResult:
     queue_s: float  # time from submit to dispatch
     compute_s: float  # time the batch spent in `execute`
     batch_size: int  # total rows in the executed batch
+    input_s: float = 0.0  # time the batch took to join its requests' inputs
+    output_s: float = 0.0  # time the batch took to check and split its outputs
 
 
 class _Request:
@@ -383,7 +385,7 @@ class DynamicBatcher:
             fut.set_exception(exc)
         fut.add_done_callback(partial(self._finish, batch, queue_s))
 
-    def _run(self, inputs: list[Arrays], rows: list[int]) -> tuple[float, int, list[Arrays]]:
+    def _run(self, inputs: list[Arrays], rows: list[int]) -> tuple[BatchTiming, list[Arrays]]:
         """In a worker thread: concatenate, execute, check rows, split back per request."""
         started = time.perf_counter()
         if len(inputs) == 1:
@@ -416,10 +418,10 @@ class DynamicBatcher:
             for n in rows:
                 parts.append({name: value[start : start + n] for name, value in outputs.items()})
                 start += n
+        timing = BatchTiming(total, executing - started, compute_s, time.perf_counter() - executed)
         if self._on_batch is not None:
-            output_s = time.perf_counter() - executed
-            self._on_batch(BatchTiming(total, executing - started, compute_s, output_s))
-        return compute_s, total, parts
+            self._on_batch(timing)
+        return timing, parts
 
     def _finish(self, batch: list[_Request], queue_s: list[float], fut: asyncio.Future) -> None:
         self._running -= 1
@@ -430,10 +432,18 @@ class DynamicBatcher:
         else:
             error = fut.exception()
         if error is None:
-            compute_s, total, parts = fut.result()
+            timing, parts = fut.result()
+            compute_s, total, input_s, output_s = (
+                timing.infer_s,
+                timing.rows,
+                timing.input_s,
+                timing.output_s,
+            )
             for req, waited, outputs in zip(batch, queue_s, parts, strict=True):
                 if not req.future.done():  # the caller may have cancelled meanwhile
-                    req.future.set_result(BatchResult(outputs, waited, compute_s, total))
+                    req.future.set_result(
+                        BatchResult(outputs, waited, compute_s, total, input_s, output_s)
+                    )
             return
         if not isinstance(error, HeadraceError):
             wrapped = HeadraceError(f"{self._label}: model execution failed: {error}")

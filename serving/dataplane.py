@@ -82,6 +82,8 @@ class VersionStats:
     fail_ns: int = 0
     queue_ns: int = 0
     compute_ns: int = 0
+    input_ns: int = 0
+    output_ns: int = 0
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0
@@ -318,7 +320,7 @@ class DataPlane:
                 answers[item.index] = outcome
             return
         total_s = time.perf_counter() - started
-        timings = Timings(outcome.queue_s, outcome.compute_s, outcome.batch_size)
+        timings = _timings(outcome)
         start = 0
         for item in chunk:
             rows = {
@@ -334,7 +336,7 @@ class DataPlane:
         rows = validate_request(request, loaded.config)
         inputs = {tensor.name: tensor.data.reshape(tensor.shape) for tensor in request.inputs}
         result = await loaded.batcher.submit(inputs, request.deadline)
-        timings = Timings(result.queue_s, result.compute_s, result.batch_size)
+        timings = _timings(result)
         return self._response(request, loaded, result.outputs, timings), rows
 
     @staticmethod
@@ -387,6 +389,8 @@ class DataPlane:
         stats.success_ns += int(total_s * 1e9) * requests
         stats.queue_ns += int(timings.queue_s * 1e9) * requests
         stats.compute_ns += int(timings.compute_s * 1e9) * requests
+        stats.input_ns += int(timings.input_s * 1e9) * requests
+        stats.output_ns += int(timings.output_s * 1e9) * requests
         stats.inference_count += rows
         stats.last_inference_ms = int(time.time() * 1000)
         if self.metrics is not None:
@@ -502,3 +506,10 @@ def _chunks(group: list[_Merged]) -> list[list[_Merged]]:
     if current:
         chunks.append(current)
     return chunks
+
+
+def _timings(result: BatchResult) -> Timings:
+    """A request's timings: its wait in the queue and its batch's phases."""
+    return Timings(
+        result.queue_s, result.compute_s, result.batch_size, result.input_s, result.output_s
+    )

@@ -65,7 +65,9 @@ def _statistics(name: str, version: str, stats: VersionStats) -> pb.ModelStatist
             success=_duration(stats.success_count, stats.success_ns),
             fail=_duration(stats.fail_count, stats.fail_ns),
             queue=_duration(stats.success_count, stats.queue_ns),
+            compute_input=_duration(stats.success_count, stats.input_ns),
             compute_infer=_duration(stats.success_count, stats.compute_ns),
+            compute_output=_duration(stats.success_count, stats.output_ns),
         ),
         batch_stats=[  # one entry per batch size executed, as Triton reports them
             pb.InferBatchStatistics(

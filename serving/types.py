@@ -71,8 +71,10 @@ class Timings:
     """Where a request's time went, in seconds."""
 
     queue_s: float = 0.0
-    compute_s: float = 0.0
+    compute_s: float = 0.0  # the batch's model execution (Triton's compute_infer)
     batch_size: int = 0
+    input_s: float = 0.0  # the batch's joining of inputs (Triton's compute_input)
+    output_s: float = 0.0  # the batch's checking and splitting of outputs (compute_output)
 
 
 @dataclass

@@ -246,6 +246,19 @@ def test_statistics_list_each_batch_size_executed(report: dict[str, Any]) -> Non
     assert rows == int(stats["inference_count"])
 
 
+def test_statistics_time_each_request_in_every_phase(report: dict[str, Any]) -> None:
+    """inference_stats, per request as in Triton: queue and the three compute phases of the
+    batch it ran in, each counted once per successful request (compute_input and
+    compute_output were absent, so perf_analyzer's server-side breakdown lacked them)."""
+    [stats] = report["statistics"]
+    per_request = stats["inference_stats"]
+    successes = int(per_request["success"]["count"])
+    assert successes >= 1
+    for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert int(per_request[phase]["count"]) == successes, phase
+        assert int(per_request[phase]["ns"]) > 0, phase
+
+
 def test_load_and_unload(server: ServerProcess, model_files: ModelFiles) -> None:
     batch = digits_batch(2)
     got = run_driver(server.address, "load_unload", model="digits-ctl", batch=batch.tolist())
