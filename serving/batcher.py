@@ -432,17 +432,11 @@ class DynamicBatcher:
         else:
             error = fut.exception()
         if error is None:
-            timing, parts = fut.result()
-            compute_s, total, input_s, output_s = (
-                timing.infer_s,
-                timing.rows,
-                timing.input_s,
-                timing.output_s,
-            )
+            t, parts = fut.result()
             for req, waited, outputs in zip(batch, queue_s, parts, strict=True):
                 if not req.future.done():  # the caller may have cancelled meanwhile
                     req.future.set_result(
-                        BatchResult(outputs, waited, compute_s, total, input_s, output_s)
+                        BatchResult(outputs, waited, t.infer_s, t.rows, t.input_s, t.output_s)
                     )
             return
         if not isinstance(error, HeadraceError):
