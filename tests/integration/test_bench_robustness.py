@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from bench_runner import run_benchmark
+import subprocess
+import sys
+
+from bench_runner import REPO_ROOT, run_benchmark
 
 COMMAND = [
     "-m", "benchmarks.robustness", "--dataset", "digits", "--epochs", "1",
@@ -20,3 +23,17 @@ def test_tiny_robustness_benchmark_reports_every_key() -> None:
     assert result["test_samples"] == 40 and result["eval_pgd_steps"] == 3
     assert isinstance(result["goals"]["defended_robust_ge_75pct"], bool)
     assert "pgd-trained" in stdout  # the table came before the JSON line
+
+
+def test_a_warmup_longer_than_the_run_is_refused_before_anything_trains() -> None:
+    # The default --warmup-epochs 3 with --epochs 1: the defended run's config is refused, and
+    # the benchmark says so at once, in its own flags, not after training the undefended model.
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.robustness", "--dataset", "digits", "--epochs", "1",
+         "--train-step-size", "0.2"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "adversarial warm-up of 3 epochs is longer than the 1 epochs" in done.stderr
+    assert "lower --warmup-epochs or raise --epochs" in done.stderr
+    assert "Traceback" not in done.stderr and "epoch 1:" not in done.stderr  # nothing trained
