@@ -19,7 +19,8 @@ Size ratio = compressed ONNX file bytes / float32 ONNX file bytes.
 
 Prints the report table and, last, one JSON line with `fp32_acc`, `int8_acc`,
 `int4_acc`, `int8_size_ratio`, `int4_size_ratio`, `pruned_param_ratio`,
-`pruned_latency_ratio` and `goals`.
+`pruned_latency_ratio` and `goals`. The defaults take about a minute
+(docs/compression.md); `--quick` a few seconds.
 
     python -m benchmarks.compression [--dataset digits|mnist] [--mnist-dir DIR]
         [--epochs 50] [--qat-epochs 5] [--prune-epochs 20] [--seed 0] [--quick]
@@ -147,7 +148,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--latency-seconds", type=float, default=2.0, help="per file and batch")
     parser.add_argument("--repository", type=Path, help="keep the models here (default: temp)")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke-test sizes: 2 epochs, 1 QAT epoch, 0.05 s"
+        "--quick",
+        action="store_true",
+        help="smoke-test sizes: 2 epochs, 1 QAT and 1 pruning epoch, 0.05 s",
     )
     args = parser.parse_args(argv)
     if args.quick:

@@ -21,7 +21,10 @@ digits) for `--epochs` epochs:
 Prints a table and, last, one JSON line with `allreduce_bytes`, `topk_bytes`,
 `powersgd_bytes`, `allreduce_acc`, `topk_acc`, `powersgd_acc`,
 `limited_link_speedup` (uncompressed / best compressed allreduce epoch time
-on the limited link), the rows, and `goals`.
+on the limited link), the rows, and `goals`. Each Ray row costs about 20 s
+beyond its epochs (workers start per row): every row for one epoch on digits
+(`--dataset digits --epochs 1 --limited-epochs 1`) took under 5 minutes on
+the shared 2-core machine.
 
     python -m benchmarks.distributed [--dataset mnist|digits] [--mnist-dir DIR]
         [--epochs 5] [--limited-epochs 2] [--rate 10mbit] [--quick]
@@ -324,7 +327,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Distributed training benchmark.")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=["mnist", "digits"], default="mnist")
     parser.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
     parser.add_argument("--epochs", type=int, default=5)

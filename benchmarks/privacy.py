@@ -7,7 +7,10 @@ normalisation) and once per epsilon (1, 3, 8 at delta 1e-5) with the DP
 defaults of training/privacy.py, all for the same number of epochs. The DP
 settings are the same for every epsilon: the accountant picks the noise. Test
 accuracy and the epsilon the accountant reports as spent are printed as a table
-and a final JSON line.
+and a final JSON line (`nonprivate_acc`, `eps3_acc`, `eps3_spent`, ... for MNIST,
+the same keys prefixed `digits_` for digits, `dp_settings` and `goals`). The
+defaults took 12 to 14 minutes on the shared 2-core machine (docs/privacy.md);
+`--epochs 1 --train-limit 1000` is a half-minute smoke run.
 
     python -m benchmarks.privacy [--mnist-dir ../shared/data/mnist] [--epochs 10]
         [--epsilons 1 3 8] [--train-limit N]   # --train-limit: a quick smoke run

@@ -19,7 +19,8 @@ embedded digits):
 
 Prints a table and, last, one JSON line with `wm_pvalue`, `clean_min_pvalue`,
 `after_finetune_pvalue`, `after_prune_pvalue`, `acc_drop`, `whitebox_ber`
-and `goals`.
+and `goals`. The defaults took about 6 minutes on the shared 2-core machine
+(docs/watermark.md); `--quick` takes seconds.
 
     python -m benchmarks.watermark [--dataset mnist|digits] [--mnist-dir DIR]
         [--epochs 8] [--unmarked 5] [--quick]
