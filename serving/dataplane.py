@@ -169,7 +169,8 @@ class DataPlane:
     def statistics(self, name: str = "", version: str = "") -> dict[tuple[str, str], VersionStats]:
         """Statistics of one model (or all when `name` is empty)."""
         if name:
-            self.manager.get(name, version or None)  # raises for unknown models
+            loaded = self.manager.get(name, version or None)  # raises for unknown models
+            version = str(loaded.version) if version else ""  # "01" or " 1" is version 1
         for model, versions in self.manager.loaded().items():  # ready versions report zeros
             for number in versions:
                 self.stats.setdefault((model, str(number)), VersionStats())

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 ExecuteHook = Callable[[str, int, BatchTiming], None]  # (model, version, batch) per executed batch
 LoadFailureHook = Callable[[str, int, str], None]  # (model, version, reason) per refused load
 REMOVED = "version_removed"  # load failure reason: the version's folder or files were deleted
+MAX_VERSION_DIGITS = 18  # a version is an int64, as in Triton
 
 
 class VersionPolicy(BaseModel):
@@ -525,7 +526,14 @@ class ModelManager:
 
 
 def _int_or_none(text: str) -> int | None:
-    return int(text) if text.strip().isdecimal() else None
+    """The version number a request's version string names, or None when it names none.
+    A client's string: only ASCII digits (str.isdecimal takes any script's, and int() of
+    more than 4,300 digits raises ValueError, which reached clients as an internal error
+    and stopped a stream worker for good), at most MAX_VERSION_DIGITS of them."""
+    digits = text.strip()
+    if not digits.isascii() or not digits.isdigit() or len(digits) > MAX_VERSION_DIGITS:
+        return None
+    return int(digits)
 
 
 def _interface_problems(config: ModelConfig, model: ModelRunner) -> list[str]:
