@@ -28,6 +28,7 @@ from serving.types import InferRequest, InferResponse
 from streams.messages import (
     CONTENT_TYPE_HEADER,
     JSON_CONTENT_TYPE,
+    MAX_REQUEST_ID_CHARS,
     DLQRecord,
     InferenceRequestMessage,
     InferenceResultMessage,
@@ -41,6 +42,10 @@ DLQ_PAYLOAD_BYTES = 64 * 1024  # larger originals are referenced by topic/partit
 # Largest result value: Faust's producer sends at most 1,000,000 bytes per request and Kafka's
 # brokers take 1,048,588 per record batch by default; the rest is room for key and headers.
 MAX_RESULT_BYTES = 960_000
+# Longest error message a DLQ record carries: messages quote what the request said (a model
+# name, a version, a reply topic), and a record may be megabytes long; cut, the DLQ record
+# stays far below the size a producer sends (1,000,000 bytes), so the outcome is produced.
+MAX_DLQ_MESSAGE_CHARS = 4096
 Headers = Sequence[tuple[str, bytes]]
 
 
@@ -167,6 +172,12 @@ def _decode_protobuf(key: bytes | None, value: bytes) -> DecodedRequest:
         raise RecordRejected(
             "a binary request needs a record key (its request_id)", "missing_request_id"
         )
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise RecordRejected(
+            f"the request id (the record key, else the ModelInferRequest's id) has "
+            f"{len(request_id)} characters, more than {MAX_REQUEST_ID_CHARS}; use a shorter id",
+            "invalid_schema",
+        )
     if not message.model_name:
         raise RecordRejected("the ModelInferRequest has no model_name", "invalid_schema")
     try:
@@ -202,7 +213,16 @@ def dlq_record(
     source: RecordRef | None,
     attempt: int = 1,
 ) -> bytes:
-    """The JSON value of a DLQ record; small originals are kept, large ones referenced."""
+    """The JSON value of a DLQ record; small originals are kept, large ones referenced. A
+    request id too long to be one (`MAX_REQUEST_ID_CHARS`) is left out, and the message is
+    cut at `MAX_DLQ_MESSAGE_CHARS`: both may quote the record, and the DLQ record must fit
+    in one produce request whatever the record held."""
+    if request_id is not None and len(request_id) > MAX_REQUEST_ID_CHARS:
+        request_id = None
+    message = error.message
+    if len(message) > MAX_DLQ_MESSAGE_CHARS:
+        cut = len(message) - MAX_DLQ_MESSAGE_CHARS
+        message = f"{message[:MAX_DLQ_MESSAGE_CHARS]}... ({cut} more characters cut)"
     payload = encoding = None
     if value is not None and len(value) <= DLQ_PAYLOAD_BYTES:
         try:
@@ -212,7 +232,7 @@ def dlq_record(
     record = DLQRecord(
         request_id=request_id,
         error_code=error.reason,
-        message=error.message,
+        message=message,
         stage=stage,
         attempt=attempt,
         payload=payload,

@@ -39,13 +39,23 @@ from streams.codec import (
     dlq_record,
     encode_result,
 )
-from streams.messages import CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, RecordRef, Stage, Timings
+from streams.messages import (
+    CONTENT_TYPE_HEADER,
+    JSON_CONTENT_TYPE,
+    MAX_REQUEST_ID_CHARS,
+    RecordRef,
+    Stage,
+    Timings,
+)
 from streams.pixels import ConfigSource, PixelInput, convert, pixel_inputs
 from streams.topics import CATALOGUE, DATA_TOPIC_PREFIX, TOPIC_NAME_RULE, valid_topic_name
 
 log = logging.getLogger(__name__)
 JSON_HEADERS = [(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE.encode())]
 VALIDATE_ERRORS = (InvalidInput, ModelNotFound, ModelNotReady)
+# Longest record key an outcome takes back when the key is not the request id (4 bytes a
+# character of an id at its longest).
+MAX_KEY_BYTES = 4 * MAX_REQUEST_ID_CHARS
 
 
 class InferenceBackend(ConfigSource, Protocol):
@@ -245,6 +255,7 @@ def _dlq(
     stage: Stage,
     topics: Topics,
 ) -> Outcome:
+    request_id = _usable_id(request_id)
     value = dlq_record(request_id, error, stage, record.value, _source(record))
     key = _outcome_key(record, request_id)
     return Outcome("dlq", topics.dlq, key, value, request_id, reason=error.reason)
@@ -280,7 +291,17 @@ def _result(
 
 def _outcome_key(record: SourceRecord, request_id: str | None) -> bytes | None:
     """An outcome's key: the request's own key bytes when its id came from them (so a key
-    that is not UTF-8 comes back as sent), else the id."""
-    if record.key is not None and _key_text(record.key) == request_id:
+    that is not UTF-8 comes back as sent), else the id; no key when neither is usable as
+    one (a key of megabytes would make the outcome too large to produce: the outcome's
+    `source` still names the record)."""
+    usable = _usable_id(request_id)
+    if record.key is not None and _key_text(record.key) == usable:
         return record.key
-    return request_id.encode() if request_id else record.key
+    if usable:
+        return usable.encode()
+    return record.key if record.key is not None and len(record.key) <= MAX_KEY_BYTES else None
+
+
+def _usable_id(request_id: str | None) -> str | None:
+    """`request_id`, or None when it is too long to be one (it came from a record key)."""
+    return request_id if request_id and len(request_id) <= MAX_REQUEST_ID_CHARS else None

@@ -19,6 +19,9 @@ SCHEMA_VERSION = 1
 CONTENT_TYPE_HEADER = "content-type"
 JSON_CONTENT_TYPE = "application/json"
 PROTOBUF_CONTENT_TYPE = "application/x-protobuf; messageType=inference.ModelInferRequest"
+# Longest request id (JSON `request_id`, or a binary request's key or `id`): it goes back in
+# the outcome's key and value, which must fit one Kafka record.
+MAX_REQUEST_ID_CHARS = 256
 
 Stage = Literal["decode", "validate", "preprocess", "infer", "produce"]
 
@@ -51,7 +54,7 @@ class InferenceRequestMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     schema_version: Literal[1] = 1
-    request_id: str = Field(min_length=1, max_length=256)
+    request_id: str = Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS)
     id: str | None = Field(  # read, never written: workers that predate it refuse it
         default=None,
         exclude=True,

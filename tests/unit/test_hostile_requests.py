@@ -1,7 +1,7 @@
 """Requests written to break the server, against a real model manager and dataplane (no
-broker, no network): a version string no int() should meet. Each gets its own refusal;
-nothing escapes as a server fault, and on the Kafka path every record still gets one
-outcome."""
+broker, no network): a version string no int() should meet, names and ids megabytes long.
+Each gets its own refusal; nothing escapes as a server fault, and on the Kafka path every
+record still gets one outcome small enough to produce."""
 
 from __future__ import annotations
 
@@ -22,12 +22,14 @@ from serving.dataplane import DataPlane
 from serving.model_config import ModelConfig, TensorSpec
 from serving.model_manager import ModelManager
 from serving.repository import ModelRepository
+from streams.codec import MAX_RESULT_BYTES
 from streams.inference import SourceRecord, handle_batch
 from streams.messages import PROTOBUF_CONTENT_TYPE
 
 # Versions that name no version: int() of more than 4,300 digits raises ValueError; digits
 # of other scripts are decimal to str.isdecimal; the rest are not integers at all.
 NO_VERSION = ["9" * 5000, "1" * 19, "１", "١", "1e3", "-1", "+1", "0x1", "1.0"]
+HUGE = 2_000_000
 
 
 def _identity_model(path: Path) -> Path:
@@ -121,3 +123,30 @@ def test_a_version_no_int_can_hold_goes_to_the_dlq_and_the_batch_goes_on(
     outcomes = loop.run_until_complete(handle_batch(records, dataplane))
     assert [o.kind for o in outcomes] == ["dlq", "dlq", "result"]
     assert [json.loads(o.value)["error_code"] for o in outcomes[:2]] == ["model_not_found"] * 2
+
+
+def test_hostile_kafka_records_each_get_one_outcome_that_can_be_produced(
+    dataplane: DataPlane, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Before: each gave a DLQ record over a megabyte (quoting the model name, the version,
+    the reply topic or the output name, or keyed by a key of megabytes), which the producer
+    refused: the worker stopped, and stopped again on the same record after every restart."""
+    hostile = [
+        _record(0, b"n", _json("n", outputs=[{"name": "o" * HUGE}])),
+        _record(1, b"r", _json("r", reply_to="r" * HUGE)),
+        _record(2, b"m", _json("m", model="m" * HUGE)),
+        _record(3, b"x", _json("x", version="x" * HUGE)),
+        _record(4, b"K" * HUGE, _binary(), binary=True),
+        _record(5, None, _binary(id="I" * HUGE), binary=True),
+        _record(6, b"K" * HUGE, _json("k", version="x" * HUGE)),
+    ]
+    good = _record(len(hostile), b"good", _json("good"))
+    outcomes = loop.run_until_complete(handle_batch([*hostile, good], dataplane))
+    assert [o.kind for o in outcomes] == ["dlq"] * len(hostile) + ["result"]
+    for outcome in outcomes:
+        assert len(outcome.key or b"") + len(outcome.value) < MAX_RESULT_BYTES
+    for outcome in outcomes[4:6]:  # no usable id: the DLQ record names the source record
+        assert (outcome.request_id, outcome.key) == (None, None)
+        assert json.loads(outcome.value)["source"]["offset"] == outcomes.index(outcome)
+    assert (outcomes[6].request_id, outcomes[6].key) == ("k", b"k")
+    assert outcomes[-1].key == b"good"
