@@ -26,7 +26,7 @@ from collections.abc import Awaitable
 
 from pydantic import BaseModel, Field
 
-from headrace.errors import TransactionsUnsupported
+from headrace.errors import HeadraceError, TransactionsUnsupported
 from streams import init_producer_id
 from streams.broker import is_embedded
 from streams.topics import DAY_MS, TopicSpec, create_topics
@@ -56,13 +56,14 @@ class TransactionProbe(BaseModel):
 async def probe_transactions(
     bootstrap: str, timeout_s: float = PROBE_TIMEOUT_S
 ) -> TransactionProbe:
-    """Run both steps of the module docstring against `bootstrap` (whose topic must be
-    creatable); never raises for a broker that fails them."""
+    """Run both steps of the module docstring against `bootstrap`; never raises for a broker
+    that fails them. A broker that refuses to create `PROBE_TOPIC`, or cannot be reached to
+    create it, raises a `HeadraceError` saying so (`create_probe_topic`)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.structs import TopicPartition
 
     init_producer_id.install()
-    create_topics(bootstrap, [PROBE_TOPIC])
+    create_probe_topic(bootstrap)
     token = uuid.uuid4().hex[:12]
     aborted_value, committed_value = f"aborted-{token}".encode(), f"committed-{token}".encode()
     producer = AIOKafkaProducer(
@@ -151,6 +152,30 @@ def require_transactions(bootstrap: str, timeout_s: float = PROBE_TIMEOUT_S) -> 
     return verdict
 
 
+def create_probe_topic(bootstrap: str) -> None:
+    """Create `PROBE_TOPIC` unless it exists. A refusal (a cluster whose ACLs or policy forbid
+    this client to create topics) or a broker gone is one `HeadraceError` saying what to do;
+    kafka-python's error, which quotes the whole request and response, was a traceback."""
+    from kafka.errors import BrokerResponseError, KafkaError
+
+    try:
+        create_topics(bootstrap, [PROBE_TOPIC])
+    except BrokerResponseError as exc:
+        raise TransactionsUnsupported(
+            "--processing-guarantee exactly_once first checks the broker's transactions on a "
+            f"topic of its own, and {broker_name(bootstrap)} refused to create it "
+            f"({PROBE_TOPIC.name}: {type(exc).__name__}, {exc.description.rstrip('.')}). "
+            f"Create {PROBE_TOPIC.name} with {PROBE_TOPIC.partitions} partition or let this "
+            "client create topics, or run the worker with --processing-guarantee at_least_once."
+        ) from None
+    except (KafkaError, OSError) as exc:
+        raise HeadraceError(
+            f"cannot reach Kafka at {bootstrap} to create {PROBE_TOPIC.name}, the topic of the "
+            f"exactly-once check ({_describe(exc)}); check that the broker is running and "
+            "reachable, then start the worker again"
+        ) from None
+
+
 def broker_name(bootstrap: str) -> str:
     """'the embedded Tansu broker at ...' or 'the broker at ...'."""
     from kafka.errors import KafkaError
@@ -167,8 +192,10 @@ def broker_name(bootstrap: str) -> str:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer in time"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    name, text = type(exc).__name__, str(exc)
+    if text.startswith(name):  # kafka-python's errors name their class themselves
+        return text
+    return f"{name}: {text}" if text else name
 
 
 async def _quietly(stopping: Awaitable[object]) -> None:

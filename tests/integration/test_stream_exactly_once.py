@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, TopicPartition
 from kafka_fixtures import external_bootstrap
+from refusing_broker import refusing_topic_creation
 from server_fixtures import REPO_ROOT, wait_until
 from stream_fixtures import (
     OUTCOME_TOPICS,
@@ -52,7 +53,7 @@ from transaction_log import CommittedLog, read_committed_log
 from streams import init_producer_id
 from streams.broker import EmbeddedBroker
 from streams.topics import create_topics
-from streams.transactions import probe_transactions
+from streams.transactions import PROBE_TOPIC, probe_transactions
 
 DRIVER = Path(__file__).with_name("exactly_once_driver.py")
 EXACTLY_ONCE = ("--processing-guarantee", "exactly_once")
@@ -122,6 +123,27 @@ def test_exactly_once_worker_exits_2_on_the_embedded_broker(bootstrap: str, tmp_
     assert "(Apache Kafka)" in message and "at_least_once" in message
     assert "stream worker ready" not in done.stdout
     assert elapsed < 20, f"took {elapsed:.1f} s"
+
+
+def test_exactly_once_worker_exits_2_in_one_line_when_the_probe_topic_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A cluster that forbids this client to create the probe's topic (ACLs, a create-topic
+    policy): the worker printed kafka-python's traceback and exited 1."""
+    (tmp_path / "repo").mkdir()
+    with refusing_topic_creation(PROBE_TOPIC.name) as bootstrap:
+        done = subprocess.run(
+            [sys.executable, "-m", "headrace", "stream", "worker", "--bootstrap", bootstrap,
+             "--repository", str(tmp_path / "repo"), *EXACTLY_ONCE],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: --processing-guarantee exactly_once first checks"), message
+    assert f"at {bootstrap} refused to create it ({PROBE_TOPIC.name}: " in message
+    assert "TopicAuthorizationFailedError" in message and "at_least_once" in message
+    assert "stream worker ready" not in done.stdout
 
 
 def _committed_total(bootstrap: str, group: str) -> int:
