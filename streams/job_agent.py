@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from streams.group_watch import AssignmentWatch
 from streams.job_messages import (
     EVENTS_TOPIC,
     JOBS_TOPIC,
@@ -137,10 +138,11 @@ class JobAgent:
     def run(self, stop: threading.Event, on_ready: Callable[[], None] | None = None) -> None:
         """Poll, dispatch and commit until `stop` is set; the running job is cancelled on stop."""
         ready = False
+        watch = AssignmentWatch(self.config.group_id, "agents", JOBS_TOPIC)
         try:
             while not stop.is_set():
                 batches = self.consumer.poll(timeout_ms=POLL_MS)
-                if not ready and self.consumer.assignment():
+                if not ready and not watch.check(bool(self.consumer.assignment())):
                     ready = True
                     if on_ready is not None:
                         on_ready()

@@ -30,6 +30,7 @@ from serving.model_manager import ModelManager
 from serving.repository import ModelRepository
 from streams.app import StreamWorker
 from streams.config import StreamWorkerConfig
+from streams.group_watch import AssignmentWatch
 from streams.job_messages import ModelUpdate
 from streams.metrics import StreamMetrics
 from streams.model_updates import follow_model_updates
@@ -38,9 +39,7 @@ log = logging.getLogger(__name__)
 EXIT_BATCH_FAILED = 3
 EXIT_STOP_TIMEOUT = 4
 STOP_DEADLINE_S = 45.0  # a stop that hangs (say the broker vanished) ends the process anyway
-# A group join takes 1 to 5 s (DESIGN.md) and waits at most the rebalance timeout (10 s) for
-# members to rejoin; a worker with no assignment after this long says so, every this long.
-UNASSIGNED_WARN_S = 20.0
+ASSIGNMENT_CHECK_S = 1.0  # how often `_warn_while_unassigned` asks its `AssignmentWatch`
 
 
 class WatchdogWorker(faust.Worker):
@@ -100,29 +99,18 @@ def _reload_models(app: faust.App, manager: ModelManager, config: StreamWorkerCo
 
 
 def _warn_while_unassigned(
-    loop: asyncio.AbstractEventLoop, stream: StreamWorker, group: str
+    loop: asyncio.AbstractEventLoop, stream: StreamWorker, config: StreamWorkerConfig
 ) -> None:
-    """Say so while the consumer group gives this worker no assignment. The embedded broker
-    never finishes a rebalance again once a group's leader has left between its JoinGroup and
-    its SyncGroup (a worker stopped mid-rebalance); its workers then waited without a word.
+    """Say so while the consumer group gives this worker no assignment (`streams.group_watch`).
     On the loop itself: Faust starts an app's tasks and timers only after the first
     assignment."""
+    watch = AssignmentWatch(config.group_id, "workers", config.requests_topic)
 
-    def check(waited_s: float) -> None:
-        if stream.ready:
-            return
-        log.warning(
-            "no partitions assigned after %.0f s: consumer group %r has not finished a "
-            "rebalance. A member may be stuck; on the embedded broker a group whose leader "
-            "left in the middle of a rebalance stays stuck until the broker restarts. "
-            "Restart the broker, or run the workers with another --group (a new group reads "
-            "inference-requests from the earliest offset).",
-            waited_s,
-            group,
-        )
-        loop.call_later(UNASSIGNED_WARN_S, check, waited_s + UNASSIGNED_WARN_S)
+    def check() -> None:
+        if watch.check(stream.ready):
+            loop.call_later(ASSIGNMENT_CHECK_S, check)
 
-    loop.call_later(UNASSIGNED_WARN_S, check, UNASSIGNED_WARN_S)
+    loop.call_later(ASSIGNMENT_CHECK_S, check)
 
 
 def run_worker(
@@ -170,7 +158,7 @@ def run_worker(
 
     stream = StreamWorker(config, dataplane, metrics, on_ready=ready, on_fatal=fatal)
     _reload_models(stream.app, manager, config)
-    _warn_while_unassigned(loop, stream, config.group_id)
+    _warn_while_unassigned(loop, stream, config)
     metrics.watch_lag(stream.consumer_lag)
     code = run_faust_app(stream.app, loop, loglevel)
     if stream.failed is not None:

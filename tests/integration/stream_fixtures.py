@@ -112,10 +112,12 @@ def running_worker(
         worker.stop()
 
 
-def leader_leaves_mid_rebalance(bootstrap: str, group: str) -> None:
+def leader_leaves_mid_rebalance(bootstrap: str, group: str, protocol: str = "x") -> None:
     """Join `group` as its only member, hence its leader, and leave it (LeaveGroup) before
     the SyncGroup that would hand out the assignment: what a worker stopped in the middle of
-    a rebalance does. The embedded broker never finishes a rebalance of that group again."""
+    a rebalance does. The embedded broker never finishes a rebalance of that group again.
+    `protocol` is the assignor the member offers; a kafka-python consumer (the training
+    agent) refuses to join a group whose only protocol it lacks, e.g. "range" it has."""
     from aiokafka.client import AIOKafkaClient
     from aiokafka.protocol.coordination import FindCoordinatorRequest
     from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
@@ -128,7 +130,9 @@ def leader_leaves_mid_rebalance(bootstrap: str, group: str) -> None:
             coordinator = found.coordinator_id
             member = ""  # the first answer is MEMBER_ID_REQUIRED, with the id to join with
             for _ in range(2):
-                join = JoinGroupRequest(group, 2000, 10000, member, None, "consumer", [("x", b"")])
+                join = JoinGroupRequest(
+                    group, 2000, 10000, member, None, "consumer", [(protocol, b"")]
+                )
                 joined = await client.send(coordinator, join)
                 member = joined.member_id
                 if joined.error_code == 0:

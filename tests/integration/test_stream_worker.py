@@ -50,8 +50,8 @@ from stream_fixtures import (
 
 from headrace.processes import stop_process
 from protos import grpc_service_pb2 as pb
+from streams.group_watch import UNASSIGNED_WARN_S
 from streams.messages import CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE
-from streams.worker import UNASSIGNED_WARN_S
 
 SHAPE = [1, 1, 28, 28]
 

@@ -1,0 +1,50 @@
+"""`headrace train agent` in a consumer group the embedded broker never finishes a rebalance of
+(its leader left between JoinGroup and SyncGroup): the agent says so, as the stream worker does
+(test_stream_worker.py), instead of waiting without a ready line or a word."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from agent_fixtures import AGENT_READY
+from kafka_fixtures import external_bootstrap
+from server_fixtures import REPO_ROOT, wait_until
+from stream_fixtures import leader_leaves_mid_rebalance
+
+from headrace.processes import stop_process
+from streams.broker import EmbeddedBroker
+from streams.group_watch import UNASSIGNED_WARN_S
+from streams.job_messages import JOBS_TOPIC
+from streams.topics import create_topics
+
+RAY_START_S = 60.0  # a local Ray starts before the agent's consumer joins its group
+
+
+@pytest.mark.skipif(external_bootstrap() is not None, reason="the embedded broker's fault")
+def test_an_agent_of_a_stuck_group_says_so(tmp_path: Path) -> None:
+    group = f"stuck-agent-{uuid.uuid4().hex[:8]}"
+    log_file = tmp_path / "agent.log"
+    with EmbeddedBroker() as broker:
+        create_topics(broker.bootstrap)
+        leader_leaves_mid_rebalance(broker.bootstrap, group, protocol="range")  # kafka-python's
+        command = [sys.executable, "-m", "headrace", "train", "agent", "--bootstrap",
+                   broker.bootstrap, "--repository", str(tmp_path / "repo"), "--runs-dir",
+                   str(tmp_path / "runs"), "--ray-cpus", "1", "--group", group]  # fmt: skip
+        with log_file.open("w") as log:
+            process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=log, text=True)
+        try:
+            wait_until(
+                lambda: "no partitions assigned after" in log_file.read_text(errors="replace"),
+                "the agent's warning",
+                timeout_s=RAY_START_S + UNASSIGNED_WARN_S,
+            )
+            text = log_file.read_text(errors="replace")
+            assert f"consumer group {group!r} has not finished a rebalance" in text, text
+            assert f"run the agents with another --group (a new group reads {JOBS_TOPIC}" in text
+            assert AGENT_READY not in text
+        finally:
+            assert stop_process(process, 60) == 0, log_file.read_text(errors="replace")[-3000:]
