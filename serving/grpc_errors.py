@@ -28,6 +28,21 @@ log = logging.getLogger(__name__)
 Behavior = Callable[..., Any]
 # What a client hears of a server fault (the traceback goes to the server log).
 INTERNAL_MESSAGE = "internal server error; see the server log"
+# Longest status message sent, in UTF-8 bytes. Messages quote what the request said (a model
+# name, a version), and grpc sends the message percent-encoded (3 bytes for each byte that is
+# not printable ASCII) in trailers that clients refuse above 8 KiB now and then (grpc's soft
+# limit) and above 16 KiB always: a longer one reached the client as RESOURCE_EXHAUSTED
+# "received metadata size exceeds soft (or hard) limit", not as its own status.
+MAX_MESSAGE_BYTES = 2048
+
+
+def client_message(message: str) -> str:
+    """`message` as sent to a client: cut at MAX_MESSAGE_BYTES of UTF-8 when longer."""
+    encoded = message.encode()
+    if len(encoded) <= MAX_MESSAGE_BYTES:
+        return message
+    kept = encoded[:MAX_MESSAGE_BYTES].decode(errors="ignore")  # no half character
+    return f"{kept}... ({len(message) - len(kept)} more characters cut)"
 
 
 def status_code(error: HeadraceError) -> grpc.StatusCode:
@@ -38,7 +53,7 @@ def status_code(error: HeadraceError) -> grpc.StatusCode:
 async def abort_for(error: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
     """Abort the call with the status that `error` maps to."""
     if isinstance(error, HeadraceError):
-        await context.abort(status_code(error), error.message)
+        await context.abort(status_code(error), client_message(error.message))
     log.exception("internal error in %s", method, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 

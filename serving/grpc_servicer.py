@@ -24,7 +24,7 @@ from serving.grpc_convert import (
     request_from_proto,
     response_to_proto,
 )
-from serving.grpc_errors import INTERNAL_MESSAGE
+from serving.grpc_errors import INTERNAL_MESSAGE, client_message
 from serving.types import InferRequest
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     await done.put(exc)  # ends the stream with its status (serving.grpc_errors)
                     return
                 if isinstance(exc, HeadraceError):
-                    text = exc.message
+                    text = client_message(exc.message)
                 else:  # answered all the same: a client waits for one response per request
                     log.exception("internal error in ModelStreamInfer (request id %r)", message.id)
                     text = INTERNAL_MESSAGE

@@ -264,6 +264,28 @@ def test_unknown_model_in_metadata_and_config_calls(stub: pb_grpc.GRPCInferenceS
         assert "not found" in error.details() or "has no ready version 3" in error.details()
 
 
+def test_names_and_versions_too_long_to_quote_get_their_own_status(
+    stub: pb_grpc.GRPCInferenceServiceStub, model_files: ModelFiles
+) -> None:
+    """Messages quote the name or version asked for: quoted whole, 20,000 characters made
+    a status trailer over the 16 KiB a client takes (it saw RESOURCE_EXHAUSTED 'received
+    metadata size exceeds hard limit'), and a version of 20,000 digits was INTERNAL (int()
+    refuses more than 4,300 digits)."""
+    name, digits = "界" * 20_000, "9" * 20_000
+    for call in (
+        lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name=name), timeout=30),
+        lambda: stub.ModelInfer(raw_request(name, X), timeout=30),
+        lambda: stub.ModelConfig(pb.ModelConfigRequest(name=MODEL, version=digits), timeout=30),
+        lambda: stub.ModelInfer(raw_request(MODEL, X, version=digits), timeout=30),
+    ):
+        error = rpc_error(call)
+        assert error.code() == Code.NOT_FOUND, error.details()
+        assert error.details().endswith("characters cut)"), error.details()[-200:]
+    ready = stub.ModelReady(pb.ModelReadyRequest(name=MODEL, version=digits), timeout=30)
+    assert not ready.ready
+    assert_still_serving(stub, model_files)
+
+
 def test_oversized_message_is_refused(
     stub: pb_grpc.GRPCInferenceServiceStub, model_files: ModelFiles
 ) -> None:

@@ -1,7 +1,8 @@
 """Requests written to break the server, against a real model manager and dataplane (no
 broker, no network): a version string no int() should meet, names and ids megabytes long.
-Each gets its own refusal; nothing escapes as a server fault, and on the Kafka path every
-record still gets one outcome small enough to produce."""
+Each gets its own refusal; nothing escapes as a server fault, on the Kafka path every
+record still gets one outcome small enough to produce, and a gRPC status message stays
+small enough for a client to take."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from onnx import TensorProto, helper
 from headrace.errors import ModelNotFound
 from protos import grpc_service_pb2 as pb
 from serving.dataplane import DataPlane
+from serving.grpc_errors import MAX_MESSAGE_BYTES, client_message
 from serving.model_config import ModelConfig, TensorSpec
 from serving.model_manager import ModelManager
 from serving.repository import ModelRepository
@@ -150,3 +152,11 @@ def test_hostile_kafka_records_each_get_one_outcome_that_can_be_produced(
         assert json.loads(outcome.value)["source"]["offset"] == outcomes.index(outcome)
     assert (outcomes[6].request_id, outcomes[6].key) == ("k", b"k")
     assert outcomes[-1].key == b"good"
+
+
+def test_status_messages_are_cut_to_what_a_client_accepts() -> None:
+    assert client_message("short") == "short"
+    for text in ("x" * HUGE, "界" * HUGE):
+        cut = client_message(text)
+        assert len(cut.encode()) < MAX_MESSAGE_BYTES + 64
+        assert cut.endswith("more characters cut)")
