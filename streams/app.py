@@ -8,7 +8,7 @@ each record's key, headers and position stay available -- and hands them to
 (`streams.delivery`); while the broker acknowledges them the agent already runs
 its next batch, and only once they are acknowledged are the batch's events acked,
 so Faust may commit their offsets: at-least-once. At most `concurrency` batches
-await acknowledgements at a time (the agent's actors share that limit).
+await the broker's answers at a time (the agent's actors share that limit).
 `streams.offsets.OffsetGate` keeps the order of acks per partition, across
 batches and concurrent actors.
 
@@ -89,6 +89,9 @@ FETCH_MAX_WAIT_MS = 10
 # A short request is simply made again, with the partitions that are active by then.
 GETMANY_TIMEOUT_S = 0.02
 STOP_GRACE_S = 10.0
+# An agent held back by outcomes the broker has not answered says so this often. aiokafka gives
+# up on a produce only after Faust's producer request timeout (20 minutes).
+ANSWER_WAIT_WARN_S = 20.0
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -320,6 +323,8 @@ class StreamWorker:
         self.failed: BaseException | None = None
         # batches whose outcomes await the broker's acknowledgements -> their events
         self.unconfirmed: dict[asyncio.Future[None], Sequence[EventT]] = {}
+        # of those, the broker's answers still awaited, oldest first (`_limit_unconfirmed`)
+        self.unanswered: dict[asyncio.Future[None], int] = {}  # -> outcomes
         self._on_ready = on_ready
         self._on_fatal = on_fatal
         self._announced = False
@@ -414,7 +419,7 @@ class StreamWorker:
         which acks the events afterwards; meanwhile the agent runs its next batch. The
         events carry an extra reference until then, so Faust's ack when the agent asks for
         the next batch does not let their offsets be committed. At most `concurrency`
-        batches await their acknowledgements: the next one waits for the oldest.
+        batches await the broker's answers: the next one waits for the oldest answer.
         Exactly-once: return only when the batch's transaction work is done."""
         if self.failed is not None:
             hold_events(events)  # stopping after a fatal error: leave the records for a restart
@@ -462,16 +467,22 @@ class StreamWorker:
     def _confirm_later(self, sent: _Sent) -> None:
         for event in sent.events:
             event.message.incref()  # Faust's ack after this batch leaves them unacked
-        task = asyncio.ensure_future(self._confirm(sent))
+        answered = asyncio.ensure_future(sent.pending.confirmed())
+        self.unanswered[answered] = len(sent.outcomes)
+        answered.add_done_callback(self._forget_answered)
+        task = asyncio.ensure_future(self._confirm(sent, answered))
         self.unconfirmed[task] = sent.events
         task.add_done_callback(self._forget_confirmed)
+
+    def _forget_answered(self, answered: asyncio.Future[None]) -> None:
+        self.unanswered.pop(answered, None)
 
     def _forget_confirmed(self, task: asyncio.Future[None]) -> None:
         self.unconfirmed.pop(task, None)
 
-    async def _confirm(self, sent: _Sent) -> None:
+    async def _confirm(self, sent: _Sent, answered: asyncio.Future[None]) -> None:
         try:
-            await sent.pending.confirmed()
+            await answered  # cancelled with this task at the stop
         except Exception as exc:  # never acked: the records are read again after a restart
             release_tracking(sent.events)
             self._fail(exc)
@@ -491,9 +502,27 @@ class StreamWorker:
                 sensors.on_message_out(message.tp, message.offset, message)
 
     async def _limit_unconfirmed(self) -> None:
-        while len(self.unconfirmed) > self.config.concurrency:
-            oldest = next(iter(self.unconfirmed))
-            await asyncio.wait({oldest})
+        """Wait while more than `concurrency` batches await the broker's answers.
+
+        The broker's answers only, never a batch's turn to be acked: a batch waits for its
+        partitions' earlier records (`OffsetGate.wait_earlier`), and with concurrency > 1 one
+        of those may sit in this actor's own take buffer, which Faust hands over only after
+        this agent call returns. Waiting for such a batch hangs the agent for good (most likely
+        the worker that hung replaying a backlog in one CI run of three). An answer long in
+        coming is logged every `ANSWER_WAIT_WARN_S`; the records stay uncommitted meanwhile."""
+        while len(self.unanswered) > self.config.concurrency:
+            oldest = next(iter(self.unanswered))
+            started = time.perf_counter()
+            # awaited even when done: its done callbacks run only at the loop's next turn
+            while not (await asyncio.wait({oldest}, timeout=ANSWER_WAIT_WARN_S))[0]:
+                log.warning(
+                    "%d outcomes not acknowledged by the broker after %.0f s; %d batches "
+                    "(%d outcomes) await its answers and the agent waits for them (their "
+                    "requests stay uncommitted). Check that the broker is healthy.",
+                    self.unanswered.get(oldest, 0), time.perf_counter() - started,
+                    len(self.unanswered), sum(self.unanswered.values()),
+                )  # fmt: skip
+            self.unanswered.pop(oldest, None)
 
     async def _settle_unconfirmed(self) -> None:
         """At the stop: give the batches awaiting acknowledgements `STOP_GRACE_S` to finish;

@@ -8,6 +8,7 @@ delivery futures that the test settles."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -64,8 +65,12 @@ class ManualProducer:
         return len(pending)
 
 
-def new_worker(tmp_path: Path, fatal: list[BaseException]) -> tuple[StreamWorker, ManualProducer]:
-    config = StreamWorkerConfig(repository=tmp_path, bootstrap="127.0.0.1:9", concurrency=1)
+def new_worker(
+    tmp_path: Path, fatal: list[BaseException], concurrency: int = 1
+) -> tuple[StreamWorker, ManualProducer]:
+    config = StreamWorkerConfig(
+        repository=tmp_path, bootstrap="127.0.0.1:9", concurrency=concurrency
+    )
     worker = StreamWorker(config, FakeBackend(), on_fatal=fatal.append)
     producer = ManualProducer()
     worker.app.producer = producer  # type: ignore[assignment]
@@ -168,3 +173,70 @@ def test_at_the_stop_unacknowledged_batches_stay_unacked(
         assert not any(e.message.acked for e in events) and consumer.unacked == set()
 
     asyncio.run(scenario())
+
+
+def test_an_actor_never_waits_for_a_batch_that_waits_for_a_record_the_actor_holds(
+    tmp_path: Path,
+) -> None:
+    """Concurrency 2, a backlog: actor A's stream has taken offset 5 off the shared queue (the
+    gate has it) but holds it in its take buffer until A's agent body returns, while actor B's
+    batches 6-7 and 8-9 were acknowledged and wait for offset 5. A's body must not wait for
+    B's batches then: it waited for the oldest unconfirmed batch (6-7) and hung for ever."""
+
+    async def scenario() -> None:
+        worker, producer = new_worker(tmp_path, [], concurrency=2)
+        consumer = SimpleNamespace(unacked=set())
+        early = batch(worker, consumer, 0, 1, 2, 3, 4)  # actor A's batch
+        taken_by_a = batch(worker, consumer, 5)  # in A's take buffer, not yet yielded
+        b1, b2 = batch(worker, consumer, 6, 7), batch(worker, consumer, 8, 9)
+        await asyncio.wait_for(worker._handle_taken(b1), 1)  # actor B
+        faust_acks(b1)
+        await asyncio.wait_for(worker._handle_taken(b2), 1)
+        faust_acks(b2)
+        running = asyncio.ensure_future(worker._handle_taken(early))  # actor A
+        await settle()
+        assert producer.acknowledge() == 9  # the broker answers every outcome
+        await asyncio.wait_for(running, 1)  # A may go on and yield offset 5 next
+        faust_acks(early)
+        await settle()
+        assert all(e.message.acked for e in early)
+        assert not any(e.message.acked for e in b1 + b2)  # offset 5 has no outcome yet
+
+        await asyncio.wait_for(worker._handle_taken(taken_by_a), 1)
+        faust_acks(taken_by_a)
+        producer.acknowledge()
+        await settle()
+        assert all(e.message.acked for e in taken_by_a + b1 + b2)
+        assert consumer.unacked == set() and worker.gate.pending() == 0
+        assert not worker.unconfirmed and not worker.unanswered
+
+    asyncio.run(scenario())
+
+
+def test_an_agent_held_back_by_unanswered_outcomes_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(stream_app, "ANSWER_WAIT_WARN_S", 0.02)
+
+    async def scenario() -> None:
+        worker, producer = new_worker(tmp_path, [])
+        consumer = SimpleNamespace(unacked=set())
+        first, second = batch(worker, consumer, 0, 1), batch(worker, consumer, 2)
+        await worker._handle_taken(first)
+        faust_acks(first)
+        running = asyncio.ensure_future(worker._handle_taken(second))
+
+        async def warned() -> None:
+            while not caplog.records:  # the broker does not answer
+                await asyncio.sleep(0.01)
+
+        with caplog.at_level(logging.WARNING, logger="streams.app"):
+            await asyncio.wait_for(warned(), 2)
+        assert not running.done()
+        producer.acknowledge()
+        await asyncio.wait_for(running, 1)
+
+    asyncio.run(scenario())
+    message = caplog.records[0].getMessage()
+    assert message.startswith("2 outcomes not acknowledged by the broker after 0 s; ")
+    assert "2 batches (3 outcomes) await its answers" in message
