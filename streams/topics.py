@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from headrace.errors import HeadraceError
+
 DAY_MS = 24 * 60 * 60 * 1000
 
 
@@ -51,6 +53,14 @@ CATALOGUE: tuple[TopicSpec, ...] = (
 )
 
 
+class TopicRefused(HeadraceError):
+    """The broker answered a topic's creation with an error (ACLs, a create-topic policy, a
+    replication factor above its brokers)."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    reason = "topic_refused"
+
+
 DATA_TOPIC_PREFIX = "data-"
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 TOPIC_NAME_RULE = "1 to 249 letters, digits, '.', '_' or '-', and not '.' or '..'"
@@ -69,10 +79,15 @@ def data_topic(dataset: str) -> TopicSpec:
 
 
 def create_topics(bootstrap: str, specs: Iterable[TopicSpec] = CATALOGUE) -> dict[str, str]:
-    """Create missing topics; returns name -> "created" or "exists". Safe to run again."""
+    """Create missing topics; returns name -> "created" or "exists". Safe to run again.
+
+    A topic the broker refuses raises `TopicRefused` saying which and why; kafka-python's error
+    (a traceback quoting the whole request and response) reached users of `headrace topics
+    create` and `train submit`, and `stream worker` reported it as Kafka being unreachable.
+    Errors of an unreachable broker propagate as kafka-python raises them."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.errors import BrokerResponseError, TopicAlreadyExistsError
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     try:
@@ -90,6 +105,14 @@ def create_topics(bootstrap: str, specs: Iterable[TopicSpec] = CATALOGUE) -> dic
                 outcome[spec.name] = "created"
             except TopicAlreadyExistsError:
                 outcome[spec.name] = "exists"
+            except BrokerResponseError as exc:
+                raise TopicRefused(
+                    f"the broker at {bootstrap} refused to create the topic {spec.name} "
+                    f"({type(exc).__name__}: {exc.description.rstrip('.')}). Create it "
+                    f"beforehand ({spec.partitions} partitions, replication factor "
+                    f"{spec.replication_factor}) with a client allowed to, or allow this one "
+                    "to create topics."
+                ) from None
         return outcome
     finally:
         admin.close()

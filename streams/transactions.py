@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from headrace.errors import HeadraceError, TransactionsUnsupported
 from streams import init_producer_id
 from streams.broker import is_embedded
-from streams.topics import DAY_MS, TopicSpec, create_topics
+from streams.topics import DAY_MS, TopicRefused, TopicSpec, create_topics
 
 PROBE_TOPIC = TopicSpec(
     name="headrace-transactions-probe",
@@ -156,17 +156,15 @@ def create_probe_topic(bootstrap: str) -> None:
     """Create `PROBE_TOPIC` unless it exists. A refusal (a cluster whose ACLs or policy forbid
     this client to create topics) or a broker gone is one `HeadraceError` saying what to do;
     kafka-python's error, which quotes the whole request and response, was a traceback."""
-    from kafka.errors import BrokerResponseError, KafkaError
+    from kafka.errors import KafkaError
 
     try:
         create_topics(bootstrap, [PROBE_TOPIC])
-    except BrokerResponseError as exc:
+    except TopicRefused as exc:
         raise TransactionsUnsupported(
             "--processing-guarantee exactly_once first checks the broker's transactions on a "
-            f"topic of its own, and {broker_name(bootstrap)} refused to create it "
-            f"({PROBE_TOPIC.name}: {type(exc).__name__}, {exc.description.rstrip('.')}). "
-            f"Create {PROBE_TOPIC.name} with {PROBE_TOPIC.partitions} partition or let this "
-            "client create topics, or run the worker with --processing-guarantee at_least_once."
+            f"topic of its own, and {exc.message} Or run the worker with "
+            "--processing-guarantee at_least_once."
         ) from None
     except (KafkaError, OSError) as exc:
         raise HeadraceError(

@@ -141,7 +141,7 @@ def test_exactly_once_worker_exits_2_in_one_line_when_the_probe_topic_is_refused
     assert "Traceback" not in done.stderr, done.stderr
     message = done.stderr.strip().splitlines()[-1]
     assert message.startswith("error: --processing-guarantee exactly_once first checks"), message
-    assert f"at {bootstrap} refused to create it ({PROBE_TOPIC.name}: " in message
+    assert f"at {bootstrap} refused to create the topic {PROBE_TOPIC.name} (" in message
     assert "TopicAuthorizationFailedError" in message and "at_least_once" in message
     assert "stream worker ready" not in done.stdout
 
