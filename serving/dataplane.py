@@ -31,7 +31,7 @@ from serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from serving.model_config import ModelConfig, TensorSpec
 from serving.model_manager import LoadedVersion, ModelManager, VersionPolicy
 from serving.types import InferRequest, InferResponse, InferTensor, Timings
-from serving.validation import check_finite, validate_request
+from serving.validation import TensorLayout, check_finite, check_inputs, validate_request
 
 SERVER_NAME = "headrace"
 EXTENSIONS = ("classification", "model_repository", "statistics", "health", "binary_tensor_data")
@@ -245,6 +245,22 @@ class DataPlane:
         total_s = time.perf_counter() - started
         self._record_success(model, version, rows, response.timings, total_s)
         return response
+
+    def check_inputs(
+        self, model_name: str, model_version: str, inputs: Sequence[TensorLayout]
+    ) -> None:
+        """Refuse a request whose model is not ready or whose inputs' names, datatypes and
+        shapes do not fit it, before a transport decodes its data (`infer` checks all of it
+        again, with the data); a refusal counts as a failed request, as in `infer`."""
+        started = time.perf_counter()
+        model, version = UNKNOWN_MODEL, ""
+        try:
+            loaded = self.manager.get(model_name, model_version or None)
+            model, version = loaded.name, str(loaded.version)
+            check_inputs(inputs, loaded.config)
+        except HeadraceError as exc:
+            self._record_failure(model, version, exc.reason, started)
+            raise
 
     async def infer_many(
         self, requests: Sequence[InferRequest]

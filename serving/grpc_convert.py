@@ -3,10 +3,12 @@
 `request_from_proto` is the one place where client bytes become arrays, so it
 checks every claim a request makes (datatype, shape, byte and element counts,
 where the data is) before it allocates anything in proportion to the claimed
-shape; each problem is an `InvalidInput` naming the input. Raw tensor data is
-little-endian; BYTES elements travel as a 4-byte little-endian length and the
-bytes. Inputs decoded from raw_input_contents are read-only views of the
-message's bytes (`np.frombuffer`), not copies.
+shape, and, given the server's `check_inputs`, whether the model takes the
+inputs' names, datatypes and shapes before it decodes any data; each problem is
+an `InvalidInput` naming the input. Raw tensor data is little-endian; BYTES
+elements travel as a 4-byte little-endian length and the bytes. Inputs decoded
+from raw_input_contents are read-only views of the message's bytes
+(`np.frombuffer`), not copies.
 
 The other direction (responses, metadata, configuration) converts what the
 server built itself, so a mistake there is a `ValueError`/`TypeError`, not the
@@ -19,7 +21,7 @@ import json
 import math
 import struct
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -106,12 +108,8 @@ def _element_count(name: str, shape: Sequence[int], limits: DecodeLimits) -> int
 
 
 def _decode_raw_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
-    """Split length-prefixed BYTES elements, checking sizes before building the array."""
-    if len(raw) < _LENGTH.size * count:
-        raise InvalidInput(
-            f"input {name!r}: raw byte size {len(raw)} is too small for {count} BYTES elements "
-            f"(each needs a {_LENGTH.size}-byte length prefix)"
-        )
+    """Split length-prefixed BYTES elements (at least `count` prefixes' worth of bytes, as
+    `_check_raw_size` saw), checking each length before building its element."""
     view, size = memoryview(raw), len(raw)
     out = np.empty(count, dtype=np.object_)
     offset = 0
@@ -130,24 +128,33 @@ def _decode_raw_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
     return out
 
 
-def _decode_raw(name: str, datatype: str, raw: bytes, count: int) -> np.ndarray:
+def _check_raw_size(name: str, datatype: str, raw: bytes, count: int) -> None:
     if datatype == "BYTES":
-        return _decode_raw_bytes(name, raw, count)
+        if len(raw) < _LENGTH.size * count:
+            raise InvalidInput(
+                f"input {name!r}: raw byte size {len(raw)} is too small for {count} BYTES "
+                f"elements (each needs a {_LENGTH.size}-byte length prefix)"
+            )
+        return
     dtype = _LITTLE_ENDIAN[datatype]
     if len(raw) != count * dtype.itemsize:
         raise InvalidInput(
             f"input {name!r}: raw byte size {len(raw)} does not match {count} {datatype} "
             f"elements of {dtype.itemsize} bytes ({count * dtype.itemsize} bytes expected)"
         )
-    array = np.frombuffer(raw, dtype=dtype)
+
+
+def _decode_raw(name: str, datatype: str, raw: bytes, count: int) -> np.ndarray:
+    """Raw data whose size `_check_raw_size` accepted -> a flat array."""
+    if datatype == "BYTES":
+        return _decode_raw_bytes(name, raw, count)
+    array = np.frombuffer(raw, dtype=_LITTLE_ENDIAN[datatype])
     if datatype == "BOOL" and count and array.view(np.uint8).max() > 1:
         raise InvalidInput(f"input {name!r}: raw BOOL bytes must be 0 or 1")
     return array
 
 
-def _decode_typed(
-    name: str, datatype: str, contents: pb.InferTensorContents, count: int
-) -> np.ndarray:
+def _check_typed(name: str, datatype: str, contents: pb.InferTensorContents, count: int) -> None:
     used = [field.name for field, _ in contents.ListFields()]
     expected = CONTENTS_FIELD.get(datatype)
     if expected is None:
@@ -164,6 +171,14 @@ def _decode_typed(
             f"input {name!r}: contents.{expected} has {len(values)} values, the shape needs "
             f"{count} elements"
         )
+
+
+def _decode_typed(
+    name: str, datatype: str, contents: pb.InferTensorContents, count: int
+) -> np.ndarray:
+    """Typed contents that `_check_typed` accepted -> a flat array."""
+    expected = CONTENTS_FIELD[datatype]
+    values = getattr(contents, expected)
     target = DATATYPE_TO_NUMPY[datatype]
     if datatype == "BYTES":
         out = np.empty(count, dtype=np.object_)
@@ -209,9 +224,25 @@ def _check_structure(msg: pb.ModelInferRequest) -> bool:
     return True
 
 
-def _decode_input(
+@dataclass(frozen=True)
+class InputLayout:
+    """An input's claims before its data is decoded (a `serving.validation.TensorLayout`)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+# What may see a request's inputs before their data is decoded: (model name, model version,
+# the inputs' layouts); raises to refuse the request (`DataPlane.check_inputs`).
+InputsCheck = Callable[[str, str, list[InputLayout]], None]
+
+
+def _check_input(
     tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, limits: DecodeLimits
-) -> InferTensor:
+) -> int:
+    """Every claim of one input that can be checked without decoding its data; its
+    element count."""
     name, datatype = tensor.name, tensor.datatype
     if tensor.parameters:
         _refuse_shared_memory("input", name, tensor.parameters)
@@ -220,8 +251,18 @@ def _decode_input(
             f"input {name!r}: unknown datatype {datatype!r}; use one of "
             f"{', '.join(DATATYPE_TO_NUMPY)}"
         )
-    shape = tuple(tensor.shape)
-    count = _element_count(name, shape, limits)
+    count = _element_count(name, tuple(tensor.shape), limits)
+    if raw is not None:
+        _check_raw_size(name, datatype, raw, count)
+    else:
+        _check_typed(name, datatype, tensor.contents, count)
+    return count
+
+
+def _decode_input(
+    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, count: int
+) -> InferTensor:
+    name, datatype, shape = tensor.name, tensor.datatype, tuple(tensor.shape)
     if raw is not None:
         flat = _decode_raw(name, datatype, raw, count)
     else:
@@ -236,14 +277,29 @@ def _decode_input(
 
 
 def request_from_proto(
-    msg: pb.ModelInferRequest, limits: DecodeLimits | None = None
+    msg: pb.ModelInferRequest,
+    limits: DecodeLimits | None = None,
+    check_inputs: InputsCheck | None = None,
 ) -> InferRequest:
-    """Decode and check a ModelInferRequest; any problem is an `InvalidInput` naming the input."""
+    """Decode and check a ModelInferRequest; any problem is an `InvalidInput` naming the input.
+
+    `check_inputs` (the server's: does the model take these names, datatypes and shapes?)
+    runs after every claim is checked and before any data is decoded. Decoding costs in
+    proportion to the data, and much more for typed contents and BYTES (a Python object
+    per element: a 60 MB message of BYTES became 1.3 GB and held the event loop for 5 s),
+    which a request the model cannot take must not get."""
     limits = limits or _DEFAULT_LIMITS
     uses_raw = _check_structure(msg)
+    raws = [msg.raw_input_contents[i] if uses_raw else None for i in range(len(msg.inputs))]
+    counts = [
+        _check_input(tensor, raw, limits) for tensor, raw in zip(msg.inputs, raws, strict=True)
+    ]
+    if check_inputs is not None:
+        layouts = [InputLayout(t.name, t.datatype, tuple(t.shape)) for t in msg.inputs]
+        check_inputs(msg.model_name, msg.model_version, layouts)
     inputs = [
-        _decode_input(tensor, msg.raw_input_contents[i] if uses_raw else None, limits)
-        for i, tensor in enumerate(msg.inputs)
+        _decode_input(tensor, raw, count)
+        for tensor, raw, count in zip(msg.inputs, raws, counts, strict=True)
     ]
     outputs = [
         (output.name, parameters_to_dict(output.parameters) if output.parameters else {})

@@ -164,8 +164,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
-        infer_request = _with_deadline(request_from_proto(request), context)
-        return response_to_proto(await self.dataplane.infer(infer_request))
+        decoded = request_from_proto(request, check_inputs=self.dataplane.check_inputs)
+        return response_to_proto(await self.dataplane.infer(_with_deadline(decoded, context)))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -179,7 +179,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def answer(message: pb.ModelInferRequest) -> None:
             try:
-                infer_request = _with_deadline(request_from_proto(message), context)
+                decoded = request_from_proto(message, check_inputs=self.dataplane.check_inputs)
+                infer_request = _with_deadline(decoded, context)
                 response = response_to_proto(await self.dataplane.infer(infer_request))
                 item = pb.ModelStreamInferResponse(infer_response=response)
             except Exception as exc:  # a HeadraceError says what was wrong; others are bugs

@@ -2,9 +2,14 @@
 
 Every problem is an `InvalidInput` naming the offending input, so a client can
 fix its request; nothing here allocates in proportion to the request.
+`check_inputs` reads only the inputs' names, datatypes and shapes, so a transport
+can run it (through `DataPlane.check_inputs`) before it decodes their data.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -12,6 +17,19 @@ from headrace.errors import InvalidInput
 from serving.classification import check_classifiable
 from serving.model_config import ModelConfig, TensorSpec
 from serving.types import InferRequest
+
+
+class TensorLayout(Protocol):
+    """What `check_inputs` reads of an input: no data (an `InferTensor` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def datatype(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...], batched: bool, max_batch: int) -> None:
@@ -39,12 +57,13 @@ def check_finite(request: InferRequest, config: ModelConfig) -> None:
             raise InvalidInput(f"input {tensor.name!r} holds NaN or infinite values")
 
 
-def validate_request(request: InferRequest, config: ModelConfig) -> int:
-    """Raise `InvalidInput` unless the request fits `config`; returns its batch size (rows)."""
-    if not request.inputs:
+def check_inputs(inputs: Sequence[TensorLayout], config: ModelConfig) -> int:
+    """Raise `InvalidInput` unless the inputs' names, datatypes and shapes fit `config`;
+    returns the batch size (rows)."""
+    if not inputs:
         raise InvalidInput("the request has no inputs")
     specs = {spec.name: spec for spec in config.inputs}
-    given = {tensor.name for tensor in request.inputs}
+    given = {tensor.name for tensor in inputs}
     if given != specs.keys():
         unknown = sorted(given - specs.keys())
         if unknown:
@@ -56,7 +75,7 @@ def validate_request(request: InferRequest, config: ModelConfig) -> int:
         raise InvalidInput(f"missing input {missing[0]!r} for model {config.name!r}")
     batched = config.max_batch_size > 0
     rows: set[int] = set()
-    for tensor in request.inputs:
+    for tensor in inputs:
         spec = specs[tensor.name]
         if tensor.datatype != spec.datatype:
             raise InvalidInput(
@@ -64,11 +83,17 @@ def validate_request(request: InferRequest, config: ModelConfig) -> int:
             )
         _check_shape(spec, tensor.shape, batched, config.max_batch_size)
         rows.add(tensor.shape[0] if batched else 1)
-    check_finite(request, config)
     if len(rows) > 1:
         raise InvalidInput(f"inputs disagree on the batch size: {sorted(rows)}")
+    return rows.pop()
+
+
+def validate_request(request: InferRequest, config: ModelConfig) -> int:
+    """Raise `InvalidInput` unless the request fits `config`; returns its batch size (rows)."""
+    rows = check_inputs(request.inputs, config)
+    check_finite(request, config)
     if not request.requested_outputs:
-        return rows.pop()
+        return rows
     known_outputs = {spec.name for spec in config.outputs}
     seen: set[str] = set()
     for name in request.requested_outputs:
@@ -82,4 +107,4 @@ def validate_request(request: InferRequest, config: ModelConfig) -> int:
         seen.add(name)
     if request.class_counts:
         check_classifiable(config, request.class_counts)
-    return rows.pop()
+    return rows

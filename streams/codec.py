@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from headrace.errors import HeadraceError, InvalidInput
 from protos import grpc_service_pb2 as pb
-from serving.grpc_convert import request_from_proto
+from serving.grpc_convert import InputsCheck, request_from_proto
 from serving.json_convert import request_from_json, tensor_to_json
 from serving.types import InferRequest, InferResponse
 from streams.messages import (
@@ -85,9 +85,14 @@ def _text(raw: bytes | None) -> str | None:
 
 
 def decode_request(
-    key: bytes | None, value: bytes | None, headers: Headers | None
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers | None,
+    check_inputs: InputsCheck | None = None,
 ) -> DecodedRequest:
-    """A request record -> `DecodedRequest`, or `RecordRejected` saying why not."""
+    """A request record -> `DecodedRequest`, or `RecordRejected` saying why not.
+    `check_inputs` sees a binary request's inputs before their data is decoded (see
+    `request_from_proto`)."""
     if value is None:
         raise RecordRejected("a tombstone (null value) is not a request", "tombstone")
     if len(value) > MAX_PAYLOAD_BYTES:
@@ -98,7 +103,7 @@ def decode_request(
         )
     content_type = (header(headers, CONTENT_TYPE_HEADER) or JSON_CONTENT_TYPE).lower()
     if content_type.startswith("application/x-protobuf"):
-        return _decode_protobuf(key, value)
+        return _decode_protobuf(key, value, check_inputs)
     if not content_type.startswith("application/json"):
         raise RecordRejected(
             f"unsupported content-type {content_type!r}", "unsupported_content_type"
@@ -162,7 +167,9 @@ def _lacks_request_id(exc: ValidationError) -> bool:
     return any(e["loc"] == ("request_id",) and e["type"] == "missing" for e in exc.errors())
 
 
-def _decode_protobuf(key: bytes | None, value: bytes) -> DecodedRequest:
+def _decode_protobuf(
+    key: bytes | None, value: bytes, check_inputs: InputsCheck | None
+) -> DecodedRequest:
     try:
         message = pb.ModelInferRequest.FromString(value)
     except DecodeError as exc:
@@ -181,7 +188,7 @@ def _decode_protobuf(key: bytes | None, value: bytes) -> DecodedRequest:
     if not message.model_name:
         raise RecordRejected("the ModelInferRequest has no model_name", "invalid_schema")
     try:
-        request = request_from_proto(message)
+        request = request_from_proto(message, check_inputs=check_inputs)
     except InvalidInput as exc:
         raise RecordRejected(exc.message, "invalid_input") from None
     request.id = request_id

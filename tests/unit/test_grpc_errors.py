@@ -100,6 +100,9 @@ class BuggyDataPlane:
     """Answers every request but the one with id "boom", which meets a bug (not a
     HeadraceError) and "bad", which is refused."""
 
+    def check_inputs(self, model_name: str, model_version: str, inputs: object) -> None:
+        """Any inputs pass (`infer` decides)."""
+
     async def infer(self, request: InferRequest) -> InferResponse:
         if request.id == "boom":
             raise KeyError("/secret/path")
