@@ -109,8 +109,10 @@ def _sample_counts(numels: list[int], max_params: int | None) -> list[int]:
     if max_params is None:
         return list(numels)
     base = [min(n, MIN_PER_TENSOR) for n in numels]
-    budget = max(max_params - sum(base), 0)
     spare = sum(numels) - sum(base)
+    # capped at what is left: a larger budget handed tensors more entries than they hold,
+    # and the correction below then made the counts negative
+    budget = min(max(max_params - sum(base), 0), spare)
     if spare == 0:
         return base
     counts = [b + budget * (n - b) // spare for b, n in zip(base, numels, strict=True)]

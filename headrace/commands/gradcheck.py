@@ -10,6 +10,10 @@ import click
 
 MAX_SEED = 2**32 - 1
 """The seeds `headrace train` accepts (TrainConfig.seed); torch refuses those above 2**64 - 1."""
+# Bounds that keep a float64 check of a model within memory: a batch of 10**8 or a classifier
+# of 10**11 classes ended in a torch allocation traceback.
+MAX_BATCH_SIZE = 1024
+MAX_CLASSES = 100_000
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -33,14 +37,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_BATCH_SIZE),
     default=4,
     show_default=True,
     help="Size of the random input batch.",
 )
 @click.option(
     "--num-classes",
-    type=click.IntRange(min=2),
+    type=click.IntRange(min=2, max=MAX_CLASSES),
     default=10,
     show_default=True,
     help="Output classes of the model (and range of the random labels).",

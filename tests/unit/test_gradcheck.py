@@ -13,7 +13,7 @@ from torch import nn
 
 from headrace.commands.gradcheck import check_grad
 from headrace.errors import ConfigError
-from training.gradcheck import MIN_PER_TENSOR, check_gradients, random_batch
+from training.gradcheck import MIN_PER_TENSOR, _sample_counts, check_gradients, random_batch
 
 pytestmark = pytest.mark.unit
 
@@ -146,6 +146,18 @@ def test_sample_is_spread_over_tensors_and_seeded() -> None:
     assert check_gradients(model, inputs, targets, max_params=20, seed=3) == report
 
 
+def test_a_sample_larger_than_the_model_checks_every_entry_once() -> None:
+    # `check-grad --samples 99999999999` reported "PASS: lenet5, -22178729974 entries": the
+    # budget beyond the model's size gave tensors more entries than they hold, then negative
+    numels = [150, 6, 2400, 16, 48000, 120]
+    for max_params in (sum(numels), sum(numels) + 1, 99_999_999_999):
+        assert _sample_counts(numels, max_params) == numels
+    small = small_conv_net()
+    inputs, targets = random_batch((1, 8, 8), num_classes=4)
+    total = sum(p.numel() for p in small.parameters())
+    assert check_gradients(small, inputs, targets, max_params=10**12).checked == total
+
+
 def test_bad_arguments_are_config_errors() -> None:
     inputs, targets = random_batch((1, 8, 8), num_classes=4)
     with pytest.raises(ConfigError):
@@ -182,6 +194,9 @@ def test_non_finite_step_and_tolerance_are_config_errors(name: str, value: float
         (["--tolerance", "nan"], "tolerance must be a positive finite number"),
         (["--seed", str(2**70)], "--seed"),
         (["--seed", "-1"], "--seed"),
+        # a torch allocation traceback (313,600,000,000 bytes)
+        (["--batch-size", str(10**8)], "--batch-size"),
+        (["--num-classes", str(10**11)], "--num-classes"),
     ],
 )
 def test_cli_refuses_unusable_numbers(args: list[str], message: str) -> None:
