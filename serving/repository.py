@@ -41,7 +41,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from headrace.errors import ConfigError, ModelNotFound, RepositoryError
+from headrace.errors import ConfigError, ModelNotFound, RepositoryError, UnsafeModel
 from serving.model_config import (
     MODEL_NAME_PATTERN,
     ModelConfig,
@@ -148,7 +148,21 @@ class ModelVersion:
         return self.path / MODEL_FILE
 
     def verify(self) -> None:
-        """Check every file against the sha256 recorded at publish; raise RepositoryError if not."""
+        """Check every file against the sha256 recorded at publish; raise RepositoryError if
+        not. First, UnsafeModel if the version's folder, its model's folder or a recorded file
+        is a symlink: a publish writes none, and through one the loader (the server, or a job
+        reading the torch weights) would read, and answer with, a model from anywhere the
+        service account can read, e.g. another team's, as one of this repository's."""
+        for path, what in (
+            (self.path.parent, "the model's folder"),
+            (self.path, "the version's folder"),
+            *((self.path / f, f) for f in sorted(self.metadata.sha256)),
+        ):
+            if path.is_symlink():
+                raise UnsafeModel(
+                    f"{what} is a symlink; a version's folders and files must be the ones a "
+                    "publish wrote inside the repository"
+                )
         for file_name, expected in sorted(self.metadata.sha256.items()):
             file = self.path / file_name
             if not file.is_file() or sha256_file(file) != expected:

@@ -33,7 +33,7 @@ from unsafe_files import WIDTH, external_data_model, malicious_weights, write_we
 from headrace.errors import RepositoryError
 from protos import grpc_service_pb2 as pb
 from serving.model_config import ModelConfig, TensorSpec
-from serving.repository import ModelRepository
+from serving.repository import ModelRepository, sha256_file
 from training.published import WEIGHTS_FILE, load_published_model
 
 pytestmark = pytest.mark.integration
@@ -98,7 +98,8 @@ class World:
         )
         (version.path / "w.bin").unlink()
         os.symlink(self.secret, version.path / "w.bin")
-        version.verify()  # same bytes: integrity alone would let it through
+        recorded = version.metadata.sha256["w.bin"]
+        assert sha256_file(version.path / "w.bin") == recorded  # the sha256 alone passes it
         (self.root / "link.onnx").unlink()
         (self.root / "w.bin").unlink()
 
