@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from headrace.commands.options import FiniteFloatRange
 from headrace.settings import load_settings
 
 DEFAULT_INGESTED_TIMEOUT_S = 60.0
@@ -35,7 +36,7 @@ def data() -> None:
 )
 @click.option(
     "--timeout-s",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     help="With --ingested: longest time to read the table and wait for --expect  [default: 60]",
 )
 def profile(

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import click
 
+from headrace.commands.options import FiniteFloatRange
 from headrace.errors import HeadraceError, InvalidInput
+
+MAX_TIMEOUT_S = 86_400.0
+"""A day; 0, negative, NaN or huge deadlines were all answered 'DEADLINE_EXCEEDED'."""
 
 
 @click.command("infer")
@@ -21,7 +25,13 @@ from headrace.errors import HeadraceError, InvalidInput
 )
 @click.option("--url", default="127.0.0.1:8001", show_default=True, help="Server gRPC address.")
 @click.option("--version", default="", help="Model version (default: the latest ready one).")
-@click.option("--timeout-s", type=float, default=30.0, show_default=True)
+@click.option(
+    "--timeout-s",
+    type=FiniteFloatRange(min=0, min_open=True, max=MAX_TIMEOUT_S),
+    default=30.0,
+    show_default=True,
+    help="Deadline of each call to the server.",
+)
 @click.option(
     "--token-env",
     default="HEADRACE_AUTH_TOKEN",

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from headrace.commands.broker import answering_bootstrap
-from headrace.commands.options import build_config
+from headrace.commands.options import FiniteFloatRange, build_config
 from headrace.errors import HeadraceError
 from headrace.settings import load_settings
 
@@ -88,8 +88,8 @@ def events(job_id: str | None, follow: bool, as_json: bool, bootstrap: str | Non
 
 @click.command("status")
 @click.argument("job_id")
-@click.option("--wait", "wait_s", type=float, default=0.0, help="Wait up to this many seconds "
-              "for the job to end.")  # fmt: skip
+@click.option("--wait", "wait_s", type=FiniteFloatRange(min=0), default=0.0, help="Wait up to "
+              "this many seconds for the job to end.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the latest event as JSON.")
 @_bootstrap_option
 def status(job_id: str, wait_s: float, as_json: bool, bootstrap: str | None) -> None:

@@ -1,10 +1,13 @@
-"""Click helpers shared by command modules: config validation errors as one clear message."""
+"""Click helpers shared by command modules: config validation errors as one clear message,
+a float range that refuses NaN and infinity."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import click
 from pydantic import BaseModel, ValidationError
 
 from headrace.errors import ConfigError
@@ -23,3 +26,15 @@ def build_config(factory: Callable[..., ModelT], **values: Any) -> ModelT:
             message = str(error["msg"]).removeprefix("Value error, ")
             problems.append(f"{where}: {message}" if where else message)
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+class FiniteFloatRange(click.FloatRange):
+    """`click.FloatRange` that also refuses NaN and infinity: NaN passes every range check
+    (`nan <= 0` is false), so `--timeout-s nan` got through to a deadline that never came or
+    one that had always passed."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number.", param, ctx)
+        return number

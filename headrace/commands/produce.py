@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ def _topic_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    if value is not None and value <= 0:
-        raise click.BadParameter("must be above 0")
+    # NaN passes `value <= 0`: --idle-s nan or inf ended in a traceback, --rate nan was taken
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise click.BadParameter("must be above 0" if value <= 0 else "must be a finite number")
     return value
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from headrace.commands.options import build_config
+from headrace.commands.options import FiniteFloatRange, build_config
 from headrace.commands.tune_resume import check_resume_flags
 from headrace.errors import JobCancelled
 from headrace.settings import load_settings
@@ -272,7 +272,7 @@ def tune(
 @click.option("--port", type=int, help="Web UI port (default: a free port).")
 @click.option(
     "--timeout-s",
-    type=float,
+    type=FiniteFloatRange(min=0, min_open=True),  # NaN or <= 0 stopped at once, exit 0
     help="Stop serving after this many seconds (default: until Ctrl-C).",
 )
 def view(
