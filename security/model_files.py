@@ -62,9 +62,12 @@ def graph_tensors(graph: GraphProto) -> Iterator[TensorProto]:
 
 
 def model_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
-    """Every tensor anywhere in a model, including functions and training-info graphs."""
+    """Every tensor anywhere in a model, including functions (their nodes' attributes and
+    their attributes' default values) and training-info graphs."""
     yield from graph_tensors(model.graph)
     for function in model.functions:
+        for attribute in function.attribute_proto:  # defaults, inlined by the runtime
+            yield from _attribute_tensors(attribute)
         for node in function.node:
             for attribute in node.attribute:
                 yield from _attribute_tensors(attribute)

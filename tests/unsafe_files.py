@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from training.models import build_model
 
@@ -67,6 +67,37 @@ def constant_node_model(path: Path, location: str) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path.write_bytes(model.SerializeToString())  # not onnx.save: it may write external data
+    return path
+
+
+def function_default_model(path: Path, location: str) -> Path:
+    """Like `constant_node_model`, but the external tensor is the default value of an attribute
+    of a model-local function (FunctionProto.attribute_proto), which the runtime inlines."""
+    weight = numpy_helper.from_array(WEIGHTS, "w_default")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", location
+    constant = helper.make_node("Constant", [], ["w"])
+    constant.attribute.append(
+        AttributeProto(name="value", ref_attr_name="weights", type=AttributeProto.TENSOR)
+    )
+    function = helper.make_function(
+        "local", "AddWeights", ["x"], ["y"],
+        [constant, helper.make_node("Add", ["x", "w"], ["y"])],
+        [helper.make_opsetid("", 17)],
+    )  # fmt: skip
+    function.attribute_proto.append(helper.make_attribute("weights", weight))
+    graph = helper.make_graph(
+        [helper.make_node("AddWeights", ["input"], ["output"], domain="local")],
+        "external_function_default",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", WIDTH])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", WIDTH])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, functions=[function])
+    model.ir_version = 9  # functions need IR 8+; attribute defaults IR 9
+    path.write_bytes(model.SerializeToString())
     return path
 
 

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from unsafe_files import WEIGHTS, constant_node_model, external_data_model, write_weights
+from unsafe_files import (
+    WEIGHTS,
+    constant_node_model,
+    external_data_model,
+    function_default_model,
+    write_weights,
+)
 
 from headrace.errors import ModelLoadError, UnsafeModel
 from security.model_files import check_version_files, external_locations
@@ -109,6 +115,20 @@ def test_external_tensors_in_node_attributes_are_found(layout) -> None:
     constant_node_model(folder / "model.onnx", "../secret.bin")
     assert external_locations(folder / "model.onnx") == [("w_value", "../secret.bin")]
     with pytest.raises(UnsafeModel, match="w_value"):
+        check_version_files(folder, "model.onnx", {"model.onnx"})
+
+
+def test_external_tensors_in_function_attribute_defaults_are_found(layout) -> None:
+    """A local function's attribute default was not walked: ONNX Runtime inlines it and
+    reads its data (here a file dropped in after publish, never covered by a sha256)."""
+    folder, _ = layout
+    write_weights(folder / "w.bin")
+    model = function_default_model(folder / "model.onnx", "w.bin")
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"input": np.zeros((1, 4), np.float32)})[0]
+    assert np.array_equal(out[0], WEIGHTS)  # the runtime really reads w.bin
+    assert external_locations(model) == [("w_default", "w.bin")]
+    with pytest.raises(UnsafeModel, match="sha256 was recorded"):
         check_version_files(folder, "model.onnx", {"model.onnx"})
 
 
