@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
-MAX_SEED = 2**32 - 1
-"""The seeds `headrace train` accepts (TrainConfig.seed); torch refuses those above 2**64 - 1."""
+from headrace.commands.options import MAX_SEED
+
 # Bounds that keep a float64 check of a model within memory: a batch of 10**8 or a classifier
 # of 10**11 classes ended in a torch allocation traceback.
 MAX_BATCH_SIZE = 1024

@@ -14,6 +14,11 @@ from headrace.errors import ConfigError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
+MAX_SEED = 2**32 - 1
+"""The seeds `headrace train` accepts (TrainConfig.seed); torch refuses those above 2**64 - 1."""
+MAX_THREADS = 256
+"""TrainConfig.threads' bound; torch.set_num_threads(100_000) crashes the process (SIGSEGV)."""
+
 
 def build_config(factory: Callable[..., ModelT], **values: Any) -> ModelT:
     """Build a pydantic config, reporting every problem at once as a `ConfigError`."""

@@ -17,6 +17,7 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
+from headrace.commands.options import MAX_SEED, MAX_THREADS
 from headrace.errors import ConfigError
 from headrace.settings import load_settings
 
@@ -73,8 +74,16 @@ def security() -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True)
 @click.option("--step-size", type=float, help="PGD step [default: 2.5 * epsilon / steps].")
 @click.option("--limit", type=click.IntRange(min=1), help="Attack only the first N test samples.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds PGD's random start.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0, max=MAX_SEED),
+    default=0,
+    show_default=True,
+    help="Seeds PGD's random start.",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=1, show_default=True
+)
 @click.option("--json", "as_json", is_flag=True, help="Print only the report as JSON.")
 def robustness(
     name: str,

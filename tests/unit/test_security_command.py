@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,27 @@ def test_bad_flags_say_what_to_do(repo: Path, flags: list[str], message: str) ->
     assert result.exit_code != 0
     assert isinstance(result.exception, HeadraceError)
     assert message in result.exception.message
+
+
+@pytest.mark.parametrize("seed", [str(10**23), "-1"])
+def test_a_seed_torch_cannot_take_is_a_usage_error(repo: Path, seed: str) -> None:
+    # 10**23 ended in torch's 'Overflow when unpacking long long' traceback
+    args = ["robustness", "--model", "wide", "--repository", str(repo), "--seed", seed]
+    result = CliRunner().invoke(security, args)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--seed'" in result.output
+
+
+def test_more_threads_than_torch_takes_is_a_usage_error(repo: Path) -> None:
+    # torch.set_num_threads(100000) killed the process with SIGSEGV (exit 139), no message;
+    # in a subprocess, so the old behaviour fails this test instead of crashing the session
+    args = ["security", "robustness", "--model", "wide", "--repository", str(repo)]
+    done = subprocess.run(
+        [sys.executable, "-m", "headrace", *args, "--limit", "2", "--threads", "100000"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "Invalid value for '--threads'" in done.stderr
 
 
 def test_a_dataset_of_another_shape_is_refused(tmp_path: Path) -> None:
