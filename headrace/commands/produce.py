@@ -26,6 +26,16 @@ def _topic_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def _model_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    # '' ended in a pydantic traceback; '../x' was sent, one DLQ record per request
+    from serving.model_config import check_model_name
+
+    try:
+        return check_model_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     # NaN passes `value <= 0`: --idle-s nan or inf ended in a traceback, --rate nan was taken
     if value is not None and not (value > 0 and math.isfinite(value)):
@@ -34,7 +44,9 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
 
 
 @click.command("produce")
-@click.option("--model", required=True, help="Model name in the workers' repository.")
+@click.option(
+    "--model", required=True, callback=_model_name, help="Model name in the workers' repository."
+)
 @click.option("--dataset", default="digits", show_default=True, help="Where samples come from.")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder of a file dataset.")
 @click.option("--n", "count", type=int, default=1000, show_default=True, help="Requests to send.")

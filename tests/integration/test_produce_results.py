@@ -111,6 +111,9 @@ def test_results_summarises_results_dlq_duplicates_and_accuracy(
     [
         (["produce", "--model", "m", "--topic", "."], "'.' is not a Kafka topic name"),
         (["produce", "--model", "m", "--rate", "0"], "--rate': must be above 0"),
+        # '' ended in a pydantic traceback after loading the data; '../x' was sent 1000 times
+        (["produce", "--model", ""], "--model': invalid model name ''"),
+        (["produce", "--model", "../x"], "--model': invalid model name '../x'"),
         (["results", "--expect", "0"], "--expect"),
         (["results", "--idle-s", "-1"], "--idle-s': must be above 0"),
         (["results", "--dlq-topic", "a b"], "'a b' is not a Kafka topic name"),
