@@ -108,7 +108,14 @@ def decode_request(
         raise RecordRejected(
             f"unsupported content-type {content_type!r}", "unsupported_content_type"
         )
-    return _decode_json(key, value)
+    try:
+        return _decode_json(key, value)
+    except RecursionError:  # json.loads, or flattening nested data: the record's fault
+        raise RecordRejected(
+            "the JSON value nests too deeply to be read; send each tensor's data as a flat "
+            "list, as the Open Inference Protocol's JSON form does",
+            "invalid_schema",
+        ) from None
 
 
 def _decode_json(key: bytes | None, value: bytes) -> DecodedRequest:

@@ -222,3 +222,18 @@ def test_a_binary_kafka_record_with_such_an_input_is_refused_before_it_is_decode
     assert (dlq["error_code"], dlq["stage"]) == ("invalid_input", "validate")
     assert dlq["message"] == "input 'input': expected datatype FP32, got BYTES"
     assert peak < 2 * len(value) * len(records), peak  # copies of the raw data, no more
+
+
+@pytest.mark.parametrize("depth", [900, 100_000])
+def test_deeply_nested_json_is_the_records_fault(
+    dataplane: DataPlane, loop: asyncio.AbstractEventLoop, depth: int
+) -> None:
+    """Before: RecursionError (in json.loads, or in flattening the data) reached the worker's
+    catch-all: a DLQ record 'internal', a traceback in the log, and the critical alert
+    HeadraceStreamInternalErrors, which says a bug, for a producer's malformed record."""
+    nested = b"[" * depth + b"1.0" + b"]" * depth
+    value = _json("deep").replace(b"[1.0, 1.0, 1.0, 1.0]", nested)
+    records = [_record(0, b"deep", value), _record(1, b"good", _json("good"))]
+    deep, good = loop.run_until_complete(handle_batch(records, dataplane))
+    assert (deep.kind, deep.reason, good.kind) == ("dlq", "invalid_schema", "result")
+    assert "nests too deeply" in json.loads(deep.value)["message"]
