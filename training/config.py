@@ -137,6 +137,16 @@ class TrainConfig(BaseModel):
             )
         problems.extend(privacy_problems(self))
         problems.extend(self._distributed_problems())
+        folders = [("runs_dir", "--runs-dir", self.runs_dir)]
+        if self.publish:
+            folders.append(("repository", "--repository", self.repository))
+        for field, flag, folder in folders:  # else NotADirectoryError, after training for a repo
+            if (file := _file_in_the_way(folder)) is not None:
+                where = f"{field} {folder}" + ("" if file == folder else f": {file}")
+                problems.append(
+                    f"{where} is a file, not a folder; pass a folder as {flag} "
+                    "(it is created if missing)"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -187,3 +197,11 @@ class TrainConfig(BaseModel):
             self.test_fraction,
             source=self.data_source,
         )
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The first of `folder` and its parents that exists, if that is not a folder."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None

@@ -41,6 +41,30 @@ def test_invalid_width_or_dropout_is_refused_with_exit_code_2(
     assert not (tmp_path / "repo").exists()
 
 
+@pytest.mark.parametrize("flag", ["--repository", "--runs-dir"])
+def test_a_file_where_a_folder_goes_is_refused_before_training(
+    flag: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # NotADirectoryError tracebacks: --runs-dir at the start, --repository at the publish,
+    # after the whole training had run
+    (tmp_path / "file").write_text("")
+    folders = {"--repository": tmp_path / "repo", "--runs-dir": tmp_path / "runs"}
+    folders[flag] = tmp_path / "file" / "sub"
+    argv = ["headrace", "train", "--epochs", "1"]
+    for name, folder in folders.items():
+        argv += [name, str(folder)]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'file'} is a file, not a folder; pass a folder as {flag}" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "repo").exists()
+
+
 def test_both_problems_are_listed_at_once(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
