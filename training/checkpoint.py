@@ -36,8 +36,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from exc
     except Exception as exc:  # torch raises several types for bad files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        # not torch's text: for a file that is no checkpoint it is '105', or a page that ends
+        # in advice to load it with weights_only=False (arbitrary code execution)
+        raise CheckpointError(
+            f"{path} is not a torch checkpoint (damaged, truncated or another kind of file); "
+            f"pass a run folder or its {CHECKPOINT_FILE}"
+        ) from exc
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise CheckpointError(f"{path} is not a headrace training checkpoint")
     return state

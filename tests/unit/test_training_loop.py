@@ -109,13 +109,24 @@ def test_resume_of_a_distributed_checkpoint_says_how_it_resumes(tmp_path: Path) 
         _trainer(_config(tmp_path, epochs=2, resume=run_dir), run_dir).fit()
 
 
+@pytest.mark.parametrize("content", [b"hi\n", b"garbage", b"PK\x03\x04truncated"])
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path: Path, content: bytes) -> None:
+    # the message was torch's: '105' for a text file, or a page advising weights_only=False
+    (tmp_path / "bad.pt").write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "bad.pt")
+    message = info.value.message
+    assert message.startswith(f"{tmp_path / 'bad.pt'} is not a torch checkpoint")
+    assert "\n" not in message and "weights_only" not in message
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "nothing")
     bad = checkpoint_path(tmp_path / "bad")
     bad.parent.mkdir()
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="is not a torch checkpoint"):
         load_checkpoint(bad)
 
 
