@@ -125,6 +125,15 @@ def _is_stale(entry: Path, now: float) -> bool:
         return False
 
 
+def _problems(exc: ValidationError) -> str:
+    """A validation error on one line, 'field: problem; ...': pydantic's own text spans lines
+    and quotes the input (the whole file for a JSON error) and a documentation URL."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else str(e["msg"])
+        for e in exc.errors(include_url=False)
+    )
+
+
 def _version_number(entry: Path) -> int | None:
     """The version an entry names, or None for hidden, non-integer or non-folder entries."""
     name = entry.name
@@ -266,7 +275,7 @@ class ModelRepository:
                 preprocessing=config.preprocessing,
             )  # fmt: skip
         except ValidationError as exc:
-            raise ConfigError(f"cannot publish model {name!r}: {exc}") from exc
+            raise ConfigError(f"cannot publish model {name!r}: {_problems(exc)}") from exc
         self.check_interface(config)
 
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -323,7 +332,7 @@ class ModelRepository:
             reason = exc.strerror or type(exc).__name__
             raise RepositoryError(f"model {name!r}: cannot read {relative}: {reason}") from exc
         except ValidationError as exc:
-            raise RepositoryError(f"model {name!r}: invalid {relative}: {exc}") from exc
+            raise RepositoryError(f"model {name!r}: invalid {relative}: {_problems(exc)}") from exc
 
     def check_interface(self, config: ModelConfig) -> None:
         """Refuse (ConfigError) a config that would change the tensor interface of the model's

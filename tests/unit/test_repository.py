@@ -259,6 +259,30 @@ def test_corrupt_files_raise_repository_error(repo: ModelRepository, model_file:
         repo.config("digits")
 
 
+@pytest.mark.parametrize(
+    ("relative", "content", "expected"),
+    [
+        ("config.json", "", "invalid config.json: Invalid JSON: EOF while parsing a value"),
+        ("config.json", "[]", "invalid config.json: Input should be an object"),
+        ("1/metadata.json", "{bad", "invalid 1/metadata.json: Invalid JSON: key must be a string"),
+        ("config.json", '{"name": "digits"}', "invalid config.json: inputs: Field required; "),
+    ],
+)
+def test_a_corrupt_file_is_described_on_one_line(
+    repo: ModelRepository, model_file: Path, relative: str, content: str, expected: str
+) -> None:
+    # pydantic's own text: '1 validation error for ModelConfig', the input quoted (the whole
+    # file) and 'For further information visit https://errors.pydantic.dev/...', over 3+ lines,
+    # in `models show`, serve's and workers' load warnings and gRPC's load errors
+    publish(repo, model_file)
+    (repo.root / "digits" / relative).write_text(content)
+    with pytest.raises(RepositoryError) as info:
+        repo.get("digits")
+    message = info.value.message
+    assert message.startswith(f"model 'digits': {expected}"), message
+    assert "\n" not in message and "pydantic.dev" not in message and "input_value" not in message
+
+
 def test_concurrent_publishers_get_distinct_versions(repo: ModelRepository, tmp_path: Path) -> None:
     sources = []
     for i in range(4):
