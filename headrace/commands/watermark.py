@@ -139,6 +139,9 @@ def embed(
     root = repository or settings.model_repository
     if from_model is None and data_root is not None:  # new training reads the dataset's files
         raise ConfigError("--data-root goes with --from-model (a model trained on shards)")
+    if from_model is None and from_version is not None:  # it trained a new model
+        raise ConfigError("--from-version goes with --from-model (the model to fine-tune)")
+    model_given = click.get_current_context().get_parameter_source("model")
     if from_model is None:
         from training.config import TrainConfig
         from training.recipe import run_training
@@ -158,6 +161,12 @@ def embed(
             if from_version is None
             else repo.get(from_model, from_version)
         )
+        architecture = source.metadata.architecture
+        if model_given is click.core.ParameterSource.COMMANDLINE and model != architecture:
+            raise ConfigError(  # it was ignored: the published model keeps its architecture
+                f"--model {model} differs from {from_model}'s architecture {architecture}: "
+                "--from-model fine-tunes the published model as it is; leave --model out"
+            )
         config = build_config(
             lambda **kw: finetune_config(source, data_root=data_root, **kw), **common
         )

@@ -485,3 +485,30 @@ def test_embed_from_model_defaults_to_its_latest_uncompressed_version(tmp_path: 
     alone = CliRunner().invoke(cli, ["watermark", "embed", "--key", str(key_file),
                                      "--data-root", str(tmp_path)])  # fmt: skip
     assert "--data-root goes with --from-model" in str(alone.exception)
+
+
+def test_embed_refuses_flags_it_would_ignore(tmp_path: Path) -> None:
+    """--from-version without --from-model trained a new model (exit 0); --model with
+    --from-model was ignored: the published model was fine-tuned in its own architecture."""
+    from click.testing import CliRunner
+
+    from headrace.cli import cli
+    from headrace.errors import ConfigError
+    from serving.repository import ModelRepository
+    from training.recipe import run_training
+
+    repo_dir, runs_dir = tmp_path / "repo", tmp_path / "runs"
+    run_training(
+        TrainConfig(name="m", epochs=1, progress=False, repository=repo_dir, runs_dir=runs_dir)
+    )
+    key_file = save_key(_key(), tmp_path / "key.json")
+    args = ["watermark", "embed", "--key", str(key_file), "--epochs", "1",
+            "--repository", str(repo_dir), "--runs-dir", str(runs_dir)]  # fmt: skip
+    alone = CliRunner().invoke(cli, [*args, "--from-version", "1", "--name", "new"])
+    assert isinstance(alone.exception, ConfigError)
+    assert "--from-version goes with --from-model" in alone.exception.message
+    other = CliRunner().invoke(cli, [*args, "--from-model", "m", "--model", "resnet20"])
+    assert isinstance(other.exception, ConfigError)
+    assert "--model resnet20 differs from m's architecture lenet5" in other.exception.message
+    assert ModelRepository(repo_dir).list_models() == ["m"]
+    assert ModelRepository(repo_dir).versions("m") == [1]
