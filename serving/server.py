@@ -191,7 +191,9 @@ class InferenceServer:
             )
             self._track(asyncio.create_task(polling))
         self._track(asyncio.create_task(self.autoscaler.run(cfg.autoscale_interval_s, self._stop)))
-        log.info("serving on %s:%d", cfg.host, self.port)
+        auth = f"bearer token ({cfg.auth_scope})" if cfg.auth_token else "off"
+        log.info("serving on %s:%d (auth %s, tls %s)", cfg.host, self.port, auth,
+                 "on" if cfg.tls_cert else "off")  # fmt: skip
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain and stop: NOT_SERVING first, then refuse new calls and finish in-flight ones.

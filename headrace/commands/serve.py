@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import click
@@ -42,6 +43,12 @@ def _auth_token(variable: str) -> str | None:
         raise click.BadParameter(
             f"${variable} is unset or empty; set it, or leave the flag out to serve without auth",
             param_hint="--auth-token-env",
+        )
+    if token is None and variable in os.environ:  # e.g. a secret that mounted empty
+        click.echo(
+            f"warning: ${variable} is set but empty: serving WITHOUT auth; put the token in "
+            "it, or unset it to serve without auth on purpose",
+            err=True,
         )
     return token
 

@@ -217,6 +217,21 @@ def test_tokens_from_the_environment_are_trimmed_and_checked(
     assert not token_matches((("authorization", "Bearer pässwörd"),), "s3cret")
 
 
+def test_a_blank_token_variable_serves_without_auth_but_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A HEADRACE_AUTH_TOKEN that is set but blank (a secret that mounted empty) turned auth
+    off without a word; unset, it is auth off on purpose, and says nothing."""
+    from headrace.commands.serve import DEFAULT_TOKEN_ENV, _auth_token
+
+    monkeypatch.setenv(DEFAULT_TOKEN_ENV, " \n")
+    assert _auth_token(DEFAULT_TOKEN_ENV) is None
+    assert "is set but empty: serving WITHOUT auth" in capsys.readouterr().err
+    monkeypatch.delenv(DEFAULT_TOKEN_ENV)
+    assert _auth_token(DEFAULT_TOKEN_ENV) is None
+    assert capsys.readouterr().err == ""
+
+
 def test_version_policy_flag_values() -> None:
     import click
 
