@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from headrace.errors import ConfigError
 from streams.group_watch import AssignmentWatch
 from streams.job_messages import (
     EVENTS_TOPIC,
@@ -137,11 +138,21 @@ class JobAgent:
 
     def run(self, stop: threading.Event, on_ready: Callable[[], None] | None = None) -> None:
         """Poll, dispatch and commit until `stop` is set; the running job is cancelled on stop."""
+        from kafka.errors import InconsistentGroupProtocolError
+
         ready = False
         watch = AssignmentWatch(self.config.group_id, "agents", JOBS_TOPIC)
         try:
             while not stop.is_set():
-                batches = self.consumer.poll(timeout_ms=POLL_MS)
+                try:
+                    batches = self.consumer.poll(timeout_ms=POLL_MS)
+                except InconsistentGroupProtocolError:
+                    raise ConfigError(
+                        f"consumer group {self.config.group_id!r} is already used by clients "
+                        "of another kind (a stream worker's or data ingest's group?), whose "
+                        "assignment protocol the broker will not mix with the agent's: give "
+                        "the agent its own --group"
+                    ) from None
                 if not ready and not watch.check(bool(self.consumer.assignment())):
                     ready = True
                     if on_ready is not None:

@@ -48,3 +48,25 @@ def test_an_agent_of_a_stuck_group_says_so(tmp_path: Path) -> None:
             assert AGENT_READY not in text
         finally:
             assert stop_process(process, 60) == 0, log_file.read_text(errors="replace")[-3000:]
+
+
+@pytest.mark.skipif(external_bootstrap() is not None, reason="needs a group of the embedded broker")
+def test_an_agent_in_a_group_of_another_kind_of_client_says_so(tmp_path: Path) -> None:
+    """A group whose members offer an assignment protocol the agent lacks (a stream worker's,
+    say) made the agent die with kafka-python's InconsistentGroupProtocolError traceback."""
+    group = f"taken-{uuid.uuid4().hex[:8]}"
+    with EmbeddedBroker() as broker:
+        create_topics(broker.bootstrap)
+        leader_leaves_mid_rebalance(broker.bootstrap, group)  # protocol "x": not kafka-python's
+        command = [sys.executable, "-m", "headrace", "train", "agent", "--bootstrap",
+                   broker.bootstrap, "--repository", str(tmp_path / "repo"), "--runs-dir",
+                   str(tmp_path / "runs"), "--ray-cpus", "1", "--group", group]  # fmt: skip
+        done = subprocess.run(
+            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RAY_START_S + 60
+        )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"error: consumer group {group!r} is already used by clients of another kind" in (
+        done.stderr
+    ), done.stderr[-3000:]
+    assert "give the agent its own --group" in done.stderr
+    assert "Traceback" not in done.stderr
