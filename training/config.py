@@ -141,12 +141,8 @@ class TrainConfig(BaseModel):
         if self.publish:
             folders.append(("repository", "--repository", self.repository))
         for field, flag, folder in folders:  # else NotADirectoryError, after training for a repo
-            if (file := _file_in_the_way(folder)) is not None:
-                where = f"{field} {folder}" + ("" if file == folder else f": {file}")
-                problems.append(
-                    f"{where} is a file, not a folder; pass a folder as {flag} "
-                    "(it is created if missing)"
-                )
+            if (problem := folder_problem(folder, field, flag)) is not None:
+                problems.append(problem)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -199,9 +195,16 @@ class TrainConfig(BaseModel):
         )
 
 
-def _file_in_the_way(folder: Path) -> Path | None:
-    """The first of `folder` and its parents that exists, if that is not a folder."""
+def folder_problem(folder: Path, name: str, flag: str) -> str | None:
+    """What stops `folder` from being created or used as a folder: a file at its place or at
+    one of its parents' (the first of them that exists); None if nothing does."""
     for path in (folder, *folder.parents):
         if path.exists():
-            return None if path.is_dir() else path
+            if path.is_dir():
+                return None
+            where = f"{name} {folder}" + ("" if path == folder else f": {path}")
+            return (
+                f"{where} is a file, not a folder; pass a folder as {flag} "
+                "(it is created if missing)"
+            )
     return None

@@ -14,7 +14,7 @@ import click
 
 from headrace.commands.broker import answering_bootstrap
 from headrace.commands.options import FiniteFloatRange, build_config
-from headrace.errors import HeadraceError
+from headrace.errors import ConfigError, HeadraceError
 from headrace.settings import load_settings
 
 _bootstrap_option = click.option(
@@ -151,6 +151,7 @@ def agent(
     """
     from streams.job_agent import JobAgent, JobAgentConfig
     from streams.job_metrics import TrainingMetrics
+    from training.config import folder_problem
     from training.ray_jobs import connect_ray, run_on_ray
 
     logging.basicConfig(
@@ -158,11 +159,19 @@ def agent(
     )
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
     settings = load_settings()
+    repository = repository or settings.model_repository
+    runs_dir = runs_dir or settings.runs_dir
+    for name, flag, folder in (  # else it said ready and every job was rejected for it
+        ("repository", "--repository", repository),
+        ("runs_dir", "--runs-dir", runs_dir),
+    ):
+        if (problem := folder_problem(folder, name, flag)) is not None:
+            raise ConfigError(problem)
     config = build_config(
         JobAgentConfig,
         bootstrap=_reachable(bootstrap),
-        repository=repository or settings.model_repository,
-        runs_dir=runs_dir or settings.runs_dir,
+        repository=repository,
+        runs_dir=runs_dir,
         group_id=group,
         ray_cpus=ray_cpus,
         data_root=settings.data_root,  # jobs with `data_source: {kind: shards}` read it

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from headrace.cli import cli, main
+from headrace.errors import ConfigError
 from training.checkpoint import load_checkpoint
 
 
@@ -63,6 +64,22 @@ def test_a_file_where_a_folder_goes_is_refused_before_training(
     err = capsys.readouterr().err
     assert f"{tmp_path / 'file'} is a file, not a folder; pass a folder as {flag}" in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("flag", ["--repository", "--runs-dir"])
+def test_the_agent_refuses_a_file_where_a_folder_goes_at_start(flag: str, tmp_path: Path) -> None:
+    # it said "training agent ready" and rejected every job it was sent
+    (tmp_path / "file").write_text("")
+    folders = {"--repository": tmp_path / "repo", "--runs-dir": tmp_path / "runs"}
+    folders[flag] = tmp_path / "file"
+    args = ["train", "agent", "--bootstrap", "127.0.0.1:1"]  # checked before Kafka is asked
+    for name, folder in folders.items():
+        args += [name, str(folder)]
+    result = CliRunner().invoke(cli, args)
+    assert isinstance(result.exception, ConfigError), result.output
+    assert f"{tmp_path / 'file'} is a file, not a folder; pass a folder as {flag}" in str(
+        result.exception
+    )
 
 
 def test_both_problems_are_listed_at_once(
