@@ -36,6 +36,10 @@ FINAL_RESPONSE = "triton_final_response"
 # A stream opened with this header set to "true" ends at its first error, with that error's
 # gRPC status, instead of carrying the error as a message and going on.
 GRPC_ERROR_HEADER = "triton_grpc_error"
+# Requests of one ModelStreamInfer call read but not yet answered on the wire. At the bound the
+# server reads no more of the stream until the client takes responses, so a client that sends
+# and never reads is held back by gRPC's flow control instead of piling responses up here.
+STREAM_OUTSTANDING = 1024
 
 
 def _with_deadline(request: InferRequest, context: Context) -> InferRequest:
@@ -172,9 +176,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests on a stream run concurrently (so they can share batches); each gets a
         response or an error message, in completion order, and the stream goes on (or, with
-        the `triton_grpc_error: true` header, ends with the first error's status)."""
+        the `triton_grpc_error: true` header, ends with the first error's status). At most
+        STREAM_OUTSTANDING requests are read ahead of the responses sent."""
         done: asyncio.Queue[pb.ModelStreamInferResponse | Exception | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        outstanding = asyncio.Semaphore(STREAM_OUTSTANDING)  # see STREAM_OUTSTANDING
         grpc_errors = _wants_grpc_errors(context)
 
         async def answer(message: pb.ModelInferRequest) -> None:
@@ -199,6 +205,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def read_all() -> None:
             async for message in request_iterator:
+                await outstanding.acquire()  # released once its response is sent
                 task = asyncio.create_task(answer(message))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
@@ -212,6 +219,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if isinstance(item, Exception):
                     raise item  # the stream's status (see serving.grpc_errors)
                 yield item
+                outstanding.release()
             await reader
         finally:
             reader.cancel()

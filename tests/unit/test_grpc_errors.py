@@ -163,3 +163,34 @@ def test_a_stream_answers_a_request_that_meets_a_bug(caplog: pytest.LogCaptureFi
     [*_, ended] = stream_of(["boom"], (("triton_grpc_error", "true"),))
     assert isinstance(ended, Aborted)
     assert (ended.code, ended.details) == (grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+def test_a_stream_reads_no_further_ahead_of_its_client_than_the_bound() -> None:
+    """A client that sent on ModelStreamInfer and did not read had every request read and
+    answered, its responses piling up in the server without limit; now the server stops
+    reading at STREAM_OUTSTANDING unsent responses, and goes on as the client reads."""
+    from serving.grpc_servicer import STREAM_OUTSTANDING
+
+    total = STREAM_OUTSTANDING * 3
+    pulled = 0
+
+    async def requests() -> AsyncIterator[pb.ModelInferRequest]:
+        nonlocal pulled
+        for i in range(total):
+            message = pb.ModelInferRequest(model_name="m", id=str(i))
+            tensor = message.inputs.add(name="x", datatype="FP32", shape=[1])
+            tensor.contents.fp32_contents.append(1.0)
+            pulled += 1
+            yield message
+
+    async def consume() -> None:
+        servicer = InferenceServicer(BuggyDataPlane())  # type: ignore[arg-type]
+        stream = servicer.ModelStreamInfer(requests(), StreamContext())
+        first = await anext(stream)
+        assert not first.error_message
+        await asyncio.sleep(0.3)  # the client reads nothing meanwhile
+        assert pulled <= STREAM_OUTSTANDING + 1, pulled
+        answered = 1 + len([item async for item in stream])
+        assert (pulled, answered) == (total, total)
+
+    asyncio.run(consume())
