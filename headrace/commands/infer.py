@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from headrace.commands.options import FiniteFloatRange
+from headrace.commands.options import FiniteFloatRange, pem_certificates
 from headrace.errors import HeadraceError, InvalidInput
 
 MAX_TIMEOUT_S = 86_400.0
@@ -38,7 +38,12 @@ MAX_TIMEOUT_S = 86_400.0
     show_default=True,
     help="Environment variable holding the bearer token, if the server wants one.",
 )
-@click.option("--tls-ca", type=click.Path(path_type=Path, exists=True), help="CA for TLS.")
+@click.option(
+    "--tls-ca",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    callback=pem_certificates,
+    help="CA for TLS.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print outputs as one JSON object.")
 def infer(
     model: str,

@@ -1,10 +1,12 @@
 """Click helpers shared by command modules: config validation errors as one clear message,
-a float range that refuses NaN and infinity."""
+a float range that refuses NaN and infinity, a check of PEM certificate files."""
 
 from __future__ import annotations
 
 import math
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -43,3 +45,19 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{number} is not a finite number.", param, ctx)
         return number
+
+
+def pem_certificates(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Click callback: the file holds PEM certificates (a CA to trust). gRPC only failed each
+    call, 'Failed to create security handshaker', or 'connection refused' when nothing listened."""
+    if value is None:
+        return None
+    try:
+        ssl.create_default_context(cafile=str(value))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise click.BadParameter(
+            f"{value} holds no PEM certificate ({reason}); pass the CA certificate that signed "
+            "the server's (a '-----BEGIN CERTIFICATE-----' file)"
+        ) from None
+    return value

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from headrace.commands.options import build_config
+from headrace.commands.options import build_config, pem_certificates
 from headrace.errors import ConfigError, WatermarkError
 from headrace.settings import load_settings
 
@@ -225,7 +225,12 @@ def _warn_if_weak(repository: str, name: str, version: int) -> None:
     show_default=True,
     help="Environment variable holding the server's bearer token, if it wants one.",
 )
-@click.option("--tls-ca", type=click.Path(path_type=Path, exists=True), help="CA for TLS.")
+@click.option(
+    "--tls-ca",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    callback=pem_certificates,
+    help="CA for TLS.",
+)
 @click.option(
     "--threshold",
     type=float,

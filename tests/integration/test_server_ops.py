@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -364,6 +366,22 @@ def test_tls_server_answers_over_a_secure_channel(
         assert error.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         plain.close()
+
+
+def test_infer_cli_trusts_the_server_certificate_given_as_tls_ca(
+    tls_server: tuple[ServerProcess, Path], tmp_path: Path
+) -> None:
+    # --tls-ca is checked to hold a PEM certificate when the options are parsed; a real one
+    # passes that check and the call goes through
+    server, cert = tls_server
+    np.save(tmp_path / "x.npy", X.astype(np.float32))
+    done = subprocess.run(
+        [sys.executable, "-m", "headrace", "infer", "--model", MODEL, "--input",
+         str(tmp_path / "x.npy"), "--url", server.address, "--tls-ca", str(cert), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["model"] == MODEL
 
 
 def test_tls_with_tritonclient(
