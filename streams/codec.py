@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ MAX_RESULT_BYTES = 960_000
 # stays far below the size a producer sends (1,000,000 bytes), so the outcome is produced.
 MAX_DLQ_MESSAGE_CHARS = 4096
 Headers = Sequence[tuple[str, bytes]]
+FLAT_TENSORS = (
+    "send each tensor's data as a flat list, as the Open Inference Protocol's JSON form does"
+)
 
 
 class RecordRejected(HeadraceError):
@@ -110,11 +114,9 @@ def decode_request(
         )
     try:
         return _decode_json(key, value)
-    except RecursionError:  # json.loads, or flattening nested data: the record's fault
+    except RecursionError:  # flattening nested data: the record's fault
         raise RecordRejected(
-            "the JSON value nests too deeply to be read; send each tensor's data as a flat "
-            "list, as the Open Inference Protocol's JSON form does",
-            "invalid_schema",
+            f"the JSON value nests too deeply to be read; {FLAT_TENSORS}", "invalid_schema"
         ) from None
 
 
@@ -149,12 +151,31 @@ def _request_body(message: InferenceRequestMessage) -> dict[str, Any]:
     }
 
 
-def _validate_json_slowly(key: bytes | None, value: bytes) -> InferenceRequestMessage:
-    """JSON -> message, the record key standing in for a missing request_id; or why not."""
+def load_json(value: bytes, flat: str) -> Any:
+    """A record's JSON value, or `RecordRejected` saying why it cannot be read: not JSON
+    (`not_json`), or JSON no schema of ours takes that Python cannot even read
+    (`invalid_schema`): nested too deeply (RecursionError) or a number of more digits than
+    int() reads (ValueError). Both are the record's fault, never the worker's: they must not
+    escape a batch. `flat` says how to send the data instead."""
     try:
-        body = json.loads(value)
+        return json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordRejected(f"value is not JSON: {exc}", "not_json") from None
+    except RecursionError:
+        raise RecordRejected(
+            f"the JSON value nests too deeply to be read; {flat}", "invalid_schema"
+        ) from None
+    except ValueError:  # int() refuses more digits than sys.get_int_max_str_digits()
+        raise RecordRejected(
+            f"the JSON value holds a number of more than {sys.get_int_max_str_digits():,} digits, "
+            "which no field takes",
+            "invalid_schema",
+        ) from None
+
+
+def _validate_json_slowly(key: bytes | None, value: bytes) -> InferenceRequestMessage:
+    """JSON -> message, the record key standing in for a missing request_id; or why not."""
+    body = load_json(value, FLAT_TENSORS)
     if isinstance(body, dict) and "request_id" not in body:  # the key, else OIP's own id
         fallback = _text(key) if key else body.get("id")
         if fallback:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -30,7 +29,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
-from streams.codec import RecordRejected
+from streams.codec import RecordRejected, load_json
 from training.datasets.schema import DatasetSchema
 
 SCHEMA_VERSION = 1
@@ -132,10 +131,7 @@ def _parse(value: bytes) -> DataRecordMessage:
         return DataRecordMessage.model_validate_json(value)
     except ValidationError:
         pass
-    try:
-        body = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RecordRejected(f"value is not JSON: {exc}", NOT_JSON) from None
+    body = load_json(value, "send the image's pixels as one flat list (or b64)")
     try:
         return DataRecordMessage.model_validate(body)
     except ValidationError as exc:

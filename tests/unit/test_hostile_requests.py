@@ -237,3 +237,23 @@ def test_deeply_nested_json_is_the_records_fault(
     deep, good = loop.run_until_complete(handle_batch(records, dataplane))
     assert (deep.kind, deep.reason, good.kind) == ("dlq", "invalid_schema", "result")
     assert "nests too deeply" in json.loads(deep.value)["message"]
+
+
+@pytest.mark.parametrize("field", ["deadline", "created_at", "data", "shape"])
+def test_a_number_no_int_can_read_is_the_records_fault(
+    dataplane: DataPlane, loop: asyncio.AbstractEventLoop, field: str
+) -> None:
+    """Before: json.loads raised ValueError (more than 4,300 digits) out of the batch; the
+    stream worker stopped, and stopped again on the same record after every restart."""
+    big = b"9" * 5000
+    value = _json("big")
+    if field in ("deadline", "created_at"):
+        value = value.replace(b'"model"', b'"' + field.encode() + b'": ' + big + b', "model"')
+    else:
+        old = b'"data": [1.0' if field == "data" else b'"shape": [1'
+        value = value.replace(old, old.split(b"[")[0] + b"[" + big)
+    assert big in value
+    records = [_record(0, b"big", value), _record(1, b"good", _json("good"))]
+    big_one, good = loop.run_until_complete(handle_batch(records, dataplane))
+    assert (big_one.kind, big_one.reason, good.kind) == ("dlq", "invalid_schema", "result")
+    assert "more than 4,300 digits" in json.loads(big_one.value)["message"]
