@@ -29,8 +29,8 @@ import numpy as np
 from headrace.errors import DatasetError, HeadraceError
 from streams.codec import RecordRejected, dlq_record
 from streams.data_messages import ClassCounts, ValidRecord, decode_data_record
-from streams.inference import Outcome, SourceRecord
-from streams.messages import RecordRef
+from streams.inference import MAX_KEY_BYTES, Outcome, SourceRecord
+from streams.messages import MAX_REQUEST_ID_CHARS, RecordRef
 from training.datasets.schema import DatasetSchema
 from training.datasets.shards import ShardFile, list_shards, read_shard
 
@@ -194,8 +194,14 @@ def _key_text(key: bytes | None) -> str | None:
 
 
 def _dlq(record: SourceRecord, error: HeadraceError, dlq_topic: str) -> Outcome:
+    """The record's DLQ outcome, keyed by its key; a key too long to be a record id is left
+    out (keyed by megabytes, the outcome could not be produced and the worker would stop on
+    it after every restart); its `source` still names the record."""
     record_id = _key_text(record.key)
+    if record_id is not None and len(record_id) > MAX_REQUEST_ID_CHARS:
+        record_id = None
     stage = error.stage if isinstance(error, RecordRejected) else "validate"
     source = RecordRef(topic=record.topic, partition=record.partition, offset=record.offset)
     value = dlq_record(record_id, error, stage, record.value, source)
-    return Outcome("dlq", dlq_topic, record.key, value, record_id, reason=error.reason)
+    key = record.key if record.key is not None and len(record.key) <= MAX_KEY_BYTES else None
+    return Outcome("dlq", dlq_topic, key, value, record_id, reason=error.reason)

@@ -66,3 +66,22 @@ def test_json_python_cannot_read_is_the_records_fault(name: str) -> None:
     assert dlq.source is not None and dlq.source.offset == 0
     expected = "nests too deeply" if "nested" in name else "more than 4,300 digits"
     assert expected in dlq.message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"not json", None, _swap(b'"h"', b'"' + b"x" * 300 + b'"')],
+    ids=["not-json", "tombstone", "long-id"],
+)
+def test_a_refused_record_keyed_by_megabytes_gets_a_dlq_record_that_can_be_produced(
+    value: bytes | None,
+) -> None:
+    """Before: the DLQ record was keyed by the record's own 2 MB key; the producer refused it
+    three times (MessageSizeTooLargeError) and the worker exited 3, and again on the same
+    record after every restart."""
+    huge = b"K" * 2_000_000
+    refused, rows = _plan([(huge, value), (b"good", _good("good"))])
+    assert rows == ["good"]
+    [dlq] = refused
+    assert dlq.request_id is None  # no usable id: the source names the record
+    assert dlq.source is not None and dlq.source.offset == 0
