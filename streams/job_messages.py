@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 JOBS_TOPIC = "training-jobs"
 EVENTS_TOPIC = "training-events"
@@ -29,6 +29,10 @@ EventKind = Literal[
     "cancelled",
 ]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"rejected", "succeeded", "failed", "cancelled"})
+# Longest `reason` an event carries: a reason quotes what the command or spec said (a key, a
+# model name, every unknown field), and a record may be megabytes long; cut, the event stays
+# far below what a producer sends (1,000,000 bytes), so the agent can report it.
+MAX_REASON_CHARS = 4096
 
 
 class JobCommand(BaseModel):
@@ -72,6 +76,14 @@ class TrainingEvent(BaseModel):
     trial_number: int | None = Field(default=None, description="Finished trials so far.")
     trials: int | None = Field(default=None, description="Trial budget of a tuning job.")
     hyper_parameters: dict[str, str | int | float | bool] | None = None
+
+    @field_validator("reason")
+    @classmethod
+    def _cut_reason(cls, reason: str | None) -> str | None:
+        if reason is None or len(reason) <= MAX_REASON_CHARS:
+            return reason
+        cut = len(reason) - MAX_REASON_CHARS
+        return f"{reason[:MAX_REASON_CHARS]}... ({cut} more characters cut)"
 
     def describe(self) -> str:
         """One human-readable line."""

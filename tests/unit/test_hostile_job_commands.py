@@ -1,0 +1,118 @@
+"""Records on `training-jobs` written to break the training agent, through its real loop with
+stand-ins for kafka-python's consumer and producer (no broker, no Ray): each is refused with
+one `rejected` event small enough to produce, its offset is committed, and the agent keeps
+serving the records after it."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka.errors import MessageSizeTooLargeError
+from kafka.structs import TopicPartition
+
+from streams.job_agent import JobAgent, JobAgentConfig
+from streams.job_messages import EVENTS_TOPIC, JOBS_TOPIC, TrainingEvent
+
+MAX_REQUEST_SIZE = 1_048_576  # kafka-python's default max_request_size
+HUGE = 2_000_000
+
+
+class _Sent:
+    def __init__(self, size: int) -> None:
+        self._size = size
+
+    def get(self, timeout: float | None = None) -> None:
+        if self._size > MAX_REQUEST_SIZE:  # what kafka-python raises for such a record
+            raise MessageSizeTooLargeError(f"the message is {self._size} bytes")
+
+
+class _Producer:
+    sent: list[tuple[str, bytes | None, bytes]] = []
+
+    def __init__(self, **_config: Any) -> None:
+        pass
+
+    def send(self, topic: str, key: bytes | None = None, value: bytes = b"") -> _Sent:
+        self.sent.append((topic, key, value))
+        return _Sent(len(key or b"") + len(value))
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+class _Record:
+    def __init__(self, offset: int, value: bytes | None) -> None:
+        self.offset, self.value = offset, value
+
+
+class _Consumer:
+    """Hands over `records` in one poll, then asks the agent to stop."""
+
+    records: list[bytes | None] = []
+    stop = threading.Event()
+    committed: dict[TopicPartition, int] = {}
+
+    def __init__(self, *_topics: str, **_config: Any) -> None:
+        self._polled = False
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[_Record]]:
+        if self._polled:
+            self.stop.set()
+            return {}
+        self._polled = True
+        tp = TopicPartition(JOBS_TOPIC, 0)
+        return {tp: [_Record(i, value) for i, value in enumerate(self.records)]}
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(JOBS_TOPIC, 0)}
+
+    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.committed.update({tp: meta.offset for tp, meta in offsets.items()})
+
+    def close(self, autocommit: bool = True) -> None:
+        pass
+
+
+def _command(job_id: str, **fields: Any) -> bytes:
+    return json.dumps({"command": "submit", "job_id": job_id, **fields}).encode()
+
+
+HOSTILE = {
+    "unknown field of megabytes": _command("a", **{"x" * HUGE: 1}),
+    "100,000 unknown fields": _command("b", **{f"field{i}": 1 for i in range(100_000)}),
+    "model name of megabytes": _command("c", spec={"model": "m" * HUGE}),
+    "repository name of megabytes": _command("d", spec={"name": "n" * HUGE}),
+    "spec key of megabytes": _command("e", spec={"k" * HUGE: 1}),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_each_hostile_command_gets_a_rejected_event_that_can_be_produced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Before: the `rejected` event quoted the record whole (2 to 4.7 MB); the producer
+    refused it (MessageSizeTooLargeError), the exception ended `headrace train agent`
+    (exit 1), and since the command's offset was never committed the agent ended again on it
+    after every restart (reproduced on the embedded broker), running no job."""
+    monkeypatch.setattr("kafka.KafkaProducer", _Producer)
+    monkeypatch.setattr("kafka.KafkaConsumer", _Consumer)
+    monkeypatch.setattr(_Producer, "sent", [])
+    monkeypatch.setattr(_Consumer, "records", [HOSTILE[name], _command("next", cancel=1)])
+    monkeypatch.setattr(_Consumer, "stop", threading.Event())
+    monkeypatch.setattr(_Consumer, "committed", {})
+    config = JobAgentConfig(bootstrap="unused:9092", repository=tmp_path, runs_dir=tmp_path)
+    agent = JobAgent(config, train=lambda *_a: None, available_cpus=2)
+    agent.run(_Consumer.stop)
+    events = [TrainingEvent.model_validate_json(v) for t, _k, v in _Producer.sent]
+    assert {t for t, _k, _v in _Producer.sent} == {EVENTS_TOPIC}
+    assert [e.event for e in events] == ["rejected", "rejected"]  # the next record too
+    assert all(len(v) < MAX_REQUEST_SIZE // 100 for _t, _k, v in _Producer.sent)
+    assert events[0].reason is not None and events[0].reason.endswith("more characters cut)")
+    assert _Consumer.committed == {TopicPartition(JOBS_TOPIC, 0): 2}
