@@ -1,7 +1,8 @@
 """Records on `training-jobs` written to break the training agent, through its real loop with
 stand-ins for kafka-python's consumer and producer (no broker, no Ray): each is refused with
 one `rejected` event small enough to produce, its offset is committed, and the agent keeps
-serving the records after it."""
+serving the records after it. And spec documents `train submit` cannot read (alias bombs,
+deep nesting, numbers int() refuses): each a ConfigError, at once."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import pytest
 from kafka.errors import MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
+from headrace.errors import ConfigError
 from streams.job_agent import JobAgent, JobAgentConfig
 from streams.job_messages import EVENTS_TOPIC, JOBS_TOPIC, TrainingEvent
+from training.job_spec import parse_job_spec
 
 MAX_REQUEST_SIZE = 1_048_576  # kafka-python's default max_request_size
 HUGE = 2_000_000
@@ -116,3 +119,35 @@ def test_each_hostile_command_gets_a_rejected_event_that_can_be_produced(
     assert all(len(v) < MAX_REQUEST_SIZE // 100 for _t, _k, v in _Producer.sent)
     assert events[0].reason is not None and events[0].reason.endswith("more characters cut)")
     assert _Consumer.committed == {TopicPartition(JOBS_TOPIC, 0): 2}
+
+
+def _laughs(levels: int) -> str:
+    """YAML whose last anchor stands for 9**levels strings ('billion laughs')."""
+    lines = ['  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        lines.append(f"  l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]")
+    return "anchors:\n" + "\n".join(lines) + "\n"
+
+
+SPEC_DOCUMENTS = {
+    "billion laughs": (_laughs(9) + "model: lenet5\n", "stands for more than 100,000 values"),
+    "laughs in a search space": (
+        _laughs(9) + "kind: tune\ntune:\n  search_space:\n    optimizer: "
+        "{_type: choice, _value: *l8}\n",
+        "stands for more than 100,000 values",
+    ),
+    "deep YAML": ("model: " + "[" * 100_000 + "]" * 100_000 + "\n", "nests too deeply"),
+    "deep JSON": ('{"model": ' + "[" * 100_000 + "]" * 100_000 + "}", "nests too deeply"),
+    "huge YAML number": ("epochs: " + "9" * 5000 + "\n", "more than 4,300 digits"),
+    "huge JSON number": ('{"epochs": ' + "9" * 5000 + "}", "more than 4,300 digits"),
+}
+
+
+@pytest.mark.parametrize("name", list(SPEC_DOCUMENTS))
+def test_a_spec_document_that_cannot_be_read_is_a_config_error(name: str) -> None:
+    """Before (`headrace train submit FILE`, `tune --search-space FILE`): RecursionError and
+    ValueError tracebacks (exit 1); the alias bomb was refused only for its unknown key, and
+    in a search space it ran for ever (2.7 GB after 30 s: each of 9**8 choices validated)."""
+    text, expected = SPEC_DOCUMENTS[name]
+    with pytest.raises(ConfigError, match=expected):
+        parse_job_spec(text, source="spec.yaml")
