@@ -4,6 +4,7 @@
 read from `location`, resolved by the runtime relative to the model's folder. The
 location is written as given, so tests can make it `../x`, `a/../../x` or absolute.
 `malicious_weights(path, marker)` writes a torch file that, if unpickled, creates `marker`.
+`identity_model(path)` writes a harmless `out = input` model (4 floats a row) to publish.
 Importable from unit and integration tests (tests/ is on sys.path through conftest.py).
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
@@ -20,6 +22,20 @@ from training.models import build_model
 
 WIDTH = 4
 WEIGHTS = np.arange(1, WIDTH + 1, dtype=np.float32)
+
+
+def identity_model(path: Path) -> Path:
+    """A plain model: output `out` is input `input` ([batch, WIDTH] floats)."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["out"])],
+        "identity",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", WIDTH])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", WIDTH])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
 
 
 def write_weights(path: Path) -> Path:

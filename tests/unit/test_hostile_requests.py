@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from unsafe_files import identity_model
 
 from headrace.errors import HeadraceError, InvalidInput, ModelNotFound
 from protos import grpc_service_pb2 as pb
@@ -38,19 +37,6 @@ NO_VERSION = ["9" * 5000, "1" * 19, "１", "١", "1e3", "-1", "+1", "0x1", "1.0"
 HUGE = 2_000_000
 
 
-def _identity_model(path: Path) -> Path:
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["input"], ["out"])],
-        "identity",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
@@ -60,7 +46,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         inputs=[TensorSpec(name="input", dims=[4])],
         outputs=[TensorSpec(name="out", dims=[4])],
     )
-    model_file = _identity_model(root.parent / "identity.onnx")
+    model_file = identity_model(root.parent / "identity.onnx")
     ModelRepository(root).publish(config, model_file, architecture="test")
     return root
 

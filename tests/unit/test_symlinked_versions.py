@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from onnx import TensorProto, helper, save
+from unsafe_files import identity_model
 
 from headrace.errors import UnsafeModel
 from serving.model_config import ModelConfig, TensorSpec
@@ -30,16 +30,8 @@ def _config(name: str) -> ModelConfig:
 
 def _publish(root: Path, name: str, tmp_path: Path) -> None:
     """Publish an identity model as `name`."""
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["input"], ["out"])],
-        "identity",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    save(model, str(tmp_path / "identity.onnx"))
-    ModelRepository(root).publish(_config(name), tmp_path / "identity.onnx", architecture="test")
+    model_file = identity_model(tmp_path / "identity.onnx")
+    ModelRepository(root).publish(_config(name), model_file, architecture="test")
 
 
 @pytest.fixture
