@@ -48,6 +48,13 @@ TIMEOUT_PARAMETER = "timeout"
 SEQUENCE_ID_PARAMETER = "sequence_id"
 SEQUENCE_FLAG_PARAMETERS = ("sequence_start", "sequence_end")
 PRIORITY_PARAMETER = "priority"
+# Triton reserves request parameter keys starting with this prefix for itself and refuses
+# (INVALID_ARGUMENT) any such key it does not define, rather than passing it on. Of the ones
+# it defines, a client sends triton_enable_empty_final_response (a bool; tritonclient's
+# stream_infer sets it): an empty final response only follows a decoupled model's last one,
+# and no model here is decoupled (each response is final), so it changes nothing here.
+RESERVED_PREFIX = "triton_"
+RESERVED_BOOL_PARAMETERS = ("triton_enable_empty_final_response",)
 
 
 @dataclass
@@ -227,7 +234,7 @@ class DataPlane:
             loaded = self._serving_version(request)
             model, version = loaded.name, str(loaded.version)
             if request.parameters:
-                _check_scheduling_parameters(request.parameters)
+                _check_request_parameters(request.parameters)
             _apply_timeout(request)
             response, rows = await self._infer_loaded(request, loaded)
         except HeadraceError as exc:
@@ -286,7 +293,7 @@ class DataPlane:
                 loaded = self._serving_version(request)
                 model, version = loaded.name, str(loaded.version)
                 if request.parameters:
-                    _check_scheduling_parameters(request.parameters)
+                    _check_request_parameters(request.parameters)
                 rows, signature = _validated(request, loaded, layouts)
             except HeadraceError as exc:
                 self._record_failure(model, version, exc.reason, started)
@@ -431,9 +438,21 @@ def _check_repository(name: str) -> None:
         )
 
 
-def _check_scheduling_parameters(parameters: dict[str, Any]) -> None:
-    """Refuse (as Triton does) sequence and priority parameters of the wrong type; their
-    values are then ignored (see SEQUENCE_ID_PARAMETER)."""
+def _check_request_parameters(parameters: dict[str, Any]) -> None:
+    """Refuse (as Triton does) reserved `triton_` keys it does not define, and sequence,
+    priority and reserved parameters of the wrong type; their values are then ignored (see
+    SEQUENCE_ID_PARAMETER, RESERVED_PREFIX)."""
+    for key, value in parameters.items():
+        if not key.startswith(RESERVED_PREFIX):
+            continue
+        if key not in RESERVED_BOOL_PARAMETERS:
+            raise InvalidInput(
+                f"parameter {key!r}: keys starting with {RESERVED_PREFIX!r} are reserved for "
+                f"the protocol, and the only one a request may carry is "
+                f"{', '.join(RESERVED_BOOL_PARAMETERS)}; rename the parameter"
+            )
+        if not isinstance(value, bool):
+            raise InvalidInput(f"parameter {key!r} must be a bool, got {value!r}")
     if SEQUENCE_ID_PARAMETER in parameters:
         value = parameters[SEQUENCE_ID_PARAMETER]
         if isinstance(value, bool) or not isinstance(value, int | str):

@@ -194,5 +194,9 @@ def test_sequence_and_priority_parameters_are_ignored_unless_of_a_type_triton_re
                 assert f"parameter {name!r} must be" in answer.message
             with pytest.raises(InvalidInput, match="parameter 'priority' must be a whole number"):
                 await plane.infer(with_parameters(4, priority=-2))
+            # a reserved triton_ key Triton does not define is refused on Kafka too
+            [reserved] = await plane.infer_many([with_parameters(5, triton_no_such_option=True)])
+            assert isinstance(reserved, InvalidInput), reserved
+            assert "parameter 'triton_no_such_option'" in reserved.message
 
     asyncio.run(scenario())

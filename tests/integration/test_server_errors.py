@@ -286,6 +286,32 @@ def test_names_and_versions_too_long_to_quote_get_their_own_status(
     assert_still_serving(stub, model_files)
 
 
+def test_reserved_triton_parameters_are_refused_unless_triton_defines_them(
+    stub: pb_grpc.GRPCInferenceServiceStub, model_files: ModelFiles
+) -> None:
+    """Keys starting with 'triton_' are Triton's: it refuses one it does not define with
+    INVALID_ARGUMENT, and so does this server, on ModelInfer and on a stream (they were
+    ignored). triton_enable_empty_final_response, which tritonclient sends, passes when it
+    is a bool, as in Triton."""
+    unknown = with_parameter("triton_no_such_option", "bool_param", True)
+    error = rpc_error(lambda: stub.ModelInfer(unknown, timeout=30))
+    assert error.code() == Code.INVALID_ARGUMENT, error.details()
+    assert "parameter 'triton_no_such_option'" in error.details()
+    assert "reserved" in error.details()
+    [streamed] = stub.ModelStreamInfer(iter([unknown]), timeout=30)
+    assert "parameter 'triton_no_such_option'" in streamed.error_message
+    wrong_type = with_parameter("triton_enable_empty_final_response", "string_param", "true")
+    error = rpc_error(lambda: stub.ModelInfer(wrong_type, timeout=30))
+    assert error.code() == Code.INVALID_ARGUMENT, error.details()
+    assert "'triton_enable_empty_final_response' must be a bool" in error.details()
+    for flag in (True, False):
+        allowed = with_parameter("triton_enable_empty_final_response", "bool_param", flag)
+        stub.ModelInfer(allowed, timeout=30)
+        [answer] = stub.ModelStreamInfer(iter([allowed]), timeout=30)
+        assert not answer.error_message, answer.error_message
+    assert_still_serving(stub, model_files)
+
+
 def test_oversized_message_is_refused(
     stub: pb_grpc.GRPCInferenceServiceStub, model_files: ModelFiles
 ) -> None:
