@@ -11,6 +11,9 @@ as the version's `dp_epsilon` / `dp_delta`.
 `privacy_problems(config)` lists what a private run refuses (TrainConfig reports
 them with every other problem); `with_dp_defaults(values)` fills in the DP-SGD
 hyper-parameters a user gets when the privacy section is all they set.
+`delta_problem` is the one rule for delta against the training-set size: checked
+with the config when the size is known before loading (the embedded dataset), and
+by the hook on the loaded split otherwise (files, shards).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import nn
 
 from headrace.errors import ConfigError
 from security.privacy.config import PrivacyConfig, check_distributed_privacy
+from training.datasets import train_split_size
 from training.hooks import PublishInfo, TrainingHook
 from training.models import MODELS, build_model
 
@@ -76,6 +80,17 @@ def with_dp_defaults(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def delta_problem(delta: float, train_size: int) -> str | None:
+    """Why `delta` is too large for `train_size` training samples (None if it is not)."""
+    if delta < 1 / train_size:
+        return None
+    return (
+        f"dp delta {delta:g} is not below 1 / {train_size} training samples, so the guarantee "
+        "would allow leaking a sample outright: lower --dp-delta (privacy.target_delta in a "
+        f"job spec) below {1 / train_size:.3g}"
+    )
+
+
 def privacy_problems(config: TrainConfig) -> list[str]:
     """Why `config`'s privacy section cannot be honoured (empty when it can, or when unset)."""
     if config.privacy is None:
@@ -83,6 +98,13 @@ def privacy_problems(config: TrainConfig) -> list[str]:
     from security.privacy.engine import opacus_problems  # Opacus: import it only when used
 
     problems: list[str] = []
+    train_size = train_split_size(
+        config.dataset, config.val_fraction, config.test_fraction, config.data_source
+    )
+    # None for a dataset read from files or shards: PrivacyHook checks the loaded split
+    delta = None if train_size is None else delta_problem(config.privacy.target_delta, train_size)
+    if delta is not None:
+        problems.append(delta)
     if config.model in MODELS:
         for reason in opacus_problems(build_model(config.model)):
             problems.append(
@@ -146,12 +168,8 @@ class PrivacyHook(TrainingHook):
         if trainer.loss_weights is not None:
             raise ConfigError("differential privacy needs an unweighted loss: use --balance none")
         train_size = len(trainer.splits.train)
-        if self.config.target_delta >= 1 / train_size:
-            raise ConfigError(
-                f"dp delta {self.config.target_delta:g} is not below 1 / {train_size} training "
-                "samples, so the guarantee would allow leaking a sample outright: lower "
-                "--dp-delta"
-            )
+        if (problem := delta_problem(self.config.target_delta, train_size)) is not None:
+            raise ConfigError(problem)  # a dataset read from files or shards: known only now
         from security.privacy.engine import PrivateTraining  # Opacus: import it only when used
 
         self._private = PrivateTraining(

@@ -18,9 +18,12 @@ from headrace.errors import CheckpointError, ConfigError
 from security.privacy import PrivacyConfig, check_distributed_privacy
 from security.privacy.engine import PrivateTraining
 from serving.repository import ModelRepository
+from streams.job_messages import TrainingEvent
+from streams.job_runner import JobRunner, JobRunnerConfig
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
-from training.datasets import DatasetSplits, load_splits
+from training.datasets import DatasetSplits, load_splits, train_split_size
+from training.job_spec import parse_job_spec
 from training.loop import Trainer
 from training.models import build_model
 from training.preprocess import BatchPipeline
@@ -216,10 +219,48 @@ def test_engine_refuses_batchnorm() -> None:
 
 
 def test_delta_must_be_below_one_over_n(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="lower --dp-delta"):
-        run_training(_config(tmp_path, privacy={"target_epsilon": 3, "target_delta": 0.01}))
+    """Checked with the config when the training-set size is known before loading (the
+    embedded digits: 1,455 training images), else by the hook on the loaded split."""
+    assert train_split_size("digits", 0.1, 0.1) == len(load_splits("digits").train) == 1455
+    other = load_splits("digits", None, 0, 0.3, 0.2)
+    assert train_split_size("digits", 0.3, 0.2) == len(other.train)
+    assert train_split_size("mnist", 0.1, 0.1) is None  # read from files: known once read
+    with pytest.raises(ValidationError, match=r"not below 1 / 1455 .*lower --dp-delta"):
+        _config(tmp_path, privacy={"target_epsilon": 3, "target_delta": 0.01})
+    _config(tmp_path, privacy={"target_epsilon": 3, "target_delta": 0.9 / 1455})
+    splits = load_splits("digits", seed=0)
+    small = DatasetSplits(
+        splits.name, splits.classes, splits.train.subset(np.arange(40)), splits.val, splits.test
+    )  # as a folder of 40 images would give: the size is known only once loaded
+    hook = PrivacyHook(PrivacyConfig(target_epsilon=3, target_delta=0.05))
+    with pytest.raises(ConfigError, match="not below 1 / 40 .*lower --dp-delta"):
+        _trainer(_config(tmp_path), small, hook, tmp_path / "run")
     default = TrainConfig(privacy=PrivacyConfig(target_epsilon=3)).privacy
     assert default is not None and default.accountant == "prv"
+
+
+def test_a_job_spec_whose_delta_is_too_large_is_rejected_at_validation(
+    tmp_path: Path,
+) -> None:
+    """Before: accepted by `train submit` and the agent, refused only once training began."""
+    spec = {"model": "lenet5", "privacy": {"target_epsilon": 3, "target_delta": 0.01}}
+    with pytest.raises(ConfigError, match="dp delta 0.01 is not below 1 / 1455"):
+        parse_job_spec(spec)
+    events: list[TrainingEvent] = []
+    runner = JobRunner(
+        JobRunnerConfig(repository=tmp_path / "repo", runs_dir=tmp_path / "runs"),
+        train=lambda *_a: None,  # type: ignore[arg-type]
+        emit=events.append,
+        announce=lambda _u: None,
+    )
+    assert runner.validate("dp", spec) is None
+    assert [e.event for e in events] == ["rejected"]
+    assert "privacy.target_delta" in (events[0].reason or "")
+    path = tmp_path / "spec.yaml"
+    path.write_text(json.dumps(spec))
+    result = CliRunner().invoke(cli, ["train", "submit", str(path), "--bootstrap", "unused:1"])
+    assert isinstance(result.exception, ConfigError)  # main() prints it, exit 2
+    assert "lower --dp-delta" in result.exception.message
 
 
 # -- resume ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import numpy as np
 from headrace.errors import DatasetError, UnknownName
 from training.datasets.base import DatasetSplits, ImageArrays, RawDataset
 from training.datasets.cifar10 import load_cifar10
+from training.datasets.digits import SAMPLES as DIGITS_SAMPLES
 from training.datasets.digits import load_digits_28
 from training.datasets.mnist import load_mnist
 from training.datasets.schema import SCHEMAS, DatasetSchema, dataset_schema
@@ -39,6 +40,7 @@ __all__ = [
     "lineage_splits",
     "load_splits",
     "split_raw",
+    "train_split_size",
 ]
 
 MIN_SHARD_RECORDS = 20
@@ -49,6 +51,8 @@ DATASETS: dict[str, tuple[Callable[..., RawDataset], bool]] = {
     "mnist": (load_mnist, True),
     "cifar10": (load_cifar10, True),
 }
+EMBEDDED_SIZES: dict[str, int] = {"digits": DIGITS_SAMPLES}
+"""Images of the datasets whose size is known before they are read (not those read from files)."""
 
 
 def load_raw(name: str, data_dir: Path | None = None) -> RawDataset:
@@ -72,7 +76,7 @@ def _stratified_split(
     """Split off `fraction` of the rows, keeping class proportions where possible."""
     counts = np.bincount(arrays.labels)
     classes = int((counts > 0).sum())
-    held_count = math.ceil(fraction * len(arrays))  # as train_test_split rounds
+    held_count = _held_count(fraction, len(arrays))
     # stratifying needs two samples per class and room for every class on both sides
     fits = bool(counts[counts > 0].min() >= 2 and classes <= held_count <= len(arrays) - classes)
 
@@ -89,6 +93,23 @@ def _stratified_split(
 
     keep, held = cached_split(arrays.labels, fraction, seed, fits, compute)
     return arrays.subset(keep), arrays.subset(held)
+
+
+def _held_count(fraction: float, total: int) -> int:
+    """Rows `_stratified_split` splits off `total` (as train_test_split rounds)."""
+    return math.ceil(fraction * total)
+
+
+def train_split_size(
+    name: str, val_fraction: float, test_fraction: float, source: ShardSource | None = None
+) -> int | None:
+    """Images in the train split `load_splits` would give, known without loading the dataset:
+    for an embedded dataset only; None for one read from files or shards (known once read)."""
+    total = EMBEDDED_SIZES.get(name)
+    if total is None or source is not None:
+        return None
+    pool = total - _held_count(test_fraction, total)  # no official test part
+    return pool - _held_count(val_fraction, pool)
 
 
 def split_raw(

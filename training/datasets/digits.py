@@ -25,6 +25,8 @@ IMAGE_SIZE = 28
 SOURCE_SIZE = 8
 SOURCE_MAX = 16.0
 PACKAGE_FILE = ("datasets", "data", "digits.csv.gz")
+SAMPLES = 1797
+"""Images in the dataset, known without reading it (checks of a config use it)."""
 
 
 def digits_csv() -> Path | None:
