@@ -4,14 +4,70 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from headrace.commands.options import FiniteFloatRange, pem_certificates
 from headrace.errors import HeadraceError, InvalidInput
 
+if TYPE_CHECKING:  # numpy and serving load inside the command, not when the CLI starts
+    import numpy as np
+
+    from serving.model_config import PreprocessingSpec
+
 MAX_TIMEOUT_S = 86_400.0
 """A day; 0, negative, NaN or huge deadlines were all answered 'DEADLINE_EXCEEDED'."""
+PIXEL_RANGE = (0, 255)
+"""Raw pixels are 8-bit, as every dataset here stores them and the model's scale expects."""
+
+
+def _value_range(array: np.ndarray) -> tuple[Any, Any]:
+    return (array.min(), array.max()) if array.size else PIXEL_RANGE
+
+
+def as_model_input(
+    array: np.ndarray,
+    wanted: np.dtype[Any],
+    preprocessing: PreprocessingSpec | None,
+    what: str,
+) -> np.ndarray:
+    """`array` as the model input `what` (e.g. "x.npy for input 'input' (FP32)"), or an
+    `InvalidInput` saying why it cannot be. Integer arrays are raw pixels: for a float input
+    they are preprocessed as the model's config says, which only 8-bit pixels fit; for an
+    integer input they are sent as they are when every value fits its datatype. Nothing is
+    converted in a way that changes values (no wrapping, no unscaled pixels)."""
+    import numpy as np
+
+    if array.dtype.kind in "ui" and wanted.kind == "f":
+        if preprocessing is None:
+            raise InvalidInput(
+                f"{what}: the array holds integers ({array.dtype}), which are read as raw "
+                "pixels, but the model's config has no preprocessing to turn them into its "
+                "input; save the array as floats, preprocessed as the model was trained"
+            )
+        low, high = _value_range(array)
+        if low < PIXEL_RANGE[0] or high > PIXEL_RANGE[1]:
+            raise InvalidInput(
+                f"{what}: integer arrays are raw 8-bit pixels, within {PIXEL_RANGE[0]}.."
+                f"{PIXEL_RANGE[1]}, and this one holds {low}..{high}; save the pixels as "
+                "uint8, or save floats preprocessed as the model was trained"
+            )
+        array = preprocessing.apply(array)
+    if array.dtype == wanted:
+        return array
+    if array.dtype.kind in "ui" and wanted.kind in "ui":
+        info = np.iinfo(wanted)
+        low, high = _value_range(array)
+        if low < info.min or high > info.max:
+            raise InvalidInput(
+                f"{what}: the array holds {low}..{high} ({array.dtype}), outside the input's "
+                f"range {info.min}..{info.max}"
+            )
+        return array.astype(wanted)
+    if not np.can_cast(array.dtype, wanted, casting="same_kind"):
+        raise InvalidInput(f"{what}: the array holds {array.dtype}")
+    return array.astype(wanted)
 
 
 @click.command("infer")
@@ -57,8 +113,10 @@ def infer(
 ) -> None:
     """Run MODEL on the array in --input through the gRPC server at --url.
 
-    Integer arrays (raw pixels) are preprocessed as the model's config says
-    (scale, per-channel mean and std) before they are sent.
+    Integer arrays are raw 8-bit pixels (0..255): for a float input they are
+    preprocessed as the model's config says (scale, per-channel mean and std)
+    before they are sent; an integer input takes them when its datatype holds
+    every value. Anything else that would change the values is refused.
     """
     import grpc
     import numpy as np
@@ -80,17 +138,9 @@ def infer(
         dims = list(spec.shape)
         if array.ndim == len(dims) - 1:  # one sample: add the batch axis
             array = array[np.newaxis]
-        wanted = DATATYPE_TO_NUMPY[spec.datatype]
         view = client.model_config(model, version)
-        if array.dtype.kind in "ui" and wanted.kind == "f" and view.preprocessing is not None:
-            array = view.preprocessing.apply(array)  # raw pixels
-        if array.dtype != wanted:
-            if not np.can_cast(array.dtype, wanted, casting="same_kind"):
-                raise InvalidInput(
-                    f"{input_file.name} holds {array.dtype}; "
-                    f"input {spec.name!r} wants {spec.datatype}"
-                )
-            array = array.astype(wanted)
+        what = f"{input_file.name} for input {spec.name!r} ({spec.datatype})"
+        array = as_model_input(array, DATATYPE_TO_NUMPY[spec.datatype], view.preprocessing, what)
         result = client.infer(model, {spec.name: array}, version, timeout_s)
     except grpc.RpcError as exc:  # exit 2 like every other error, not 1
         raise HeadraceError(f"{exc.code().name}: {exc.details()}") from None

@@ -4,6 +4,7 @@ tokens, a full queue (exactly the overflow refused) and expired deadlines (never
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -610,3 +611,46 @@ def test_headrace_infer_reports_bad_files_and_server_errors_in_one_line(
         assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
     done = infer(MODEL, good)
     assert done.returncode == 0 and "row 0: argmax" in done.stdout, done.stderr
+
+
+def test_headrace_infer_refuses_integers_it_cannot_send_unchanged(
+    tmp_path: Path, model_files: ModelFiles
+) -> None:
+    """Integer arrays are raw 8-bit pixels. 16-bit or negative values were scaled as if they
+    were (garbage in, an answer out), and integers for a model without preprocessing were
+    sent unscaled as floats; each is now one line, exit 2. Pixels in 0..255 are still
+    preprocessed as the config says."""
+    import subprocess
+    import sys
+
+    from serving.model_config import PreprocessingSpec
+
+    spec = PreprocessingSpec(mean=[0.1307], std=[0.3081])
+    root = tmp_path / "repo"
+    publish(root, lenet_config("pixels", preprocessing=spec), model_files.lenet_a)
+    publish(root, lenet_config("plain"), model_files.lenet_a)
+    pixels = np.random.default_rng(0).integers(0, 256, (1, *LENET_DIMS)).astype(np.uint8)
+    cases: list[tuple[str, np.ndarray, str | None]] = [
+        ("pixels", pixels.astype(np.uint16) * 4, "raw 8-bit pixels, within 0..255"),
+        ("pixels", pixels.astype(np.int64) - 1, "raw 8-bit pixels, within 0..255"),
+        ("plain", pixels, "has no preprocessing to turn them into its input"),
+        ("pixels", pixels, None),
+    ]
+    with running_server(root, "--poll-interval-s", "0", log_dir=tmp_path) as server:
+        for index, (model, array, message) in enumerate(cases):
+            array_file = tmp_path / f"case-{index}.npy"
+            np.save(array_file, array)
+            done = subprocess.run(
+                [sys.executable, "-m", "headrace", "infer", "--model", model,
+                 "--input", str(array_file), "--url", server.address, "--json"],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            if message is None:
+                assert done.returncode == 0, done.stderr
+                got = np.asarray(json.loads(done.stdout)["outputs"]["logits"], np.float32)
+                want = reference(model_files.lenet_a, spec.apply(pixels))
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+                continue
+            assert done.returncode == 2, (model, done.returncode, done.stdout, done.stderr)
+            assert message in done.stderr, done.stderr
+            assert len(done.stderr.strip().splitlines()) == 1, done.stderr
