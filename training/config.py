@@ -17,6 +17,11 @@ from training.models import MODELS, build_model
 from training.preprocess.config import PreprocessConfig
 from training.privacy import privacy_problems, with_dp_defaults
 
+MAX_SERVING_BATCH = 65_536
+"""Largest max_batch_size a trained model is published with. config.json's goes into Triton's
+ModelConfig.max_batch_size (an int32: from 2**31 on, the ModelConfig call fails for the model);
+batches of more rows than a training batch may hold are no serving batch either."""
+
 
 class TrainConfig(BaseModel):
     """Everything `headrace train` needs; flags and environment settings fill it in."""
@@ -42,7 +47,12 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(default=1e-3, gt=0, le=10)
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
-    weight_decay: float = Field(default=0.0, ge=0)
+    weight_decay: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,  # torch overflows float32 on 1e308 ('value cannot be converted ...'), NaN on inf
+        description="L2 penalty on the weights (typically 1e-6 to 1e-1); 0 = none.",
+    )
     lr_schedule: Literal["plateau", "cosine", "none"] = Field(
         default="plateau",
         description="plateau: halve the learning rate after 2 epochs without a better val loss; "
@@ -74,7 +84,10 @@ class TrainConfig(BaseModel):
         default=None, description="Checkpoint file or run folder to resume."
     )
     max_batch_size: int = Field(
-        default=64, ge=1, description="Serving max batch size in config.json."
+        default=64,
+        ge=1,
+        le=MAX_SERVING_BATCH,
+        description="Serving max batch size in config.json.",
     )
     progress: bool = Field(default=True, description="Show a progress bar on stderr.")
     adversarial: AdversarialConfig | None = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -132,3 +133,38 @@ def test_a_name_serving_other_inputs_is_refused_before_training(
     assert "its inputs and labels differ" in err and "another name (--name)" in err
     assert config_file.read_bytes() == before
     assert not (tmp_path / "runs" / "lenet5-digits-r").exists()  # no epoch was trained
+
+
+ABSURD_SPEC_VALUES: dict[str, tuple[dict[str, Any], str]] = {
+    # torch: 'value cannot be converted to type float without overflow', after the data loaded
+    "weight_decay": ({"weight_decay": 1e308}, "weight_decay: Input should be less than or equal"),
+    # 1e309 reads as infinity: the loss became NaN after a whole epoch (TrainingDiverged)
+    "weight_decay inf": ({"weight_decay": 1e309}, "weight_decay: Input should be less than"),
+    # torch could not allocate 10**15 bytes for the padded batch
+    "crop_padding": (
+        {"preprocess": {"augment": {"crop_padding": 10**6}}},
+        "preprocess.augment.crop_padding: Input should be less than or equal to 16",
+    ),
+    # published, then Triton's ModelConfig (max_batch_size int32) failed for the model
+    "max_batch_size": ({"max_batch_size": 2**31}, "max_batch_size: Input should be less than"),
+    "batch of 10**9": ({"max_batch_size": 10**9}, "max_batch_size: Input should be less than"),
+}
+
+
+@pytest.mark.parametrize("name", list(ABSURD_SPEC_VALUES))
+def test_absurd_numbers_in_a_spec_are_refused_when_it_is_validated(name: str) -> None:
+    """Before: each was accepted (`train submit`, the agent's `accepted`) and the job crashed
+    later, after the data had loaded or once it was published."""
+    from training.job_spec import parse_job_spec
+
+    values, expected = ABSURD_SPEC_VALUES[name]
+    with pytest.raises(ConfigError, match=expected):
+        parse_job_spec({"model": "lenet5", **values})
+
+
+def test_a_search_space_reaching_an_absurd_weight_decay_is_refused() -> None:
+    from training.tuning.search_space import check_search_space
+
+    space = {"weight_decay": {"_type": "loguniform", "_value": [1e-6, 1e308]}}
+    with pytest.raises(ConfigError, match="weight_decay: value 1e[+]308 is refused"):
+        check_search_space(space)

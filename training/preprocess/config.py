@@ -19,7 +19,10 @@ class AugmentConfig(BaseModel):
 
     enabled: bool = True
     crop_padding: int = Field(
-        default=2, ge=0, description="Pixels of zero padding before a random crop."
+        default=2,
+        ge=0,
+        le=16,  # more pads 28x28 or 32x32 images mostly with zeros; 10**6 fails to allocate
+        description="Pixels of zero padding before a random crop.",
     )
     rotation_deg: float = Field(
         default=10.0, ge=0, le=45, description="Largest random rotation, degrees."
