@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -230,10 +231,42 @@ class InferenceServer:
             await self._server.wait_for_termination()
 
 
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why no address of `host` can listen on `port` (None when one can), as the OS says.
+
+    Asked before grpc binds: grpc's own refusal comes with a line of its C++ log on stderr
+    ('E... add_port.cc:83] Failed to add port to server: ...'), ahead of headrace's message.
+    Like grpc, it is enough that one of the host's addresses takes the port, and
+    SO_REUSEADDR lets a port held only by closed connections (TIME_WAIT) be taken again."""
+    try:
+        addresses = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"{host!r} is not a host name or address here ({exc})"
+    problem = "no address"
+    for family, kind, proto, _, sockaddr in addresses:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(sockaddr)
+                probe.listen()
+            return None
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+    return problem
+
+
 def _bind(server: grpc.aio.Server, cfg: ServeConfig) -> int:
     """Add the listening port (TLS when configured); a ConfigError says why it cannot be."""
     host = cfg.host if ":" not in cfg.host or cfg.host.startswith("[") else f"[{cfg.host}]"
     address = f"{host}:{cfg.port}"
+    problem = _bind_problem(cfg.host, cfg.port)
+    if problem is not None:
+        raise ConfigError(
+            f"cannot listen on {address}: {problem}; pick another --port (0 picks a free one) "
+            "or a --host that is an address of this machine"
+        )
     credentials = None
     if cfg.tls_cert is not None and cfg.tls_key is not None:
         try:  # grpc only says "failed to bind" for a key that does not fit its certificate

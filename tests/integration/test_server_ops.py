@@ -415,7 +415,9 @@ def test_start_up_errors_are_one_line_and_come_before_loading(tmp_path: Path) ->
         taken.listen()
         port = str(taken.getsockname()[1])
         cases = [
-            (("--port", port), f"cannot listen on 127.0.0.1:{port}: the port is taken"),
+            (("--port", port), f"cannot listen on 127.0.0.1:{port}: Address already in use"),
+            (("--port", "0", "--host", "192.0.2.1"),  # TEST-NET-1: no machine's address
+             "cannot listen on 192.0.2.1:0: Cannot assign requested address"),
             (("--port", "0", "--tls-cert", str(first), "--tls-key", str(other_key)),
              "are not a PEM certificate and its private key"),
             (("--repository", str(tmp_path / "typo")), "does not exist; pass --repository"),
@@ -424,3 +426,6 @@ def test_start_up_errors_are_one_line_and_come_before_loading(tmp_path: Path) ->
             done = serve(*args)
             assert done.returncode == 2, done.stderr
             assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+            # only headrace's line: grpc's C++ log ('E... add_port.cc:83] Failed to add
+            # port ...') came first
+            assert len(done.stderr.strip().splitlines()) == 1, done.stderr
