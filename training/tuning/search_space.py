@@ -14,12 +14,13 @@ validated whole (unknown keys, unknown or unbounded types, bad bounds, values a
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from headrace.errors import ConfigError
 from training.config import TrainConfig
@@ -48,6 +49,8 @@ TUNABLE: dict[str, type] = {
 }
 """TrainConfig fields a search space may tune, with the kind of value each takes."""
 
+MAX_LISTED_VALUES = 5
+"""Refused values of one parameter listed in an error; the rest are counted."""
 RANGE_TYPES = frozenset({"uniform", "quniform", "loguniform", "qloguniform", "randint"})
 BOUNDED_TYPES = RANGE_TYPES | {"choice"}
 UNBOUNDED_TYPES = frozenset({"normal", "qnormal", "lognormal", "qlognormal"})
@@ -89,9 +92,7 @@ def _range_problems(key: str, kind: str, value: Any, field_type: type) -> list[s
 
 
 def _extremes(kind: str, value: list[Any]) -> list[Any]:
-    """The values of a distribution to try against TrainConfig: its ends, or every choice."""
-    if kind == "choice":
-        return list(value)
+    """The values of a range distribution to try against TrainConfig: its ends."""
     if kind == "randint":  # NNI draws from [low, high)
         return [int(value[0]), int(value[1]) - 1]
     return [value[0], value[1]]
@@ -128,8 +129,8 @@ def check_search_space(space: Any, source: str = "search space") -> dict[str, di
             found = _value_problems(key, value)
         else:
             found = _range_problems(key, kind, value, TUNABLE[key])
-        if not found:
-            found = _value_problems(key, _extremes(kind, value))
+            if not found:
+                found = _value_problems(key, _extremes(kind, value))
         problems.extend(found)
     if problems:
         raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(problems))
@@ -137,14 +138,55 @@ def check_search_space(space: Any, source: str = "search space") -> dict[str, di
 
 
 def _value_problems(key: str, values: list[Any]) -> list[str]:
-    """Values of `key` that TrainConfig refuses (each checked on the default config)."""
-    problems = []
-    for value in values:
+    """Values of `key` that TrainConfig refuses, at most `MAX_LISTED_VALUES` of them listed.
+
+    Each distinct value is checked against the field's own type and bounds (microseconds);
+    only the smallest and largest numbers that pass, or each name that passes, are checked
+    against the whole default TrainConfig, whose cross-field rules on tunable fields only
+    ever bound a number from one side (batch_size >= workers). Validating every choice as a
+    TrainConfig took 19 s for 99,000 choices.
+    """
+    refused: list[str] = []
+    passed: list[Any] = []
+    adapter = _field_adapter(key)
+    for value in _distinct(values):
+        try:
+            adapter.validate_python(_coerce(key, value))
+        except ValidationError as exc:
+            reason = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+            refused.append(f"{key}: value {value!r} is refused: {key}: {reason}")
+            continue
+        passed.append(value)
+    if passed and TUNABLE[key] is not str:
+        passed = [min(passed), max(passed)] if len(passed) > 1 else passed
+    for value in passed:
         try:
             apply_params(TrainConfig(), {key: value})
         except ConfigError as exc:
-            problems.append(f"{key}: value {value!r} is refused: {_first_line(exc.message)}")
-    return problems
+            refused.append(f"{key}: value {value!r} is refused: {_first_line(exc.message)}")
+    if len(refused) > MAX_LISTED_VALUES:
+        cut = len(refused) - MAX_LISTED_VALUES
+        refused = [*refused[:MAX_LISTED_VALUES], f"{key}: ... and {cut:,} more values refused"]
+    return refused
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    """`values` without repeats, in order (1, 1.0 and True stay apart: they validate apart)."""
+    seen: set[Any] = set()
+    out = []
+    for value in values:
+        marker = (type(value), repr(value) if isinstance(value, list | dict) else value)
+        if marker not in seen:
+            seen.add(marker)
+            out.append(value)
+    return out
+
+
+@functools.cache
+def _field_adapter(key: str) -> TypeAdapter[Any]:
+    """Validates one value of TrainConfig's field `key` alone (its type and bounds)."""
+    field = TrainConfig.model_fields[key]
+    return TypeAdapter(Annotated[field.annotation, field])  # type: ignore[arg-type]
 
 
 def _first_line(message: str) -> str:
