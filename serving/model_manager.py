@@ -282,7 +282,15 @@ class ModelManager:
             listed = ", ".join(map(str, missing))
             errors.append(f"model {name!r}: version policy asks for version(s) {listed}, not found")
         current = dict(self._ready.get(name, {}))
-        edited = await self._edited_config(name, current) if retry_failed else None
+        edited = None
+        if retry_failed:
+            try:
+                edited = await self._edited_config(name, current)
+            except RepositoryError as exc:  # the loaded versions keep serving as they are
+                errors.append(
+                    f"{exc.message}; the loaded version(s) keep serving with the config they "
+                    "were loaded with"
+                )
         republished = await asyncio.to_thread(self._republished, name, current)
         replaced: list[LoadedVersion] = []
         for version in selected:
@@ -457,13 +465,11 @@ class ModelManager:
         self, name: str, current: dict[int, LoadedVersion]
     ) -> ModelConfig | None:
         """For an explicit load: the model's config.json when it differs from the one its
-        loaded versions run with (they are then reloaded, as Triton does), else None."""
+        loaded versions run with (they are then reloaded, as Triton does), else None; a
+        RepositoryError when it is invalid (an explicit load must say so, not answer OK)."""
         if not current:
             return None
-        try:
-            config = await asyncio.to_thread(self.repository.config, name)
-        except RepositoryError:
-            return None  # invalid now: the loaded versions keep serving as they are
+        config = await asyncio.to_thread(self.repository.config, name)
         unchanged = all(v.config == version_config(config, v.metadata) for v in current.values())
         return None if unchanged else config
 

@@ -691,6 +691,44 @@ def test_an_explicit_load_applies_an_edited_config_and_a_deleted_specific_versio
     run(scenario)
 
 
+def _edited(**changes: object) -> Callable[[str], str]:
+    return lambda text: json.dumps({**json.loads(text), **changes})
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda text: "{ not json", "invalid config.json: Invalid JSON"),
+        (_edited(max_batch_size=-3), "invalid config.json: max_batch_size"),
+        (_edited(name="other"), "config.json names model 'other'"),
+    ],
+)
+def test_an_explicit_load_of_an_invalid_config_fails_and_the_served_version_stays(
+    repo: ModelRepository, onnx_files, expected, edit: Callable[[str], str], message: str
+) -> None:
+    """An explicit load (RepositoryModelLoad) after config.json was made invalid answered OK
+    and applied nothing; it now fails naming the problem, while the loaded version keeps
+    serving as it was; the next poll, which leaves served versions alone, forgets it."""
+    publish(repo, onnx_files["a"])
+    config_file = repo.version_dir("digits", 1).parent / "config.json"
+
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        await manager.load_all()
+        served = manager.get("digits")
+        config_file.write_text(edit(config_file.read_text()))
+        with pytest.raises(ModelLoadError, match=message) as refused:
+            await manager.load("digits")
+        assert "keep serving" in refused.value.message
+        assert manager.get("digits") is served
+        assert which((await infer(manager))[1], expected) == "a"
+        await manager.poll_once()
+        assert manager.get("digits") is served and manager.failures() == {}
+        await manager.close()
+
+    run(scenario)
+
+
 def test_each_served_version_runs_with_its_own_preprocessing(
     repo: ModelRepository, onnx_files
 ) -> None:
