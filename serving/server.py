@@ -67,6 +67,12 @@ class ServeConfig(BaseModel):
     tls_cert: Path | None = None
     tls_key: Path | None = None
 
+    @property
+    def address_host(self) -> str:
+        """The host as written before ':port' in an address: an IPv6 one in brackets."""
+        bare = self.host.strip("[]")
+        return f"[{bare}]" if ":" in bare else bare
+
     @model_validator(mode="after")
     def _tls_pair(self) -> ServeConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -193,7 +199,7 @@ class InferenceServer:
             self._track(asyncio.create_task(polling))
         self._track(asyncio.create_task(self.autoscaler.run(cfg.autoscale_interval_s, self._stop)))
         auth = f"bearer token ({cfg.auth_scope})" if cfg.auth_token else "off"
-        log.info("serving on %s:%d (auth %s, tls %s)", cfg.host, self.port, auth,
+        log.info("serving on %s:%d (auth %s, tls %s)", cfg.address_host, self.port, auth,
                  "on" if cfg.tls_cert else "off")  # fmt: skip
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -259,8 +265,7 @@ def _bind_problem(host: str, port: int) -> str | None:
 
 def _bind(server: grpc.aio.Server, cfg: ServeConfig) -> int:
     """Add the listening port (TLS when configured); a ConfigError says why it cannot be."""
-    host = cfg.host if ":" not in cfg.host or cfg.host.startswith("[") else f"[{cfg.host}]"
-    address = f"{host}:{cfg.port}"
+    address = f"{cfg.address_host}:{cfg.port}"
     problem = _bind_problem(cfg.host, cfg.port)
     if problem is not None:
         raise ConfigError(

@@ -139,7 +139,7 @@ def serve(
     def announce(server: InferenceServer) -> None:
         models = ", ".join(f"{n}:{v}" for n, v in server.manager.loaded().items()) or "none"
         click.echo(
-            f"serving grpc={config.host}:{server.port} metrics={server.metrics_port} "
+            f"serving grpc={config.address_host}:{server.port} metrics={server.metrics_port} "
             f"models={models}",
             nl=True,
         )

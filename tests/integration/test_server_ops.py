@@ -429,3 +429,28 @@ def test_start_up_errors_are_one_line_and_come_before_loading(tmp_path: Path) ->
             # only headrace's line: grpc's C++ log ('E... add_port.cc:83] Failed to add
             # port ...') came first
             assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_an_ipv6_host_is_announced_as_an_address_clients_can_use(
+    tmp_path: Path, model_files: ModelFiles
+) -> None:
+    """`--host ::1` was announced as 'grpc=::1:PORT' (and logged 'serving on ::1:PORT'),
+    which no client can connect to; the host goes in brackets, as in the address bound."""
+    publish(tmp_path, lenet_config(MODEL), model_files.lenet_a)
+    with running_server(tmp_path, "--host", "::1", log_dir=tmp_path) as server:
+        assert server.address.startswith("[::1]:"), server.address
+        with inference_stub(server.address) as stub:
+            assert stub.ModelReady(pb.ModelReadyRequest(name=MODEL), timeout=30).ready
+        wait_until(lambda: f"serving on {server.address}" in server.log_tail(), "the log line")
