@@ -55,6 +55,9 @@ class JobAgentConfig(BaseModel):
     data_root: Path = Field(
         default=DEFAULT_DATA_ROOT, description="Data root of jobs that train on ingested shards."
     )
+    data_dir: Path | None = Field(
+        default=None, description="Folder of file-based datasets jobs may name (with data_root)."
+    )
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="Prometheus /metrics port (0 = free, None = off)."
     )
@@ -106,6 +109,7 @@ class JobAgent:
                 runs_dir=config.runs_dir,
                 available_cpus=available_cpus,
                 data_root=config.data_root,
+                data_dir=config.data_dir,
             ),
             train,  # type: ignore[arg-type]
             self.emit,

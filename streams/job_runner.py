@@ -24,7 +24,13 @@ from streams.job_messages import ModelUpdate, TrainingEvent
 from training.checkpoint import checkpoint_path
 from training.config import TrainConfig
 from training.datasets.shards import DEFAULT_DATA_ROOT, ShardSource
-from training.job_spec import TrainingJobSpec, parse_job_spec, spec_to_json
+from training.job_spec import (
+    TrainingJobSpec,
+    parse_job_spec,
+    paths_outside,
+    resolved,
+    spec_to_json,
+)
 from training.loop import EpochRecord
 from training.recipe import REPORT_FILE, TrainReport
 
@@ -46,6 +52,16 @@ class JobRunnerConfig(BaseModel):
     data_root: Path = Field(
         default=DEFAULT_DATA_ROOT, description="Data root of jobs that train on ingested shards."
     )
+    data_dir: Path | None = Field(
+        default=None,
+        description="Folder of file-based datasets (HEADRACE_DATA_DIR); with the data root, "
+        "the only place a job spec may name a path in.",
+    )
+
+    @property
+    def data_folders(self) -> list[Path]:
+        """The folders a job spec's paths must lie in."""
+        return [self.data_root] + ([self.data_dir] if self.data_dir is not None else [])
 
 
 class JobRunner:
@@ -71,6 +87,9 @@ class JobRunner:
             if spec is None:
                 raise ConfigError("a submit command needs a spec")
             parsed = parse_job_spec({**spec, "job_id": job_id}, self.config.available_cpus)
+            outside = paths_outside(parsed, self.config.data_folders)
+            if outside:
+                raise ConfigError("invalid job spec:\n  " + "\n  ".join(outside))
         except ConfigError as exc:
             self._emit(TrainingEvent(job_id=job_id, event="rejected", reason=exc.message))
             return None
@@ -83,15 +102,22 @@ class JobRunner:
         return parsed
 
     def train_config(self, spec: TrainingJobSpec) -> TrainConfig:
-        """The spec's training settings with the agent's folders and the job's lineage."""
-        return spec.train.model_copy(
+        """The spec's training settings with the agent's folders and the job's lineage; the
+        paths the spec names, resolved as `validate` checked them (absolute for Ray)."""
+        train = spec.train
+        watermark = train.watermark
+        return train.model_copy(
             update={
                 "repository": self.config.repository,
                 "runs_dir": self.config.runs_dir,
                 "run_id": spec.job_id,
                 "progress": False,
-                "lineage": {**spec.train.lineage, "job_id": spec.job_id},
-                "data_source": self._shard_source(spec.train.data_source),
+                "lineage": {**train.lineage, "job_id": spec.job_id},
+                "data_dir": None if train.data_dir is None else resolved(train.data_dir),
+                "data_source": self._shard_source(train.data_source),
+                "watermark": None
+                if watermark is None
+                else watermark.model_copy(update={"key_file": resolved(watermark.key_file)}),
             }
         )
 
@@ -99,7 +125,7 @@ class JobRunner:
         """The agent's data root, as an absolute path (Ray workers may run elsewhere)."""
         if source is None:
             return None
-        root = (source.root or self.config.data_root).resolve()
+        root = resolved(source.root or self.config.data_root)
         return source.model_copy(update={"root": root})
 
     def execute(

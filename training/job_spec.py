@@ -5,7 +5,9 @@ A spec names the job and its limits and carries the training settings
 `privacy`, `watermark`, `data_source` to train on ingested shards up to an
 offset per partition). Keys may sit at the top level, as users write them,
 or under `train:`. Where models are stored and runs are kept is the agent's
-business, so a spec cannot set those. `parse_job_spec` reports every problem
+business, so a spec cannot set those; the paths it may name (`SPEC_PATHS`: a
+dataset folder, a shards root, a watermark key) must lie inside the agent's data
+folders (`paths_outside`, checked by the agent). `parse_job_spec` reports every problem
 at once, resource checks included, before anything reaches Ray. A spec with
 `kind: tune` and a `tune:` section (tuner, assessor, trials, concurrency,
 search_space) is a tuning job: the training settings are every trial's base.
@@ -16,6 +18,8 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -29,6 +33,8 @@ SCHEMA_VERSION = 1
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 AGENT_OWNED = frozenset({"repository", "runs_dir", "run_id", "resume", "progress", "lineage"})
 """TrainConfig fields the agent sets; a spec that sets them is refused."""
+SPEC_PATHS = ("data_dir", "data_source.root", "watermark.key_file")
+"""Every path a job spec can name (the agent sets the others): what the agent would read."""
 
 
 def new_job_id() -> str:
@@ -161,3 +167,35 @@ def spec_to_json(spec: TrainingJobSpec) -> str:
 
 def valid_job_id(job_id: str) -> bool:
     return re.match(JOB_ID_PATTERN, job_id) is not None
+
+
+def spec_paths(train: TrainConfig) -> dict[str, Path]:
+    """The paths of `SPEC_PATHS` that `train` names, by field."""
+    named = {
+        "data_dir": train.data_dir,
+        "data_source.root": train.data_source.root if train.data_source else None,
+        "watermark.key_file": train.watermark.key_file if train.watermark else None,
+    }
+    return {field: path for field, path in named.items() if path is not None}
+
+
+def resolved(path: Path) -> Path:
+    """`path` as the agent reads it: user folder expanded, absolute, symlinks followed."""
+    return path.expanduser().resolve()
+
+
+def paths_outside(spec: TrainingJobSpec, folders: Sequence[Path]) -> list[str]:
+    """Why `spec` names a path outside `folders` (one problem per field; empty if none).
+
+    The agent runs jobs from anyone who can produce to `training-jobs`: a path outside its
+    data folders would make it read (and train on, and publish a model of) any folder or
+    file its account can read. The problems name the field and what the spec gave, never
+    the agent's own folders.
+    """
+    roots = [resolved(folder) for folder in folders]
+    return [
+        f"{field}: {str(path)!r:.200} is outside the training agent's data folders (its data "
+        "root and HEADRACE_DATA_DIR); name a path inside them"
+        for field, path in spec_paths(spec.train).items()
+        if not any(resolved(path).is_relative_to(root) for root in roots)
+    ]

@@ -175,6 +175,7 @@ def agent(
         group_id=group,
         ray_cpus=ray_cpus,
         data_root=settings.data_root,  # jobs with `data_source: {kind: shards}` read it
+        data_dir=settings.data_dir,  # with data_root, the only folders a spec may name
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )
