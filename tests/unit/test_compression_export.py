@@ -16,11 +16,15 @@ from torch import nn
 from headrace.errors import CompressionError, ExportMismatch
 from training.compression.onnx_export import (
     INT4_OPSET,
+    MIN_TOLERANCE,
+    allowed_difference,
     export_quantized,
+    judge_export,
     session,
     verify_quantized,
 )
 from training.compression.quantization import FakeQuantLayer, QatSession
+from training.datasets import load_splits
 from training.export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from training.models import build_model
 
@@ -160,3 +164,98 @@ def test_verify_refuses_a_file_of_another_model(exported) -> None:
     x = torch.randn(8, *SHAPE)
     with pytest.raises(ExportMismatch, match="differs from the torch"):
         verify_quantized(other, path, [x], tolerance=0.05)
+
+
+# -- the check on near-untrained models, whose logits nearly tie -------------------------------
+
+
+def _digits(images: np.ndarray) -> torch.Tensor:
+    return (torch.from_numpy(images.astype("float32")) / 255.0 - 0.5) / 0.5
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[nn.Module, Path]]:
+    """Freshly initialised LeNet-5s, QAT scales from one forward pass on digits, exported.
+
+    Seeds picked so that int4 has an input (test digit 135) whose two best logits are
+    0.0005 apart, which ONNX Runtime (off by 0.0005 there) ranks the other way round.
+    """
+    folder = tmp_path_factory.mktemp("fresh")
+    train = load_splits("digits", None, 0, 0.1, 0.1).train
+    out = {}
+    for bits, seed in ((8, 0), (4, 91)):
+        torch.manual_seed(seed)
+        model = build_model("lenet5").train()
+        qat = QatSession(model, bits)
+        with torch.no_grad():
+            model(_digits(train.images[:64]))
+        exported = qat.export_model()
+        out[bits] = (exported, export_quantized(exported, SHAPE, folder / f"{bits}.onnx", bits))
+    return out
+
+
+def test_near_tied_logits_ranked_the_other_way_round_are_no_mismatch(fresh) -> None:
+    model, path = fresh[4]
+    x = _digits(load_splits("digits", None, 0, 0.1, 0.1).test.images[120:152])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    (actual,) = session(path).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
+    flipped = actual.argmax(1) != expected.argmax(1)
+    assert flipped.sum() == 1  # 97% agreement: refused before
+    top2 = np.sort(expected[flipped][0])[-2:]
+    assert top2[1] - top2[0] < 0.001
+    assert verify_quantized(model, path, [x], tolerance=0.05) < 0.001
+
+
+def test_classes_count_only_where_the_margin_exceeds_the_allowed_error() -> None:
+    rng = np.random.default_rng(0)
+    expected = rng.normal(0, 0.05, (100, 10)).astype(np.float32)
+    expected[:, 0] = expected.max(1) + 0.02  # class 0 clearly first ...
+    expected[:5, 1] = expected[:5, 0] - 0.002  # ... but for 5 rows nearly tied with class 1
+    actual = expected.copy()
+    actual[:5, 1] += 0.003  # within the allowed error; class 1 now wins those rows
+    assert judge_export(expected, actual, tolerance=0.05) == pytest.approx(0.003)
+    decided = expected.copy()
+    decided[:5, 1] = expected[:5, 0] - 1.5 * MIN_TOLERANCE  # further apart than allowed ...
+    assert allowed_difference(decided, tolerance=0.05) == MIN_TOLERANCE
+    moved = decided.copy()
+    moved[:5, 1] += 0.9 * MIN_TOLERANCE  # ... each logit within the allowed error,
+    moved[:5, 0] -= 0.9 * MIN_TOLERANCE  # yet class 1 first: a mismatch
+    with pytest.raises(ExportMismatch, match="same class on 95.0% of the 100 of 100 inputs"):
+        judge_export(decided, moved, tolerance=0.05)
+
+
+def _edited(path: Path, out: Path, layer: int, edit: str) -> Path:
+    """A copy of a QDQ file with a weight's scale x1.25 or its first two output channels swapped."""
+    proto = onnx.load(str(path))
+    inits = {t.name: t for t in proto.graph.initializer}
+    constants = {n.output[0]: n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant"}
+    weights = [
+        n for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and len(inits.get(n.input[0], TensorProto()).dims) >= 2
+    ]  # fmt: skip
+    node = weights[layer]
+    if edit == "scale":
+        tensor = inits.get(node.input[1]) or constants[node.input[1]]
+        value = numpy_helper.to_array(tensor) * np.float32(1.25)
+    else:
+        tensor = inits[node.input[0]]
+        value = numpy_helper.to_array(tensor).copy()
+        value[[0, 1]] = value[[1, 0]]
+    tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+    onnx.save(proto, str(out))
+    return out
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize(("layer", "edit"), [(0, "scale"), (2, "scale"), (1, "swap"), (3, "swap")])
+def test_a_broken_export_of_a_near_untrained_model_is_refused(
+    fresh, tmp_path: Path, bits: int, layer: int, edit: str
+) -> None:
+    model, path = fresh[bits]
+    broken = _edited(path, tmp_path / "broken.onnx", layer, edit)
+    x = _digits(load_splits("digits", None, 0, 0.1, 0.1).test.images)
+    noise = torch.randn(64, *SHAPE, generator=torch.Generator().manual_seed(0))
+    assert verify_quantized(model, path, [x, noise], tolerance=0.05) < 0.002
+    with pytest.raises(ExportMismatch, match="differs from the torch fake-quantized model"):
+        verify_quantized(model, broken, [x, noise], tolerance=0.05)
