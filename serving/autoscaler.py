@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from headrace.errors import ModelNotFound, ModelNotReady
 from serving.metrics import ServingMetrics
 from serving.model_manager import LoadedVersion, ModelManager
 
@@ -79,16 +80,32 @@ class Autoscaler:
             return max(current - 1, policy.min_instances)
         return max(min(current, policy.max_instances), policy.min_instances)
 
+    def _still_served(self, loaded: LoadedVersion) -> bool:
+        try:
+            return self.manager.get(loaded.name, loaded.version) is loaded
+        except (ModelNotFound, ModelNotReady):
+            return False
+
     async def step(self) -> list[Decision]:
-        """Evaluate every loaded version once and apply the changes."""
+        """Evaluate every loaded version once and apply the changes. A version retired (hot
+        reload, unload) while the step resized another is left alone: building sessions
+        for it is wasted, and once closed it refuses them (ModelNotReady)."""
         decisions: list[Decision] = []
-        for loaded in self._loaded_versions():
+        served = self._loaded_versions()
+        keys = {(loaded.name, loaded.version) for loaded in served}
+        self.tracks = {key: track for key, track in self.tracks.items() if key in keys}
+        for loaded in served:
+            if not self._still_served(loaded):
+                continue
             current = loaded.model.instances
             wanted = self.plan(loaded)
             if wanted == current:
                 continue
             track = self.tracks[(loaded.name, loaded.version)]
-            await asyncio.to_thread(loaded.model.set_instances, wanted)
+            try:
+                await asyncio.to_thread(loaded.model.set_instances, wanted)
+            except ModelNotReady:  # closed while its sessions were built: retired meanwhile
+                continue
             loaded.batcher.set_concurrency(wanted)
             track.last_change = self.clock()
             decision = Decision(loaded.name, loaded.version, current, wanted, track.depth)

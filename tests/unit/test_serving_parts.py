@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from headrace.errors import InvalidInput
+from headrace.errors import InvalidInput, ModelNotFound, ModelNotReady
 from serving.auth import BearerTokenInterceptor, token_matches
 from serving.autoscaler import Autoscaler
 from serving.model_config import AutoscalingConfig, ModelConfig, TensorSpec
@@ -144,6 +144,54 @@ def test_scales_up_under_queue_and_down_when_idle_with_cooldown() -> None:
         now[0] = t
         asyncio.run(scaler.step())
     assert entry.model.instances == 1  # back to min_instances, never below
+
+
+class ClosingModel(FakeModel):
+    """A retired version's model: closed, it refuses to grow (as OnnxModel does)."""
+
+    def set_instances(self, n: int) -> None:
+        raise ModelNotReady("model file 'model.onnx' was unloaded")
+
+
+class RetiringManager:
+    """Two versions; the second is retired (closed) while the first one's sessions are built."""
+
+    def __init__(self, first: FakeLoaded, second: FakeLoaded) -> None:
+        self.entries = {1: first, 2: second}
+        first_resize = first.model.set_instances
+
+        def resize_and_retire(n: int) -> None:
+            first_resize(n)
+            self.entries.pop(2, None)
+
+        first.model.set_instances = resize_and_retire  # type: ignore[method-assign]
+
+    def loaded(self) -> dict[str, list[int]]:
+        return {"m": sorted(self.entries)}
+
+    def get(self, name: str, version: int) -> FakeLoaded:
+        if version not in self.entries:
+            raise ModelNotFound(f"model 'm' has no ready version {version}")
+        return self.entries[version]
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_a_version_retired_during_a_step_is_left_alone(closed: bool) -> None:
+    """Both versions' queues ask for an instance more. The second was retired (a hot reload)
+    while the first's new session was built: it was resized all the same (sessions built for
+    a version on its way out), or, once closed, its ModelNotReady ended the step (an
+    'autoscaler step failed' traceback in the log) and skipped the versions after it."""
+    policy = AutoscalingConfig(min_instances=1, max_instances=3, target_queue_depth=1, cooldown_s=0)
+    config = CONFIG.model_copy(update={"autoscaling": policy})
+    first = FakeLoaded("m", 1, config, FakeModel(), FakeBatcher(queue_depth=10))
+    model = ClosingModel() if closed else FakeModel()
+    second = FakeLoaded("m", 2, config, model, FakeBatcher(queue_depth=10))
+    scaler = Autoscaler(RetiringManager(first, second))  # type: ignore[arg-type]
+    decisions = asyncio.run(scaler.step())
+    assert [(d.version, d.old, d.new) for d in decisions] == [(1, 1, 2)]
+    assert second.model.instances == 1 and second.batcher.concurrency == []
+    asyncio.run(scaler.step())
+    assert set(scaler.tracks) == {("m", 1)}  # the retired version's track is dropped
 
 
 def test_models_without_policy_are_left_alone() -> None:
