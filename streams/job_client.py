@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 
 from pydantic import ValidationError
 
@@ -61,3 +62,27 @@ def read_events(
             continue  # not ours; the topic is shared with other producers
         if job_id is None or event.job_id == job_id:
             yield event
+
+
+def new_events(
+    bootstrap: str, job_id: str | None, already: Mapping[str, int]
+) -> Iterator[TrainingEvent]:
+    """Following from the beginning, the events after the first `already[job]` of each job
+    (those a reader has shown): a job's events keep their order, all keyed by its id."""
+    seen: Counter[str] = Counter()
+    for event in read_events(bootstrap, job_id, follow=True):
+        seen[event.job_id] += 1
+        if seen[event.job_id] > already.get(event.job_id, 0):
+            yield event
+
+
+def no_events_reason(bootstrap: str, job_id: str | None) -> str:
+    """What to tell a reader who found no events (of `job_id`, or at all)."""
+    if job_id is None:
+        return "no training events yet; is `headrace train agent` running?"
+    if was_submitted(bootstrap, job_id):
+        return (
+            f"job {job_id!r} was submitted but has no events yet; is `headrace train agent` "
+            "running?"
+        )
+    return f"no events for job {job_id!r}: no job of that id was submitted on {JOBS_TOPIC}"

@@ -79,11 +79,27 @@ def cancel(job_id: str, bootstrap: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 @_bootstrap_option
 def events(job_id: str | None, follow: bool, as_json: bool, bootstrap: str | None) -> None:
-    """Print training events (epochs, retries, outcomes) from the training-events topic."""
-    from streams.job_client import read_events
+    """Print training events (epochs, retries, outcomes) from the training-events topic.
 
-    for event in read_events(_reachable(bootstrap), job_id, follow=follow):
+    With none to print, says why (exit 2), or with --follow says so on stderr and waits.
+    """
+    from collections import Counter
+
+    from streams.job_client import new_events, no_events_reason, read_events
+
+    address = _reachable(bootstrap)
+    shown: Counter[str] = Counter()
+    for event in read_events(address, job_id):
         click.echo(event.model_dump_json() if as_json else event.describe())
+        shown[event.job_id] += 1
+    if not shown:
+        reason = no_events_reason(address, job_id)
+        if not follow:
+            raise HeadraceError(reason)
+        click.echo(f"{reason} (waiting for them; Ctrl-C to stop)", err=True)
+    if follow:
+        for event in new_events(address, job_id, shown):
+            click.echo(event.model_dump_json() if as_json else event.describe())
 
 
 @click.command("status")
