@@ -57,6 +57,13 @@ ExecuteHook = Callable[[str, int, BatchTiming], None]  # (model, version, batch)
 LoadFailureHook = Callable[[str, int, str], None]  # (model, version, reason) per refused load
 REMOVED = "version_removed"  # load failure reason: the version's folder or files were deleted
 MAX_VERSION_DIGITS = 18  # a version is an int64, as in Triton
+# Said when the repository's own folder is missing (an unmounted volume, a network filesystem
+# outage, a folder moved away): no model can be read, which is not the same as every model
+# having been deleted, so nothing is unloaded. No path: the message may reach a client.
+REPOSITORY_GONE = (
+    "the model repository's folder cannot be found (is its volume mounted?); the loaded "
+    "models keep serving as they are until it is back"
+)
 
 
 class VersionPolicy(BaseModel):
@@ -140,6 +147,7 @@ class ModelManager:
         self._in_repository: dict[str, list[int]] = {}  # each model's versions at its last sync
         self._unloaded: set[str] = set()  # unloaded on request: polling leaves them alone
         self._retiring: set[asyncio.Task[None]] = set()
+        self._folder_found = True  # the repository's folder, at the last poll
         self._closed = False
 
     # -- control -------------------------------------------------------------------------
@@ -175,9 +183,12 @@ class ModelManager:
         """Bring the loaded state in line with the repository: new versions in, removed ones out.
 
         Models unloaded on request stay unloaded; a version that failed is retried only
-        once its files change.
+        once its files change. While the repository's folder is missing nothing changes
+        (see REPOSITORY_GONE; logged once).
         """
         self._check_open()
+        if not await self._repository_folder_found():
+            return
         names = set(await asyncio.to_thread(self.repository.list_models))
         await asyncio.gather(
             *(self._quietly(n, poll=True) for n in sorted(names | set(self._ready)))
@@ -264,6 +275,8 @@ class ModelManager:
 
     async def _sync(self, name: str, *, retry_failed: bool) -> list[int]:
         """Load the selected versions, retire the rest (caller holds the model's lock)."""
+        if not await asyncio.to_thread(self.repository.root.is_dir):
+            raise RepositoryError(REPOSITORY_GONE)  # not a deleted model: nothing is retired
         available: list[int] = []
         try:
             available = await asyncio.to_thread(self.repository.versions, name)
@@ -508,6 +521,17 @@ class ModelManager:
             log.debug("model %s: %s", name, exc.message)
         except Exception:
             log.exception("loading model %s failed", name)
+
+    async def _repository_folder_found(self) -> bool:
+        """Whether the repository's folder is there; a change is logged (once, not per poll)."""
+        found = await asyncio.to_thread(self.repository.root.is_dir)
+        if found != self._folder_found:
+            self._folder_found = found
+            if found:
+                log.info("model repository %s is back; polling resumes", self.repository.root)
+            else:
+                log.warning("model repository %s: %s", self.repository.root, REPOSITORY_GONE)
+        return found
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())

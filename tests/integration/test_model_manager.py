@@ -20,6 +20,7 @@ from headrace.errors import (
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
+    RepositoryError,
     ShuttingDown,
 )
 from serving.dataplane import DataPlane
@@ -724,6 +725,42 @@ def test_an_explicit_load_of_an_invalid_config_fails_and_the_served_version_stay
         assert which((await infer(manager))[1], expected) == "a"
         await manager.poll_once()
         assert manager.get("digits") is served and manager.failures() == {}
+        await manager.close()
+
+    run(scenario)
+
+
+def test_a_repository_folder_that_goes_away_unloads_nothing(
+    repo: ModelRepository, onnx_files, expected, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The repository's folder missing (an unmounted volume, a network filesystem outage)
+    read as 'every model was deleted': the next poll unloaded them all, with no word in the
+    log, and clients got NOT_FOUND until it was back and every model loaded again. Now polls
+    change nothing meanwhile (a warning once, however many polls), an explicit load fails
+    with RepositoryError, the loaded versions keep serving, and the first poll that finds
+    the folder again picks up what changed."""
+    publish(repo, onnx_files["a"])
+    moved = repo.root.with_name("elsewhere")
+
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        await manager.load_all()
+        served = manager.get("digits")
+        repo.root.rename(moved)
+        with caplog.at_level(logging.INFO, logger="serving.model_manager"):
+            for _ in range(3):
+                await manager.poll_once()
+            with pytest.raises(RepositoryError, match="keep serving"):
+                await manager.load("digits")
+            assert manager.get("digits") is served
+            assert which((await infer(manager))[1], expected) == "a"
+            moved.rename(repo.root)
+            publish(repo, onnx_files["b"])
+            await manager.poll_once()
+        assert manager.loaded() == {"digits": [2]}
+        assert which((await infer(manager))[1], expected) == "b"
+        said = [r.getMessage() for r in caplog.records if "model repository" in r.getMessage()]
+        assert len(said) == 2 and "cannot be found" in said[0] and "is back" in said[1], said
         await manager.close()
 
     run(scenario)
