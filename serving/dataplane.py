@@ -197,6 +197,11 @@ class DataPlane:
             versions = loaded.get(name, [])
             if versions:
                 entries.extend(IndexEntry(name, str(v), "READY") for v in versions)
+                if not ready_only:  # a new version refused while an older one serves
+                    refused = self.manager.refused_versions(name)
+                    entries.extend(
+                        IndexEntry(name, str(v), "UNAVAILABLE", refused[v]) for v in sorted(refused)
+                    )
             elif not ready_only:
                 state = "UNAVAILABLE" if name in failures else "UNLOADED"
                 entries.append(IndexEntry(name, "", state, failures.get(name, "")))

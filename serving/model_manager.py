@@ -271,6 +271,17 @@ class ModelManager:
         """Model name -> the last load error of that model."""
         return dict(self._failures)
 
+    def refused_versions(self, name: str) -> dict[int, str]:
+        """Versions of `name` the policy selects that failed to load (and are not served),
+        with why; kept until their files change or they leave the repository."""
+        selected = set(self.policy.select(self._in_repository.get(name, [])))
+        served = self._ready.get(name, {})
+        return {
+            version: failure.message
+            for (model, version), failure in self._failed.items()
+            if model == name and version in selected and version not in served
+        }
+
     # -- internals -----------------------------------------------------------------------
 
     async def _sync(self, name: str, *, retry_failed: bool) -> list[int]:

@@ -381,6 +381,36 @@ def test_tampered_new_version_keeps_old_one_serving(
     run(scenario)
 
 
+def test_the_repository_index_names_a_refused_version_while_an_older_one_serves(
+    repo: ModelRepository, onnx_files
+) -> None:
+    """RepositoryIndex listed only the served version 1 while version 2 was refused, so
+    a client checking whether its new version went live saw nothing of why not (Triton
+    lists such a version as UNAVAILABLE with its reason). It is listed so until it loads
+    or the policy no longer selects it."""
+    publish(repo, onnx_files["a"])
+
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        plane = DataPlane(manager)
+        await manager.load_all()
+        publish(repo, onnx_files["b"])
+        model_file = repo.get("digits", 2).model_file
+        model_file.write_bytes(model_file.read_bytes()[:-1])
+        await manager.poll_once()
+        index = [(e.version, e.state, e.reason) for e in plane.repository_index()]
+        assert index[0] == ("1", "READY", "") and len(index) == 2, index
+        assert index[1][:2] == ("2", "UNAVAILABLE") and "sha256" in index[1][2], index
+        assert [e.version for e in plane.repository_index(ready_only=True)] == ["1"]
+
+        publish(repo, onnx_files["b"])  # a good v3: v2 is no longer selected
+        await manager.poll_once()
+        assert [(e.version, e.state) for e in plane.repository_index()] == [("3", "READY")]
+        await manager.close()
+
+    run(scenario)
+
+
 def test_a_new_version_whose_model_disagrees_with_the_config_keeps_the_old_one_serving(
     repo: ModelRepository, onnx_files, expected, tmp_path: Path
 ) -> None:
