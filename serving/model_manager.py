@@ -317,6 +317,9 @@ class ModelManager:
                 )
         republished = await asyncio.to_thread(self._republished, name, current)
         replaced: list[LoadedVersion] = []
+        # What the autoscaler has grown the served versions to: a new version starts there
+        # (see `_open`), or a rollout under load would drop to config.instance_count.
+        scaled_to = max((v.model.instances for v in current.values()), default=0)
         for version in selected:
             if (
                 version in current
@@ -329,7 +332,7 @@ class ModelManager:
                 continue
             known = None if retry_failed else self._failed.get((name, version))
             try:
-                loaded = await self._load_version(name, version, known)
+                loaded = await self._load_version(name, version, known, scaled_to)
             except HeadraceError as exc:
                 errors.append(exc.message)
                 if known is None or known.message != exc.message:  # say it once per change
@@ -354,8 +357,12 @@ class ModelManager:
         self._failures.pop(name, None)
         return sorted(keep)
 
-    async def _load_version(self, name: str, version: int, known: _Failure | None) -> LoadedVersion:
-        found, model, published = await asyncio.to_thread(self._open, name, version, known)
+    async def _load_version(
+        self, name: str, version: int, known: _Failure | None, scaled_to: int = 0
+    ) -> LoadedVersion:
+        found, model, published = await asyncio.to_thread(
+            self._open, name, version, known, scaled_to
+        )
         config = found.config
         hook = self._on_execute
         try:
@@ -377,10 +384,11 @@ class ModelManager:
         return LoadedVersion(name, version, config, found.metadata, model, batcher, published)
 
     def _open(
-        self, name: str, version: int, known: _Failure | None
+        self, name: str, version: int, known: _Failure | None, scaled_to: int = 0
     ) -> tuple[ModelVersion, ModelRunner, FileStamp | None]:
         """Blocking: verify one version's files and build its sessions (in a worker thread);
-        also the stamp of its metadata.json."""
+        also the stamp of its metadata.json. An autoscaled model starts with the instances
+        its served versions were scaled to (`scaled_to`), within its autoscaling bounds."""
         prefix = f"model {name!r} version {version}"
         try:
             stamp = folder_stamp(self.repository.version_dir(name, version))
@@ -410,6 +418,9 @@ class ModelManager:
             message = f"{detail} (integrity check failed; the version is refused)"
         else:
             instances = self.instances_override or found.config.instance_count
+            scaling = found.config.autoscaling
+            if self.instances_override is None and scaling is not None:
+                instances = min(max(instances, scaled_to), scaling.max_instances)
             try:
                 model = self._runner_factory(found.model_file, instances=instances)
             except ModelLoadError as exc:

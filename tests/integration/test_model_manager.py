@@ -25,6 +25,7 @@ from headrace.errors import (
 )
 from serving.dataplane import DataPlane
 from serving.model_config import (
+    AutoscalingConfig,
     DynamicBatchingConfig,
     ModelConfig,
     PreprocessingSpec,
@@ -406,6 +407,40 @@ def test_the_repository_index_names_a_refused_version_while_an_older_one_serves(
         publish(repo, onnx_files["b"])  # a good v3: v2 is no longer selected
         await manager.poll_once()
         assert [(e.version, e.state) for e in plane.repository_index()] == [("3", "READY")]
+        await manager.close()
+
+    run(scenario)
+
+
+def test_a_new_version_of_an_autoscaled_model_starts_with_the_instances_scaled_to(
+    repo: ModelRepository, onnx_files
+) -> None:
+    """A new version started at config.instance_count even when the autoscaler had grown the
+    served one under load: a rollout under load dropped from 3 instances to 1 (queues and
+    RESOURCE_EXHAUSTED until the autoscaler grew it again, one instance per cooldown). It
+    now starts with the served versions' count, within the autoscaling bounds."""
+    scaled = config().model_copy(
+        update={"autoscaling": AutoscalingConfig(min_instances=1, max_instances=3)}
+    )
+    repo.publish(scaled, onnx_files["a"], architecture="lenet5")
+
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        await manager.load_all()
+        first = manager.get("digits")
+        assert first.model.instances == 1
+        await asyncio.to_thread(first.model.set_instances, 3)  # as the autoscaler does
+        first.batcher.set_concurrency(3)
+        repo.publish(scaled, onnx_files["b"], architecture="lenet5")
+        await manager.poll_once()
+        second = manager.get("digits")
+        assert second.version == 2 and second.model.instances == 3
+        narrower = scaled.model_copy(
+            update={"autoscaling": AutoscalingConfig(min_instances=1, max_instances=2)}
+        )
+        repo.publish(narrower, onnx_files["a"], architecture="lenet5")
+        await manager.poll_once()
+        assert manager.get("digits").model.instances == 2  # within the new bounds
         await manager.close()
 
     run(scenario)
