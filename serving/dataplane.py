@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -115,6 +115,9 @@ class DataPlane:
     metrics: ServingMetrics | None = None
     draining: bool = False
     last_request_at: float = 0.0  # time.monotonic() of the latest inference call to arrive
+    # Awaited after every explicit load, whether it failed or not (the server updates the
+    # models' health from the manager's failures).
+    after_load: Callable[[], Awaitable[None]] | None = None
     stats: dict[tuple[str, str], VersionStats] = field(default_factory=dict)
     _executions_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -222,7 +225,11 @@ class DataPlane:
             )
         if name not in self.manager.repository.list_models():
             raise ModelNotFound(f"model {name!r} is not in the repository")
-        return await self.manager.load(name)
+        try:
+            return await self.manager.load(name)
+        finally:
+            if self.after_load is not None:
+                await self.after_load()
 
     async def unload(self, name: str, repository: str = "") -> None:
         _check_repository(repository)

@@ -95,7 +95,7 @@ class InferenceServer:
             on_execute=self._on_execute,
             on_load_failure=self.metrics.observe_load_failure,
         )
-        self.dataplane = DataPlane(self.manager, self.metrics)
+        self.dataplane = DataPlane(self.manager, self.metrics, after_load=self._mark_failed_models)
         self.autoscaler = Autoscaler(self.manager, self.metrics)
         self.port = 0
         self.metrics_port: int | None = None

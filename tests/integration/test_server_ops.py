@@ -107,6 +107,33 @@ def test_health_overall_and_per_model(channel: grpc.Channel) -> None:
     assert check("digits-health") == SERVING
 
 
+def test_a_model_whose_explicit_load_fails_is_not_serving_on_health_checks(
+    server: ServerProcess, channel: grpc.Channel, model_files: ModelFiles
+) -> None:
+    """A model published while the server runs whose explicit load fails answered NOT_FOUND
+    on health checks (as for a name the server never heard of) until a repository poll saw
+    the failure, and with polling off (as here) for good; it is NOT_SERVING at once, and
+    SERVING once a load succeeds."""
+    health = health_pb2_grpc.HealthStub(channel)
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+    def check() -> int:
+        request = health_pb2.HealthCheckRequest(service="digits-late")
+        return health.Check(request, timeout=30).status
+
+    version = publish(server.repository, lenet_config("digits-late"), model_files.lenet_a)
+    model_file = server.repository / "digits-late" / str(version) / "model.onnx"
+    model_file.write_bytes(b"not the published file")
+    load = pb.RepositoryModelLoadRequest(model_name="digits-late")
+    assert rpc_error(lambda: stub.RepositoryModelLoad(load, timeout=30)).code() == (
+        grpc.StatusCode.INTERNAL
+    )
+    assert check() == NOT_SERVING
+    publish(server.repository, lenet_config("digits-late"), model_files.lenet_a)
+    stub.RepositoryModelLoad(load, timeout=30)
+    wait_until(lambda: check() == SERVING, "digits-late SERVING")
+
+
 def test_reflection_lists_the_services(channel: grpc.Channel) -> None:
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
     requests = [
