@@ -24,6 +24,8 @@ from headrace.signals import stop_requested
 
 TUNER_NAMES = ["TPE", "GP", "Anneal", "Random", "BOHB"]
 ASSESSOR_NAMES = ["Medianstop", "Curvefitting"]
+PORT = click.IntRange(1, 65_535)
+"""A TCP port NNI can serve on (0 is no port to NNI: it needs the number up front)."""
 
 
 def _experiment_dir(given: Path | None) -> Path:
@@ -119,7 +121,7 @@ def finished_line(report: object, experiment_dir: Path) -> str:
     help="NNI search space (JSON or YAML); default: learning rate, batch size, width, "
     "dropout, weight decay, optimizer (see docs/tuning.md).",
 )
-@click.option("--port", type=int, help="Web UI / REST port (default: a free port).")
+@click.option("--port", type=PORT, help="Web UI / REST port (default: a free port).")
 @click.option(
     "--repository",
     type=click.Path(path_type=Path),
@@ -269,7 +271,7 @@ def tune(
     type=click.Path(path_type=Path, file_okay=False),
     help="Where the experiment was kept (default RUNS_DIR/tune).",
 )
-@click.option("--port", type=int, help="Web UI port (default: a free port).")
+@click.option("--port", type=PORT, help="Web UI port (default: a free port).")
 @click.option(
     "--timeout-s",
     type=FiniteFloatRange(min=0, min_open=True),  # NaN or <= 0 stopped at once, exit 0

@@ -214,3 +214,18 @@ def test_flags_equal_to_the_resumed_experiment_are_accepted(tmp_path: Path) -> N
     assert resume_conflicts(stored, "stopped2", {"assessor": "Medianstop"}) == [
         "--assessor Medianstop (experiment: none)"
     ]
+
+
+def test_a_port_no_tcp_port_can_have_is_a_usage_error(tmp_path: Path) -> None:
+    """`tune view --port 70000` ended in an OverflowError traceback, `--port 0` in NNI's
+    'did not start on port 0' after trying; both are refused before anything starts."""
+    for argv in (["tune", "view", "someid"], ["tune"]):
+        for port in ("0", "70000", "-1"):
+            result = CliRunner().invoke(
+                cli, [*argv, "--port", port, "--experiment-dir", str(tmp_path)]
+            )
+            assert result.exit_code == 2, (argv, port, result.output)
+            assert f"Invalid value for '--port': {port} is not in the range 1<=x<=65535" in (
+                result.output
+            )
+    assert not any(tmp_path.iterdir())
