@@ -84,6 +84,12 @@ def _affine(
     return (scale / std_a).astype(np.float32), (mean_a / std_a).astype(np.float32)
 
 
+MAX_BATCH_SIZE = 65_536
+"""Largest `max_batch_size` a config.json may set. It goes into Triton's ModelConfig
+`max_batch_size`, an int32 (from 2**31 on, the ModelConfig call fails for the model), and no
+batch of more rows than this is a serving batch."""
+
+
 class DynamicBatchingConfig(BaseModel):
     """Triton's dynamic batching settings."""
 
@@ -121,7 +127,7 @@ class ModelConfig(BaseModel):
     schema_version: int = SCHEMA_VERSION
     name: str
     platform: Literal["onnxruntime_onnx"] = "onnxruntime_onnx"
-    max_batch_size: int = Field(default=64, ge=0)
+    max_batch_size: int = Field(default=64, ge=0, le=MAX_BATCH_SIZE)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     dynamic_batching: DynamicBatchingConfig = Field(default_factory=DynamicBatchingConfig)

@@ -10,17 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from security.adversarial.config import AdversarialConfig
 from security.privacy.config import PrivacyConfig
 from security.watermark.config import WatermarkConfig
-from serving.model_config import check_model_name
+from serving.model_config import MAX_BATCH_SIZE, check_model_name
 from training.datasets import DATASETS, DatasetSplits, ShardSource, load_splits
 from training.distributed.config import DistributedConfig
 from training.models import MODELS, build_model
 from training.preprocess.config import PreprocessConfig
 from training.privacy import privacy_problems, with_dp_defaults
 
-MAX_SERVING_BATCH = 65_536
-"""Largest max_batch_size a trained model is published with. config.json's goes into Triton's
-ModelConfig.max_batch_size (an int32: from 2**31 on, the ModelConfig call fails for the model);
-batches of more rows than a training batch may hold are no serving batch either."""
+MAX_SERVING_BATCH = MAX_BATCH_SIZE
+"""Largest max_batch_size a trained model is published with: what a config.json may hold."""
 
 
 class TrainConfig(BaseModel):

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from headrace.commands.models import models
 from headrace.errors import ConfigError, ModelNotFound, RepositoryError
-from serving.model_config import ModelConfig, PreprocessingSpec, TensorSpec
+from serving.model_config import MAX_BATCH_SIZE, ModelConfig, PreprocessingSpec, TensorSpec
 from serving.repository import ModelRepository
 
 pytestmark = pytest.mark.unit
@@ -162,6 +162,16 @@ def test_preferred_batch_sizes_must_fit_the_max_batch_size(
         ModelConfig.model_validate(doc)
     doc["dynamic_batching"]["preferred_batch_sizes"] = [1] if max_batch_size else []
     assert ModelConfig.model_validate(doc).max_batch_size == max_batch_size
+
+
+def test_max_batch_size_is_bounded_by_what_a_triton_model_config_holds() -> None:
+    doc = make_config().model_dump()
+    doc["max_batch_size"] = 2**31  # Triton's ModelConfig.max_batch_size is an int32
+    with pytest.raises(ValueError, match="max_batch_size"):
+        ModelConfig.model_validate(doc)
+    doc["max_batch_size"] = MAX_BATCH_SIZE
+    assert ModelConfig.model_validate(doc).max_batch_size == MAX_BATCH_SIZE
+    assert MAX_BATCH_SIZE < 2**31
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "..", "", "x" * 129, "sp ace"])
