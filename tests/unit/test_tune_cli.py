@@ -90,7 +90,25 @@ def test_a_busy_port_is_refused_with_a_fix(
         port = busy.getsockname()[1]
         argv = ["--port", str(port), "--experiment-dir", str(tmp_path), "--trials", "1"]
         err = _main_error(argv, monkeypatch, capsys)
-    assert f"error: port {port} is in use: pass another --port" in err
+        assert f"error: port {port} is in use: pass another --port" in err
+        # NNI never started: no experiment folder is left behind, so a chosen id stays free
+        # (it was taken: 'already exists: continue it with --resume', then 'no experiment')
+        for _ in range(2):
+            err = _main_error([*argv, "--experiment-id", "mine"], monkeypatch, capsys)
+            assert f"error: port {port} is in use" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_new_experiment_cancelled_before_nni_started_leaves_no_folder(tmp_path: Path) -> None:
+    from headrace.errors import JobCancelled
+    from training.config import TrainConfig
+    from training.tuning.config import TuneConfig
+    from training.tuning.runner import run_tuning
+
+    config = TuneConfig(train=TrainConfig(epochs=1), trials=1, experiment_dir=tmp_path)
+    with pytest.raises(JobCancelled, match="cancelled before it started"):
+        run_tuning(config, experiment_id="early", should_stop=lambda: True)
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_failed_trial_line_says_why(tmp_path: Path) -> None:

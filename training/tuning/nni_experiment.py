@@ -37,6 +37,8 @@ FINISHED = frozenset({"SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "E
 ENDED = frozenset({"DONE", "STOPPED", "ERROR", "NO_MORE_TRIAL", "TUNER_NO_MORE_TRIAL"})
 """Experiment states in which no trial is waiting to be started."""
 REST_TIMEOUT_S = 10.0
+NNI_DATABASE = "db"
+"""The folder NNI's manager creates in an experiment's folder; resume and view need it."""
 
 
 class TrialInfo(BaseModel):
@@ -170,7 +172,7 @@ class NniExperiment:
         from nni.experiment.launcher import get_stopped_experiment_config_json
         from nni.tools.nnictl.config_utils import Experiments
 
-        if not (self.folder / "db").is_dir():
+        if not (self.folder / NNI_DATABASE).is_dir():
             raise TuningError(
                 f"no experiment {self.experiment_id!r} in {self.root}: pass the "
                 "--experiment-dir it was started with (see the folders there)"

@@ -4,7 +4,8 @@
 resumes) the NNI experiment, follows its trials until the budget is spent,
 picks the archived trial with the lowest validation loss, publishes it through
 the training recipe's publish step (lineage: experiment id, trial id, tuner,
-hyper-parameters) and stops the experiment, on success or failure alike.
+hyper-parameters) and stops the experiment, on success or failure alike. A new
+experiment that fails (or is cancelled) before NNI created it leaves no folder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +24,13 @@ from pydantic import BaseModel, Field
 from headrace.errors import ConfigError, JobCancelled, TuningError
 from training.config import TrainConfig
 from training.tuning.config import EXPERIMENT_ID_PATTERN, TUNE_FILE, TuneConfig
-from training.tuning.nni_experiment import ENDED, FINISHED, NniExperiment, TrialInfo
+from training.tuning.nni_experiment import (
+    ENDED,
+    FINISHED,
+    NNI_DATABASE,
+    NniExperiment,
+    TrialInfo,
+)
 from training.tuning.nni_trial import trial_folder
 from training.tuning.objective import TRIAL_FILE, TrialArchive, load_trial_archive, publish_trial
 from training.tuning.tuners import check_available
@@ -248,14 +256,21 @@ def run_tuning(
     else:
         check_dataset(config.train)
         config, experiment_id = prepare(config, experiment_id)
-    if should_stop is not None and should_stop():
-        raise JobCancelled(f"tuning experiment {experiment_id} was cancelled before it started")
     experiment = NniExperiment(config.experiment_root, experiment_id)
     try:
-        if resume_id is not None:
-            experiment.resume(config.port)
-        else:
-            experiment.start(config, experiment.folder / TUNE_FILE, config.port)
+        try:
+            if should_stop is not None and should_stop():
+                raise JobCancelled(
+                    f"tuning experiment {experiment_id} was cancelled before it started"
+                )
+            if resume_id is not None:
+                experiment.resume(config.port)
+            else:
+                experiment.start(config, experiment.folder / TUNE_FILE, config.port)
+        except BaseException:
+            if resume_id is None:
+                discard_unstarted(experiment.folder)
+            raise
         if on_started is not None:
             on_started(experiment_id, experiment.url)
         trials = follow_with_one_restart(experiment, on_trial, should_stop, poll_s)
@@ -265,6 +280,14 @@ def run_tuning(
     path = config.experiment_folder(experiment_id) / TUNE_REPORT_FILE
     path.write_text(report.model_dump_json(indent=2), encoding="utf-8")
     return report
+
+
+def discard_unstarted(folder: Path) -> None:
+    """Remove a new experiment's folder (`prepare` made it) when NNI never created its
+    database there: nothing can resume it, and its id would stay taken ('already exists:
+    continue it with --resume', which then finds no experiment)."""
+    if folder.is_dir() and not (folder / NNI_DATABASE).exists():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def finished_report(experiment_dir: Path, experiment_id: str) -> TuneReport | None:
