@@ -191,12 +191,17 @@ class DataPlane:
                 if (not name or key[0] == name) and (not version or key[1] == version)
             }
 
-    def repository_index(self, ready_only: bool = False, repository: str = "") -> list[IndexEntry]:
+    async def repository_index(
+        self, ready_only: bool = False, repository: str = ""
+    ) -> list[IndexEntry]:
+        """Every model of the repository with its versions' states. The folder is listed in
+        a worker thread: on a slow network filesystem the event loop keeps serving."""
         _check_repository(repository)
+        names = await asyncio.to_thread(self.manager.repository.list_models)
         loaded = self.manager.loaded()
         failures = self.manager.failures()
         entries: list[IndexEntry] = []
-        for name in self.manager.repository.list_models():
+        for name in names:
             versions = loaded.get(name, [])
             if versions:
                 entries.extend(IndexEntry(name, str(v), "READY") for v in versions)
@@ -223,7 +228,7 @@ class DataPlane:
                 f"load of {name!r}: overrides ({', '.join(overrides)}) are not supported; "
                 "change the model's files or config.json in the repository and load it again"
             )
-        if name not in self.manager.repository.list_models():
+        if name not in await asyncio.to_thread(self.manager.repository.list_models):
             raise ModelNotFound(f"model {name!r} is not in the repository")
         try:
             return await self.manager.load(name)

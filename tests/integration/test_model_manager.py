@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -399,14 +400,14 @@ def test_the_repository_index_names_a_refused_version_while_an_older_one_serves(
         model_file = repo.get("digits", 2).model_file
         model_file.write_bytes(model_file.read_bytes()[:-1])
         await manager.poll_once()
-        index = [(e.version, e.state, e.reason) for e in plane.repository_index()]
+        index = [(e.version, e.state, e.reason) for e in await plane.repository_index()]
         assert index[0] == ("1", "READY", "") and len(index) == 2, index
         assert index[1][:2] == ("2", "UNAVAILABLE") and "sha256" in index[1][2], index
-        assert [e.version for e in plane.repository_index(ready_only=True)] == ["1"]
+        assert [e.version for e in await plane.repository_index(ready_only=True)] == ["1"]
 
         publish(repo, onnx_files["b"])  # a good v3: v2 is no longer selected
         await manager.poll_once()
-        assert [(e.version, e.state) for e in plane.repository_index()] == [("3", "READY")]
+        assert [(e.version, e.state) for e in await plane.repository_index()] == [("3", "READY")]
         await manager.close()
 
     run(scenario)
@@ -852,6 +853,38 @@ def test_each_served_version_runs_with_its_own_preprocessing(
         assert {v: loaded.config.preprocessing for v, loaded in served.items()} == stats
         await manager.load("digits")
         assert all(manager.get("digits", v) is served[v] for v in (1, 2))
+        await manager.close()
+
+    run(scenario)
+
+
+def test_listing_the_repository_does_not_stall_the_event_loop(
+    repo: ModelRepository, onnx_files
+) -> None:
+    """RepositoryIndex and RepositoryModelLoad listed the repository folder on the event
+    loop, so a slow filesystem (an NFS mount that hangs) stalled every call of the server.
+    The listing runs in a worker thread: here it blocks until the loop itself releases it."""
+    publish(repo, onnx_files["a"])
+
+    async def scenario() -> None:
+        manager = ModelManager(repo)
+        plane = DataPlane(manager)
+        await manager.load_all()
+        released = threading.Event()
+        list_models = repo.list_models
+
+        def slow_list() -> list[str]:
+            assert released.wait(10), "the event loop never ran while the folder was listed"
+            return list_models()
+
+        repo.list_models = slow_list  # type: ignore[method-assign]
+        for call in (plane.repository_index(), plane.load("digits")):
+            task = asyncio.ensure_future(call)
+            await asyncio.sleep(0.01)  # the loop turns while the listing waits
+            assert not task.done()
+            released.set()
+            await asyncio.wait_for(task, 10)
+            released.clear()
         await manager.close()
 
     run(scenario)
