@@ -252,3 +252,40 @@ def test_every_search_space_shown_is_valid() -> None:
     assert DEFAULT_SEARCH_SPACE in [space for _, space in spaces], "docs/tuning.md's default"
     for source, space in spaces:
         check_search_space(space, source=source)  # raises listing every problem
+
+
+def test_the_readme_table_of_flags_and_spec_keys_is_right() -> None:
+    """Each row's flags are `headrace train`'s and its first key parses as a spec (or names a
+    field); the agent-owned row names agent-owned fields; and every flag the table leaves out
+    is its field's name with `_` for `-`, as the README says."""
+    from training.config import TrainConfig
+    from training.job_spec import AGENT_OWNED, parse_job_spec
+
+    text = README.read_text()
+    start = text.index("| `headrace train` flag | job spec key |")
+    rows = text[start : text.index("\n\n", start)].splitlines()[2:]
+    options = {
+        name: option.name
+        for name, option in _options(cli.commands["train"]).items()
+        if option is not None and option.name is not None
+    }
+    listed: set[str] = set()
+    for row in rows:
+        flags_cell, keys_cell = row.strip("|").split(" | ")
+        flags = re.findall(r"`(--[a-z-]+)`", flags_cell)
+        assert flags and set(flags) <= set(options), row
+        fields = {options[flag] for flag in flags}
+        listed |= fields
+        spans = re.findall(r"`([^`]+)`", keys_cell)
+        if not spans:
+            assert fields <= AGENT_OWNED, row
+        elif ":" in spans[0]:
+            parse_job_spec(spans[0], available_cpus=2, source=row[:40])
+        else:
+            assert spans[0] in TrainConfig.model_fields, row
+    assert len(rows) >= 5
+    train_options = [p for p in cli.commands["train"].params if isinstance(p, click.Option)]
+    for option in train_options:
+        if option.name not in listed and option.opts != ["--json"]:
+            field = option.opts[0].removeprefix("--").replace("-", "_")
+            assert field == option.name and field in TrainConfig.model_fields, option.opts
