@@ -247,3 +247,30 @@ def test_a_port_no_tcp_port_can_have_is_a_usage_error(tmp_path: Path) -> None:
                 result.output
             )
     assert not any(tmp_path.iterdir())
+
+
+def test_an_experiment_another_process_runs_is_neither_resumed_nor_viewed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--resume` of a running experiment started a second NNI manager on its database: every
+    trial ran twice ('trial 5/3') and both processes published the best trial."""
+    import fcntl
+    import os
+
+    from training.tuning.nni_experiment import LOCK_FILE, NNI_DATABASE
+
+    tune_dir = _stored_experiment(tmp_path, "busy2", published=False)
+    folder = tune_dir / "busy2"
+    (folder / NNI_DATABASE).mkdir()
+    with open(folder / LOCK_FILE, "w") as held:  # as the running `headrace tune` holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(f"pid {os.getpid()}, web UI http://127.0.0.1:1/oview")
+        held.flush()
+        for argv in (["--resume", "busy2"], ["view", "busy2", "--timeout-s", "1"]):
+            err = _main_error([*argv, "--experiment-dir", str(tune_dir)], monkeypatch, capsys)
+            assert (
+                f"error: experiment busy2 is in use by another headrace process (pid "
+                f"{os.getpid()}, web UI http://127.0.0.1:1/oview): wait for it to end" in err
+            ), err
+    assert sorted(p.name for p in folder.iterdir()) == ["db", "headrace-tune.json", LOCK_FILE]
+    assert not (folder / "log").exists()  # NNI never started

@@ -6,6 +6,10 @@ its status and trials over NNI's REST API (`/api/v1/nni/...`, on the web UI's
 port) and stops its node manager. NNI's failures (port busy, node manager not
 starting, an unknown experiment) come out as `TuningError` with a fix.
 
+One process at a time runs an experiment's NNI manager: start, resume and view
+hold a lock on `<experiment_id>/headrace.lock` until `stop`, and refuse an
+experiment another process holds.
+
 NNI also lists every experiment in `~/nni-experiments/.experiment`; resume and
 view register an experiment found in our folder there when it is missing (e.g.
 after the folder was moved or HOME changed), so they work from the folder alone.
@@ -14,14 +18,17 @@ after the folder was moved or HOME changed), so they work from the folder alone.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import logging
+import os
 import socket
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +46,10 @@ ENDED = frozenset({"DONE", "STOPPED", "ERROR", "NO_MORE_TRIAL", "TUNER_NO_MORE_T
 REST_TIMEOUT_S = 10.0
 NNI_DATABASE = "db"
 """The folder NNI's manager creates in an experiment's folder; resume and view need it."""
+LOCK_FILE = "headrace.lock"
+"""Locked (flock) by the process whose NNI manager runs the experiment: a second manager on
+the same database (`--resume` or `view` of a running experiment) ran every trial again and
+published the best twice."""
 
 
 class TrialInfo(BaseModel):
@@ -122,6 +133,7 @@ class NniExperiment:
         self.root = Path(root).expanduser().resolve()
         self.experiment_id = experiment_id
         self._experiment: Any = None
+        self._lock_fd: int | None = None
 
     @property
     def folder(self) -> Path:
@@ -150,33 +162,75 @@ class NniExperiment:
         """Create and start the experiment (its web UI on `port`, else a free port)."""
         from nni.experiment import Experiment
 
-        experiment = Experiment(
-            _experiment_config(config, self.experiment_id, tune_file), id=self.experiment_id
-        )
-        self._launch(experiment, port)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            experiment = Experiment(
+                _experiment_config(config, self.experiment_id, tune_file), id=self.experiment_id
+            )
+            self._launch(experiment, port)
 
     def resume(self, port: int | None = None) -> None:
         """Resume a stopped experiment of our folder; trials continue up to its trial budget."""
-        experiment = self._stopped_experiment()
-        experiment._action = "resume"
-        self._launch(experiment, port)
+        self._require_database()
+        with self._locked():
+            experiment = self._stopped_experiment()
+            experiment._action = "resume"
+            self._launch(experiment, port)
 
     def view(self, port: int | None = None) -> None:
         """Serve a stopped experiment's web UI (read-only) until `stop`."""
-        experiment = self._stopped_experiment()
-        experiment._action = "view"
-        self._launch(experiment, port)
+        self._require_database()
+        with self._locked():
+            experiment = self._stopped_experiment()
+            experiment._action = "view"
+            self._launch(experiment, port)
+
+    def _require_database(self) -> None:
+        if not (self.folder / NNI_DATABASE).is_dir():
+            raise TuningError(
+                f"no experiment {self.experiment_id!r} in {self.root}: pass the "
+                "--experiment-dir it was started with (see the folders there)"
+            )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Take the experiment's lock (`LOCK_FILE`) for as long as its NNI manager runs; give it
+        back if starting fails. `stop` gives it back otherwise. The OS drops the lock when this
+        process ends, however it ends."""
+        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 1000).decode(errors="replace").strip() or "pid unknown"
+            os.close(fd)
+            raise TuningError(
+                f"experiment {self.experiment_id} is in use by another headrace process "
+                f"({holder}): wait for it to end, or stop it (Ctrl-C there), and try again"
+            ) from None
+        self._lock_fd = fd
+        self._write_lock(f"pid {os.getpid()}")
+        try:
+            yield
+        except BaseException:
+            self._unlock()
+            raise
+        self._write_lock(f"pid {os.getpid()}, web UI {self.url}")
+
+    def _write_lock(self, holder: str) -> None:
+        if self._lock_fd is not None:
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, holder.encode(), 0)
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock
 
     def _stopped_experiment(self) -> Any:
         from nni.experiment import Experiment
         from nni.experiment.launcher import get_stopped_experiment_config_json
         from nni.tools.nnictl.config_utils import Experiments
 
-        if not (self.folder / NNI_DATABASE).is_dir():
-            raise TuningError(
-                f"no experiment {self.experiment_id!r} in {self.root}: pass the "
-                "--experiment-dir it was started with (see the folders there)"
-            )
         manifest = Experiments()
         if self.experiment_id not in manifest.get_all_experiments():
             manifest.add_experiment(
@@ -278,8 +332,11 @@ class NniExperiment:
         if experiment is None:
             return
         logging.getLogger("nni").setLevel(logging.CRITICAL)  # its stop logs to stdout
-        with contextlib.suppress(Exception):
-            experiment.stop()
+        try:
+            with contextlib.suppress(Exception):
+                experiment.stop()
+        finally:
+            self._unlock()
 
 
 def _port_busy(port: int) -> bool:
