@@ -203,6 +203,17 @@ def test_the_report_tells_fine_tunes_from_originals(tmp_path: Path) -> None:
     assert rows[1].accuracy_delta is not None and rows[1].size_ratio == 1.0
 
 
+def test_a_version_whose_files_are_missing_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """`compress report` of a model one of whose versions lost its model.onnx ended in ONNX
+    Runtime's NoSuchFile traceback (exit 1); it is the repository error `compress` gives."""
+    repo = ModelRepository(tmp_path / "repo")
+    _publish(repo, tmp_path, "m", lineage={"dataset": "digits", "seed": 0})
+    damaged = _publish(repo, tmp_path, "m", lineage={"dataset": "digits", "seed": 0})
+    damaged.model_file.unlink()
+    with pytest.raises(RepositoryError, match="'m' version 2: model.onnx is missing or does not"):
+        build_report(repo, "m", latency_seconds=0.01)
+
+
 def test_an_adversarially_trained_model_is_fine_tuned_under_its_attack(tmp_path: Path) -> None:
     """Compress and watermark embed fine-tuned a PGD-trained model on clean batches only,
     and published the result, robustness lost, as its next version."""

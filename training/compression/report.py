@@ -12,7 +12,8 @@ this process on ONNX Runtime, so the figures compare like with like:
   (`training.compression.measure.compare_latency`).
 
 Ratios and differences are against the row's source: the version it was
-compressed or fine-tuned from.
+compressed or fine-tuned from. Every version's files are checked against their
+sha256 first, as a compression job checks its source.
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ def build_report(
     trained on ingested shards is measured on their test split, read from `data_root`
     (default the process's data root)."""
     versions = report_versions(repository, name)
+    for version in versions:  # a missing or altered file: RepositoryError naming the version
+        version.verify()
     splits: dict[tuple[Any, ...], DatasetSplits] = {}
     shape = list(versions[0].config.inputs[0].dims)
     latency = compare_latency(
