@@ -274,3 +274,15 @@ def test_an_experiment_another_process_runs_is_neither_resumed_nor_viewed(
             ), err
     assert sorted(p.name for p in folder.iterdir()) == ["db", "headrace-tune.json", LOCK_FILE]
     assert not (folder / "log").exists()  # NNI never started
+
+
+def test_an_experiment_id_that_is_a_path_is_refused_for_resume_and_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--resume ../tune/ID` and `view ../tune/ID` read another folder's experiment and wrote
+    the path, as an experiment id, into NNI's list (~/nni-experiments/.experiment)."""
+    tune_dir = _stored_experiment(tmp_path, "real1", published=False)
+    for bad in ("../tune/real1", "real1\n", ""):
+        for argv in (["--resume", bad], ["view", bad, "--timeout-s", "1"]):
+            err = _main_error([*argv, "--experiment-dir", str(tune_dir)], monkeypatch, capsys)
+            assert f"error: experiment id {bad!r}: use 1 to 32 letters, digits" in err, err

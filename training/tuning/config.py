@@ -10,6 +10,7 @@ and the publish step all read the same settings.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,16 @@ AssessorName = Literal["Medianstop", "Curvefitting"]
 EXPERIMENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
 """NNI's rule for experiment ids."""
 TUNE_FILE = "headrace-tune.json"
+
+
+def check_experiment_id(experiment_id: str) -> str:
+    """`experiment_id` if NNI accepts it, else a ConfigError. An id is also a folder name in
+    the experiment dir: '../x' would read another folder and be written into NNI's list."""
+    if not re.fullmatch(EXPERIMENT_ID_PATTERN, experiment_id):
+        raise ConfigError(
+            f"experiment id {experiment_id!r}: use 1 to 32 letters, digits, '-' or '_' (NNI's rule)"
+        )
+    return experiment_id
 
 
 class TuneSettings(BaseModel):

@@ -35,7 +35,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from headrace.errors import TuningError
-from training.tuning.config import TuneConfig
+from training.tuning.config import TuneConfig, check_experiment_id
 from training.tuning.tuners import algorithm_configs, intermediate_metric, nni_search_space
 
 TRIAL_MODULE = "training.tuning.nni_trial"
@@ -131,7 +131,7 @@ class NniExperiment:
 
     def __init__(self, root: Path, experiment_id: str) -> None:
         self.root = Path(root).expanduser().resolve()
-        self.experiment_id = experiment_id
+        self.experiment_id = check_experiment_id(experiment_id)
         self._experiment: Any = None
         self._lock_fd: int | None = None
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import secrets
 import shutil
 import time
@@ -21,9 +20,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from headrace.errors import ConfigError, JobCancelled, TuningError
+from headrace.errors import JobCancelled, TuningError
 from training.config import TrainConfig
-from training.tuning.config import EXPERIMENT_ID_PATTERN, TUNE_FILE, TuneConfig
+from training.tuning.config import TUNE_FILE, TuneConfig, check_experiment_id
 from training.tuning.nni_experiment import (
     ENDED,
     FINISHED,
@@ -107,11 +106,7 @@ def check_dataset(train: TrainConfig) -> None:
 def prepare(config: TuneConfig, experiment_id: str | None = None) -> tuple[TuneConfig, str]:
     """Write the job's settings into a new experiment folder; returns them and the id."""
     config = _absolute(config)
-    experiment_id = experiment_id or new_experiment_id()
-    if not re.match(EXPERIMENT_ID_PATTERN, experiment_id):
-        raise ConfigError(
-            f"experiment id {experiment_id!r}: use 1 to 32 letters, digits, '-' or '_' (NNI's rule)"
-        )
+    experiment_id = check_experiment_id(experiment_id or new_experiment_id())
     folder = config.experiment_folder(experiment_id)
     if folder.exists():
         raise TuningError(
@@ -125,7 +120,8 @@ def prepare(config: TuneConfig, experiment_id: str | None = None) -> tuple[TuneC
 
 def load_tune_config(experiment_dir: Path, experiment_id: str) -> TuneConfig:
     """The settings an experiment was started with (TuningError when it is not there)."""
-    path = Path(experiment_dir).expanduser().resolve() / experiment_id / TUNE_FILE
+    folder = Path(experiment_dir).expanduser().resolve() / check_experiment_id(experiment_id)
+    path = folder / TUNE_FILE
     if not path.is_file():
         raise TuningError(
             f"no headrace experiment {experiment_id!r} in {path.parent.parent}: pass the "
