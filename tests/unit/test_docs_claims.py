@@ -77,11 +77,12 @@ def command_problems(line: str) -> list[str]:
             if not has_value:
                 value = next(rest, "")
             if isinstance(option.type, click.Choice) and not PLACEHOLDER.fullmatch(value):
-                choices = {c.lower() for c in option.type.choices}
+                fold = str.lower if not option.type.case_sensitive else str
+                choices = {fold(str(c)) for c in option.type.choices}
                 problems += [
                     f"{path} {name}: {v!r} is not one of {sorted(choices)}"
                     for v in value.split("|")
-                    if v.lower() not in choices
+                    if fold(v) not in choices
                 ]
         elif isinstance(command, click.Group):
             names = word.split("|")
@@ -110,6 +111,7 @@ def test_every_documented_command_line_parses() -> None:
         ("headrace serve --no-such-flag 1", "no option --no-such-flag"),
         ("headrace trian --model lenet5", "no subcommand 'trian'"),
         ("headrace compress --model NAME --quant int8|int3", "'int3' is not one of"),
+        ("headrace train --optimizer Adam", "'Adam' is not one of"),
         ("headrace watermark keygen|embed|check", "no subcommand 'check'"),
     ],
 )
