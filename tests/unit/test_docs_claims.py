@@ -291,3 +291,11 @@ def test_the_readme_table_of_flags_and_spec_keys_is_right() -> None:
         if option.name not in listed and option.opts != ["--json"]:
             field = option.opts[0].removeprefix("--").replace("-", "_")
             assert field == option.name and field in TrainConfig.model_fields, option.opts
+
+
+def test_security_md_names_every_agent_owned_field() -> None:
+    from training.job_spec import AGENT_OWNED
+
+    text = (REPO_ROOT / "docs" / "security.md").read_text()
+    section = text[text.index("### Training jobs") : text.index("### Input and resource")]
+    assert {name for name in AGENT_OWNED if f"`{name}`" not in section} == set()
