@@ -185,6 +185,20 @@ def test_report_table() -> None:
     assert "180 test images" in lines[-1]
 
 
+def test_a_report_without_compressed_versions_says_how_to_make_one() -> None:
+    """The table of a model never compressed listed its originals with every ratio '-'
+    and a note on ratios 'against the source row', of which there was none."""
+    row = ReportRow(
+        ref="m:1", compression="original", source=None, accuracy=0.99, test_samples=180,
+        model_bytes=250_000, weights=61_706, latency_s={1: 4e-5, 64: 2e-3},
+    )  # fmt: skip
+    lines = format_report(CompressionReport(name="m", rows=[row], latency_batches=[1, 64]))
+    assert lines.splitlines()[-1] == (
+        "no compressed version of m yet: `headrace compress --model m --quant int8` "
+        "(or --prune l1) makes one"
+    )
+
+
 def test_the_report_tells_fine_tunes_from_originals(tmp_path: Path) -> None:
     """A watermarked fine-tune (`watermark embed --from-model`) was listed as "original",
     with no source to compare it with."""

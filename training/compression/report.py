@@ -224,6 +224,11 @@ def format_report(report: CompressionReport) -> str:
         f"{note}ONNX Runtime, 1 thread; ratios are against the source row "
         "(size ratio < 1: smaller; latency ratio < 1: faster)"
     )
+    if not any(row.source for row in report.rows):  # nothing to compare: say how to get a row
+        lines.append(
+            f"no compressed version of {report.name} yet: `headrace compress --model "
+            f"{report.name} --quant int8` (or --prune l1) makes one"
+        )
     return "\n".join(line.rstrip() for line in lines)
 
 
