@@ -134,7 +134,7 @@ class CompressConfig(BaseModel):
         return None if self.quant is None else int(self.quant.removeprefix("int"))
 
     def summary(self) -> str:
-        """A short label of the methods, e.g. `prune-l1-0.5+int8+distill`."""
+        """A short label of the methods, in this order, e.g. `prune-l1-0.5+distill+int8`."""
         parts = []
         if self.prune is not None:
             parts.append(f"prune-{self.prune}-{self.target_sparsity:g}")
