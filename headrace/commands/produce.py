@@ -82,7 +82,8 @@ def produce(
     manifest: Path | None,
     bootstrap: str | None,
 ) -> None:
-    """Send COUNT real samples of the test split of DATASET as inference requests."""
+    """Send --n inference requests made of the real samples of the test split of --dataset
+    (cycling through them when --n exceeds them)."""
     from tqdm import tqdm
 
     from streams.producer import produce_requests
