@@ -286,3 +286,34 @@ def test_an_experiment_id_that_is_a_path_is_refused_for_resume_and_view(
         for argv in (["--resume", bad], ["view", bad, "--timeout-s", "1"]):
             err = _main_error([*argv, "--experiment-dir", str(tune_dir)], monkeypatch, capsys)
             assert f"error: experiment id {bad!r}: use 1 to 32 letters, digits" in err, err
+
+
+def test_an_experiment_whose_manager_outlived_a_killed_headrace_is_not_run_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NNI's manager runs detached: after `kill -9` of `headrace tune` it went on with the
+    trials, and `--resume` started a second manager on the same database beside it."""
+    import subprocess
+    import sys
+
+    from training.tuning.nni_experiment import NNI_DATABASE
+
+    tune_dir = _stored_experiment(tmp_path, "orphan1", published=False)
+    (tune_dir / "orphan1" / NNI_DATABASE).mkdir()
+    manager = subprocess.Popen(  # a stand-in with the command line of NNI's manager
+        [sys.executable, "-c", "import sys; sys.stdin.read()", "/nni_node/main.js",
+         "--port", "4321", "--experiment-id", "orphan1",
+         "--experiments-directory", str(tune_dir)],
+        stdin=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        for argv in (["--resume", "orphan1"], ["view", "orphan1", "--timeout-s", "1"]):
+            err = _main_error([*argv, "--experiment-dir", str(tune_dir)], monkeypatch, capsys)
+            assert (
+                f"error: experiment orphan1 is still run by an NNI manager (pid {manager.pid}, "
+                "web UI http://127.0.0.1:4321/oview) that a headrace process left behind when "
+                f"it was killed: stop it (`kill {manager.pid}`) and try again" in err
+            ), err
+    finally:
+        manager.communicate(b"", timeout=10)  # its stdin closes: it exits
+    assert not (tune_dir / "orphan1" / "log").exists()  # NNI never started

@@ -8,7 +8,7 @@ starting, an unknown experiment) come out as `TuningError` with a fix.
 
 One process at a time runs an experiment's NNI manager: start, resume and view
 hold a lock on `<experiment_id>/headrace.lock` until `stop`, and refuse an
-experiment another process holds.
+experiment another process holds, or whose manager outlived a killed headrace.
 
 NNI also lists every experiment in `~/nni-experiments/.experiment`; resume and
 view register an experiment found in our folder there when it is missing (e.g.
@@ -173,6 +173,7 @@ class NniExperiment:
         """Resume a stopped experiment of our folder; trials continue up to its trial budget."""
         self._require_database()
         with self._locked():
+            self._refuse_orphaned_manager()
             experiment = self._stopped_experiment()
             experiment._action = "resume"
             self._launch(experiment, port)
@@ -181,6 +182,7 @@ class NniExperiment:
         """Serve a stopped experiment's web UI (read-only) until `stop`."""
         self._require_database()
         with self._locked():
+            self._refuse_orphaned_manager()
             experiment = self._stopped_experiment()
             experiment._action = "view"
             self._launch(experiment, port)
@@ -215,6 +217,30 @@ class NniExperiment:
             self._unlock()
             raise
         self._write_lock(f"pid {os.getpid()}, web UI {self.url}")
+
+    def _refuse_orphaned_manager(self) -> None:
+        """TuningError if an NNI manager still runs this experiment though no process holds its
+        lock: the headrace process that started it was killed (SIGKILL, the OOM killer), and
+        the detached manager went on. A second manager on the same database would run the
+        trials again; the user decides whether to stop the first."""
+        import psutil  # NNI's own dependency
+
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            args = process.info["cmdline"] or []
+            if not any(str(arg).endswith("main.js") for arg in args):
+                continue
+            flags = dict(zip(args, args[1:], strict=False))
+            where = flags.get("--experiments-directory")
+            if flags.get("--experiment-id") != self.experiment_id or where is None:
+                continue
+            if Path(where).expanduser().resolve() != self.root:
+                continue
+            pid, port = process.info["pid"], flags.get("--port", "?")
+            raise TuningError(
+                f"experiment {self.experiment_id} is still run by an NNI manager (pid {pid}, web "
+                f"UI http://127.0.0.1:{port}/oview) that a headrace process left behind when it "
+                f"was killed: stop it (`kill {pid}`) and try again"
+            )
 
     def _write_lock(self, holder: str) -> None:
         if self._lock_fd is not None:
