@@ -299,3 +299,15 @@ def test_security_md_names_every_agent_owned_field() -> None:
     text = (REPO_ROOT / "docs" / "security.md").read_text()
     section = text[text.index("### Training jobs") : text.index("### Input and resource")]
     assert {name for name in AGENT_OWNED if f"`{name}`" not in section} == set()
+
+
+def test_the_dlq_reasons_the_readme_lists_exist() -> None:
+    text = README.read_text()
+    start = text.index("A DLQ record (`DLQRecord`")
+    listed = re.findall(r"`([a-z_]+)`", text[start : text.index("\n\n", start)])
+    codec = (REPO_ROOT / "streams" / "codec.py").read_text()
+    rejected = re.findall(r"\"([a-z_]+)\",?\s*\)(?: from None)?$", codec, flags=re.M)
+    reasons = {cls.reason for cls in _subclasses(HeadraceError)} | set(rejected)
+    fields = {"request_id", "error_code", "reason", "message", "stage", "payload", "source"}
+    assert len(listed) > 10
+    assert [code for code in listed if code not in reasons | fields | {"stream_dlq_total"}] == []
