@@ -174,6 +174,7 @@ def tune(
     from training.tuning.runner import TrialRow, finished_report, load_tune_config, run_tuning
     from training.tuning.search_space import load_search_space
 
+    stored = None
     if resume_id is not None:
         stored = load_tune_config(_experiment_dir(experiment_dir), resume_id)
         check_resume_flags(stored, resume_id, _explicit(click.get_current_context()))
@@ -216,6 +217,7 @@ def tune(
         check_available(config.tuner)
     started: list[str] = []
     done: list[TrialRow] = []
+    total = (stored or config).trials  # a resumed experiment keeps its own budget
 
     def on_started(experiment_id: str, url: str) -> None:
         started.append(experiment_id)
@@ -225,7 +227,7 @@ def tune(
         done.append(row)
         if as_json:
             return
-        click.echo(trial_line(len(done), config.trials, row))
+        click.echo(trial_line(len(done), total, row))
 
     def resume_hint(how: str) -> None:
         if started:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -317,3 +318,32 @@ def test_an_experiment_whose_manager_outlived_a_killed_headrace_is_not_run_twice
     finally:
         manager.communicate(b"", timeout=10)  # its stdin closes: it exits
     assert not (tune_dir / "orphan1" / "log").exists()  # NNI never started
+
+
+def test_a_resumed_experiment_counts_trials_against_its_own_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--resume` of a 4-trial experiment printed 'trial 1/10': the budget of the flags'
+    defaults, not of the experiment."""
+    from training.tuning import runner
+    from training.tuning.runner import TrialRow, TuneReport
+
+    tune_dir = _stored_experiment(tmp_path, "stopped3", published=False)
+    row = TrialRow(trial_id="t1", sequence=0, status="SUCCEEDED", val_loss=0.3)
+
+    def run_tuning(
+        config: object, *, on_trial: Callable[[TrialRow], None], **_: object
+    ) -> TuneReport:
+        on_trial(row)
+        return TuneReport(
+            experiment_id="stopped3", experiment_folder="x", tuner="Random", assessor=None,
+            trials=[row], best_trial_id="t1", best_val_loss=0.3, best_params={}, name="tuned",
+            version=1, repository=str(tmp_path / "repo"), test_accuracy=0.9,
+        )  # fmt: skip
+
+    monkeypatch.setattr(runner, "run_tuning", run_tuning)
+    result = CliRunner().invoke(
+        cli, ["tune", "--resume", "stopped3", "--experiment-dir", str(tune_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "trial 1/4 t1 SUCCEEDED" in result.output
