@@ -311,3 +311,21 @@ def test_the_dlq_reasons_the_readme_lists_exist() -> None:
     fields = {"request_id", "error_code", "reason", "message", "stage", "payload", "source"}
     assert len(listed) > 10
     assert [code for code in listed if code not in reasons | fields | {"stream_dlq_total"}] == []
+
+
+def test_the_config_json_defaults_the_readme_gives_are_the_models() -> None:
+    from serving.model_config import AutoscalingConfig, DynamicBatchingConfig, ModelConfig
+
+    text = README.read_text()
+    start = text.index("- per model in `config.json`, with their defaults:")
+    bullet = text[start : text.index("\n\n", start)]
+    stated = re.findall(r"`(\w+)`\s+(\d[\d,.]*|true|false)\b", bullet)
+    defaults = {
+        name: field.default
+        for model in (ModelConfig, DynamicBatchingConfig, AutoscalingConfig)
+        for name, field in model.model_fields.items()
+    }
+    assert len(stated) >= 8, stated
+    for name, value in stated:
+        expected = {"true": True, "false": False}.get(value, value.replace(",", ""))
+        assert str(defaults[name]).lower() in {str(expected).lower(), f"{expected}.0"}, name
