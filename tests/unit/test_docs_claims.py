@@ -33,10 +33,12 @@ def _code_blocks(text: str) -> list[str]:
 
 def doc_commands(text: str) -> list[str]:
     """`headrace ...` command lines: from code blocks (one per line, split at shell operators,
-    `$ ` prompts, `VAR=x` prefixes, comments and trailing `&` dropped) and inline code spans."""
+    `$ ` prompts, `VAR=x` prefixes, comments and trailing `&` dropped; an indented line of
+    `[--options]` continues a usage line) and inline code spans."""
     found = []
     for block in _code_blocks(text):
-        for line in block.replace("\\\n", " ").splitlines():
+        block = re.sub(r"\n\s+(?=\[--)", " ", block.replace("\\\n", " "))
+        for line in block.splitlines():
             for part in re.split(r"\|\||&&|;|(?<= )\|(?= )", line.strip().removeprefix("$ ")):
                 part = re.sub(r"^(\w+=\S+ )+", "", part.strip())
                 if part.startswith("headrace "):
@@ -59,6 +61,7 @@ def command_problems(line: str) -> list[str]:
     """Unknown subcommands and options of one documented command line, and values outside a
     choice. Values are otherwise not checked (docs use placeholders: NAME, DIR, ...), and
     `[...]` marks optional parts, `a|b` alternatives."""
+    line = re.sub(r"(?<=\S)\[([^\]\s]*)\]", r"\1", line)  # NAME[:VERSION] is one word
     words = shlex.split(re.sub(r"[\[\]]", " ", line).replace("...", "X"))
     command: click.Command = cli
     path = "headrace"
@@ -117,6 +120,27 @@ def test_every_documented_command_line_parses() -> None:
 )
 def test_the_command_check_finds_mistakes(line: str, expected: str) -> None:
     assert any(expected in p for p in command_problems(line)), command_problems(line)
+
+
+def test_defaults_shown_in_usage_lines_are_the_clis() -> None:
+    """`[--flag VALUE]` in a usage line shows the value the flag takes when left out."""
+    wrong, count = [], 0
+    for page in PAGES:
+        for line in doc_commands(page.read_text()):
+            command: click.Command = cli
+            for word in line.split()[1:]:
+                if isinstance(command, click.Group) and word in command.commands:
+                    command = command.commands[word]
+            for flag, value in re.findall(r"\[(--[a-z-]+) (-?[0-9][0-9.e-]*)\]", line):
+                option = _options(command).get(flag)
+                default = None if option is None else option.default
+                if not isinstance(default, int | float):  # no default, or one the code picks
+                    continue
+                count += 1
+                if float(value) != float(default):
+                    wrong.append(f"{page.name}: {flag} {value}, but the default is {default}")
+    assert count >= 6, count
+    assert wrong == []
 
 
 # -- metrics -------------------------------------------------------------------------------
