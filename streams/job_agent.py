@@ -38,6 +38,12 @@ from training.job_spec import TrainingJobSpec
 log = logging.getLogger(__name__)
 POLL_MS = 200
 STOP_JOIN_S = 60.0  # on stop, how long the cancelled job gets to end (deployments allow more)
+# How long an event or announcement may wait for the broker's acknowledgement: the producer's
+# own delivery timeout (it sends again meanwhile). A broker away for less holds the job at its
+# next event and the job goes on once the broker is back; the 30 s wait used before failed a
+# training job whose broker was away for 35 s ('failed: KafkaTimeoutError').
+EVENT_DELIVERY_TIMEOUT_S = 600.0
+EVENT_WAIT_WARN_S = 20.0  # an event still unacknowledged then is logged, once
 
 
 class JobAgentConfig(BaseModel):
@@ -92,7 +98,13 @@ class JobAgent:
 
         self.config = config
         self.metrics = metrics
-        self.producer = KafkaProducer(bootstrap_servers=config.bootstrap, acks="all", linger_ms=0)
+        self.producer = KafkaProducer(
+            bootstrap_servers=config.bootstrap,
+            acks="all",
+            linger_ms=0,
+            delivery_timeout_ms=int(EVENT_DELIVERY_TIMEOUT_S * 1000),
+            max_block_ms=int(EVENT_DELIVERY_TIMEOUT_S * 1000),
+        )
         self.consumer = KafkaConsumer(
             JOBS_TOPIC,
             bootstrap_servers=config.bootstrap,
@@ -128,15 +140,32 @@ class JobAgent:
         # off the topic finds /metrics already updated.
         if self.metrics is not None:
             self.metrics.observe(event)
-        self.producer.send(
-            EVENTS_TOPIC, key=event.job_id.encode(), value=event.model_dump_json().encode()
-        ).get(timeout=30)
+        self._deliver(EVENTS_TOPIC, event.job_id, event.model_dump_json().encode())
         log.info("%s", event.describe())
 
     def announce(self, update: ModelUpdate) -> None:
-        self.producer.send(
-            UPDATES_TOPIC, key=update.model.encode(), value=update.model_dump_json().encode()
-        ).get(timeout=30)
+        self._deliver(UPDATES_TOPIC, update.model, update.model_dump_json().encode())
+
+    def _deliver(self, topic: str, key: str, value: bytes) -> None:
+        """Produce and wait for the acknowledgement, as long as the producer tries (its
+        `delivery_timeout_ms`); a wait past `EVENT_WAIT_WARN_S` is logged once."""
+        from kafka.errors import KafkaTimeoutError
+
+        future = self.producer.send(topic, key=key.encode(), value=value)
+        try:
+            future.get(timeout=EVENT_WAIT_WARN_S)
+            return
+        except KafkaTimeoutError:
+            if future.is_done:  # the producer gave up: not a wait of ours
+                raise
+        log.warning(
+            "Kafka at %s has not acknowledged a record for %s (key %s) in %.0f s; "
+            "waiting up to %.0f s for the broker (the job waits with it)",
+            self.config.bootstrap, topic, key, EVENT_WAIT_WARN_S, EVENT_DELIVERY_TIMEOUT_S,
+        )  # fmt: skip
+        future.get(timeout=EVENT_DELIVERY_TIMEOUT_S)  # the producer's verdict comes first
+        log.warning("Kafka at %s answers again (the record for %s is acknowledged)",
+                    self.config.bootstrap, topic)  # fmt: skip
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -235,6 +264,7 @@ class JobAgent:
 
     def _commit(self) -> None:
         from kafka import TopicPartition
+        from kafka.errors import KafkaError, RetriableError
         from kafka.structs import OffsetAndMetadata
 
         offsets = {}
@@ -244,5 +274,18 @@ class JobAgent:
             if self.committed.get(partition) != point:
                 offsets[TopicPartition(JOBS_TOPIC, partition)] = OffsetAndMetadata(point, "", -1)
                 self.committed[partition] = point
-        if offsets:
+        if not offsets:
+            return
+        try:
             self.consumer.commit(offsets)
+        except RetriableError as exc:  # the broker away for longer than the commit waits
+            for tp in offsets:  # committed again by a later turn of the loop
+                self.committed.pop(tp.partition, None)
+            log.warning(
+                "could not commit the offsets of finished commands to Kafka at %s (%s); "
+                "trying again (a job whose offset stays uncommitted is reported again from its "
+                "saved report after a restart)",
+                self.config.bootstrap, exc,
+            )  # fmt: skip
+        except KafkaError as exc:  # the partitions went to another agent: it reads them again
+            log.warning("could not commit the offsets of finished commands (%s)", exc)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka.errors import MessageSizeTooLargeError
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
 from headrace.errors import ConfigError
@@ -151,3 +151,33 @@ def test_a_spec_document_that_cannot_be_read_is_a_config_error(name: str) -> Non
     text, expected = SPEC_DOCUMENTS[name]
     with pytest.raises(ConfigError, match=expected):
         parse_job_spec(text, source="spec.yaml")
+
+
+class _CommitTimesOutOnce(_Consumer):
+    """The broker away while the agent commits: the first commit times out."""
+
+    failures = 1
+
+    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise KafkaTimeoutError("Timeout after waiting for 30 secs.")
+        super().commit(offsets)
+
+
+def test_a_commit_the_broker_does_not_answer_is_made_again_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a commit that timed out (the broker away for longer than the commit's 30 s)
+    ended `headrace train agent` with kafka-python's KafkaTimeoutError traceback."""
+    monkeypatch.setattr("kafka.KafkaProducer", _Producer)
+    monkeypatch.setattr("kafka.KafkaConsumer", _CommitTimesOutOnce)
+    monkeypatch.setattr(_Producer, "sent", [])
+    monkeypatch.setattr(_Consumer, "records", [_command("bad", spec={"model": "nope"})])
+    monkeypatch.setattr(_Consumer, "stop", threading.Event())
+    monkeypatch.setattr(_Consumer, "committed", {})
+    config = JobAgentConfig(bootstrap="unused:9092", repository=tmp_path, runs_dir=tmp_path)
+    agent = JobAgent(config, train=lambda *_a: None, available_cpus=2)
+    agent.run(_Consumer.stop)
+    assert agent.consumer.failures == 0  # it did time out once
+    assert _Consumer.committed == {TopicPartition(JOBS_TOPIC, 0): 1}

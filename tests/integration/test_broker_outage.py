@@ -1,0 +1,123 @@
+"""The Kafka-side processes while the broker is away for a while and then back: the embedded
+broker is frozen with SIGSTOP (its memory storage survives, unlike a restart) and resumed with
+SIGCONT. Each test is one compact scenario per process kind; every process and every frozen
+broker is released (SIGCONT) and stopped by its pid, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka_fixtures import external_bootstrap
+from server_fixtures import wait_until
+
+from streams.broker import EmbeddedBroker
+from streams.job_agent import JobAgent, JobAgentConfig
+from streams.job_client import read_events, submit_job
+from streams.job_messages import TERMINAL_EVENTS, TrainingEvent
+from streams.topics import create_topics
+from training.job_spec import parse_job_spec
+from training.loop import EpochRecord
+from training.recipe import TrainReport
+
+pytestmark = pytest.mark.skipif(
+    external_bootstrap() is not None, reason="freezes the embedded broker's process"
+)
+
+
+@contextlib.contextmanager
+def frozen(broker: EmbeddedBroker) -> Iterator[None]:
+    """The broker stopped (SIGSTOP) within the block: connections stay open, nothing answers.
+    Resumed (SIGCONT) on the way out, also when the block fails."""
+    assert broker.process is not None
+    os.kill(broker.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(broker.process.pid, signal.SIGCONT)
+
+
+# -- the training agent ----------------------------------------------------------------------
+
+AGENT_OUTAGE_S = 35.0  # longer than the 30 s the agent's events used to wait for the broker
+
+
+def _epoch(epoch: int) -> EpochRecord:
+    return EpochRecord(
+        epoch=epoch, train_loss=1.0, train_accuracy=0.5, val_loss=1.0, val_accuracy=0.5,
+        seconds=0.1, samples_per_s=100.0,
+    )  # fmt: skip
+
+
+def _report(run_dir: Path) -> TrainReport:
+    return TrainReport(
+        model="lenet5", name="outage", dataset="digits", version=None, test_accuracy=0.5,
+        test_balanced_accuracy=0.5, test_loss=1.0, val_loss=1.0, epochs_run=2, best_epoch=2,
+        stopped_early=False, train_seconds=0.2, onnx_max_abs_diff=None, run_dir=str(run_dir),
+        repository=None,
+    )  # fmt: skip
+
+
+def _events(bootstrap: str, job_id: str) -> list[TrainingEvent]:
+    return list(read_events(bootstrap, job_id, idle_s=0.3))
+
+
+def _ended(bootstrap: str, job_id: str) -> list[TrainingEvent] | None:
+    """The job's events once one of them ends it."""
+    history = _events(bootstrap, job_id)
+    return history if any(e.event in TERMINAL_EVENTS for e in history) else None
+
+
+def test_a_training_job_goes_on_through_a_broker_outage(tmp_path: Path) -> None:
+    """Before: each event waited 30 s for the broker, so a job whose broker was away for
+    35 s failed ('failed: KafkaTimeoutError: Timeout after waiting for 30 secs.') and its
+    command was committed as done. Now the job's next event waits for the broker (the
+    producer's delivery timeout) and the job succeeds once the broker is back."""
+    in_outage = threading.Event()  # the broker is frozen: the job may report its next epoch
+    job_id = f"outage-{uuid.uuid4().hex[:8]}"
+
+    def train(config: Any, on_epoch: Callable[[EpochRecord], None], _stop: Any) -> TrainReport:
+        on_epoch(_epoch(1))
+        assert in_outage.wait(60), "the test never froze the broker"
+        on_epoch(_epoch(2))  # produced while the broker is away
+        return _report(config.runs_dir)
+
+    with EmbeddedBroker() as broker:
+        create_topics(broker.bootstrap)
+        config = JobAgentConfig(
+            bootstrap=broker.bootstrap, repository=tmp_path / "repo", runs_dir=tmp_path / "runs",
+            group_id=f"agent-{job_id}",
+        )  # fmt: skip
+        agent = JobAgent(config, train, available_cpus=1)
+        stop = threading.Event()
+        loop = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+        loop.start()
+        try:
+            spec = parse_job_spec({"model": "lenet5", "epochs": 2, "job_id": job_id})
+            submit_job(broker.bootstrap, spec)
+            wait_until(
+                lambda: any(e.event == "epoch" for e in _events(broker.bootstrap, job_id)),
+                "the job's first epoch event",
+                timeout_s=60,
+            )
+            with frozen(broker):
+                in_outage.set()
+                loop.join(timeout=AGENT_OUTAGE_S)  # the outage; the agent must not end in it
+                assert loop.is_alive(), "the agent's loop ended during the outage"
+            history = wait_until(
+                lambda: _ended(broker.bootstrap, job_id), "the job's end after it", timeout_s=60
+            )
+        finally:
+            stop.set()
+            loop.join(timeout=90)
+        assert not loop.is_alive(), "the agent did not stop"
+    kinds = [(e.event, e.epoch) for e in history if e.event not in ("accepted", "started")]
+    assert kinds == [("epoch", 1), ("epoch", 2), ("succeeded", None)], history
