@@ -9,13 +9,16 @@ real Kafka cluster is one setting away.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
+import logging
 import os
 import signal
 import socket
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from headrace.errors import HeadraceError
@@ -71,19 +74,35 @@ def answers_metadata(bootstrap: str, timeout_s: float = 2.0) -> bool:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except (OSError, ValueError):
         return False
+    with _quiet_kafka_logs():  # a failed probe is an answer, not five log lines of errors
+        try:  # a broker that accepts the connection but never answers (frozen, overloaded)
+            # made the client's bootstrap wait its own 30 s (`bootstrap_timeout_ms`)
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                request_timeout_ms=int(timeout_s * 1000),
+                bootstrap_timeout_ms=int(timeout_s * 1000),
+            )
+        except (KafkaError, OSError, ValueError):
+            return False
+        try:
+            admin.list_topics()
+            return True
+        except (KafkaError, OSError):
+            return False
+        finally:
+            admin.close()
+
+
+@contextlib.contextmanager
+def _quiet_kafka_logs() -> Iterator[None]:
+    """kafka-python's log records below CRITICAL dropped within the block."""
+    logger = logging.getLogger("kafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
-        )
-    except (KafkaError, OSError, ValueError):
-        return False
-    try:
-        admin.list_topics()
-        return True
-    except (KafkaError, OSError):
-        return False
+        yield
     finally:
-        admin.close()
+        logger.setLevel(level)
 
 
 def is_embedded(bootstrap: str, timeout_s: float = 10.0) -> bool:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,9 +20,9 @@ from typing import Any
 
 import pytest
 from kafka_fixtures import external_bootstrap
-from server_fixtures import wait_until
+from server_fixtures import REPO_ROOT, wait_until
 
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, answers_metadata
 from streams.job_agent import JobAgent, JobAgentConfig
 from streams.job_client import read_events, submit_job
 from streams.job_messages import TERMINAL_EVENTS, TrainingEvent
@@ -121,3 +124,32 @@ def test_a_training_job_goes_on_through_a_broker_outage(tmp_path: Path) -> None:
         assert not loop.is_alive(), "the agent did not stop"
     kinds = [(e.event, e.epoch) for e in history if e.event not in ("accepted", "started")]
     assert kinds == [("epoch", 1), ("epoch", 2), ("succeeded", None)], history
+
+
+# -- startup against a broker that does not answer -------------------------------------------
+
+
+def test_a_broker_that_accepts_connections_but_never_answers_is_given_up_on_in_time(
+    tmp_path: Path,
+) -> None:
+    """A frozen broker accepts TCP connections (the kernel does) but answers nothing. Before:
+    `answers_metadata(timeout_s=2)` returned only after kafka-python's own 30 s bootstrap
+    timeout, so `headrace stream worker`, `data ingest`, `results` ... took 31 s to say
+    'cannot reach Kafka' instead of the 5 s they give it, after five lines of kafka-python's
+    log (the worker's)."""
+    with EmbeddedBroker() as broker, frozen(broker):
+        started = time.monotonic()
+        assert not answers_metadata(broker.bootstrap, timeout_s=2.0)
+        waited_s = time.monotonic() - started
+        command = [sys.executable, "-m", "headrace", "stream", "worker", "--bootstrap",
+                   broker.bootstrap, "--repository", str(tmp_path)]  # fmt: skip
+        started = time.monotonic()
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        refused_s = time.monotonic() - started
+    assert waited_s < 10.0, f"answers_metadata(timeout_s=2) took {waited_s:.1f} s"
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: cannot reach Kafka at {broker.bootstrap}; start the embedded broker with "
+        "`headrace broker start` or set HEADRACE_KAFKA_BOOTSTRAP"
+    ], done.stderr  # one line, without kafka-python's log of the failed probe
+    assert refused_s < 20.0, f"the worker took {refused_s:.1f} s to refuse the start"
