@@ -44,6 +44,7 @@ STOP_JOIN_S = 60.0  # on stop, how long the cancelled job gets to end (deploymen
 # training job whose broker was away for 35 s ('failed: KafkaTimeoutError').
 EVENT_DELIVERY_TIMEOUT_S = 600.0
 EVENT_WAIT_WARN_S = 20.0  # an event still unacknowledged then is logged, once
+STOP_FLUSH_S = 10.0  # on stop, how long events may wait for the broker (each of flush, close)
 
 
 class JobAgentConfig(BaseModel):
@@ -203,8 +204,22 @@ class JobAgent:
                 if self.running.thread is not None:
                     self.running.thread.join(timeout=STOP_JOIN_S)
             self.consumer.close(autocommit=False)
-            self.producer.flush(timeout=30)
-            self.producer.close(timeout=30)
+            self._close_producer()
+
+    def _close_producer(self) -> None:
+        """Flush and close; events the broker does not take by then (it is away) are given up
+        with a warning, not a traceback: their commands are not committed, so they run again."""
+        from kafka.errors import KafkaError
+
+        try:
+            self.producer.flush(timeout=STOP_FLUSH_S)
+            self.producer.close(timeout=STOP_FLUSH_S)
+        except KafkaError as exc:
+            log.warning(
+                "events not acknowledged by Kafka at %s by the stop (%s); their commands stay "
+                "uncommitted and are read again after a restart",
+                self.config.bootstrap, exc,
+            )  # fmt: skip
 
     def _receive(self, partition: int, offset: int, value: bytes | None) -> None:
         self.unfinished.setdefault(partition, set()).add(offset)

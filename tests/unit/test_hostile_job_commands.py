@@ -181,3 +181,23 @@ def test_a_commit_the_broker_does_not_answer_is_made_again_later(
     agent.run(_Consumer.stop)
     assert agent.consumer.failures == 0  # it did time out once
     assert _Consumer.committed == {TopicPartition(JOBS_TOPIC, 0): 1}
+
+
+class _BrokerAwayProducer(_Producer):
+    def flush(self, timeout: float | None = None) -> None:
+        raise KafkaTimeoutError("Timeout waiting for future")
+
+
+def test_a_stop_while_the_broker_is_away_ends_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: SIGTERM while the broker was frozen ended `headrace train agent` (after about
+    90 s) with the KafkaTimeoutError traceback of the producer's last flush, exit 1."""
+    monkeypatch.setattr("kafka.KafkaProducer", _BrokerAwayProducer)
+    monkeypatch.setattr("kafka.KafkaConsumer", _Consumer)
+    monkeypatch.setattr(_Producer, "sent", [])
+    monkeypatch.setattr(_Consumer, "records", [])
+    monkeypatch.setattr(_Consumer, "stop", threading.Event())
+    monkeypatch.setattr(_Consumer, "committed", {})
+    config = JobAgentConfig(bootstrap="unused:9092", repository=tmp_path, runs_dir=tmp_path)
+    JobAgent(config, train=lambda *_a: None, available_cpus=2).run(_Consumer.stop)
