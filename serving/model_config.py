@@ -90,6 +90,15 @@ MAX_BATCH_SIZE = 65_536
 batch of more rows than this is a serving batch."""
 
 
+MAX_INSTANCES = 256
+"""Most instances a config.json may ask for (`instance_count`, `autoscaling.min_instances` and
+`max_instances`). Triton sets no bound, but each instance here is an ONNX Runtime session with
+its own copy of the weights and at least one thread, all built when the model loads: a config
+asking for 100,000 built sessions until memory ran out (a LeNet-5 server grew by ~150 MB/s and
+never became ready). On CPU, instances beyond the cores add no throughput; 256 is one per
+hardware thread of a large two-socket server."""
+
+
 class DynamicBatchingConfig(BaseModel):
     """Triton's dynamic batching settings."""
 
@@ -105,8 +114,8 @@ class AutoscalingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_instances: int = Field(default=1, ge=1)
-    max_instances: int = Field(default=4, ge=1)
+    min_instances: int = Field(default=1, ge=1, le=MAX_INSTANCES)
+    max_instances: int = Field(default=4, ge=1, le=MAX_INSTANCES)
     target_queue_depth: float = Field(
         default=4.0, gt=0, description="Queued requests per instance above which to scale up."
     )
@@ -131,7 +140,9 @@ class ModelConfig(BaseModel):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     dynamic_batching: DynamicBatchingConfig = Field(default_factory=DynamicBatchingConfig)
-    instance_count: int = Field(default=1, ge=1)
+    instance_count: int = Field(
+        default=1, ge=1, le=MAX_INSTANCES, description="ONNX Runtime sessions serving the model."
+    )
     preprocessing: PreprocessingSpec | None = None
     labels: list[str] = Field(default_factory=list, description="Class names by output index.")
     reject_non_finite: bool = Field(

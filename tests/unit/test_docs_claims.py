@@ -338,7 +338,13 @@ def test_the_dlq_reasons_the_readme_lists_exist() -> None:
 
 
 def test_the_config_json_defaults_the_readme_gives_are_the_models() -> None:
-    from serving.model_config import AutoscalingConfig, DynamicBatchingConfig, ModelConfig
+    from serving.model_config import (
+        MAX_BATCH_SIZE,
+        MAX_INSTANCES,
+        AutoscalingConfig,
+        DynamicBatchingConfig,
+        ModelConfig,
+    )
 
     text = README.read_text()
     start = text.index("- per model in `config.json`, with their defaults:")
@@ -353,3 +359,5 @@ def test_the_config_json_defaults_the_readme_gives_are_the_models() -> None:
     for name, value in stated:
         expected = {"true": True, "false": False}.get(value, value.replace(",", ""))
         assert str(defaults[name]).lower() in {str(expected).lower(), f"{expected}.0"}, name
+    bounds = [int(n.replace(",", "")) for n in re.findall(r"at\s+most\s+(\d[\d,]*)", bullet)]
+    assert bounds == [MAX_BATCH_SIZE, MAX_INSTANCES, MAX_INSTANCES], bounds

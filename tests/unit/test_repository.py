@@ -12,7 +12,13 @@ from click.testing import CliRunner
 
 from headrace.commands.models import models
 from headrace.errors import ConfigError, ModelNotFound, RepositoryError
-from serving.model_config import MAX_BATCH_SIZE, ModelConfig, PreprocessingSpec, TensorSpec
+from serving.model_config import (
+    MAX_BATCH_SIZE,
+    MAX_INSTANCES,
+    ModelConfig,
+    PreprocessingSpec,
+    TensorSpec,
+)
 from serving.repository import ModelRepository
 
 pytestmark = pytest.mark.unit
@@ -172,6 +178,30 @@ def test_max_batch_size_is_bounded_by_what_a_triton_model_config_holds() -> None
     doc["max_batch_size"] = MAX_BATCH_SIZE
     assert ModelConfig.model_validate(doc).max_batch_size == MAX_BATCH_SIZE
     assert MAX_BATCH_SIZE < 2**31
+
+
+@pytest.mark.parametrize(
+    ("update", "field"),
+    [
+        ({"instance_count": 100_000}, "instance_count"),
+        ({"autoscaling": {"max_instances": 100_000}}, "autoscaling.max_instances"),
+        ({"autoscaling": {"min_instances": 100_000, "max_instances": 4}}, "min_instances"),
+    ],
+)
+def test_instance_counts_are_bounded_before_any_session_is_built(
+    repo: ModelRepository, model_file: Path, update: dict[str, object], field: str
+) -> None:
+    """Each instance is an ONNX Runtime session built at load: 100,000 of them grew a server
+    by ~150 MB/s until memory ran out. The config is refused naming the field instead."""
+    publish(repo, model_file)
+    path = repo.root / "digits" / "config.json"
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, **update}))
+    with pytest.raises(RepositoryError, match=rf"{field}: Input should be less than or equal to"):
+        repo.config("digits")
+    at_bound = {"instance_count": MAX_INSTANCES, "autoscaling": {"max_instances": MAX_INSTANCES}}
+    path.write_text(json.dumps({**doc, **at_bound}))
+    assert repo.config("digits").instance_count == MAX_INSTANCES
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "..", "", "x" * 129, "sp ace"])
