@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks.serving import (
+from benchmarks.serving_report import (
     AA_SYSTEMS,
     SAME_PATH_NOISE,
     Row,
