@@ -66,6 +66,7 @@ class TrainConfig(BaseModel):
     patience: int = Field(
         default=5,
         ge=0,
+        le=10_000,  # the most epochs a run has (`epochs`): a longer patience never stops one
         description="Stop after this many epochs without a better val loss; 0 = never.",
     )
     val_fraction: float = Field(default=0.1, gt=0, lt=1)

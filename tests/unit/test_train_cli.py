@@ -148,6 +148,18 @@ ABSURD_SPEC_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     # published, then Triton's ModelConfig (max_batch_size int32) failed for the model
     "max_batch_size": ({"max_batch_size": 2**31}, "max_batch_size: Input should be less than"),
     "batch of 10**9": ({"max_batch_size": 10**9}, "max_batch_size: Input should be less than"),
+    # accepted, and a run of at most 10,000 epochs never used it
+    "patience": ({"patience": 10**30}, "patience: Input should be less than or equal to 10000"),
+    "powersgd warm-up": (
+        {"distributed": {"workers": 2, "compression": {"kind": "powersgd", "warmup_steps": 1e18}}},
+        "distributed.compression.powersgd.warmup_steps: Input should be less than or equal to "
+        "1000000000",
+    ),
+    # NNI's manager failed to start: 'cannot convert float infinity to integer'
+    "tune budget": (
+        {"kind": "tune", "tune": {"trials": 2, "max_duration_s": 10**400}},
+        "tune.max_duration_s: Input should be less than or equal to 31622400",
+    ),
 }
 
 
@@ -167,4 +179,14 @@ def test_a_search_space_reaching_an_absurd_weight_decay_is_refused() -> None:
 
     space = {"weight_decay": {"_type": "loguniform", "_value": [1e-6, 1e308]}}
     with pytest.raises(ConfigError, match="weight_decay: value 1e[+]308 is refused"):
+        check_search_space(space)
+
+
+def test_a_search_space_reaching_an_absurd_patience_is_refused() -> None:
+    """Before: accepted, then NNI's TPE tuner failed drawing the first trial's
+    ('high is out of bounds for int64')."""
+    from training.tuning.search_space import check_search_space
+
+    space = {"patience": {"_type": "randint", "_value": [1, 10**30]}}
+    with pytest.raises(ConfigError, match="patience: Input should be less than or equal to 10000"):
         check_search_space(space)

@@ -47,6 +47,9 @@ def test_bad_settings_are_refused_before_any_experiment_starts(
     assert "concurrency 2 exceeds trials 1" in err
     err = _main_error(["--epochs", "0", "--model", "lenet9", *common], monkeypatch, capsys)
     assert "epochs" in err and "unknown model 'lenet9'" in err
+    # before: NNI's manager did not start ('cannot convert float infinity to integer')
+    err = _main_error(["--max-duration-s", "1" + "0" * 400, *common], monkeypatch, capsys)
+    assert "max_duration_s: Input should be less than or equal to 31622400" in err
     err = _main_error(["--experiment-id", "a.b", *common], monkeypatch, capsys)
     assert "experiment id 'a.b': use 1 to 32 letters" in err
     err = _main_error(["--resume", "nothere", *common], monkeypatch, capsys)

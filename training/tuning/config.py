@@ -25,6 +25,9 @@ AssessorName = Literal["Medianstop", "Curvefitting"]
 EXPERIMENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
 """NNI's rule for experiment ids."""
 TUNE_FILE = "headrace-tune.json"
+MAX_DURATION_S = 366 * 24 * 3600
+"""Longest experiment budget: a year, more than any search runs. NNI reads the budget as a float
+and rounds it up to whole seconds, so 10**309 s ended in OverflowError inside its manager."""
 
 
 def check_experiment_id(experiment_id: str) -> str:
@@ -53,7 +56,10 @@ class TuneSettings(BaseModel):
         description="NNI-format search space over TrainConfig fields.",
     )
     max_duration_s: int | None = Field(
-        default=None, ge=1, description="Stop sampling new trials after this long; None = no limit."
+        default=None,
+        ge=1,
+        le=MAX_DURATION_S,
+        description="Stop sampling new trials after this long; None = no limit.",
     )
 
     @field_validator("search_space")
