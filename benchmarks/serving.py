@@ -20,7 +20,8 @@ weights and one sample per request sent as raw_input_contents:
 
 Servers run on one core and the generator on another (when there are two).
 Prints a table and a final JSON line. Batching counts as slower than no
-batching at a point only when it is more than `SAME_PATH_NOISE` (5%) slower:
+batching at a point only when it is more than `SAME_PATH_NOISE` (5%, in
+`benchmarks.serving_report`) slower:
 two identical endpoints differ by that much and more (`batched_slower_than_unbatched_at`
 lists every point where batched was below at all). `--aa-check` measures that
 noise in the run: two identical batched servers, side by side like the pair

@@ -114,7 +114,8 @@ def _value(rows: list[Row], system: str, model: str, streams: int | None) -> Row
     return None
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a over b to three places, or None when either is missing (or b is 0)."""
     return round(a / b, 3) if a is not None and b else None
 
 
@@ -136,14 +137,12 @@ def summarize(rows: list[Row], settings: Settings) -> dict[str, Any]:
         out[f"{p}_ort_ceiling_qps"] = qps("ort ceiling (compute)", model, None)
     p99_32 = _value(rows, "headrace batched", "lenet5", 32)
     out["lenet_p99_ms_32"] = p99_32.p99_ms if p99_32 is not None else None
-    out["lenet_batched_vs_transport"] = _ratio(
+    out["lenet_batched_vs_transport"] = ratio(
         out["lenet_batched_qps"], out["lenet_transport_ceiling_qps"]
     )
-    out["lenet_batched_vs_rayserve"] = _ratio(out["lenet_batched_qps"], out["lenet_rayserve_qps"])
-    out["resnet_batched_vs_ort"] = _ratio(out["resnet_batched_qps"], out["resnet_ort_ceiling_qps"])
-    out["resnet_batched_vs_rayserve"] = _ratio(
-        out["resnet_batched_qps"], out["resnet_rayserve_qps"]
-    )
+    out["lenet_batched_vs_rayserve"] = ratio(out["lenet_batched_qps"], out["lenet_rayserve_qps"])
+    out["resnet_batched_vs_ort"] = ratio(out["resnet_batched_qps"], out["resnet_ort_ceiling_qps"])
+    out["resnet_batched_vs_rayserve"] = ratio(out["resnet_batched_qps"], out["resnet_rayserve_qps"])
     for system, key in (
         ("headrace batched, client batch", "lenet_batched_client_batch_samples_per_s"),
         ("grpc canned, client batch", "lenet_transport_client_batch_samples_per_s"),

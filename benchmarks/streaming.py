@@ -56,7 +56,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,67 +64,29 @@ import numpy as np
 from benchmarks.loadgen import machine_cpu_seconds, tree_cpu_seconds
 from benchmarks.procs import Child, Processes
 from benchmarks.serving import _env, _python
+from benchmarks.serving_report import cell
+from benchmarks.streaming_kafka import (
+    Encoded,
+    consume_count,
+    create,
+    new_producer,
+    produce,
+    read_outcomes,
+)
+from benchmarks.streaming_report import (
+    Row,
+    Settings,
+    find_row,
+    headline_format,
+    print_table,
+    summarize,
+)
 from headrace.gc_pauses import collector_paused
 
 MODEL_SHAPES: dict[str, tuple[int, ...]] = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
-SHORT = {"lenet5": "lenet", "resnet20": "resnet"}
 DISTINCT_IMAGES = 256
-FIRST_OUTCOME_TIMEOUT_S = 120.0
-STALL_TIMEOUT_S = 60.0
 WORKER_READY = r"stream worker ready"
 NAIVE_READY = r"naive consumer ready"
-FETCH_BYTES = 8 * 1024 * 1024
-
-
-@dataclass
-class Row:
-    """One line of the table."""
-
-    system: str
-    model: str
-    fmt: str
-    requests: int
-    rps: float
-    wall_s: float | None = None
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    dlq: int = 0
-    consumer_cpu_pct: float | None = None
-    broker_cpu_pct: float | None = None
-    client_cpu_pct: float | None = None
-    other_cpu_pct: float | None = None
-    note: str = ""
-
-
-@dataclass
-class Settings:
-    n: int
-    models: list[str]
-    formats: list[str]
-    skip_naive: bool
-    concurrency: int
-    max_batch: int
-    max_delay_ms: float
-    ort_seconds: float
-    worker_cpu: int | None
-    client_cpu: int | None
-    p99_seconds: float
-
-
-@dataclass
-class Outcomes:
-    """What the reader saw: outcome times by request id and DLQ count."""
-
-    produced_at: dict[str, float] = field(default_factory=dict)
-    created_at: dict[str, float] = field(default_factory=dict)
-    queue_s: dict[str, float] = field(default_factory=dict)  # request record's timestamp -> run
-    dlq: int = 0
-    wall_s: float = 0.0
-
-    def rate(self) -> float:
-        times = sorted(self.produced_at.values())
-        span = times[-1] - times[0] if len(times) > 1 else 0.0
-        return (len(times) - 1) / span if span > 0 else float("nan")
 
 
 class CpuWindow:
@@ -202,9 +163,6 @@ def images(model: str, count: int = DISTINCT_IMAGES) -> np.ndarray:
     return rng.integers(0, 256, size=(count, *MODEL_SHAPES[model]), dtype=np.uint8)
 
 
-Encoded = list[tuple[bytes, bytes, list[tuple[str, bytes]]]]  # key, value, headers
-
-
 def encode_all(model: str, fmt: str, n: int) -> Encoded:
     """N request records (unique ids, the images cycled), encoded as `headrace produce` does."""
     from streams.producer import encode_sample
@@ -217,112 +175,6 @@ def encode_all(model: str, fmt: str, n: int) -> Encoded:
         value, headers = encode_sample(request_id, model, pixels[i % len(pixels)], fmt)  # type: ignore[arg-type]
         out.append((request_id.encode(), value, headers))
     return out
-
-
-def new_producer(bootstrap: str) -> Any:
-    from kafka import KafkaProducer
-
-    return KafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",  # DESIGN.md: acks=0 loses data on the embedded broker
-        linger_ms=5,
-        batch_size=1024 * 1024,
-        max_request_size=FETCH_BYTES,
-    )
-
-
-def new_reader(bootstrap: str, topics: list[str]) -> Any:
-    from kafka import KafkaConsumer
-
-    return KafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",  # as `headrace results` reads (exactly-once outcomes)
-        max_partition_fetch_bytes=FETCH_BYTES,
-        fetch_max_bytes=4 * FETCH_BYTES,
-    )
-
-
-def create(bootstrap: str, *names: str) -> None:
-    from streams.topics import TopicSpec, create_topics
-
-    create_topics(bootstrap, [TopicSpec(name=name) for name in names])
-
-
-def produce(bootstrap: str, topic: str, records: Encoded) -> float:
-    """Produce every record and wait for every acknowledgement; seconds taken."""
-    producer = new_producer(bootstrap)
-    try:
-        started = time.perf_counter()
-        futures = [producer.send(topic, key=k, value=v, headers=h) for k, v, h in records]
-        producer.flush()
-        for future in futures:
-            future.get(timeout=60)
-        return time.perf_counter() - started
-    finally:
-        producer.close()
-
-
-def consume_count(bootstrap: str, topic: str, n: int) -> float:
-    """Consume `n` records from the start of `topic` (counting them, as DESIGN.md says); seconds."""
-    reader = new_reader(bootstrap, [topic])
-    try:
-        started = time.perf_counter()
-        seen = 0
-        deadline = started + FIRST_OUTCOME_TIMEOUT_S
-        while seen < n:
-            for records in reader.poll(timeout_ms=200).values():
-                seen += len(records)
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"only {seen} of {n} records consumed back from {topic}")
-        return time.perf_counter() - started
-    finally:
-        reader.close()
-
-
-def read_outcomes(
-    bootstrap: str, results: str, dlq: str, n: int, child: Child | None, started: float
-) -> Outcomes:
-    """Consume results and DLQ records until `n` distinct request ids have an outcome."""
-    out = Outcomes()
-    reader = new_reader(bootstrap, [results, dlq])
-    last_new = time.perf_counter()
-    try:
-        while len(out.produced_at) < n:
-            grew = False
-            for records in reader.poll(timeout_ms=200).values():
-                for record in records:
-                    body = json.loads(record.value)
-                    rid = body.get("request_id") or f"?{record.offset}"
-                    if rid in out.produced_at:
-                        continue
-                    grew = True
-                    if record.topic == dlq:
-                        out.dlq += 1
-                        out.produced_at[rid] = float(body["failed_at"])
-                    else:
-                        out.produced_at[rid] = float(body["produced_at"])
-                        out.queue_s[rid] = float(body["timings"]["queue_s"])
-                        if body.get("request_created_at") is not None:
-                            out.created_at[rid] = float(body["request_created_at"])
-            now = time.perf_counter()
-            if grew:
-                last_new = now
-            limit = STALL_TIMEOUT_S if out.produced_at else FIRST_OUTCOME_TIMEOUT_S
-            if now - last_new > limit:
-                raise RuntimeError(
-                    f"stalled at {len(out.produced_at)} of {n} outcomes on {results}"
-                    + (f"; consumer log:\n{child.tail()}" if child is not None else "")
-                )
-            if child is not None and child.proc.poll() is not None:
-                raise RuntimeError(f"{child.name} exited early:\n{child.tail()}")
-        out.wall_s = time.perf_counter() - started
-        return out
-    finally:
-        reader.close()
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -343,7 +195,7 @@ class Bench:
         extra = f" p99 {row.p99_ms:.1f} ms" if row.p99_ms is not None else ""
         print(
             f"  {row.system:<24} {row.model:<9} {row.fmt:<6} {row.rps:>9.1f} req/s{extra}"
-            f"  other cpu {_fmt(row.other_cpu_pct, '.0f')}%",
+            f"  other cpu {cell(row.other_cpu_pct, '.0f')}%",
             flush=True,
         )
 
@@ -505,110 +357,6 @@ class Bench:
         self.add(row)
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, spec)
-
-
-def _find(rows: list[Row], system: str, model: str, fmt: str) -> Row | None:
-    for row in rows:
-        if row.system == system and row.model == model and row.fmt == fmt:
-            return row
-    return None
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a is not None and b else None
-
-
-def headline_format(formats: list[str]) -> str:
-    return "binary" if "binary" in formats else formats[0]
-
-
-def summarize(rows: list[Row], s: Settings) -> dict[str, Any]:
-    """The issue's keys (for the headline payload format), per-format values, ratios and goals."""
-    head = headline_format(s.formats)
-    out: dict[str, Any] = {}
-
-    def rps(system: str, model: str, fmt: str) -> float | None:
-        row = _find(rows, system, model, fmt)
-        return None if row is None or math.isnan(row.rps) else round(row.rps, 1)
-
-    out["lenet_pipeline_rps"] = rps("pipeline", "lenet5", head)
-    out["lenet_naive_rps"] = rps("naive", "lenet5", head)
-    out["broker_ceiling_rps"] = rps("broker ceiling", "lenet5", head)
-    out["resnet_pipeline_rps"] = rps("pipeline", "resnet20", head)
-    out["resnet_naive_rps"] = rps("naive", "resnet20", head)
-    out["resnet_ort_ceiling_rps"] = rps("ort ceiling (compute)", "resnet20", "-")
-    paced = next((r for r in rows if r.system == "pipeline @ 50% peak"), None)
-    out["pipeline_p99_ms"] = (
-        None if paced is None or paced.p99_ms is None else round(paced.p99_ms, 2)
-    )
-    out["pipeline_p50_ms"] = (
-        None if paced is None or paced.p50_ms is None else round(paced.p50_ms, 2)
-    )
-    peak = out["lenet_pipeline_rps"]
-    out["p99_offered_rps"] = None if paced is None or peak is None else round(peak / 2, 1)
-    out["format"] = head
-    for model in ("lenet5", "resnet20"):
-        for fmt in s.formats:
-            p = f"{SHORT[model]}_{fmt}"
-            out[f"{p}_pipeline_rps"] = rps("pipeline", model, fmt)
-            out[f"{p}_naive_rps"] = rps("naive", model, fmt)
-            out[f"{p}_broker_ceiling_rps"] = rps("broker ceiling", model, fmt)
-    out["lenet_ort_ceiling_rps"] = rps("ort ceiling (compute)", "lenet5", "-")
-    out["lenet_pipeline_vs_naive"] = _ratio(out["lenet_pipeline_rps"], out["lenet_naive_rps"])
-    out["lenet_pipeline_vs_broker"] = _ratio(out["lenet_pipeline_rps"], out["broker_ceiling_rps"])
-    out["resnet_pipeline_vs_ort"] = _ratio(
-        out["resnet_pipeline_rps"], out["resnet_ort_ceiling_rps"]
-    )
-    out["n"] = s.n
-    out["dlq_total"] = sum(r.dlq for r in rows)
-    others = [r.other_cpu_pct for r in rows if r.other_cpu_pct is not None]
-    out["other_cpu_pct_max"] = max(others) if others else None
-    out["pinning"] = (
-        {"consumer_cpu": s.worker_cpu, "broker_producer_reader_cpu": s.client_cpu}
-        if s.worker_cpu is not None
-        else None
-    )
-    p99 = out["pipeline_p99_ms"]
-    out["goals"] = {
-        "lenet_pipeline_ge_3x_naive": _at_least(out["lenet_pipeline_vs_naive"], 3.0),
-        "lenet_pipeline_ge_50pct_broker": _at_least(out["lenet_pipeline_vs_broker"], 0.5),
-        "resnet_pipeline_ge_70pct_ort": _at_least(out["resnet_pipeline_vs_ort"], 0.7),
-        "p99_lt_100ms_at_half_peak": None if p99 is None else p99 < 100.0,
-    }
-    return out
-
-
-def _at_least(value: float | None, bound: float) -> bool | None:
-    return None if value is None else value >= bound
-
-
-def print_table(rows: list[Row], s: Settings, pinning: str) -> None:
-    print()
-    print(
-        f"Streaming benchmark: {s.n} requests per row, pre-produced; rate = outcomes/s from the "
-        f"first outcome's produced_at to the last; {pinning}"
-    )
-    header = (
-        f"{'system':<22} {'model':<9} {'format':<6} {'requests':>8} {'req/s':>9} {'wall s':>7} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'dlq':>4} {'cons cpu%':>9} {'brk cpu%':>8} "
-        f"{'cli cpu%':>8} {'other%':>6}  note"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r.system:<22} {r.model:<9} {r.fmt:<6} {r.requests or '-':>8} "
-            f"{_fmt(r.rps, '.1f'):>9} {_fmt(r.wall_s, '.2f'):>7} {_fmt(r.p50_ms, '.1f'):>7} "
-            f"{_fmt(r.p99_ms, '.1f'):>7} {r.dlq:>4} {_fmt(r.consumer_cpu_pct, '.0f'):>9} "
-            f"{_fmt(r.broker_cpu_pct, '.0f'):>8} {_fmt(r.client_cpu_pct, '.0f'):>8} "
-            f"{_fmt(r.other_cpu_pct, '.0f'):>6}  {r.note}"
-        )
-
-
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -681,7 +429,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 bench.end_to_end("pipeline", model, fmt, requests)
                 if not s.skip_naive:
                     bench.end_to_end("naive", model, fmt, requests)
-        peak = _find(bench.rows, "pipeline", "lenet5", headline_format(s.formats))
+        peak = find_row(bench.rows, "pipeline", "lenet5", headline_format(s.formats))
         if not args.skip_p99 and peak is not None and not math.isnan(peak.rps):
             bench.paced("lenet5", headline_format(s.formats), peak.rps / 2)
     finally:
