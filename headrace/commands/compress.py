@@ -119,7 +119,7 @@ def compress(
         latency_seconds=latency_seconds,
         publish=publish,
     )
-    report = compress_published(config)
+    report = compress_published(config, on_note=lambda note: click.echo(note, err=True))
     if as_json:
         click.echo(report.model_dump_json())
         return

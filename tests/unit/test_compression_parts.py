@@ -359,3 +359,50 @@ def test_a_model_trained_on_shards_is_fine_tuned_and_reported_on_its_own_selecti
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert '"test_samples":50' in result.output
+
+
+class _Stop(Exception):
+    """Ends a compression job at its first epoch: the test wants what came before it."""
+
+
+def test_compress_says_which_version_it_took_and_why_newer_ones_were_passed_over(
+    tmp_path: Path,
+) -> None:
+    """Before: with a version folder copied by hand without its metadata.json (which the
+    repository leaves out), `compress --model m` compressed the version before it and only its
+    report's 'from m:1' said so; nor did it say that it passed over compressed versions."""
+    from training.compression.recipe import compress_published
+
+    repo = ModelRepository(tmp_path / "repo")
+    lineage = {"dataset": "digits", "seed": 0}
+    _publish(repo, tmp_path, "m", lineage=lineage)
+    _publish(repo, tmp_path, "m", lineage={"compressed_from": "m:1"}, weights=False)
+    copied = repo.version_dir("m", 3)
+    copied.mkdir()
+    (copied / "model.onnx").write_bytes(repo.get("m", 1).model_file.read_bytes())
+    notes: list[str] = []
+
+    def stop(*_: object) -> None:
+        raise _Stop
+
+    config = CompressConfig(
+        source="m", prune="l1", distill_from="m", epochs=1, latency_seconds=0.01,
+        repository=repo.root, runs_dir=tmp_path / "runs", progress=False,
+    )  # fmt: skip
+    with pytest.raises(_Stop):
+        compress_published(config, on_epoch=stop, on_note=notes.append)
+    why = (
+        "version 3 is incomplete (no metadata.json: copied by hand or cut short, and not served "
+        "either) and version 2 is compressed (no torch weights)"
+    )
+    assert notes == [
+        f"compressing m:1, the latest complete uncompressed version: {why}; "
+        "pass --from-version N to choose",
+        f"distilling from m:1, the latest complete uncompressed version: {why}; "
+        "pass --distill-from NAME:VERSION to choose",
+    ]
+    notes.clear()
+    named = config.model_copy(update={"source_version": 1, "distill_from": "m:1"})
+    with pytest.raises(_Stop):
+        compress_published(named, on_epoch=stop, on_note=notes.append)
+    assert notes == []  # the versions the user named: nothing to explain

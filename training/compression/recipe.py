@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from training.compression.quantization import QatSession
 from training.compression.sources import (
     COMPRESSED_FROM,
     load_teacher,
+    passed_over,
     uncompressed_version,
     version_ref,
 )
@@ -303,13 +305,33 @@ _SPLIT_KEYS = (
 """Source lineage copied to a compressed version: enough to rebuild its test split."""
 
 
+def _say_passed_over(
+    on_note: Callable[[str], None] | None,
+    repository: ModelRepository,
+    taken: ModelVersion,
+    doing: str,
+    flag: str,
+) -> None:
+    """Tell `on_note` which version a job defaulted to if it passed over newer folders."""
+    if on_note is not None and (why := passed_over(repository, taken)) is not None:
+        on_note(
+            f"{doing} {version_ref(taken)}, the latest complete uncompressed version: {why}; "
+            f"pass {flag} to choose"
+        )
+
+
 def compress_published(
-    config: CompressConfig, on_epoch: EpochCallback | None = None
+    config: CompressConfig,
+    on_epoch: EpochCallback | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> CompressReport:
-    """Run a whole compression job as `config` says; returns its report."""
+    """Run a whole compression job as `config` says; returns its report. `on_note` hears
+    which version a job defaulted to when newer folders of the model were passed over."""
     torch.set_num_threads(1)
     repository = ModelRepository(config.repository)
     source = uncompressed_version(repository, config.source, config.source_version)
+    if config.source_version is None:
+        _say_passed_over(on_note, repository, source, "compressing", "--from-version N")
     refuse_private(source, "compressing it")  # before the teacher loads
     if config.publish:  # fail now, not after training; preprocessing may differ (per version)
         target = config.name or source.name
@@ -318,6 +340,14 @@ def compress_published(
     if config.distill_from is not None:
         teacher, teacher_version = load_teacher(repository, config.distill_from, source)
         teacher_ref = version_ref(teacher_version)
+        if ":" not in config.distill_from:
+            _say_passed_over(
+                on_note,
+                repository,
+                teacher_version,
+                "distilling from",
+                "--distill-from NAME:VERSION",
+            )
     job = CompressRecipe(config, source, teacher, teacher_ref, on_epoch)
     try:
         job.setup()

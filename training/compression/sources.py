@@ -62,6 +62,42 @@ def uncompressed_version(
     )
 
 
+def passed_over(repository: ModelRepository, chosen: ModelVersion) -> str | None:
+    """Why the version folders of `chosen`'s model above it were not taken as the default
+    (latest uncompressed) version, in one clause; None if there are none. A numbered folder
+    without metadata.json is no publish (a publish renames in a folder holding it): a copy by
+    hand, or one cut short; the repository, and so serving, leaves it out."""
+    folder = repository.version_dir(chosen.name, chosen.version).parent
+    complete = set(repository.versions(chosen.name))
+    incomplete, compressed = [], []
+    for entry in folder.iterdir():
+        name = entry.name
+        if not (name.isdecimal() and name == str(int(name)) and entry.is_dir()):
+            continue
+        if int(name) <= chosen.version:
+            continue
+        if int(name) not in complete:
+            incomplete.append(int(name))
+        elif is_compressed(repository.get(chosen.name, int(name))):
+            compressed.append(int(name))
+    reasons = []
+    if incomplete:
+        reasons.append(
+            f"{_numbers(incomplete)} incomplete (no metadata.json: copied by hand or cut "
+            "short, and not served either)"
+        )
+    if compressed:
+        reasons.append(f"{_numbers(compressed)} compressed (no torch weights)")
+    return " and ".join(reasons) if reasons else None
+
+
+def _numbers(versions: list[int]) -> str:
+    """'version 3 is' / 'versions 3, 4 are'."""
+    if len(versions) == 1:
+        return f"version {versions[0]} is"
+    return f"versions {', '.join(map(str, sorted(versions)))} are"
+
+
 class Renormalized(nn.Module):
     """A teacher fed inputs normalised for the student: undoes the student's normalisation and
     applies the teacher's own (`(pixels * scale - mean) / std` per channel on both sides)."""
