@@ -109,7 +109,8 @@ def events(job_id: str | None, follow: bool, as_json: bool, bootstrap: str | Non
 @click.option("--json", "as_json", is_flag=True, help="Print the latest event as JSON.")
 @_bootstrap_option
 def status(job_id: str, wait_s: float, as_json: bool, bootstrap: str | None) -> None:
-    """Show JOB_ID's latest state; exits 1 if it failed, was rejected or cancelled."""
+    """Show JOB_ID's latest state; exits 1 if it failed, was rejected or cancelled, and 2 if
+    it had not ended after --wait seconds."""
     from streams.job_client import read_events
     from streams.job_messages import TERMINAL_EVENTS
 
@@ -120,14 +121,20 @@ def status(job_id: str, wait_s: float, as_json: bool, bootstrap: str | None) -> 
         latest = history[-1] if history else None
         if latest is not None and latest.event in TERMINAL_EVENTS:
             break
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             break
-        time.sleep(1.0)
+        time.sleep(min(1.0, left))  # the topic has no push: look again, not past the deadline
     if latest is None:
         raise HeadraceError(f"no events for job {job_id!r}; is `headrace train agent` running?")
     click.echo(latest.model_dump_json() if as_json else latest.describe())
     if latest.event in {"failed", "rejected", "cancelled"}:
         raise SystemExit(1)
+    if wait_s > 0 and latest.event not in TERMINAL_EVENTS:  # asked to wait for its end
+        raise HeadraceError(
+            f"job {job_id!r} had not ended after --wait {wait_s:g} s (latest: {latest.event}); "
+            f"wait longer, or follow it with `headrace train events --job {job_id} --follow`"
+        )
 
 
 @click.command("agent")

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from headrace.commands.broker import answering_bootstrap
+from headrace.errors import HeadraceError
 from headrace.settings import load_settings
 
 bootstrap_option = click.option(
@@ -181,7 +182,7 @@ def results(
             if expect is not None and len(summary.request_ids) >= expect:
                 break
     except KeyboardInterrupt:
-        pass
+        pass  # the end of the reading, as the topics going quiet: the summary follows
     report = {
         "results": summary.results,
         "dlq": summary.dlq,
@@ -194,6 +195,7 @@ def results(
     }
     if as_json:
         click.echo(json.dumps(report))
+        _check_expected(expect, len(summary.request_ids), idle_s)
         return
     click.echo(
         f"{summary.results} results, {sum(summary.dlq.values())} DLQ records {summary.dlq}, "
@@ -208,3 +210,14 @@ def results(
         )
     if summary.accuracy is not None:
         click.echo(f"accuracy {summary.accuracy:.4f} on {summary.labelled} labelled results")
+    _check_expected(expect, len(summary.request_ids), idle_s)
+
+
+def _check_expected(expect: int | None, seen: int, idle_s: float) -> None:
+    """HeadraceError (exit 2) when the reading ended with fewer outcomes than --expect."""
+    if expect is not None and seen < expect:
+        raise HeadraceError(
+            f"{seen} of the {expect} expected requests have an outcome; the reading ended "
+            f"(topics quiet for --idle-s {idle_s:g} s, or Ctrl-C) without the others: are "
+            "`headrace stream worker` and the producer running? Read again with a longer --idle-s"
+        )
