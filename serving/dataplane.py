@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,6 +27,8 @@ from headrace.errors import (
 )
 from serving.batcher import BatchResult, BatchTiming
 from serving.classification import top_classes
+from serving.config_override import PARAMETER as OVERRIDE_PARAMETER
+from serving.config_override import apply_override
 from serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from serving.model_config import ModelConfig, TensorSpec
 from serving.model_manager import LoadedVersion, ModelManager, VersionPolicy
@@ -55,6 +57,8 @@ PRIORITY_PARAMETER = "priority"
 # and no model here is decoupled (each response is final), so it changes nothing here.
 RESERVED_PREFIX = "triton_"
 RESERVED_BOOL_PARAMETERS = ("triton_enable_empty_final_response",)
+# Triton's load request parameters naming model files sent in the request ("file:1/model.onnx").
+FILE_PARAMETER_PREFIX = "file:"
 
 
 @dataclass
@@ -216,22 +220,35 @@ class DataPlane:
         return entries
 
     async def load(
-        self, name: str, parameters: Sequence[str] = (), repository: str = ""
+        self, name: str, parameters: Mapping[str, Any] | None = None, repository: str = ""
     ) -> list[int]:
-        """Load (or reload) a model from the repository. `parameters` are the names of the
-        load request's parameters: Triton's overrides ("config", "file:...") are refused, as
-        versions are only ever read from the repository."""
+        """Load (or reload) a model from the repository. `parameters` are the load request's:
+        Triton's `config` override applies to this server (`serving.config_override`); its
+        `file:` overrides (model files sent in the request) are refused, as versions come
+        only from a publish, which records their sha256 sums."""
         _check_repository(repository)
-        overrides = [p for p in parameters if p == "config" or p.startswith("file:")]
-        if overrides:
+        parameters = parameters or {}
+        files = sorted(p for p in parameters if p.startswith(FILE_PARAMETER_PREFIX))
+        if files:
             raise InvalidInput(
-                f"load of {name!r}: overrides ({', '.join(overrides)}) are not supported; "
-                "change the model's files or config.json in the repository and load it again"
+                f"load of {name!r}: model files in the request ({', '.join(files)}) are not "
+                "supported; publish the version into the repository (headrace train, or a "
+                "copy as the README says) and load it again"
             )
         if name not in await asyncio.to_thread(self.manager.repository.list_models):
             raise ModelNotFound(f"model {name!r} is not in the repository")
+        config = None
+        if OVERRIDE_PARAMETER in parameters:
+            text = parameters[OVERRIDE_PARAMETER]
+            if not isinstance(text, str):
+                raise InvalidInput(
+                    f"load of {name!r}: parameter {OVERRIDE_PARAMETER!r} must be a string "
+                    f"holding a JSON model configuration, got {type(text).__name__}"
+                )
+            base = await asyncio.to_thread(self.manager.repository.config, name)
+            config = apply_override(text, base, self.manager.policy)
         try:
-            return await self.manager.load(name)
+            return await self.manager.load(name, config)
         finally:
             if self.after_load is not None:
                 await self.after_load()

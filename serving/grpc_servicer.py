@@ -154,9 +154,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        await self.dataplane.load(
-            request.model_name, list(request.parameters), request.repository_name
-        )
+        parameters = {
+            key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+            for key, value in request.parameters.items()
+        }
+        await self.dataplane.load(request.model_name, parameters, request.repository_name)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal, NoReturn
 
@@ -146,20 +146,29 @@ class ModelManager:
         self._failed: dict[tuple[str, int], _Failure] = {}
         self._in_repository: dict[str, list[int]] = {}  # each model's versions at its last sync
         self._unloaded: set[str] = set()  # unloaded on request: polling leaves them alone
+        self._overrides: dict[str, ModelConfig] = {}  # load-time config overrides, by model
         self._retiring: set[asyncio.Task[None]] = set()
         self._folder_found = True  # the repository's folder, at the last poll
         self._closed = False
 
     # -- control -------------------------------------------------------------------------
 
-    async def load(self, name: str) -> list[int]:
+    async def load(self, name: str, config: ModelConfig | None = None) -> list[int]:
         """Load the policy's versions of `name`, then retire the others; the ready versions.
 
-        Raises ModelLoadError (after keeping what could be loaded) if a selected version failed.
+        `config` (Triton's load-time override, see `serving.config_override`) replaces the
+        model's config.json for this server until a load without one or an unload; the
+        versions already loaded are reloaded with it, and versions published meanwhile
+        load with it. Raises ModelLoadError (after keeping what could be loaded) if a
+        selected version failed.
         """
         self._check_open()
         async with self._lock(name):
             self._unloaded.discard(name)
+            if config is None:
+                self._overrides.pop(name, None)
+            else:
+                self._overrides[name] = config
             return await self._sync(name, retry_failed=True)
 
     async def unload(self, name: str) -> None:
@@ -168,6 +177,7 @@ class ModelManager:
             raise ModelNotFound(f"model {name!r} not found; {self._available()}")
         async with self._lock(name):
             self._unloaded.add(name)
+            self._overrides.pop(name, None)
             self._failures.pop(name, None)
             retiring = self._retire(name, {})
         if retiring:
@@ -403,6 +413,9 @@ class ModelManager:
             found = self.repository.get(name, version)
         except (RepositoryError, ModelNotFound) as exc:  # e.g. an invalid config.json: kept
             self._refuse(name, version, stamp, exc.message, exc.reason, ModelLoadError)
+        override = self._overrides.get(name)
+        if override is not None:
+            found = replace(found, config=version_config(override, found.metadata))
         error: type[ModelLoadError] = ModelLoadError
         reason = "integrity_check_failed"
         try:
@@ -499,12 +512,15 @@ class ModelManager:
     async def _edited_config(
         self, name: str, current: dict[int, LoadedVersion]
     ) -> ModelConfig | None:
-        """For an explicit load: the model's config.json when it differs from the one its
+        """For an explicit load: the model's config.json (or its load-time override) when it
+        differs from the one its
         loaded versions run with (they are then reloaded, as Triton does), else None; a
         RepositoryError when it is invalid (an explicit load must say so, not answer OK)."""
         if not current:
             return None
-        config = await asyncio.to_thread(self.repository.config, name)
+        config = self._overrides.get(name)
+        if config is None:
+            config = await asyncio.to_thread(self.repository.config, name)
         unchanged = all(v.config == version_config(config, v.metadata) for v in current.values())
         return None if unchanged else config
 

@@ -355,9 +355,14 @@ def test_tritonclient_sees_the_statuses(server: ServerProcess, model_files: Mode
             "INVALID_ARGUMENT",
             "output 'logits': parameter 'classification' must be a class count >= 0, got -2",
         ),
-        "load_with_config_override": (
+        "load_with_sequence_batching": (
             "INVALID_ARGUMENT",
-            "load of 'digits': overrides (config) are not supported",
+            'config override: Message type "inference.ModelConfig" has no field named '
+            '"sequence_batching"',
+        ),
+        "load_with_files": (
+            "INVALID_ARGUMENT",
+            "load of 'digits': model files in the request (file:1/model.onnx) are not supported",
         ),
         "expired_timeout": ("DEADLINE_EXCEEDED", "the request's deadline passed"),
         "log_settings": (

@@ -272,6 +272,12 @@ def test_load_and_unload(server: ServerProcess, model_files: ModelFiles) -> None
     assert loaded["ready"] is True
     assert loaded["index"] == [{"name": "digits-ctl", "version": "1", "state": "READY"}]
     assert_output(loaded["infer"], model_files.lenet_a, batch)
+    overridden = got["overridden"]  # load_model(config=...): max_batch_size 1, 2 instances
+    assert overridden["max_batch_size"] == 1
+    assert overridden["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
+    assert overridden["infer"]["status"] == "INVALID_ARGUMENT"  # the batch of 2 is over 1
+    assert "batch size 2 must be between 1 and 1" in overridden["infer"]["message"]
+    assert got["reloaded_max_batch_size"] == 8  # a load without one: config.json's again
     assert got["load_unknown"]["status"] == "NOT_FOUND"
     assert "'no-such-model' is not in the repository" in got["load_unknown"]["message"]
     assert got["unload_unknown"]["status"] == "NOT_FOUND"

@@ -207,6 +207,19 @@ def load_unload(url: str, params: Report) -> Report:
         "index": state(),
         "infer": result_report(digits_infer(client, model, x)),
     }
+    config = client.get_model_config(model, as_json=True)["config"]
+    config.update(max_batch_size=1, instance_group=[{"kind": "KIND_CPU", "count": 2}])
+    client.load_model(model, config=json.dumps(config))  # Triton's load-time override
+    overridden = client.get_model_config(model, as_json=True)["config"]
+    report["overridden"] = {
+        "max_batch_size": overridden["max_batch_size"],
+        "instance_group": overridden["instance_group"],
+        "infer": error_of(lambda: digits_infer(client, model, x)),
+    }
+    client.load_model(model)  # without an override: config.json's again
+    report["reloaded_max_batch_size"] = client.get_model_config(model, as_json=True)["config"][
+        "max_batch_size"
+    ]
     report["load_unknown"] = error_of(lambda: client.load_model("no-such-model"))
     report["unload_unknown"] = error_of(lambda: client.unload_model("no-such-model"))
     client.close()
@@ -324,8 +337,11 @@ def errors(url: str, params: Report) -> Report:
         "negative_class_count": error_of(
             lambda: digits_infer(client, model, x, outputs=[negative_class_count])
         ),
-        "load_with_config_override": error_of(
-            lambda: client.load_model(model, config='{"max_batch_size": 2}')
+        "load_with_sequence_batching": error_of(
+            lambda: client.load_model(model, config='{"sequence_batching": {}}')
+        ),
+        "load_with_files": error_of(
+            lambda: client.load_model(model, config="{}", files={"file:1/model.onnx": b"x"})
         ),
         "expired_timeout": error_of(lambda: digits_infer(client, model, x, timeout=1)),
         "log_settings": error_of(lambda: client.get_log_settings()),

@@ -361,3 +361,12 @@ def test_the_config_json_defaults_the_readme_gives_are_the_models() -> None:
         assert str(defaults[name]).lower() in {str(expected).lower(), f"{expected}.0"}, name
     bounds = [int(n.replace(",", "")) for n in re.findall(r"at\s+most\s+(\d[\d,]*)", bullet)]
     assert bounds == [MAX_BATCH_SIZE, MAX_INSTANCES, MAX_INSTANCES], bounds
+
+
+def test_the_protocol_extensions_the_readme_lists_are_the_servers() -> None:
+    from serving.dataplane import EXTENSIONS
+
+    text = " ".join(README.read_text().split())
+    start = text.index("`ServerMetadata` lists the ones offered (")
+    listed = re.findall(r"`(\w+)`", text[start : text.index(")", start)])
+    assert sorted(listed) == sorted(["ServerMetadata", *EXTENSIONS])

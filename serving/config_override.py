@@ -1,0 +1,179 @@
+"""Triton's load-time config override: `load_model(name, config=JSON)` on this repository.
+
+Triton loads the model with the JSON (a `ModelConfig` of model_config.proto) instead
+of the config in the model's folder, until a load without one. Here the override
+may set what `config.json` lets a server choose per model: `max_batch_size` (the
+batch axis stays as it is), `instance_group` (CPU instances; their counts are
+added up), and `dynamic_batching`'s `preferred_batch_size`,
+`max_queue_delay_microseconds` and `default_queue_policy.max_queue_size`. Fields
+absent from the JSON keep config.json's values (Triton would take its own
+defaults), so `get_model_config`'s answer, edited and sent back, works as it is.
+The inputs, outputs, labels and preprocessing serve every version of the model
+and may only be restated; anything else Triton's ModelConfig holds is refused
+with `InvalidInput` naming the field, never half-applied. The override lives in
+this server's model manager (`ModelManager.load(name, config)`), not in the
+repository: Kafka workers and other servers keep config.json, and a restart
+forgets it, as Triton's does. A model's `autoscaling` still bounds its instances.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf import json_format
+from pydantic import ValidationError
+
+from headrace.errors import InvalidInput
+from protos import model_config_pb2 as mc
+from serving.grpc_convert import model_config_to_proto
+from serving.model_config import MAX_INSTANCES, ModelConfig
+
+if TYPE_CHECKING:  # the model manager loads ONNX Runtime
+    from serving.model_manager import VersionPolicy
+
+PARAMETER = "config"  # the load request parameter carrying the override
+# Top-level fields an override may set (others are refused), and the parameters a
+# ModelConfig answer carries that are facts of one version, not settings (see
+# `DataPlane.version_parameters`): sent back, they are ignored.
+SETTABLE = {"name", "platform", "backend", "max_batch_size", "input", "output", "instance_group",
+            "dynamic_batching", "version_policy", "parameters"}  # fmt: skip
+VERSION_FACTS = {"version", "dp_epsilon", "dp_delta", "watermark_id"}
+_CPU_KINDS = (mc.ModelInstanceGroup.KIND_AUTO, mc.ModelInstanceGroup.KIND_CPU)
+
+
+def _refuse(what: str) -> InvalidInput:
+    return InvalidInput(f"config override: {what}")
+
+
+def _stated(message: Any, document: Mapping[str, Any]) -> set[str]:
+    """The field names of `message` that `document` (its JSON) states, in either spelling."""
+    by_key = {key: f.name for f in message.DESCRIPTOR.fields for key in (f.name, f.json_name)}
+    return {by_key[key] for key in document if key in by_key}
+
+
+def _parse(text: str) -> tuple[mc.ModelConfig, dict[str, Any]]:
+    """The override as a ModelConfig, and as the JSON object it was sent as."""
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise _refuse(f"not JSON ({exc})") from None
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise _refuse("not JSON a server reads: nested too deeply") from None
+    if not isinstance(document, dict):
+        raise _refuse("a JSON object (a ModelConfig of model_config.proto) is expected")
+    message = mc.ModelConfig()
+    try:
+        json_format.ParseDict(document, message)
+    except json_format.ParseError as exc:
+        first_line = str(exc).splitlines()[0].rstrip(".")  # the rest lists Triton's fields
+        settable = ", ".join(sorted(SETTABLE))
+        raise _refuse(f"{first_line}; an override may state {settable}") from None
+    return message, document
+
+
+def _unsupported(message: Any, allowed: set[str], where: str) -> None:
+    extra = sorted(f.name for f, _ in message.ListFields() if f.name not in allowed)
+    if extra:
+        raise _refuse(f"{where}{', '.join(extra)} cannot be set on this server")
+
+
+def _instances(groups: Any) -> int:
+    total = 0
+    for group in groups:
+        _unsupported(group, {"name", "kind", "count"}, "instance_group: ")
+        if group.kind not in _CPU_KINDS:
+            kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
+            raise _refuse(f"instance_group kind {kind}: this server runs models on CPU only")
+        if group.count < 0:
+            raise _refuse(f"instance_group count {group.count} is negative")
+        total += group.count or 1  # Triton's default count is 1
+    if total > MAX_INSTANCES:
+        raise _refuse(
+            f"instance_group counts add up to {total} instances, more than {MAX_INSTANCES} "
+            "(each is an ONNX Runtime session with its own copy of the weights)"
+        )
+    return total
+
+
+def _batching(
+    given: mc.ModelDynamicBatching, document: Mapping[str, Any], base: ModelConfig
+) -> dict[str, Any]:
+    """config.json's dynamic_batching with the settings `document` states replaced."""
+    _unsupported(
+        given,
+        {"preferred_batch_size", "max_queue_delay_microseconds", "default_queue_policy"},
+        "dynamic_batching: ",
+    )
+    _unsupported(given.default_queue_policy, {"max_queue_size"}, "default_queue_policy: ")
+    stated = _stated(given, document)
+    update: dict[str, Any] = {}
+    if "preferred_batch_size" in stated:
+        update["preferred_batch_sizes"] = list(given.preferred_batch_size)
+    if "max_queue_delay_microseconds" in stated:
+        update["max_queue_delay_us"] = given.max_queue_delay_microseconds
+    if "default_queue_policy" in stated:
+        queue_size = given.default_queue_policy.max_queue_size
+        if queue_size == 0:
+            raise _refuse("max_queue_size 0 (no bound) is not offered; give a bound")
+        update["max_queue_size"] = queue_size
+    return {**base.dynamic_batching.model_dump(), **update}
+
+
+def apply_override(text: str, base: ModelConfig, policy: VersionPolicy) -> ModelConfig:
+    """`base` (the model's config.json) with the override `text` applied; `policy` is the
+    server's version policy (an override may only restate it). `InvalidInput` naming the
+    field for anything this server cannot honour."""
+    given, document = _parse(text)
+    stated = _stated(given, document)
+    refused = sorted(stated - SETTABLE)
+    if refused:
+        raise _refuse(f"{', '.join(refused)} cannot be set on this server")
+    if given.name not in ("", base.name):
+        raise _refuse(f"name {given.name!r} is not the model's ({base.name!r})")
+    if given.platform not in ("", base.platform) or given.backend not in ("", "onnxruntime"):
+        raise _refuse(f"this server runs {base.platform} models only")
+    current = model_config_to_proto(base, policy)
+    if "version_policy" in stated and given.version_policy != current.version_policy:
+        raise _refuse("version_policy is the server's (--version-policy), not a model's")
+    for field in ("input", "output"):
+        if field in stated and list(getattr(given, field)) != list(getattr(current, field)):
+            raise _refuse(
+                f"{field} differs from config.json's; a model's inputs and outputs serve "
+                "all of its versions and cannot be overridden"
+            )
+    _check_parameters(given.parameters, current.parameters)
+    update: dict[str, Any] = {}
+    if "max_batch_size" in stated:
+        if (given.max_batch_size > 0) != (base.max_batch_size > 0):
+            raise _refuse(
+                f"max_batch_size {given.max_batch_size} would add or remove the batch axis "
+                f"(config.json's is {base.max_batch_size}); a model's batch axis cannot change"
+            )
+        update["max_batch_size"] = given.max_batch_size
+    if "instance_group" in stated:
+        update["instance_count"] = _instances(given.instance_group)
+    if "dynamic_batching" in stated:
+        batching = document.get("dynamic_batching", document.get("dynamicBatching"))
+        update["dynamic_batching"] = _batching(given.dynamic_batching, batching or {}, base)
+    try:
+        return ModelConfig.model_validate({**base.model_dump(), **update})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise _refuse(problems) from None
+
+
+def _check_parameters(given: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    for key, value in given.items():
+        if key in VERSION_FACTS:
+            continue
+        if key not in current:
+            raise _refuse(f"parameters[{key!r}] is not a setting of this server's models")
+        if value.string_value != current[key].string_value:
+            raise _refuse(
+                f"parameters[{key!r}] differs from config.json's; it serves all of the "
+                "model's versions and cannot be overridden"
+            )

@@ -1,0 +1,143 @@
+"""Triton's load-time config override (`load_model(name, config=JSON)`): what it may change,
+what it refuses naming the field, and how long it lasts, on a real model manager."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format
+from unsafe_files import identity_model
+
+from headrace.errors import InvalidInput
+from serving.config_override import apply_override
+from serving.dataplane import DataPlane
+from serving.grpc_convert import model_config_to_proto
+from serving.model_config import DynamicBatchingConfig, ModelConfig, TensorSpec
+from serving.model_manager import ModelManager, VersionPolicy
+from serving.repository import ModelRepository
+
+BASE = ModelConfig(
+    name="m",
+    max_batch_size=8,
+    inputs=[TensorSpec(name="input", dims=[4])],
+    outputs=[TensorSpec(name="out", dims=[4])],
+    dynamic_batching=DynamicBatchingConfig(max_queue_delay_us=1000, max_queue_size=16),
+    labels=["a", "b", "c", "d"],
+)
+POLICY = VersionPolicy()
+
+
+def answered() -> dict[str, object]:
+    """The model's config as tritonclient's get_model_config(as_json=True) gives it."""
+    proto = model_config_to_proto(BASE, POLICY, {"version": "1"})
+    document: dict[str, object] = json_format.MessageToDict(proto, preserving_proto_field_name=True)
+    return document
+
+
+def test_the_config_a_server_answers_goes_back_unchanged() -> None:
+    assert apply_override(json.dumps(answered()), BASE, POLICY) == BASE
+    assert apply_override("{}", BASE, POLICY) == BASE
+
+
+def test_an_override_sets_batching_and_instances_and_keeps_what_it_does_not_state() -> None:
+    edited = answered() | {
+        "max_batch_size": 4,
+        "instance_group": [{"kind": "KIND_CPU", "count": 2}, {"count": 1}],
+        "dynamic_batching": {"max_queue_delay_microseconds": "250"},
+    }
+    got = apply_override(json.dumps(edited), BASE, POLICY)
+    assert (got.max_batch_size, got.instance_count) == (4, 3)
+    assert got.dynamic_batching == DynamicBatchingConfig(max_queue_delay_us=250, max_queue_size=16)
+    camel = {"maxBatchSize": 2, "dynamicBatching": {"preferredBatchSize": [2]}}
+    got = apply_override(json.dumps(camel), BASE, POLICY)
+    assert (got.max_batch_size, got.dynamic_batching.preferred_batch_sizes) == (2, [2])
+    assert got.labels == BASE.labels and got.dynamic_batching.max_queue_delay_us == 1000
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("{max", "not JSON"),
+        ("[1]", "a JSON object"),
+        ("[" * 100_000, "nested too deeply"),
+        ('{"sequence_batching": {}}', 'no field named "sequence_batching"'),
+        ('{"model_transaction_policy": {"decoupled": true}}', "model_transaction_policy cannot"),
+        ('{"response_cache": {"enable": true}}', "response_cache cannot be set"),
+        ('{"name": "other"}', "name 'other' is not the model's ('m')"),
+        ('{"backend": "python"}', "runs onnxruntime_onnx models only"),
+        ('{"max_batch_size": 0}', "max_batch_size 0 would add or remove the batch axis"),
+        ('{"max_batch_size": 100000}', "max_batch_size: Input should be less than or equal"),
+        ('{"instance_group": [{"kind": "KIND_GPU"}]}', "KIND_GPU: this server runs models on CPU"),
+        ('{"instance_group": [{"count": 2, "gpus": [0]}]}', "instance_group: gpus cannot be set"),
+        ('{"instance_group": [{"count": 300}]}', "add up to 300 instances, more than 256"),
+        ('{"instance_group": [{"count": -1}]}', "instance_group count -1 is negative"),
+        ('{"dynamic_batching": {"priority_levels": 2}}', "dynamic_batching: priority_levels"),
+        ('{"dynamic_batching": {"default_queue_policy": {}}}', "max_queue_size 0 (no bound)"),
+        ('{"dynamic_batching": {"preferred_batch_size": [64]}}', "must lie in 1..max_batch_size"),
+        ('{"version_policy": {"all": {}}}', "version_policy is the server's"),
+        ('{"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]}', "input differs"),
+        ('{"parameters": {"labels": {"string_value": "[]"}}}', "parameters['labels'] differs"),
+        ('{"parameters": {"extra": {"string_value": "1"}}}', "parameters['extra'] is not a"),
+    ],
+)
+def test_what_cannot_be_honoured_is_refused_naming_it(override: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match="config override: ") as caught:
+        apply_override(override, BASE, POLICY)
+    assert message in caught.value.message
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def test_an_override_lasts_until_a_load_without_one_and_covers_new_versions(
+    tmp_path: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    repository = ModelRepository(tmp_path / "repo")
+    model_file = identity_model(tmp_path / "identity.onnx")
+    repository.publish(BASE, model_file, architecture="test")
+    manager = ModelManager(repository, batching=False)
+    dataplane = DataPlane(manager)
+
+    def served() -> dict[int, tuple[int, int]]:
+        return {
+            v: (
+                manager.get("m", str(v)).config.max_batch_size,
+                manager.get("m", str(v)).model.instances,
+            )
+            for v in manager.loaded()["m"]
+        }
+
+    async def scenario() -> list[dict[int, tuple[int, int]]]:
+        await manager.load_all()
+        seen = [served()]
+        override = {"max_batch_size": 2, "instance_group": [{"count": 2}]}
+        await dataplane.load("m", {"config": json.dumps(override)})
+        seen.append(served())
+        repository.publish(BASE, model_file, architecture="test")  # version 2, config.json's
+        await manager.poll_once()
+        seen.append(served())
+        with pytest.raises(InvalidInput, match="model files in the request"):
+            await dataplane.load("m", {"config": "{}", "file:1/model.onnx": b"x"})
+        with pytest.raises(InvalidInput, match="must be a string holding a JSON model config"):
+            await dataplane.load("m", {"config": b"{}"})
+        seen.append(served())  # refused loads change nothing
+        await dataplane.load("m")
+        seen.append(served())
+        await manager.close()
+        return seen
+
+    assert loop.run_until_complete(scenario()) == [
+        {1: (8, 1)},
+        {1: (2, 2)},
+        {2: (2, 2)},  # published during the override: loaded with it
+        {2: (2, 2)},
+        {2: (8, 1)},  # a load without an override: config.json's again
+    ]
