@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -14,6 +15,23 @@ MAX_DOCUMENT_VALUES = 100_000
 """Most values (mapping entries and list items, counted where they are used) a document may
 hold. YAML aliases repeat a part without copying it: nine lines of them ('billion laughs')
 read in a millisecond and stand for 10**9 values, which validation would walk for ever."""
+
+
+def read_document(path: Path, what: str) -> Any:
+    """`load_document` of a file's text; a ConfigError naming `what` if it cannot be read or
+    is not UTF-8 (a binary file, or text saved in another encoding)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8 JSON or YAML"
+        ) from None
+    return load_document(text, what)
 
 
 def load_document(text: str, what: str) -> Any:

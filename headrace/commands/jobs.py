@@ -43,11 +43,11 @@ def _reachable(bootstrap_flag: str | None) -> str:
 def submit(spec_file: Path, bootstrap: str | None, job_id: str | None, cpus: int | None) -> None:
     """Check SPEC_FILE (YAML or JSON) and put it on the training-jobs topic; prints the job id."""
     from streams.job_client import submit_job
+    from training.documents import read_document
     from training.job_spec import parse_job_spec, spec_to_json
 
-    spec = parse_job_spec(
-        spec_file.read_text(), available_cpus=cpus or os.cpu_count(), source=str(spec_file)
-    )
+    document = read_document(spec_file, f"job spec {spec_file}")
+    spec = parse_job_spec(document, available_cpus=cpus or os.cpu_count(), source=str(spec_file))
     if job_id is not None:  # the spec as submitted: without the fields only the agent sets
         submitted = json.loads(spec_to_json(spec))
         spec = parse_job_spec({**submitted, "job_id": job_id}, source="--job-id")

@@ -190,3 +190,31 @@ def test_a_search_space_reaching_an_absurd_patience_is_refused() -> None:
     space = {"patience": {"_type": "randint", "_value": [1, 10**30]}}
     with pytest.raises(ConfigError, match="patience: Input should be less than or equal to 10000"):
         check_search_space(space)
+
+
+@pytest.mark.parametrize(
+    ("argv", "what"),
+    [
+        (["train", "submit", "--bootstrap", "127.0.0.1:1"], "job spec"),
+        (["tune", "--search-space"], "search space"),
+    ],
+)
+def test_a_settings_file_that_is_not_utf8_is_refused_with_exit_code_2(
+    argv: list[str],
+    what: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: a UnicodeDecodeError traceback, exit 1 (a binary file, or YAML saved as
+    UTF-16 by an editor)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes("model: lenet5\n".encode("utf-16"))
+    monkeypatch.setattr("sys.argv", ["headrace", *argv, str(spec)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: {what} {spec} is not UTF-8 text (byte 0xff at offset 0); "
+        "save it as UTF-8 JSON or YAML\n"
+    )

@@ -24,7 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from headrace.errors import ConfigError
 from training.config import TrainConfig
-from training.documents import load_document
+from training.documents import read_document
 
 DEFAULT_SEARCH_SPACE: dict[str, dict[str, Any]] = {
     "learning_rate": {"_type": "loguniform", "_value": [1e-5, 1.0]},
@@ -198,11 +198,7 @@ def load_search_space(path: Path | None) -> dict[str, dict[str, Any]]:
     """The default search space (`path` None) or a JSON/YAML file's, validated."""
     if path is None:
         return copy.deepcopy(DEFAULT_SEARCH_SPACE)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read search space {path}: {exc.strerror or exc}") from None
-    data = load_document(text, f"search space {path}")
+    data = read_document(path, f"search space {path}")
     return check_search_space(data, f"search space {path}")
 
 
