@@ -149,6 +149,22 @@ def test_mnist_through_registry_uses_official_test(tmp_path: Path) -> None:
     assert splits.input_shape == (1, 28, 28)
 
 
+@pytest.mark.parametrize("count", [0, 1, 2])
+def test_too_few_images_to_split_are_refused_by_count(tmp_path: Path, count: int) -> None:
+    """Before: a folder of 0 images ended in numpy's 'zero-size array to reduction operation
+    minimum', of 1 or 2 in scikit-learn's 'the resulting train set will be empty'."""
+    write_mnist_pair(tmp_path, MNIST_TRAIN, *mnist_arrays(count))
+    expected = rf"holds {count} images: too few to split into training, validation and test"
+    with pytest.raises(DatasetError, match=expected + r" images \(.*\); it needs at least 3"):
+        load_splits("mnist", data_dir=tmp_path)
+    write_mnist_pair(tmp_path, MNIST_TRAIN, *mnist_arrays(3))
+    splits = load_splits("mnist", data_dir=tmp_path)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (1, 1, 1)
+    write_mnist_pair(tmp_path, MNIST_TEST, *mnist_arrays(0))
+    with pytest.raises(DatasetError, match="its test part holds no images"):
+        load_splits("mnist", data_dir=tmp_path)
+
+
 # --- MNIST: bad folders and files ----------------------------------------------------------------
 
 

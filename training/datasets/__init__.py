@@ -118,12 +118,45 @@ def split_raw(
     """Deterministic splits: the official test part when there is one, else `test_fraction`."""
     if not 0 < val_fraction < 1 or not 0 < test_fraction < 1:
         raise DatasetError("val and test fractions must be between 0 and 1")
+    _check_sizes(raw, val_fraction, test_fraction)
     if raw.official_test is not None:
         pool, test = raw.data, raw.official_test
     else:
         pool, test = _stratified_split(raw.data, test_fraction, seed)
     train, val = _stratified_split(pool, val_fraction, seed)
     return DatasetSplits(name=raw.name, classes=raw.classes, train=train, val=val, test=test)
+
+
+def _split_sizes(
+    total: int, tested: int | None, val_fraction: float, test_fraction: float
+) -> tuple[int, int, int]:
+    """(train, val, test) images of `total` (plus `tested` in an official test part)."""
+    test = _held_count(test_fraction, total) if tested is None else tested
+    pool = total - (test if tested is None else 0)
+    val = _held_count(val_fraction, pool)
+    return pool - val, val, test
+
+
+def _check_sizes(raw: RawDataset, val_fraction: float, test_fraction: float) -> None:
+    """DatasetError when a split would be empty: 0, 1 or 2 images (a folder of a few files)
+    ended in a scikit-learn or numpy traceback."""
+    tested = None if raw.official_test is None else len(raw.official_test)
+    sizes = _split_sizes(len(raw.data), tested, val_fraction, test_fraction)
+    if min(sizes) > 0:
+        return
+    if tested == 0:
+        raise DatasetError(
+            f"dataset {raw.name!r}: its test part holds no images; add them, or remove the "
+            "test files to split a test set off the training images"
+        )
+    least = next(
+        n for n in range(1, 1_000_000) if min(_split_sizes(n, tested, val_fraction, test_fraction))
+    )
+    train, val, test = sizes
+    raise DatasetError(
+        f"dataset {raw.name!r} holds {len(raw.data)} images: too few to split into training, "
+        f"validation and test images ({train}, {val} and {test}); it needs at least {least}"
+    )
 
 
 def load_splits(
