@@ -63,10 +63,7 @@ class TrainRecipe:
         self.config = config
         self.on_epoch = on_epoch
         self.should_stop = should_stop
-        run_id = config.run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        self.run_dir = config.runs_dir / f"{config.model_name}-{run_id}"
-        if config.resume is not None:
-            self.run_dir = config.resume if config.resume.is_dir() else config.resume.parent
+        self.run_dir = run_folder(config)
         self._splits: DatasetSplits | None = None
         self._trainer: Trainer | None = None
         self._fit: FitResult | None = None
@@ -229,6 +226,19 @@ class TrainRecipe:
                 watermark_id=info.watermark_id,
             )
         return published.version, diff
+
+
+def default_run_id() -> str:
+    """A run id from the time (UTC), e.g. 20261201-143628."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def run_folder(config: TrainConfig) -> Path:
+    """The folder a run keeps its checkpoint, logs and report in: the resumed run's, else
+    `<runs_dir>/<model name>-<run id>` (a run id from the time when it has none)."""
+    if config.resume is not None:
+        return config.resume if config.resume.is_dir() else config.resume.parent
+    return config.runs_dir / f"{config.model_name}-{config.run_id or default_run_id()}"
 
 
 def run_training(

@@ -132,8 +132,9 @@ def train(
     """
     if click.get_current_context().invoked_subcommand is not None:
         return
+    from training.checkpoint import checkpoint_path
     from training.config import TrainConfig
-    from training.recipe import run_training
+    from training.recipe import default_run_id, run_folder, run_training
 
     settings = load_settings()
     config = build_config(
@@ -168,10 +169,20 @@ def train(
         publish=publish,
         repository=repository or settings.model_repository,
         runs_dir=runs_dir or settings.runs_dir,
-        run_id=run_id,
+        run_id=run_id or default_run_id(),  # fixed now: a Ctrl-C names the run folder
         resume=resume,
     )
-    report = run_training(config)
+    try:
+        report = run_training(config)
+    except KeyboardInterrupt:
+        folder = run_folder(config)
+        if checkpoint_path(folder).is_file():
+            click.echo(
+                f"stopped; the last finished epoch is checkpointed in {folder}: continue with "
+                f"`headrace train --resume {folder}` and the same settings",
+                err=True,
+            )
+        raise click.Abort() from None
     if as_json:
         click.echo(report.model_dump_json())
         return

@@ -218,3 +218,40 @@ def test_a_settings_file_that_is_not_utf8_is_refused_with_exit_code_2(
         f"error: {what} {spec} is not UTF-8 text (byte 0xff at offset 0); "
         "save it as UTF-8 JSON or YAML\n"
     )
+
+
+@pytest.mark.parametrize("epochs_done", [0, 2])
+def test_ctrl_c_names_the_run_folder_to_resume(
+    epochs_done: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: Ctrl-C during `headrace train` printed 'aborted' only; the checkpoint was in a
+    run folder named after the start time, which the user had to look for in --runs-dir."""
+    from training.checkpoint import checkpoint_path, save_checkpoint
+    from training.config import TrainConfig
+    from training.recipe import run_folder
+
+    def interrupted(config: TrainConfig) -> None:
+        if epochs_done:  # where the real recipe keeps its checkpoint
+            save_checkpoint(checkpoint_path(run_folder(config)), {"model": {}, "epoch": 2})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("training.recipe.run_training", interrupted)
+    monkeypatch.setattr(
+        "sys.argv", ["headrace", "train", "--runs-dir", str(tmp_path), "--no-publish"]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    if not epochs_done:
+        assert err == "aborted\n"  # no epoch ended: nothing to resume
+        return
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith("lenet5-digits-")
+    assert err == (
+        f"stopped; the last finished epoch is checkpointed in {folder}: continue with "
+        f"`headrace train --resume {folder}` and the same settings\naborted\n"
+    )
