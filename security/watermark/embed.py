@@ -68,6 +68,16 @@ class FineTuneRecipe(TrainRecipe):
                 f"{splits.num_classes} classes but model {self.source.name!r} takes {dims} and "
                 f"answers {classes}; fine-tune on the dataset the model was trained on"
             )
+        trained_on = self.source.metadata.lineage.get("train_samples")
+        if isinstance(trained_on, int) and trained_on != len(splits.train):
+            # another folder of the same dataset: its split is not the source's, so the test
+            # images would not be those the source was measured on (some it trained on)
+            raise ConfigError(
+                f"the {self.config.dataset} data given ({_data_named(self.config)}) splits into "
+                f"{len(splits.train)} training images, but {self.source.name!r} version "
+                f"{self.source.version} was trained on {trained_on}: pass the data it was "
+                "trained on"
+            )
         return load_published_model(self.source).train()
 
     def adapt_pipeline(self, pipeline: BatchPipeline) -> None:
@@ -84,6 +94,12 @@ class FineTuneRecipe(TrainRecipe):
 
     def hooks(self) -> list[TrainingHook]:
         return [*build_hooks(self.config), _FineTuneLineage(self.source)]
+
+
+def _data_named(config: TrainConfig) -> str:
+    if config.data_source is not None:
+        return "ingested shards"
+    return "embedded" if config.data_dir is None else f"--data-dir {config.data_dir}"
 
 
 def finetune_config(

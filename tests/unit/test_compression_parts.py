@@ -406,3 +406,38 @@ def test_compress_says_which_version_it_took_and_why_newer_ones_were_passed_over
     with pytest.raises(_Stop):
         compress_published(named, on_epoch=stop, on_note=notes.append)
     assert notes == []  # the versions the user named: nothing to explain
+
+
+def test_data_that_splits_otherwise_than_the_sources_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    """Before: `compress --data-dir` of another MNIST folder than the source's was trained on
+    fine-tuned and measured source and result on that folder's split (reproduced: a model
+    trained on 48 images compressed on a folder giving 16, published, 'test accuracy' of
+    images it had never been measured on); its lineage records the training images it had."""
+    from training.compression.recipe import compress_published
+
+    repo = ModelRepository(tmp_path / "repo")
+    train_images = finetune_config(_publish(repo, tmp_path, "same")).load_splits().train
+    for name, count in (("other", len(train_images) - 1), ("same", len(train_images))):
+        lineage = {"dataset": "digits", "seed": 0, "train_samples": count}
+        _publish(repo, tmp_path, name, lineage=lineage)
+        config = CompressConfig(
+            source=name, prune="l1", epochs=1, latency_seconds=0.01, repository=repo.root,
+            runs_dir=tmp_path / "runs", progress=False,
+        )  # fmt: skip
+        if name == "same":
+            with pytest.raises(_Stop):
+                compress_published(config, on_epoch=_stop)
+            continue
+        with pytest.raises(ConfigError) as refused:
+            compress_published(config, on_epoch=lambda *_: pytest.fail("trained"))
+        assert refused.value.message == (
+            f"the digits data given (embedded) splits into {len(train_images)} training "
+            f"images, but 'other' version 1 was trained on {count}: pass the data it was "
+            "trained on"
+        )
+
+
+def _stop(*_: object) -> None:
+    raise _Stop
