@@ -90,6 +90,12 @@ def compress(
         return
     if source is None:
         raise ConfigError("pass --model NAME: the published model to compress")
+    name, sep, number = source.partition(":")
+    if sep and number.isdecimal():  # NAME:VERSION, as --distill-from takes it
+        raise ConfigError(
+            f"--model takes a model name, not {source!r}: for version {number} of {name} pass "
+            f"--model {name} --from-version {number}"
+        )
     from training.compression.config import CompressConfig
     from training.compression.recipe import compress_published
 

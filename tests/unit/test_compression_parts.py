@@ -441,3 +441,21 @@ def test_data_that_splits_otherwise_than_the_sources_is_refused_before_training(
 
 def _stop(*_: object) -> None:
     raise _Stop
+
+
+def test_a_model_reference_given_as_model_names_the_flags_to_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: `compress --model m:2` (the form --distill-from takes) was refused as an
+    'invalid model name', without the --from-version the user was after."""
+    from headrace.cli import main
+
+    argv = ["headrace", "compress", "--model", "m:2", "--quant", "int8"]
+    monkeypatch.setattr("sys.argv", [*argv, "--repository", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: --model takes a model name, not 'm:2': for version 2 of m pass "
+        "--model m --from-version 2\n"
+    )
