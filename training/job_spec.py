@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from headrace.errors import ConfigError
 from training.config import TrainConfig
+from training.datasets import unread_folder
 from training.documents import load_document
 from training.tuning.config import TuneSettings
 
@@ -131,6 +132,8 @@ def parse_job_spec(
         spec = TrainingJobSpec.model_validate(cleaned)
     except ValidationError as exc:
         problems.extend(_problems(exc))
+    if spec is not None and spec.train.data_dir is not None:
+        problems.extend(filter(None, [unread_folder(spec.train.dataset, "data_dir")]))
     workers = _requested_workers(data)
     section = data.get("tune")
     concurrency = section.get("concurrency") if isinstance(section, dict) else None

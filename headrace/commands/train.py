@@ -11,6 +11,7 @@ from headrace.commands.adversarial_options import adversarial_options, adversari
 from headrace.commands.options import build_config
 from headrace.commands.privacy_options import dp_defaults_apply, privacy_options, privacy_settings
 from headrace.commands.shard_options import shard_options, shard_settings
+from headrace.errors import ConfigError
 from headrace.settings import load_settings
 
 
@@ -134,8 +135,11 @@ def train(
         return
     from training.checkpoint import checkpoint_path
     from training.config import TrainConfig
+    from training.datasets import unread_folder
     from training.recipe import default_run_id, run_folder, run_training
 
+    if data_dir is not None and (problem := unread_folder(dataset, "--data-dir")) is not None:
+        raise ConfigError(problem)  # HEADRACE_DATA_DIR is a default for every dataset: not it
     settings = load_settings()
     config = build_config(
         dp_defaults_apply(TrainConfig),  # flags left unset take the DP defaults when private

@@ -18,7 +18,7 @@ import click
 
 from headrace.commands.options import FiniteFloatRange, build_config
 from headrace.commands.tune_resume import check_resume_flags
-from headrace.errors import JobCancelled
+from headrace.errors import ConfigError, JobCancelled
 from headrace.settings import load_settings
 from headrace.signals import stop_requested
 
@@ -170,6 +170,7 @@ def tune(
     if click.get_current_context().invoked_subcommand is not None:
         return
     from training.config import TrainConfig
+    from training.datasets import unread_folder
     from training.tuning.config import TuneConfig
     from training.tuning.runner import TrialRow, finished_report, load_tune_config, run_tuning
     from training.tuning.search_space import load_search_space
@@ -184,6 +185,8 @@ def tune(
             if as_json:
                 click.echo(saved.model_dump_json())
             return
+    if data_dir is not None and (problem := unread_folder(dataset, "--data-dir")) is not None:
+        raise ConfigError(problem)  # HEADRACE_DATA_DIR is a default for every dataset: not it
     settings = load_settings()
     tuner = next(n for n in TUNER_NAMES if n.lower() == tuner.lower())
     if assessor is not None:

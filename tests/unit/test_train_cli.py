@@ -255,3 +255,27 @@ def test_ctrl_c_names_the_run_folder_to_resume(
         f"stopped; the last finished epoch is checkpointed in {folder}: continue with "
         f"`headrace train --resume {folder}` and the same settings\naborted\n"
     )
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_a_data_dir_the_dataset_would_not_read_is_refused(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: `headrace train --data-dir ~/mnist` (no --dataset) trained on the embedded
+    digits, ignoring the folder, and published lenet5-digits; a spec the same."""
+    from training.job_spec import parse_job_spec
+
+    monkeypatch.setattr("sys.argv", ["headrace", command, "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: --data-dir: dataset 'digits' is embedded and reads no folder; name a dataset "
+        "read from files (mnist or cifar10) or leave --data-dir out\n"
+    )
+    with pytest.raises(ConfigError, match="data_dir: dataset 'digits' is embedded"):
+        parse_job_spec({"model": "lenet5", "data_dir": str(tmp_path)})
+    assert parse_job_spec({"model": "lenet5", "dataset": "mnist", "data_dir": str(tmp_path)})

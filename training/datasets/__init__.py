@@ -55,6 +55,19 @@ EMBEDDED_SIZES: dict[str, int] = {"digits": DIGITS_SAMPLES}
 """Images of the datasets whose size is known before they are read (not those read from files)."""
 
 
+def unread_folder(dataset: str, flag: str) -> str | None:
+    """Why a data folder named by `flag` would go unread with `dataset`: it is embedded (a
+    user who left out `--dataset mnist` trained on digits). None if the dataset reads files
+    or is unknown (refused elsewhere)."""
+    if dataset not in DATASETS or DATASETS[dataset][1]:
+        return None
+    files = " or ".join(name for name, (_, reads) in DATASETS.items() if reads)
+    return (
+        f"{flag}: dataset {dataset!r} is embedded and reads no folder; name a dataset read "
+        f"from files ({files}) or leave {flag} out"
+    )
+
+
 def load_raw(name: str, data_dir: Path | None = None) -> RawDataset:
     """Load a dataset by name; file-based datasets need `data_dir`."""
     if name not in DATASETS:
