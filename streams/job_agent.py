@@ -47,6 +47,11 @@ EVENT_WAIT_WARN_S = 20.0  # an event still unacknowledged then is logged, once
 STOP_FLUSH_S = 10.0  # on stop, how long events may wait for the broker (each of flush, close)
 
 
+MAX_RAY_CPUS = 4096
+"""Most CPUs a local Ray may be started with: more than any one host has. Ray itself refuses
+more than 1e14 only once it starts, with a traceback (after the agent reached Kafka)."""
+
+
 class JobAgentConfig(BaseModel):
     """What `headrace train agent` consumes and where it publishes."""
 
@@ -57,7 +62,10 @@ class JobAgentConfig(BaseModel):
     runs_dir: Path
     group_id: str = Field(default="headrace-training", pattern=r"^[A-Za-z0-9._-]+$")
     ray_cpus: int | None = Field(
-        default=None, ge=1, description="CPUs of a local Ray (ignored with RAY_ADDRESS)."
+        default=None,
+        ge=1,
+        le=MAX_RAY_CPUS,
+        description="CPUs of a local Ray (ignored with RAY_ADDRESS).",
     )
     data_root: Path = Field(
         default=DEFAULT_DATA_ROOT, description="Data root of jobs that train on ingested shards."

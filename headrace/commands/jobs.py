@@ -142,7 +142,11 @@ def status(job_id: str, wait_s: float, as_json: bool, bootstrap: str | None) -> 
 @click.option("--repository", type=click.Path(path_type=Path), help="Model repository folder.")
 @click.option("--runs-dir", type=click.Path(path_type=Path), help="Run folders, one per job.")
 @click.option("--group", default="headrace-training", show_default=True, help="Consumer group.")
-@click.option("--ray-cpus", type=int, help="CPUs of a local Ray (default all; RAY_ADDRESS wins).")
+@click.option(
+    "--ray-cpus",
+    type=click.IntRange(1, 4096),  # JobAgentConfig's bound, checked before Kafka is reached
+    help="CPUs of a local Ray (default all; RAY_ADDRESS wins).",
+)
 @click.option("--metrics-port", type=int, help="Prometheus /metrics port (0 = free; unset = off).")
 @click.option(
     "--metrics-host",

@@ -279,3 +279,20 @@ def test_a_data_dir_the_dataset_would_not_read_is_refused(
     with pytest.raises(ConfigError, match="data_dir: dataset 'digits' is embedded"):
         parse_job_spec({"model": "lenet5", "data_dir": str(tmp_path)})
     assert parse_job_spec({"model": "lenet5", "dataset": "mnist", "data_dir": str(tmp_path)})
+
+
+def test_an_agent_asked_for_more_cpus_than_any_host_has_is_refused_before_kafka() -> None:
+    """Before: `train agent --ray-cpus 10**30` reached Kafka, then Ray refused it with a
+    traceback ('Resource quantities must be at most 100000000000000.0')."""
+    from click.testing import CliRunner
+
+    from streams.job_agent import MAX_RAY_CPUS, JobAgentConfig
+
+    huge = str(10**30)
+    refused = CliRunner().invoke(
+        cli, ["train", "agent", "--bootstrap", "127.0.0.1:1", "--ray-cpus", huge]
+    )
+    assert refused.exit_code == 2
+    assert f"'--ray-cpus': {huge} is not in the range 1<=x<={MAX_RAY_CPUS}" in refused.output
+    with pytest.raises(ValueError, match=f"less than or equal to {MAX_RAY_CPUS}"):
+        JobAgentConfig(bootstrap="x:9092", repository=".", runs_dir=".", ray_cpus=int(huge))
