@@ -44,6 +44,21 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -
     return value
 
 
+MAX_IDLE_S = 366 * 24 * 3600
+"""Longest --idle-s: a year (--follow reads for ever). 1e306 s became an infinite number of
+milliseconds for the Kafka consumer: an OverflowError traceback."""
+
+
+def _idle_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    seconds = _positive(ctx, param, value)
+    assert seconds is not None  # it has a default
+    if seconds > MAX_IDLE_S:
+        raise click.BadParameter(
+            f"must be at most {MAX_IDLE_S:,} s (366 days); --follow reads until Ctrl-C"
+        )
+    return seconds
+
+
 @click.command("produce")
 @click.option(
     "--model", required=True, callback=_model_name, help="Model name in the workers' repository."
@@ -138,7 +153,7 @@ def _advance(bar: Any, sent: int) -> None:
     type=float,
     default=5.0,
     show_default=True,
-    callback=_positive,
+    callback=_idle_seconds,
     help="Stop after this quiet.",
 )
 @click.option(

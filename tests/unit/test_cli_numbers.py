@@ -31,6 +31,8 @@ PROFILE = ["data", "profile", "--dataset", "digits", "--ingested", "--bootstrap"
         (["infer", "--model", "m", "--timeout-s", "1e300"], "is not in the range"),
         (["results", "--bootstrap", NOBODY, "--idle-s", "nan"], "must be a finite number"),
         (["results", "--bootstrap", NOBODY, "--idle-s", "inf"], "must be a finite number"),
+        # an OverflowError traceback once Kafka answered (an infinite consumer timeout in ms)
+        (["results", "--bootstrap", NOBODY, "--idle-s", "1e306"], "at most 31,622,400 s"),
         (["produce", "--model", "m", "--bootstrap", NOBODY, "--rate", "nan"], "finite number"),
         (["train", "status", "j", "--bootstrap", NOBODY, "--wait", "nan"], "not a finite"),
         (["train", "status", "j", "--bootstrap", NOBODY, "--wait", "-1"], "not in the range"),
