@@ -90,11 +90,11 @@ def compress(
         return
     if source is None:
         raise ConfigError("pass --model NAME: the published model to compress")
-    name, sep, number = source.partition(":")
+    source_name, sep, number = source.partition(":")
     if sep and number.isdecimal():  # NAME:VERSION, as --distill-from takes it
         raise ConfigError(
-            f"--model takes a model name, not {source!r}: for version {number} of {name} pass "
-            f"--model {name} --from-version {number}"
+            f"--model takes a model name, not {source!r}: for version {number} of "
+            f"{source_name} pass --model {source_name} --from-version {number}"
         )
     from training.compression.config import CompressConfig
     from training.compression.recipe import compress_published
@@ -172,8 +172,10 @@ def report(
     if not latency_seconds > 0:
         raise ConfigError(f"--latency-seconds must be > 0, got {latency_seconds}")
     settings = load_settings()
+    repo = ModelRepository(repository or settings.model_repository)
+    repo.require_folder()  # else a mistyped --repository said 'no models are published yet'
     found = build_report(
-        ModelRepository(repository or settings.model_repository),
+        repo,
         name,
         data_dir or settings.data_dir,
         latency_seconds,

@@ -199,6 +199,7 @@ def test_errors_say_what_to_fix(root: Path, int8: dict[str, Any], tmp_path: Path
 
 
 def test_unknown_model_as_a_user_sees_it(tmp_path: Path) -> None:
+    (tmp_path / "repo").mkdir()  # a repository holding no model (a missing one is named)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADRACE_")}
     env["PYTHONPATH"] = str(REPO_ROOT)
     done = subprocess.run(

@@ -459,3 +459,50 @@ def test_a_model_reference_given_as_model_names_the_flags_to_use(
         "error: --model takes a model name, not 'm:2': for version 2 of m pass "
         "--model m --from-version 2\n"
     )
+
+
+@pytest.mark.parametrize("command", ["compress", "report"])
+def test_a_repository_that_is_not_there_is_named(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: a mistyped --repository gave "model 'm' not found; no models are published
+    yet", as if the model had never been trained."""
+    from headrace.cli import main
+
+    args = ["--model", "m", "--quant", "int8"] if command == "compress" else ["report", "m"]
+    missing = tmp_path / "repo"
+    monkeypatch.setattr("sys.argv", ["headrace", "compress", *args, "--repository", str(missing)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: model repository {missing} does not exist; pass --repository (or set "
+        "HEADRACE_MODEL_REPOSITORY) to the folder `headrace train` publishes into\n"
+    )
+
+
+@pytest.mark.parametrize(("flags", "expected"), [([], None), (["--name", "m-int8"], "m-int8")])
+def test_the_cli_passes_name_through_to_the_job(
+    flags: list[str], expected: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the check for --model NAME:VERSION reused the variable holding --name, so
+    `compress --model m --name m-int8` published version 2 of m instead of m-int8."""
+    from click.testing import CliRunner
+
+    from headrace.cli import cli
+    from training.compression.config import CompressConfig
+
+    seen: list[CompressConfig] = []
+
+    def _capture(config: CompressConfig, **_: object) -> None:
+        seen.append(config)
+        raise _Stop
+
+    monkeypatch.setattr("training.compression.recipe.compress_published", _capture)
+    args = ["compress", "--model", "m", "--quant", "int8", "--repository", str(tmp_path), *flags]
+    result = CliRunner().invoke(cli, args)
+    assert isinstance(result.exception, _Stop), result.output
+    assert [config.name for config in seen] == [expected]

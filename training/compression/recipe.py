@@ -329,6 +329,7 @@ def compress_published(
     which version a job defaulted to when newer folders of the model were passed over."""
     torch.set_num_threads(1)
     repository = ModelRepository(config.repository)
+    repository.require_folder()  # else a mistyped --repository said 'no models are published'
     source = uncompressed_version(repository, config.source, config.source_version)
     if config.source_version is None:
         _say_passed_over(on_note, repository, source, "compressing", "--from-version N")
