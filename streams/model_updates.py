@@ -73,9 +73,9 @@ async def _follow(
         enable_auto_commit=False,
         fetch_max_wait_ms=200,
     )
-    await consumer.start()
-    started()
-    try:
+    try:  # stopped after a failed start too: else aiokafka logs 'Unclosed AIOKafkaConsumer'
+        await consumer.start()
+        started()
         async for record in consumer:
             try:
                 update = ModelUpdate.model_validate_json(record.value or b"")

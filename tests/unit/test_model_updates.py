@@ -27,6 +27,7 @@ class _Consumer:
 
     failures = 2
     starts = 0
+    stops = 0
     records: list[bytes] = []
 
     def __init__(self, *topics: str, **options: Any) -> None:
@@ -38,7 +39,7 @@ class _Consumer:
             raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]")
 
     async def stop(self) -> None:
-        return None
+        type(self).stops += 1
 
     def __aiter__(self) -> AsyncIterator[_Record]:
         return self._records()
@@ -56,6 +57,7 @@ def test_a_broker_away_at_the_start_is_tried_again_with_one_warning(
     update = ModelUpdate(model="lenet", version=2)
     monkeypatch.setattr(aiokafka, "AIOKafkaConsumer", _Consumer)
     monkeypatch.setattr(_Consumer, "starts", 0)
+    monkeypatch.setattr(_Consumer, "stops", 0)
     monkeypatch.setattr(model_updates, "RETRY_S", 0.01, raising=False)
     monkeypatch.setattr(_Consumer, "records", [b"not json", update.model_dump_json().encode()])
     seen: list[ModelUpdate] = []
@@ -79,6 +81,7 @@ def test_a_broker_away_at_the_start_is_tried_again_with_one_warning(
         asyncio.run(run())
     assert seen == [update]
     assert _Consumer.starts == 3
+    assert _Consumer.stops == 3  # the failed starts' consumers too ('Unclosed AIOKafkaConsumer')
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0].startswith(
         "not following model-updates (KafkaConnectionError: Unable to bootstrap from"
