@@ -493,7 +493,6 @@ def test_the_cli_passes_name_through_to_the_job(
     from click.testing import CliRunner
 
     from headrace.cli import cli
-    from training.compression.config import CompressConfig
 
     seen: list[CompressConfig] = []
 
