@@ -43,6 +43,13 @@ class Settings(BaseSettings):
         default=None,
         description="Default folder for datasets read from files (HEADRACE_DATA_DIR).",
     )
+    broker_silence_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="Seconds a stream or ingestion worker waits for an answer from Kafka before "
+        "it logs that it has lost the broker (HEADRACE_BROKER_SILENCE_S).",
+    )
     data_root: Path = Field(
         default=Path("data"),
         description="Where `headrace data ingest` writes dataset shards and training on shards "

@@ -53,6 +53,7 @@ from faust.types import TP, EventT, StreamT, TransportT
 from mode.services import WaitResults
 
 from streams import eager, init_producer_id
+from streams.broker_watch import BrokerWatch, check_every, watch_client
 from streams.commit_gate import CommitGate, RebalanceVoided
 from streams.config import StreamWorkerConfig
 from streams.delivery import PendingOutcomes, produce_outcomes, send_outcomes
@@ -99,6 +100,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         # aiokafka reads it when the consumer starts; Faust offers no setting for it.
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        watch = getattr(self.app, "broker_watch", None)
+        if watch is not None:  # its requests tell whether Kafka answers (`streams.broker_watch`)
+            watch_client(consumer._client, watch)
         return consumer
 
 
@@ -185,6 +189,7 @@ class _App(faust.App):
     contiguous_offsets = False
     commit_gate: CommitGate | None = None  # set by an exactly-once `StreamWorker`
     before_revoke: Callable[[], Awaitable[None]] | None = None  # likewise
+    broker_watch: BrokerWatch | None = None  # set by `watch_broker`
 
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)
@@ -228,6 +233,15 @@ def new_app(
     app = _App(app_id, broker=broker, **options)
     app.contiguous_offsets = contiguous_offsets  # read by `_Consumer._add_gap`
     return app
+
+
+def watch_broker(
+    app: faust.App, loop: asyncio.AbstractEventLoop, watch: BrokerWatch
+) -> BrokerWatch:
+    """Have `app`'s consumer report to `watch` (made by `new_app`), checked on `loop`."""
+    cast(_App, app).broker_watch = watch  # read when Faust creates the consumer
+    check_every(loop, watch)
+    return watch
 
 
 def build_app(config: StreamWorkerConfig) -> faust.App:

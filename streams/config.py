@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serving.model_manager import VersionPolicy
+from streams.broker_watch import BROKER_SILENCE_S
 
 DEFAULT_GROUP = "headrace-stream"
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
@@ -72,6 +73,14 @@ class StreamWorkerConfig(BaseModel):
         default_factory=VersionPolicy,
         description="Which versions of each model to serve, as `headrace serve` does: requests "
         "pinned to a `version` reach only these.",
+    )
+    broker_silence_s: float = Field(
+        default=BROKER_SILENCE_S,
+        gt=0,
+        le=3600,
+        description="Seconds without an answer from Kafka after which the worker logs that it "
+        "has lost its broker and /metrics shows stream_broker_reachable 0 "
+        "(HEADRACE_BROKER_SILENCE_S).",
     )
     updates_topic: str = "model-updates"
     requests_topic: str = "inference-requests"

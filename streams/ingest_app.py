@@ -56,7 +56,8 @@ from faust.types import TP, EventT, StreamT
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from headrace.errors import DatasetError
-from streams.app import hold_events, new_app, source_record
+from streams.app import hold_events, new_app, source_record, watch_broker
+from streams.broker_watch import BROKER_SILENCE_S, BrokerWatch
 from streams.data_messages import DATA_DLQ_TOPIC, ClassCounts, counts_key
 from streams.delivery import produce_outcomes
 from streams.inference import SourceRecord
@@ -103,6 +104,13 @@ class IngestConfig(BaseModel):
     dlq_topic: str = DATA_DLQ_TOPIC
     partitions: int = Field(
         default=4, ge=1, description="Partitions of the data topic (and of the table changelog)."
+    )
+    broker_silence_s: float = Field(
+        default=BROKER_SILENCE_S,
+        gt=0,
+        le=3600,
+        description="Seconds without an answer from Kafka after which the worker logs that it "
+        "has lost its broker (HEADRACE_BROKER_SILENCE_S).",
     )
 
     @field_validator("dataset")
@@ -371,6 +379,9 @@ def run_ingest(
         os._exit(EXIT_BATCH_FAILED)
 
     ingest = IngestWorker(config, on_ready=ready, on_fatal=fatal)
+    watch_broker(
+        ingest.app, loop, BrokerWatch(config.bootstrap, "ingestion worker", config.broker_silence_s)
+    )
     code = run_faust_app(ingest.app, loop, loglevel)
     log.info("ingested %s", ingest.totals)
     return EXIT_BATCH_FAILED if ingest.failed is not None else code

@@ -28,7 +28,9 @@ from serving.dataplane import DataPlane
 from serving.metrics import ServingMetrics
 from serving.model_manager import ModelManager
 from serving.repository import ModelRepository
-from streams.app import StreamWorker
+from streams import log_flood
+from streams.app import StreamWorker, watch_broker
+from streams.broker_watch import BrokerWatch
 from streams.config import StreamWorkerConfig
 from streams.group_watch import AssignmentWatch
 from streams.job_messages import ModelUpdate
@@ -43,7 +45,8 @@ ASSIGNMENT_CHECK_S = 1.0  # how often `_warn_while_unassigned` asks its `Assignm
 
 
 class WatchdogWorker(faust.Worker):
-    """Faust's worker, with a watchdog once a stop signal arrives.
+    """Faust's worker, with a watchdog once a stop signal arrives, and the Kafka clients'
+    repeated log lines cut down (`streams.log_flood`).
 
     aiokafka's consumer thread can hang in `stop()` when the broker is gone; the
     watchdog turns that into a prompt exit instead of a process that never ends.
@@ -55,6 +58,10 @@ class WatchdogWorker(faust.Worker):
             watchdog.daemon = True
             watchdog.start()
         super()._schedule_shutdown(signal)
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:  # mode's hook
+        super().on_setup_root_logger(logger, level)
+        log_flood.install(logger.handlers, log_flood.RepeatFilter())  # `streams.log_flood`
 
 
 def run_faust_app(app: faust.App, loop: asyncio.AbstractEventLoop, loglevel: str) -> int:
@@ -159,6 +166,8 @@ def run_worker(
     stream = StreamWorker(config, dataplane, metrics, on_ready=ready, on_fatal=fatal)
     _reload_models(stream.app, manager, config)
     _warn_while_unassigned(loop, stream, config)
+    watch = BrokerWatch(config.bootstrap, "stream worker", config.broker_silence_s)
+    metrics.watch_broker(watch_broker(stream.app, loop, watch))
     metrics.watch_lag(stream.consumer_lag)
     code = run_faust_app(stream.app, loop, loglevel)
     if stream.failed is not None:

@@ -104,11 +104,13 @@ def ingest(
     logging.basicConfig(
         level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    settings = load_settings()
     config = build_config(
         IngestConfig,
         dataset=dataset,
+        broker_silence_s=settings.broker_silence_s,
         bootstrap=resolve_bootstrap(bootstrap),
-        data_root=data_root or load_settings().data_root,
+        data_root=data_root or settings.data_root,
         group_id=group or "",
         flush_records=flush_records,
         flush_interval_s=flush_interval_s,

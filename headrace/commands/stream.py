@@ -127,6 +127,7 @@ def worker(
         version_policy=parse_version_policy(version_policy),
         metrics_host=metrics_host,
         processing_guarantee=processing_guarantee,
+        broker_silence_s=settings.broker_silence_s,
     )
     ModelRepository(config.repository).require_folder()
     if not answers_metadata(config.bootstrap, timeout_s=5.0):

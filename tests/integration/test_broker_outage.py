@@ -153,3 +153,74 @@ def test_a_broker_that_accepts_connections_but_never_answers_is_given_up_on_in_t
         "`headrace broker start` or set HEADRACE_KAFKA_BOOTSTRAP"
     ], done.stderr  # one line, without kafka-python's log of the failed probe
     assert refused_s < 20.0, f"the worker took {refused_s:.1f} s to refuse the start"
+
+
+# -- an idle stream worker whose broker is killed, then restarted ----------------------------
+
+SILENCE_S = 2.0  # HEADRACE_BROKER_SILENCE_S for the worker: a short outage is enough
+KILLED_S = 4.0  # the broker is down this long after the worker has said so
+
+
+def _client_lines(log: str) -> list[str]:
+    """The worker's WARNING and ERROR lines that are not the broker watch's own."""
+    return [
+        line
+        for line in log.splitlines()
+        if ("[ERROR]" in line or "[WARNING]" in line) and "Kafka at " not in line
+    ]
+
+
+def test_an_idle_worker_says_once_that_it_lost_its_broker_and_once_that_it_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a worker whose broker was killed logged about 6,850 aiokafka lines a minute
+    (about 114 a second: 'Unable connect to node', 'Unable to update metadata', 'Failed fetch
+    messages', 'Group Coordinator Request failed') and not one that said Kafka was away, nor
+    one when it was back; a frozen broker, not a line at all. Now: one warning after
+    HEADRACE_BROKER_SILENCE_S without an answer, the client's lines once per kind a minute,
+    one line once Kafka answers again, and /metrics says so."""
+    from server_fixtures import wait_until
+    from stream_fixtures import running_worker
+
+    monkeypatch.setenv("HEADRACE_BROKER_SILENCE_S", str(SILENCE_S))
+    (tmp_path / "repo").mkdir()
+    log_file = tmp_path / "worker.log"
+    broker = EmbeddedBroker().start()
+    try:
+        create_topics(broker.bootstrap)
+        with running_worker(broker.bootstrap, tmp_path / "repo", "idle", log_file) as worker:
+
+            def reachable() -> float:
+                assert worker.process.poll() is None, f"the worker exited:\n{worker.log_tail()}"
+                return worker.scrape().value("stream_broker_reachable")
+
+            assert reachable() == 1.0
+            assert broker.process is not None
+            broker.process.kill()  # by its pid; the port stays ours to restart on
+            broker.process.wait(timeout=10)
+            wait_until(
+                lambda: reachable() == 0.0 or None,
+                "the worker's stream_broker_reachable 0",
+                timeout_s=30,
+            )
+            lost = log_file.read_text()
+            killed_at = time.monotonic()
+            wait_until(lambda: time.monotonic() - killed_at >= KILLED_S or None, "the outage")
+            during = log_file.read_text()[len(lost) :]
+            broker = EmbeddedBroker(port=broker.port).start()
+            wait_until(
+                lambda: reachable() == 1.0 or None,
+                "the worker's stream_broker_reachable 1 again",
+                timeout_s=60,
+            )
+            metrics = worker.scrape()
+            log = log_file.read_text()
+    finally:
+        broker.stop()
+    watch_lines = [line for line in log.splitlines() if "Kafka at " in line]
+    assert len(watch_lines) == 2, watch_lines
+    assert f"Kafka at {broker.bootstrap} has not answered the stream worker for" in watch_lines[0]
+    assert f"Kafka at {broker.bootstrap} answers again after" in watch_lines[1]
+    assert metrics.value("stream_broker_outages_total") == 1.0
+    assert _client_lines(during) == [], during[-2000:]  # each kind was shown once already
+    assert len(_client_lines(log)) < 20, log[-4000:]  # about 450 in these seconds before

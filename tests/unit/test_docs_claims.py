@@ -158,6 +158,7 @@ NOT_METRICS = {
 def exported_metric_names() -> set[str]:
     """Every series name the server, stream worker and training agent expose."""
     from serving.metrics import ServingMetrics
+    from streams.broker_watch import BrokerWatch
     from streams.job_metrics import TrainingMetrics
     from streams.metrics import StreamMetrics
 
@@ -165,6 +166,7 @@ def exported_metric_names() -> set[str]:
     stream = StreamMetrics(serving)
     stream.watch_lag(lambda: [("inference-requests", 0, 0)])
     stream.watch_paused(lambda: 0)
+    stream.watch_broker(BrokerWatch("localhost:9092", "stream worker"))
     names = set()
     for registry in (serving.registry, TrainingMetrics().registry):
         for family in registry.collect():
