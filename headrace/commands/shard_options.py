@@ -65,11 +65,28 @@ def parse_bounds(values: tuple[str, ...]) -> dict[int, int]:
 
 
 def shard_settings(
-    from_shards: bool, up_to_offset: tuple[str, ...], data_root: Path | None, default_root: Path
+    from_shards: bool,
+    up_to_offset: tuple[str, ...],
+    data_root: Path | None,
+    default_root: Path,
+    data_dir: Path | None = None,
 ) -> dict[str, Any] | None:
-    """The `data_source` section for `TrainConfig`, or None to train on the dataset's files."""
+    """The `data_source` section for `TrainConfig`, or None to train on the dataset's files.
+
+    `data_dir` is the --data-dir flag: shards and a dataset folder exclude each other, and a
+    flag the choice would not read is refused (`train --data-root R` trained on the files)."""
     if not from_shards and not up_to_offset:
+        if data_root is not None:
+            raise ConfigError(
+                "--data-root only applies with --from-shards (or --up-to-offset): without "
+                "them training reads the dataset's files (--data-dir)"
+            )
         return None
+    if data_dir is not None:
+        raise ConfigError(
+            "--data-dir is not read with --from-shards: training reads the ingested shards "
+            "under --data-root; leave --data-dir out"
+        )
     return {
         "kind": "shards",
         "root": data_root or default_root,

@@ -146,7 +146,9 @@ def train(
         model=model,
         dataset=dataset,
         data_dir=data_dir or settings.data_dir,
-        data_source=shard_settings(from_shards, up_to_offset, data_root, settings.data_root),
+        data_source=shard_settings(
+            from_shards, up_to_offset, data_root, settings.data_root, data_dir
+        ),
         epochs=epochs,
         batch_size=batch_size,
         width=width,

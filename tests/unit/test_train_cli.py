@@ -296,3 +296,41 @@ def test_an_agent_asked_for_more_cpus_than_any_host_has_is_refused_before_kafka(
     assert f"'--ray-cpus': {huge} is not in the range 1<=x<={MAX_RAY_CPUS}" in refused.output
     with pytest.raises(ValueError, match=f"less than or equal to {MAX_RAY_CPUS}"):
         JobAgentConfig(bootstrap="x:9092", repository=".", runs_dir=".", ray_cpus=int(huge))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--data-root", "{tmp}"],
+            "error: --data-root only applies with --from-shards (or --up-to-offset): without "
+            "them training reads the dataset's files (--data-dir)\n",
+        ),
+        (
+            ["--dataset", "mnist", "--from-shards", "--data-dir", "{tmp}"],
+            "error: --data-dir is not read with --from-shards: training reads the ingested "
+            "shards under --data-root; leave --data-dir out\n",
+        ),
+    ],
+    ids=["data-root without shards", "data-dir with shards"],
+)
+def test_a_data_flag_the_data_choice_would_not_read_is_refused(
+    flags: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: `train --data-root R` (no --from-shards) trained on the dataset's files and
+    `train --from-shards --data-dir F` on the shards, each flag dropped without a word."""
+
+    def trained(config: object) -> None:
+        raise AssertionError(f"training started with a flag dropped: {config}")
+
+    monkeypatch.setattr("training.recipe.run_training", trained)
+    argv = ["headrace", "train", *(flag.format(tmp=tmp_path) for flag in flags)]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == message
