@@ -60,14 +60,18 @@ class InferenceClient:
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
-    def model_metadata(self, model: str, version: str = "") -> pb.ModelMetadataResponse:
+    def model_metadata(
+        self, model: str, version: str = "", timeout_s: float | None = None
+    ) -> pb.ModelMetadataResponse:
         request = pb.ModelMetadataRequest(name=model, version=version)
-        return self.stub.ModelMetadata(request, metadata=self.metadata)
+        return self.stub.ModelMetadata(request, timeout=timeout_s, metadata=self.metadata)
 
-    def model_config(self, model: str, version: str = "") -> ModelConfigView:
+    def model_config(
+        self, model: str, version: str = "", timeout_s: float | None = None
+    ) -> ModelConfigView:
         """The served config's tensors plus headrace's preprocessing spec and labels."""
         request = pb.ModelConfigRequest(name=model, version=version)
-        config = self.stub.ModelConfig(request, metadata=self.metadata).config
+        config = self.stub.ModelConfig(request, timeout=timeout_s, metadata=self.metadata).config
         params = config.parameters
         preprocessing = None
         if "preprocessing" in params:

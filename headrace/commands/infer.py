@@ -133,12 +133,12 @@ def infer(
         ) from None
     client = InferenceClient(url, token_from_env(token_env), tls_ca)
     try:
-        meta = client.model_metadata(model, version)
+        meta = client.model_metadata(model, version, timeout_s)
         (spec,) = meta.inputs[:1]
         dims = list(spec.shape)
         if array.ndim == len(dims) - 1:  # one sample: add the batch axis
             array = array[np.newaxis]
-        view = client.model_config(model, version)
+        view = client.model_config(model, version, timeout_s)
         what = f"{input_file.name} for input {spec.name!r} ({spec.datatype})"
         array = as_model_input(array, DATATYPE_TO_NUMPY[spec.datatype], view.preprocessing, what)
         result = client.infer(model, {spec.name: array}, version, timeout_s)

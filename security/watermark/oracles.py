@@ -63,9 +63,11 @@ class GrpcOracle:
     def describe(self) -> OracleSpec:
         if self._spec is not None:
             return self._spec
-        meta = self.client.model_metadata(self.model, self.version)
+        meta = self.client.model_metadata(self.model, self.version, self.timeout_s)
         request = pb.ModelConfigRequest(name=self.model, version=self.version)
-        config = self.client.stub.ModelConfig(request, metadata=self.client.metadata).config
+        config = self.client.stub.ModelConfig(
+            request, timeout=self.timeout_s, metadata=self.client.metadata
+        ).config
         self._max_batch = int(config.max_batch_size)
         if len(meta.inputs) != 1 or len(meta.outputs) < 1:
             raise WatermarkError(
@@ -82,7 +84,9 @@ class GrpcOracle:
             )
         self._input_name = meta.inputs[0].name
         self._datatype = DATATYPE_TO_NUMPY[meta.inputs[0].datatype]
-        self._preprocessing = self.client.model_config(self.model, self.version).preprocessing
+        self._preprocessing = self.client.model_config(
+            self.model, self.version, self.timeout_s
+        ).preprocessing
         self._spec = OracleSpec(
             input_shape=input_shape,
             num_classes=output_shape[-1],

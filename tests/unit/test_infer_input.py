@@ -3,11 +3,17 @@ or preprocessed as the config says, never wrapped, clipped or left unscaled."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from headrace.cli import cli
 from headrace.commands.infer import as_model_input
 from headrace.errors import InvalidInput
+from protos import grpc_service_pb2 as pb
 from serving.model_config import PreprocessingSpec
 
 SPEC = PreprocessingSpec(mean=[0.5], std=[0.25])
@@ -45,3 +51,61 @@ def test_integers_that_fit_an_integer_input_are_sent_as_its_datatype() -> None:
     assert got.dtype == UINT8 and got.tolist() == [[255, 0]]
     floats = as_model_input(np.array([[0.5]], np.float64), FP32, None, "x.npy")
     assert floats.dtype == FP32 and floats.tolist() == [[0.5]]
+
+
+class _Stop(Exception):
+    """Ends the command at its inference call."""
+
+
+def _recording_stub(calls: list[tuple[str, float | None]]) -> type:
+    """A gRPC stub keeping each call's deadline; it answers metadata and config as a served
+    model of FP32 input [-1, 1, 2, 2] would, and stops at the inference call."""
+
+    class Stub:
+        def __init__(self, channel: object) -> None:
+            pass
+
+        def ModelMetadata(self, request: Any, timeout: float | None = None, **_: Any) -> Any:  # noqa: N802
+            calls.append(("ModelMetadata", timeout))
+            tensor = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(
+                name=request.name,
+                inputs=[tensor(name="input", datatype="FP32", shape=[-1, 1, 2, 2])],
+                outputs=[tensor(name="output", datatype="FP32", shape=[-1, 10])],
+            )
+
+        def ModelConfig(self, request: Any, timeout: float | None = None, **_: Any) -> Any:  # noqa: N802
+            calls.append(("ModelConfig", timeout))
+            return pb.ModelConfigResponse(config={"max_batch_size": 8})
+
+        def ModelInfer(self, request: Any, timeout: float | None = None, **_: Any) -> Any:  # noqa: N802
+            calls.append(("ModelInfer", timeout))
+            raise _Stop
+
+    return Stub
+
+
+def test_the_timeout_reaches_every_call_to_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: `infer --timeout-s` (and a watermark check's 30 s) bounded only the inference
+    call; the metadata and config calls before it had no deadline, so a server that accepted
+    the connection and never answered kept the command waiting for ever."""
+    from security.watermark.oracles import GrpcOracle
+
+    calls: list[tuple[str, float | None]] = []
+    monkeypatch.setattr("serving.client.pb_grpc.GRPCInferenceServiceStub", _recording_stub(calls))
+    array = tmp_path / "x.npy"
+    np.save(array, np.zeros((1, 2, 2), np.float32))
+    args = ["infer", "--model", "m", "--input", str(array), "--url", "127.0.0.1:1"]
+    result = CliRunner().invoke(cli, [*args, "--timeout-s", "2.5"])
+    assert isinstance(result.exception, _Stop), result.output
+    assert calls == [("ModelMetadata", 2.5), ("ModelConfig", 2.5), ("ModelInfer", 2.5)]
+
+    calls.clear()
+    oracle = GrpcOracle("127.0.0.1:1", "m", timeout_s=4.0)
+    try:
+        oracle.describe()
+    finally:
+        oracle.close()
+    assert calls == [("ModelMetadata", 4.0), ("ModelConfig", 4.0), ("ModelConfig", 4.0)]
