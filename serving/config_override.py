@@ -8,18 +8,20 @@ added up), and `dynamic_batching`'s `preferred_batch_size`,
 `max_queue_delay_microseconds` and `default_queue_policy.max_queue_size`. Fields
 absent from the JSON keep config.json's values (Triton would take its own
 defaults), so `get_model_config`'s answer, edited and sent back, works as it is.
-The inputs, outputs, labels and preprocessing serve every version of the model
-and may only be restated; anything else Triton's ModelConfig holds is refused
-with `InvalidInput` naming the field, never half-applied. The override lives in
-this server's model manager (`ModelManager.load(name, config)`), not in the
-repository: Kafka workers and other servers keep config.json, and a restart
-forgets it, as Triton's does. A model's `autoscaling` still bounds its instances.
+The inputs, outputs, labels and preprocessing may only be restated: the first three
+serve every version of the model, and each version runs with the preprocessing it was
+trained with (an older version's answer restates its own, not config.json's). Anything
+else Triton's ModelConfig holds is refused with `InvalidInput` naming the field, never
+half-applied. The override lives in this server's model manager
+(`ModelManager.load(name, config)`), not in the repository: Kafka workers and other
+servers keep config.json, and a restart forgets it, as Triton's does. A model's
+`autoscaling` still bounds its instances.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
@@ -121,10 +123,14 @@ def _batching(
     return {**base.dynamic_batching.model_dump(), **update}
 
 
-def apply_override(text: str, base: ModelConfig, policy: VersionPolicy) -> ModelConfig:
+def apply_override(
+    text: str, base: ModelConfig, policy: VersionPolicy, served: Sequence[ModelConfig] = ()
+) -> ModelConfig:
     """`base` (the model's config.json) with the override `text` applied; `policy` is the
-    server's version policy (an override may only restate it). `InvalidInput` naming the
-    field for anything this server cannot honour."""
+    server's version policy (an override may only restate it); `served` are the configs
+    the model's loaded versions run with (get_model_config's answers: a parameter may
+    restate theirs too). `InvalidInput` naming the field for anything this server cannot
+    honour."""
     given, document = _parse(text)
     stated = _stated(given, document)
     refused = sorted(stated - SETTABLE)
@@ -143,7 +149,8 @@ def apply_override(text: str, base: ModelConfig, policy: VersionPolicy) -> Model
                 f"{field} differs from config.json's; a model's inputs and outputs serve "
                 "all of its versions and cannot be overridden"
             )
-    _check_parameters(given.parameters, current.parameters)
+    restatable = [current.parameters] + [model_config_to_proto(c).parameters for c in served]
+    _check_parameters(given.parameters, restatable)
     update: dict[str, Any] = {}
     if "max_batch_size" in stated:
         if (given.max_batch_size > 0) != (base.max_batch_size > 0):
@@ -166,14 +173,17 @@ def apply_override(text: str, base: ModelConfig, policy: VersionPolicy) -> Model
         raise _refuse(problems) from None
 
 
-def _check_parameters(given: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+def _check_parameters(given: Mapping[str, Any], restatable: Sequence[Mapping[str, Any]]) -> None:
+    """`given` may only restate a parameter of config.json's (`restatable[0]`) or of a loaded
+    version's config (a version keeps the preprocessing it was trained with)."""
     for key, value in given.items():
         if key in VERSION_FACTS:
             continue
-        if key not in current:
+        known = [parameters[key].string_value for parameters in restatable if key in parameters]
+        if not known:
             raise _refuse(f"parameters[{key!r}] is not a setting of this server's models")
-        if value.string_value != current[key].string_value:
+        if value.string_value not in known:
             raise _refuse(
-                f"parameters[{key!r}] differs from config.json's; it serves all of the "
-                "model's versions and cannot be overridden"
+                f"parameters[{key!r}] differs from config.json's and the loaded versions'; "
+                "it cannot be overridden"
             )

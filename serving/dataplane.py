@@ -246,7 +246,8 @@ class DataPlane:
                     f"holding a JSON model configuration, got {type(text).__name__}"
                 )
             base = await asyncio.to_thread(self.manager.repository.config, name)
-            config = apply_override(text, base, self.manager.policy)
+            served = [self.manager.get(name, v).config for v in self.manager.loaded().get(name, [])]
+            config = apply_override(text, base, self.manager.policy, served)
         try:
             return await self.manager.load(name, config)
         finally:

@@ -16,7 +16,7 @@ from headrace.errors import InvalidInput
 from serving.config_override import apply_override
 from serving.dataplane import DataPlane
 from serving.grpc_convert import model_config_to_proto
-from serving.model_config import DynamicBatchingConfig, ModelConfig, TensorSpec
+from serving.model_config import DynamicBatchingConfig, ModelConfig, PreprocessingSpec, TensorSpec
 from serving.model_manager import ModelManager, VersionPolicy
 from serving.repository import ModelRepository
 
@@ -141,3 +141,41 @@ def test_an_override_lasts_until_a_load_without_one_and_covers_new_versions(
         {2: (2, 2)},
         {2: (8, 1)},  # a load without an override: config.json's again
     ]
+
+
+def test_an_older_versions_config_goes_back_with_its_own_preprocessing(
+    tmp_path: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Each version is served with the preprocessing it was trained with, so the config
+    get_model_config answers for an older version differs from config.json (which follows
+    the latest publish) in `preprocessing`: sent back, it is a restatement, not a change."""
+    repository = ModelRepository(tmp_path / "repo")
+    model_file = identity_model(tmp_path / "identity.onnx")
+    for mean in (0.1, 0.2):  # version 1, then version 2 trained on other data
+        pixels = PreprocessingSpec(mean=[mean], std=[1.0])
+        repository.publish(
+            BASE.model_copy(update={"preprocessing": pixels}), model_file, architecture="test"
+        )
+    manager = ModelManager(repository, policy=VersionPolicy(kind="all"), batching=False)
+    dataplane = DataPlane(manager)
+
+    async def scenario() -> dict[int, tuple[int, list[float]]]:
+        await manager.load_all()
+        answer = model_config_to_proto(
+            dataplane.model_config("m", "1"), manager.policy, dataplane.version_parameters("m", "1")
+        )
+        edited = json_format.MessageToDict(answer, preserving_proto_field_name=True)
+        await dataplane.load("m", {"config": json.dumps(edited | {"max_batch_size": 4})})
+        with pytest.raises(InvalidInput, match=r"parameters\['preprocessing'\] differs"):
+            other = PreprocessingSpec(mean=[0.3], std=[1.0]).model_dump_json()
+            edited["parameters"]["preprocessing"] = {"string_value": other}
+            await dataplane.load("m", {"config": json.dumps(edited)})
+        served = {}
+        for version in manager.loaded()["m"]:
+            config = manager.get("m", version).config
+            assert config.preprocessing is not None
+            served[version] = (config.max_batch_size, config.preprocessing.mean)
+        await manager.close()
+        return served
+
+    assert loop.run_until_complete(scenario()) == {1: (4, [0.1]), 2: (4, [0.2])}
