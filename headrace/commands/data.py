@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from headrace.commands.options import FiniteFloatRange
+from headrace.commands.options import FiniteFloatRange, refuse_unread_folder
 from headrace.settings import load_settings
 
 DEFAULT_INGESTED_TIMEOUT_S = 60.0
@@ -74,6 +74,7 @@ def profile(
             f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --ingested"
         )
 
+    refuse_unread_folder(dataset, data_dir)
     raw = load_raw(dataset, data_dir or load_settings().data_dir)
     arrays = raw.data
     if raw.official_test is not None:

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from headrace.commands.broker import answering_bootstrap, resolve_bootstrap, unreachable
-from headrace.commands.options import build_config
+from headrace.commands.options import build_config, refuse_unread_folder
 from headrace.errors import HeadraceError
 from headrace.settings import load_settings
 
@@ -161,6 +161,7 @@ def publish(
 
     if count < 1 or bad < 0:
         raise click.BadParameter("--n must be at least 1 and --bad at least 0")
+    refuse_unread_folder(dataset, data_dir)
     schema = dataset_schema(dataset)
     raw = load_raw(dataset, data_dir or load_settings().data_dir)
     records = plan_records(schema, raw.data.images, raw.data.labels, count, bad, id_prefix, compact)

@@ -35,6 +35,16 @@ def build_config(factory: Callable[..., ModelT], **values: Any) -> ModelT:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
 
 
+def refuse_unread_folder(dataset: str, data_dir: Path | None) -> None:
+    """`ConfigError` when --data-dir names a folder `dataset` would not read (it is embedded):
+    `produce --data-dir ~/mnist` without --dataset sent digits. HEADRACE_DATA_DIR, a default
+    for every dataset, is not checked: pass the flag only."""
+    from training.datasets import unread_folder
+
+    if data_dir is not None and (problem := unread_folder(dataset, "--data-dir")) is not None:
+        raise ConfigError(problem)
+
+
 class FiniteFloatRange(click.FloatRange):
     """`click.FloatRange` that also refuses NaN and infinity: NaN passes every range check
     (`nan <= 0` is false), so `--timeout-s nan` got through to a deadline that never came or

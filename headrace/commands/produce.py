@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from headrace.commands.broker import answering_bootstrap
+from headrace.commands.options import refuse_unread_folder
 from headrace.errors import HeadraceError
 from headrace.settings import load_settings
 
@@ -107,6 +108,7 @@ def produce(
 
     if count < 1:
         raise click.BadParameter("must be at least 1", param_hint="--n")
+    refuse_unread_folder(dataset, data_dir)
     test = load_splits(dataset, data_dir or load_settings().data_dir).test
     address = answering_bootstrap(bootstrap)
     with tqdm(total=count, unit="req", desc="producing", disable=None) as bar:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from headrace.commands.options import build_config, pem_certificates
+from headrace.commands.options import build_config, pem_certificates, refuse_unread_folder
 from headrace.errors import ConfigError, WatermarkError
 from headrace.settings import load_settings
 
@@ -141,6 +141,8 @@ def embed(
         raise ConfigError("--data-root goes with --from-model (a model trained on shards)")
     if from_model is None and from_version is not None:  # it trained a new model
         raise ConfigError("--from-version goes with --from-model (the model to fine-tune)")
+    if from_model is None:  # new training on --dataset (digits by default)
+        refuse_unread_folder(dataset or "digits", data_dir)
     model_given = click.get_current_context().get_parameter_source("model")
     if from_model is None:
         from training.config import TrainConfig
