@@ -65,6 +65,7 @@ def _parse(text: str) -> tuple[mc.ModelConfig, dict[str, Any]]:
         raise _refuse("not JSON a server reads: nested too deeply") from None
     if not isinstance(document, dict):
         raise _refuse("a JSON object (a ModelConfig of model_config.proto) is expected")
+    _drop_nulls(document)
     message = mc.ModelConfig()
     try:
         json_format.ParseDict(document, message)
@@ -75,6 +76,20 @@ def _parse(text: str) -> tuple[mc.ModelConfig, dict[str, Any]]:
     return message, document
 
 
+def _drop_nulls(document: dict[str, Any]) -> None:
+    """Remove the members whose value is JSON null, at any depth (iteratively: the JSON may
+    nest deeply). A null is no value, so the field keeps config.json's as one left out
+    does; protobuf's JSON parser would read it as the field's zero (a queue delay of 0)."""
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        for key in [key for key, value in node.items() if value is None]:
+            del node[key]
+        for value in node.values():
+            items = value if isinstance(value, list) else [value]
+            stack.extend(item for item in items if isinstance(item, dict))
+
+
 def _unsupported(message: Any, allowed: set[str], where: str) -> None:
     extra = sorted(f.name for f, _ in message.ListFields() if f.name not in allowed)
     if extra:
@@ -82,6 +97,11 @@ def _unsupported(message: Any, allowed: set[str], where: str) -> None:
 
 
 def _instances(groups: Any) -> int:
+    if not groups:
+        raise _refuse(
+            'instance_group is empty: give at least one group (e.g. [{"count": 2}]), or '
+            "leave instance_group out to keep config.json's instances"
+        )
     total = 0
     for group in groups:
         _unsupported(group, {"name", "kind", "count"}, "instance_group: ")

@@ -59,6 +59,32 @@ def test_an_override_sets_batching_and_instances_and_keeps_what_it_does_not_stat
 
 
 @pytest.mark.parametrize(
+    "override",
+    [
+        '{"max_batch_size": null}',
+        '{"instance_group": null}',
+        '{"dynamic_batching": null}',
+        '{"dynamic_batching": {"max_queue_delay_microseconds": null}}',
+        '{"dynamic_batching": {"preferred_batch_size": null}}',
+        '{"dynamic_batching": {"default_queue_policy": null}}',
+        '{"input": null, "parameters": null, "version_policy": null}',
+    ],
+)
+def test_a_field_given_as_null_is_left_out(override: str) -> None:
+    """JSON null is no value: the field keeps config.json's, as a field left out does
+    (it was read as protobuf's zero: a queue delay of 0, no preferred sizes, a refusal)."""
+    base = BASE.model_copy(
+        update={
+            "instance_count": 3,
+            "dynamic_batching": DynamicBatchingConfig(
+                max_queue_delay_us=1000, preferred_batch_sizes=[4], max_queue_size=16
+            ),
+        }
+    )
+    assert apply_override(override, base, POLICY) == base
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
         ("{max", "not JSON"),
@@ -75,6 +101,7 @@ def test_an_override_sets_batching_and_instances_and_keeps_what_it_does_not_stat
         ('{"instance_group": [{"count": 2, "gpus": [0]}]}', "instance_group: gpus cannot be set"),
         ('{"instance_group": [{"count": 300}]}', "add up to 300 instances, more than 256"),
         ('{"instance_group": [{"count": -1}]}', "instance_group count -1 is negative"),
+        ('{"instance_group": []}', "instance_group is empty: give at least one group"),
         ('{"dynamic_batching": {"priority_levels": 2}}', "dynamic_batching: priority_levels"),
         ('{"dynamic_batching": {"default_queue_policy": {}}}', "max_queue_size 0 (no bound)"),
         ('{"dynamic_batching": {"preferred_batch_size": [64]}}', "must lie in 1..max_batch_size"),
