@@ -181,9 +181,16 @@ def apply_override(
         update["max_batch_size"] = given.max_batch_size
     if "instance_group" in stated:
         update["instance_count"] = _instances(given.instance_group)
+    preferred_stated = False
     if "dynamic_batching" in stated:
-        batching = document.get("dynamic_batching", document.get("dynamicBatching"))
-        update["dynamic_batching"] = _batching(given.dynamic_batching, batching or {}, base)
+        batching = document.get("dynamic_batching", document.get("dynamicBatching")) or {}
+        update["dynamic_batching"] = _batching(given.dynamic_batching, batching, base)
+        preferred_stated = "preferred_batch_size" in _stated(given.dynamic_batching, batching)
+    _check_preferred(
+        update.get("dynamic_batching", base.dynamic_batching.model_dump())["preferred_batch_sizes"],
+        update.get("max_batch_size", base.max_batch_size),
+        preferred_stated,
+    )
     try:
         return ModelConfig.model_validate({**base.model_dump(), **update})
     except ValidationError as exc:
@@ -191,6 +198,18 @@ def apply_override(
             f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
         )
         raise _refuse(problems) from None
+
+
+def _check_preferred(sizes: list[int], max_batch_size: int, stated: bool) -> None:
+    """Preferred batch sizes must fit the batch axis; named as Triton names them (config.json
+    calls them `preferred_batch_sizes`), and whose they are when the override left them out."""
+    if all(1 <= size <= max_batch_size for size in sizes):
+        return
+    field = f"dynamic_batching.preferred_batch_size {sizes}"
+    if max_batch_size == 0:
+        raise _refuse(f"{field}: a model without a batch axis (max_batch_size 0) batches nothing")
+    whose = "" if stated else " (config.json's: state preferred_batch_size too)"
+    raise _refuse(f"{field}{whose} must lie in 1..max_batch_size ({max_batch_size})")
 
 
 def _check_parameters(given: Mapping[str, Any], restatable: Sequence[Mapping[str, Any]]) -> None:

@@ -206,3 +206,29 @@ def test_an_older_versions_config_goes_back_with_its_own_preprocessing(
         return served
 
     assert loop.run_until_complete(scenario()) == {1: (4, [0.1]), 2: (4, [0.2])}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            '{"max_batch_size": 4, "dynamic_batching": {"preferred_batch_size": [2, 6]}}',
+            "config override: dynamic_batching.preferred_batch_size [2, 6] must lie in "
+            "1..max_batch_size (4)",
+        ),
+        (
+            '{"max_batch_size": 4}',
+            "config override: dynamic_batching.preferred_batch_size [8] (config.json's: state "
+            "preferred_batch_size too) must lie in 1..max_batch_size (4)",
+        ),
+    ],
+)
+def test_preferred_sizes_that_do_not_fit_are_named_as_triton_names_them(
+    override: str, message: str
+) -> None:
+    """Triton's field is `preferred_batch_size`; the message was pydantic's, naming
+    config.json's field: "config: Value error, dynamic_batching.preferred_batch_sizes ..."."""
+    batching = DynamicBatchingConfig(preferred_batch_sizes=[8])
+    with pytest.raises(InvalidInput) as caught:
+        apply_override(override, BASE.model_copy(update={"dynamic_batching": batching}), POLICY)
+    assert caught.value.message == message
