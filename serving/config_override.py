@@ -65,6 +65,11 @@ def _parse(text: str) -> tuple[mc.ModelConfig, dict[str, Any]]:
         raise _refuse("not JSON a server reads: nested too deeply") from None
     if not isinstance(document, dict):
         raise _refuse("a JSON object (a ModelConfig of model_config.proto) is expected")
+    if list(document) == ["config"] and isinstance(document["config"], dict):
+        raise _refuse(  # tritonclient's get_model_config(as_json=True) answer, sent as it is
+            "this is get_model_config's whole answer; send its 'config' member "
+            "(json.dumps(answer['config']))"
+        )
     _drop_nulls(document)
     message = mc.ModelConfig()
     try:

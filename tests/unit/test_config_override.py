@@ -232,3 +232,14 @@ def test_preferred_sizes_that_do_not_fit_are_named_as_triton_names_them(
     with pytest.raises(InvalidInput) as caught:
         apply_override(override, BASE.model_copy(update={"dynamic_batching": batching}), POLICY)
     assert caught.value.message == message
+
+
+def test_get_model_configs_whole_answer_is_refused_with_the_member_to_send() -> None:
+    """tritonclient's get_model_config(as_json=True) wraps the config in {"config": ...};
+    sent as it is, the refusal said only that ModelConfig has no field named "config"."""
+    with pytest.raises(InvalidInput) as caught:
+        apply_override(json.dumps({"config": answered()}), BASE, POLICY)
+    assert caught.value.message == (
+        "config override: this is get_model_config's whole answer; send its 'config' member "
+        "(json.dumps(answer['config']))"
+    )
