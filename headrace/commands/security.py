@@ -106,8 +106,8 @@ def robustness(
     from security.adversarial import robustness_report
     from serving.repository import ModelRepository
     from training.adversarial import published_pixel_model
-    from training.compression.sources import uncompressed_version
-    from training.datasets import lineage_splits, load_splits
+    from training.compression.sources import uncompressed_version, version_ref
+    from training.datasets import lineage_splits, load_splits, unread_root
 
     radii = _epsilons(epsilons)
     if step_size is not None and not 0 < step_size <= 1:
@@ -130,6 +130,13 @@ def robustness(
     lineage = found.metadata.lineage
     trained_on = str(lineage.get("dataset") or "digits")
     chosen = dataset or trained_on
+    if data_root is not None and (problem := unread_root(lineage, version_ref(found))):
+        raise ConfigError(problem)
+    if data_root is not None and chosen != trained_on:  # its own shards only, not --dataset's
+        raise ConfigError(
+            f"--data-root reads the ingested shards {version_ref(found)} was trained on "
+            f"({trained_on}); --dataset {chosen} is read from its files: leave --data-root out"
+        )
     if chosen == trained_on:  # the same split (and shard selection): no training image
         splits = lineage_splits(lineage, data_dir or settings.data_dir, data_root)
     else:

@@ -153,7 +153,8 @@ def embed(
     else:
         from security.watermark.embed import finetune_config, finetune_published
         from serving.repository import ModelRepository
-        from training.compression.sources import uncompressed_version
+        from training.compression.sources import uncompressed_version, version_ref
+        from training.datasets import unread_root
 
         repo = ModelRepository(root)
         # by default the latest version with torch weights, as compress and robustness pick:
@@ -164,6 +165,9 @@ def embed(
             else repo.get(from_model, from_version)
         )
         architecture = source.metadata.architecture
+        lineage = source.metadata.lineage
+        if data_root is not None and (problem := unread_root(lineage, version_ref(source))):
+            raise ConfigError(problem)
         if model_given is click.core.ParameterSource.COMMANDLINE and model != architecture:
             raise ConfigError(  # it was ignored: the published model keeps its architecture
                 f"--model {model} differs from {from_model}'s architecture {architecture}: "

@@ -141,3 +141,59 @@ def test_a_model_trained_on_shards_is_attacked_on_its_own_test_split(
     elsewhere = CliRunner().invoke(security, [*args, "--data-root", str(tmp_path / "none")])
     assert isinstance(elsewhere.exception, DatasetError)
     assert "no shards of 'digits'" in elsewhere.exception.message
+
+
+def _went_on(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the command went on with --data-root unread")
+
+
+@pytest.mark.parametrize(
+    ("argv", "stops"),
+    [
+        (["security", "robustness", "--model", "wide"], "security.adversarial.robustness_report"),
+        (["compress", "--model", "wide", "--quant", "int8"],
+         "security.watermark.embed.FineTuneRecipe.setup"),
+        (["watermark", "embed", "--key", "{key}", "--from-model", "wide"],
+         "security.watermark.embed.finetune_published"),
+    ],
+    ids=["security robustness", "compress", "watermark embed"],
+)  # fmt: skip
+def test_a_data_root_a_model_trained_on_files_would_not_read_is_refused(
+    repo: Path,
+    argv: list[str],
+    stops: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: --data-root, for a model trained on ingested shards, was dropped without a
+    word for one trained on its dataset's files: the command ran on those files."""
+    from headrace.cli import main
+    from security.watermark.key import generate_key, save_key
+
+    key = save_key(generate_key(10, 0), tmp_path / "key.json")
+    monkeypatch.setattr(stops, _went_on)
+    args = [arg.format(key=key) for arg in argv]
+    flags = ["--repository", str(repo), "--data-root", str(tmp_path / "data")]
+    monkeypatch.setattr("sys.argv", ["headrace", *args, *flags])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: --data-root: wide:1 was trained on the digits dataset's files, not on ingested "
+        "shards, so no data root is read; leave --data-root out\n"
+    )
+
+
+def test_a_data_root_with_another_dataset_is_refused(tmp_path: Path) -> None:
+    """Before: --data-root went unread when --dataset named another than the model's own."""
+    publish_shard_trained(tmp_path, "sharded", ChannelStats((0.2,), (0.3,)).to_spec())
+    args = ["robustness", "--model", "sharded", "--repository", str(tmp_path / "repo")]
+    result = CliRunner().invoke(
+        security, [*args, "--dataset", "mnist", "--data-root", str(tmp_path / "data")]
+    )
+    assert isinstance(result.exception, ConfigError)
+    assert result.exception.message == (
+        "--data-root reads the ingested shards sharded:1 was trained on (digits); --dataset "
+        "mnist is read from its files: leave --data-root out"
+    )

@@ -49,7 +49,7 @@ from training.compression.sources import (
     version_ref,
 )
 from training.config import TrainConfig
-from training.datasets import DatasetSplits
+from training.datasets import DatasetSplits, unread_root
 from training.datasets.shards import SHARD_LINEAGE_KEYS
 from training.export import export_onnx, verify_onnx
 from training.hooks import PublishInfo, TrainingHook
@@ -107,6 +107,9 @@ def compression_train_config(compress: CompressConfig, source: ModelVersion) -> 
         overrides["seed"] = compress.seed
     if compress.data_dir is not None:
         overrides["data_dir"] = compress.data_dir
+    lineage = source.metadata.lineage
+    if compress.data_root is not None and (problem := unread_root(lineage, version_ref(source))):
+        raise ConfigError(problem)
     try:
         return finetune_config(source, data_root=compress.data_root, **overrides)
     except ValidationError as exc:

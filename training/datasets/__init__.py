@@ -24,7 +24,7 @@ from training.datasets.digits import SAMPLES as DIGITS_SAMPLES
 from training.datasets.digits import load_digits_28
 from training.datasets.mnist import load_mnist
 from training.datasets.schema import SCHEMAS, DatasetSchema, dataset_schema
-from training.datasets.shards import Lineage, ShardSource, select_shards
+from training.datasets.shards import Lineage, ShardSource, select_shards, unread_root
 from training.datasets.split_cache import cached_split
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "load_splits",
     "split_raw",
     "train_split_size",
+    "unread_root",
 ]
 
 MIN_SHARD_RECORDS = 20

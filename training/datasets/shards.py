@@ -90,6 +90,18 @@ class ShardSource(BaseModel):
         return cls(root=root, up_to_offset={int(p): int(b) for p, b in bounds.items()} or None)
 
 
+def unread_root(lineage: Lineage, what: str) -> str | None:
+    """Why a --data-root given for the published version `what` (e.g. `m:2`) would go unread:
+    it was trained on its dataset's files, not on ingested shards. None if it read shards."""
+    if lineage.get("data_source") == "shards":
+        return None
+    dataset = lineage.get("dataset") or "digits"
+    return (
+        f"--data-root: {what} was trained on the {dataset} dataset's files, not on ingested "
+        "shards, so no data root is read; leave --data-root out"
+    )
+
+
 def shards_dir(root: Path, dataset: str) -> Path:
     """Where the shards of `dataset` live under a data root."""
     return Path(root) / dataset / SHARDS_FOLDER
