@@ -350,3 +350,25 @@ def test_a_resumed_experiment_counts_trials_against_its_own_budget(
     )
     assert result.exit_code == 0, result.output
     assert "trial 1/4 t1 SUCCEEDED" in result.output
+
+
+def test_a_moved_experiment_is_refused_for_resume_with_where_it_was_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: `tune --resume ID --experiment-dir NEW` read the settings from NEW, then ran
+    NNI, read trial archives and wrote its report in the folder the experiment was started in
+    (its stored settings say so, and NNI's trial command names its settings file there): after
+    a move that folder was gone, or an old copy that was resumed instead."""
+    tune_dir = _stored_experiment(tmp_path, "moved1", published=False)
+    moved = tune_dir.rename(tmp_path / "elsewhere")
+
+    def experiment(root: Path, experiment_id: str) -> None:
+        raise AssertionError(f"NNI was started in {root}")
+
+    monkeypatch.setattr("training.tuning.runner.NniExperiment", experiment)
+    err = _main_error(["--resume", "moved1", "--experiment-dir", str(moved)], monkeypatch, capsys)
+    assert err == (
+        f"error: experiment 'moved1' was started in {tune_dir} and its trials read their "
+        f"settings there, so it cannot be resumed from {moved}: move it back and pass "
+        f"--experiment-dir {tune_dir}, or start a new experiment\n"
+    )

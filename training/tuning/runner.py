@@ -245,6 +245,13 @@ def run_tuning(
         done = finished_report(config.experiment_dir, resume_id)
         if done is not None:
             return done
+        if stored.experiment_root != config.experiment_root:  # moved: it ran the old copy
+            raise TuningError(
+                f"experiment {resume_id!r} was started in {stored.experiment_root} and its "
+                f"trials read their settings there, so it cannot be resumed from "
+                f"{config.experiment_root}: move it back and pass --experiment-dir "
+                f"{stored.experiment_root}, or start a new experiment"
+            )
         config = stored.model_copy(update={"port": config.port})
         check_available(config.tuner)
         check_dataset(config.train)
