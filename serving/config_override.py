@@ -21,6 +21,7 @@ servers keep config.json, and a restart forgets it, as Triton's does. A model's
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,9 @@ PARAMETER = "config"  # the load request parameter carrying the override
 SETTABLE = {"name", "platform", "backend", "max_batch_size", "input", "output", "instance_group",
             "dynamic_batching", "version_policy", "parameters"}  # fmt: skip
 VERSION_FACTS = {"version", "dp_epsilon", "dp_delta", "watermark_id"}
+# protobuf's JSON parser on a name the proto lacks: said as "Message type ... has no field",
+# which for Triton's own fields (sequence_batching) reads as if Triton's ModelConfig lacked it.
+_UNKNOWN_FIELD = re.compile(r'has no field named "(?P<field>[^"]*)" at "(?P<at>[^"]*)"')
 _CPU_KINDS = (mc.ModelInstanceGroup.KIND_AUTO, mc.ModelInstanceGroup.KIND_CPU)
 
 
@@ -75,7 +79,12 @@ def _parse(text: str) -> tuple[mc.ModelConfig, dict[str, Any]]:
     try:
         json_format.ParseDict(document, message)
     except json_format.ParseError as exc:
-        first_line = str(exc).splitlines()[0].rstrip(".")  # the rest lists Triton's fields
+        first_line = str(exc).splitlines()[0].rstrip(".")  # the rest lists the proto's fields
+        unknown = _UNKNOWN_FIELD.search(first_line)
+        if unknown is not None:  # a field Triton has and this proto leaves out, or a typo
+            path = unknown["at"].removeprefix("ModelConfig").lstrip(".").split(".")
+            field = ".".join([*filter(None, path), unknown["field"]])
+            first_line = f"{field} cannot be set on this server"
         settable = ", ".join(sorted(SETTABLE))
         raise _refuse(f"{first_line}; an override may state {settable}") from None
     return message, document

@@ -357,8 +357,8 @@ def test_tritonclient_sees_the_statuses(server: ServerProcess, model_files: Mode
         ),
         "load_with_sequence_batching": (
             "INVALID_ARGUMENT",
-            'config override: Message type "inference.ModelConfig" has no field named '
-            '"sequence_batching"',
+            "config override: sequence_batching cannot be set on this server; an override "
+            "may state",
         ),
         "load_with_files": (
             "INVALID_ARGUMENT",

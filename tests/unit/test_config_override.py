@@ -90,7 +90,16 @@ def test_a_field_given_as_null_is_left_out(override: str) -> None:
         ("{max", "not JSON"),
         ("[1]", "a JSON object"),
         ("[" * 100_000, "nested too deeply"),
-        ('{"sequence_batching": {}}', 'no field named "sequence_batching"'),
+        ('{"sequence_batching": {}}', "sequence_batching cannot be set on this server; an"),
+        ('{"max_batch_sise": 4}', "max_batch_sise cannot be set on this server; an override"),
+        (
+            '{"instance_group": [{"count": 1}, {"rate_limiter": {}}]}',
+            "instance_group[1].rate_limiter cannot be set on this server",
+        ),
+        (
+            '{"dynamic_batching": {"default_queue_policy": {"timeout_s": 1}}}',
+            "dynamic_batching.default_queue_policy.timeout_s cannot be set on this server",
+        ),
         ('{"model_transaction_policy": {"decoupled": true}}', "model_transaction_policy cannot"),
         ('{"response_cache": {"enable": true}}', "response_cache cannot be set"),
         ('{"name": "other"}', "name 'other' is not the model's ('m')"),
