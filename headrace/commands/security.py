@@ -17,7 +17,7 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
-from headrace.commands.options import MAX_SEED, MAX_THREADS
+from headrace.commands.options import MAX_SEED, MAX_THREADS, refuse_unread_folder
 from headrace.errors import ConfigError
 from headrace.settings import load_settings
 
@@ -130,6 +130,7 @@ def robustness(
     lineage = found.metadata.lineage
     trained_on = str(lineage.get("dataset") or "digits")
     chosen = dataset or trained_on
+    refuse_unread_folder(chosen, data_dir)
     if data_root is not None and (problem := unread_root(lineage, version_ref(found))):
         raise ConfigError(problem)
     if data_root is not None and chosen != trained_on:  # its own shards only, not --dataset's

@@ -168,6 +168,7 @@ def embed(
         lineage = source.metadata.lineage
         if data_root is not None and (problem := unread_root(lineage, version_ref(source))):
             raise ConfigError(problem)
+        refuse_unread_folder(dataset or str(lineage.get("dataset") or "digits"), data_dir)
         if model_given is click.core.ParameterSource.COMMANDLINE and model != architecture:
             raise ConfigError(  # it was ignored: the published model keeps its architecture
                 f"--model {model} differs from {from_model}'s architecture {architecture}: "

@@ -144,7 +144,7 @@ def test_a_model_trained_on_shards_is_attacked_on_its_own_test_split(
 
 
 def _went_on(*args: object, **kwargs: object) -> None:
-    raise AssertionError("the command went on with --data-root unread")
+    raise AssertionError("the command went on with a data flag unread")
 
 
 @pytest.mark.parametrize(
@@ -196,4 +196,40 @@ def test_a_data_root_with_another_dataset_is_refused(tmp_path: Path) -> None:
     assert result.exception.message == (
         "--data-root reads the ingested shards sharded:1 was trained on (digits); --dataset "
         "mnist is read from its files: leave --data-root out"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "stops"),
+    [
+        (["security", "robustness", "--model", "wide"], "security.adversarial.robustness_report"),
+        (["watermark", "embed", "--key", "{key}", "--from-model", "wide"],
+         "security.watermark.embed.finetune_published"),
+    ],
+    ids=["security robustness", "watermark embed"],
+)  # fmt: skip
+def test_a_data_dir_a_model_on_embedded_digits_would_not_read_is_refused(
+    repo: Path,
+    argv: list[str],
+    stops: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: --data-dir F for a model trained on digits (embedded) attacked or fine-tuned it
+    on digits, F unread without a word."""
+    from headrace.cli import main
+    from security.watermark.key import generate_key, save_key
+
+    key = save_key(generate_key(10, 0), tmp_path / "key.json")
+    monkeypatch.setattr(stops, _went_on)
+    args = [arg.format(key=key) for arg in argv]
+    flags = ["--repository", str(repo), "--data-dir", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", ["headrace", *args, *flags])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: --data-dir: dataset 'digits' is embedded and reads no folder; name a dataset "
+        "read from files (mnist or cifar10) or leave --data-dir out\n"
     )
