@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +14,32 @@ from headrace.commands.privacy_options import dp_defaults_apply, privacy_options
 from headrace.commands.shard_options import shard_options, shard_settings
 from headrace.errors import ConfigError
 from headrace.settings import load_settings
+
+if TYPE_CHECKING:  # training loads inside the command, not when the CLI starts
+    from training.config import TrainConfig
+
+
+def _refuse_other_run_folder(
+    config: TrainConfig, run_id: str | None, runs_dir: Path | None
+) -> None:
+    """`ConfigError` when --run-id or --runs-dir, given beside --resume, name another folder
+    than the resumed run's: it continues in its own, and they went unread."""
+    from training.recipe import run_folder
+
+    if config.resume is None:
+        return
+    folder = run_folder(config)
+    conflicts = []
+    if runs_dir is not None and runs_dir.resolve() != folder.parent.resolve():
+        conflicts.append(f"--runs-dir {runs_dir} (the run's: {folder.parent})")
+    if run_id is not None and f"{config.model_name}-{run_id}" != folder.name:
+        conflicts.append(f"--run-id {run_id} (the run's folder: {folder.name})")
+    if conflicts:
+        raise ConfigError(
+            f"--resume continues the run in {folder}; these flags name another run folder: "
+            + "; ".join(conflicts)
+            + ". Leave them out, or drop --resume to start a new run"
+        )
 
 
 @click.group("train", invoke_without_command=True)
@@ -178,6 +205,7 @@ def train(
         run_id=run_id or default_run_id(),  # fixed now: a Ctrl-C names the run folder
         resume=resume,
     )
+    _refuse_other_run_folder(config, run_id, runs_dir)
     try:
         report = run_training(config)
     except KeyboardInterrupt:

@@ -334,3 +334,47 @@ def test_a_data_flag_the_data_choice_would_not_read_is_refused(
         main()
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == message
+
+
+@pytest.mark.parametrize(
+    ("flags", "conflict"),
+    [
+        (["--runs-dir", "{tmp}/other"], "--runs-dir {tmp}/other (the run's: {tmp}/runs)"),
+        (["--run-id", "r2"], "--run-id r2 (the run's folder: lenet5-digits-r1)"),
+        (["--runs-dir", "{tmp}/runs", "--run-id", "r1"], None),  # the same settings again
+    ],
+    ids=["another runs-dir", "another run-id", "the run's own"],
+)
+def test_run_folder_flags_beside_resume_must_name_the_resumed_run(
+    flags: list[str],
+    conflict: str | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: `train --resume runs/lenet5-digits-r1 --runs-dir other` (or `--run-id r2`)
+    continued in runs/lenet5-digits-r1, the flags unread without a word."""
+    folder = tmp_path / "runs" / "lenet5-digits-r1"
+    folder.mkdir(parents=True)
+    started: list[Path] = []
+
+    class Started(Exception):
+        pass
+
+    def run_training(config: Any) -> None:
+        started.append(config.resume)
+        raise Started
+
+    monkeypatch.setattr("training.recipe.run_training", run_training)
+    argv = ["train", "--resume", str(folder), *(flag.format(tmp=tmp_path) for flag in flags)]
+    result = CliRunner().invoke(cli, argv)
+    if conflict is None:
+        assert isinstance(result.exception, Started), result.output
+        assert started == [folder]
+        return
+    assert isinstance(result.exception, ConfigError)
+    assert result.exception.message == (
+        f"--resume continues the run in {folder}; these flags name another run folder: "
+        f"{conflict.format(tmp=tmp_path)}. Leave them out, or drop --resume to start a new run"
+    )
+    assert not started
