@@ -14,8 +14,8 @@ trained with (an older version's answer restates its own, not config.json's). An
 else Triton's ModelConfig holds is refused with `InvalidInput` naming the field, never
 half-applied. The override lives in this server's model manager
 (`ModelManager.load(name, config)`), not in the repository: Kafka workers and other
-servers keep config.json, and a restart forgets it, as Triton's does. A model's
-`autoscaling` still bounds its instances.
+servers keep config.json, and a restart forgets it, as Triton's does. An autoscaled
+model's instance count must lie in its autoscaling range (the autoscaler moves it on).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def _unsupported(message: Any, allowed: set[str], where: str) -> None:
         raise _refuse(f"{where}{', '.join(extra)} cannot be set on this server")
 
 
-def _instances(groups: Any) -> int:
+def _instances(groups: Any, base: ModelConfig) -> int:
     if not groups:
         raise _refuse(
             'instance_group is empty: give at least one group (e.g. [{"count": 2}]), or '
@@ -130,6 +130,16 @@ def _instances(groups: Any) -> int:
             f"instance_group counts add up to {total} instances, more than {MAX_INSTANCES} "
             "(each is an ONNX Runtime session with its own copy of the weights)"
         )
+    scaling = base.autoscaling  # the instances a model runs stay within its range
+    if scaling is not None and total != base.instance_count:  # config.json's: a restatement
+        low, high = scaling.min_instances, scaling.max_instances
+        if not low <= total <= high:
+            raise _refuse(
+                f"instance_group counts add up to {total} instances, outside the model's "
+                f"autoscaling range {low}..{high} (config.json's autoscaling section moves "
+                "its instances within it); give a count in that range, or leave "
+                "instance_group out"
+            )
     return total
 
 
@@ -194,7 +204,7 @@ def apply_override(
             )
         update["max_batch_size"] = given.max_batch_size
     if "instance_group" in stated:
-        update["instance_count"] = _instances(given.instance_group)
+        update["instance_count"] = _instances(given.instance_group, base)
     preferred_stated = False
     if "dynamic_batching" in stated:
         batching = document.get("dynamic_batching", document.get("dynamicBatching")) or {}

@@ -16,7 +16,13 @@ from headrace.errors import InvalidInput
 from serving.config_override import apply_override
 from serving.dataplane import DataPlane
 from serving.grpc_convert import model_config_to_proto
-from serving.model_config import DynamicBatchingConfig, ModelConfig, PreprocessingSpec, TensorSpec
+from serving.model_config import (
+    AutoscalingConfig,
+    DynamicBatchingConfig,
+    ModelConfig,
+    PreprocessingSpec,
+    TensorSpec,
+)
 from serving.model_manager import ModelManager, VersionPolicy
 from serving.repository import ModelRepository
 
@@ -252,3 +258,25 @@ def test_get_model_configs_whole_answer_is_refused_with_the_member_to_send() -> 
         "config override: this is get_model_config's whole answer; send its 'config' member "
         "(json.dumps(answer['config']))"
     )
+
+
+def test_instances_outside_the_models_autoscaling_range_are_refused() -> None:
+    """An autoscaled model runs between min_instances and max_instances whatever the
+    override says: count 10 on a model scaled within 3..4 loaded 4 sessions while
+    get_model_config answered count 10. A count in the range is where it starts; config.json's
+    own count (1 here, what get_model_config answers) may be restated."""
+    scaled = BASE.model_copy(
+        update={"autoscaling": AutoscalingConfig(min_instances=3, max_instances=4)}
+    )
+    for count in (2, 10):
+        with pytest.raises(InvalidInput) as caught:
+            apply_override(json.dumps({"instance_group": [{"count": count}]}), scaled, POLICY)
+        assert caught.value.message == (
+            f"config override: instance_group counts add up to {count} instances, outside "
+            "the model's autoscaling range 3..4 (config.json's autoscaling section moves its "
+            "instances within it); give a count in that range, or leave instance_group out"
+        )
+    started = apply_override('{"instance_group": [{"count": 4}]}', scaled, POLICY)
+    assert started.instance_count == 4
+    restated = apply_override('{"instance_group": [{"count": 1}]}', scaled, POLICY)
+    assert restated == scaled
