@@ -10,6 +10,37 @@ from headrace.commands.options import build_config
 from headrace.errors import ConfigError
 from headrace.settings import load_settings
 
+_NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "temperature": ("--temperature", ("distill_from",)),
+    "alpha": ("--alpha", ("distill_from",)),
+    "epochs": ("--epochs", ("prune", "distill_from")),
+    "learning_rate": ("--lr", ("prune", "distill_from")),
+    "qat_epochs": ("--qat-epochs", ("quant",)),
+    "qat_learning_rate": ("--qat-lr", ("quant",)),
+    "weights_only": ("--weights-only", ("quant",)),
+}
+"""Parameter -> (its flag, the methods of which one must be chosen for it to be read)."""
+_METHOD_FLAGS = {"prune": "--prune", "distill_from": "--distill-from", "quant": "--quant"}
+
+
+def refuse_unread_flags(ctx: click.Context) -> None:
+    """`ConfigError` naming every flag typed for a method not chosen: `compress --quant int8
+    --epochs 20` ran the 5 QAT epochs (--qat-epochs), the 20 unread."""
+    from click.core import ParameterSource
+
+    if all(ctx.params[method] is None for method in _METHOD_FLAGS):
+        return  # no method at all: the config says what to pass
+    unread = []
+    for parameter, (flag, methods) in _NEEDS.items():
+        typed = ctx.get_parameter_source(parameter) == ParameterSource.COMMANDLINE
+        if typed and all(ctx.params[method] is None for method in methods):
+            needs = " or ".join(_METHOD_FLAGS[method] for method in methods)
+            unread.append(f"{flag} (only read with {needs})")
+    if unread:
+        raise ConfigError(
+            "these flags are not read by the compression asked for: " + "; ".join(unread)
+        )
+
 
 @click.group("compress", invoke_without_command=True)
 @click.option("--model", "source", help="Published model to compress (NAME).")
@@ -98,6 +129,8 @@ def compress(
         )
     from training.compression.config import CompressConfig
     from training.compression.recipe import compress_published
+
+    refuse_unread_flags(click.get_current_context())
 
     settings = load_settings()
     config = build_config(

@@ -505,3 +505,45 @@ def test_the_cli_passes_name_through_to_the_job(
     result = CliRunner().invoke(cli, args)
     assert isinstance(result.exception, _Stop), result.output
     assert [config.name for config in seen] == [expected]
+
+
+@pytest.mark.parametrize(
+    ("flags", "unread"),
+    [
+        (["--quant", "int8", "--epochs", "20", "--lr", "0.01"],
+         "--epochs (only read with --prune or --distill-from); --lr (only read with --prune or "
+         "--distill-from)"),
+        (["--prune", "l1", "--temperature", "2", "--alpha", "0.5"],
+         "--temperature (only read with --distill-from); --alpha (only read with "
+         "--distill-from)"),
+        (["--prune", "l1", "--qat-epochs", "3", "--qat-lr", "0.001", "--weights-only"],
+         "--qat-epochs (only read with --quant); --qat-lr (only read with --quant); "
+         "--weights-only (only read with --quant)"),
+        (["--quant", "int8", "--qat-epochs", "2", "--weights-only"], None),
+        (["--distill-from", "t", "--temperature", "4", "--epochs", "10"], None),  # defaults typed
+    ],
+    ids=["epochs with quant only", "temperature without a teacher", "qat flags without quant",
+         "quant flags", "distillation flags"],
+)  # fmt: skip
+def test_flags_of_a_method_not_chosen_are_refused_by_name(
+    flags: list[str], unread: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: `compress --quant int8 --epochs 20` ran the 5 QAT epochs (--qat-epochs), and
+    --temperature without --distill-from, --qat-lr without --quant, went unread the same."""
+    from click.testing import CliRunner
+
+    from headrace.cli import cli
+
+    def _capture(config: CompressConfig, **_: object) -> None:
+        raise _Stop
+
+    monkeypatch.setattr("training.compression.recipe.compress_published", _capture)
+    args = ["compress", "--model", "m", "--repository", str(tmp_path), *flags]
+    result = CliRunner().invoke(cli, args)
+    if unread is None:
+        assert isinstance(result.exception, _Stop), result.output
+        return
+    assert isinstance(result.exception, ConfigError)
+    assert result.exception.message == (
+        f"these flags are not read by the compression asked for: {unread}"
+    )
