@@ -13,7 +13,11 @@ from pathlib import Path
 import click
 
 from headrace.commands.broker import answering_bootstrap
-from headrace.commands.options import FiniteFloatRange, build_config
+from headrace.commands.options import (
+    FiniteFloatRange,
+    build_config,
+    refuse_metrics_host_without_port,
+)
 from headrace.errors import ConfigError, HeadraceError
 from headrace.settings import load_settings
 
@@ -181,6 +185,7 @@ def agent(
     from training.config import folder_problem
     from training.ray_jobs import connect_ray, run_on_ray
 
+    refuse_metrics_host_without_port(metrics_port)
     logging.basicConfig(
         level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

@@ -35,6 +35,25 @@ def build_config(factory: Callable[..., ModelT], **values: Any) -> ModelT:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
 
 
+def typed(parameter: str) -> bool:
+    """Whether the current command's `parameter` was given on the command line (not left at
+    its default)."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source(parameter)
+    return source == ParameterSource.COMMANDLINE
+
+
+def refuse_metrics_host_without_port(metrics_port: int | None) -> None:
+    """`ConfigError` for --metrics-host without --metrics-port: /metrics is off without a
+    port, and the address went unread."""
+    if metrics_port is None and typed("metrics_host"):
+        raise ConfigError(
+            "--metrics-host only applies with --metrics-port: without a port /metrics is "
+            "off; add --metrics-port PORT (0 = a free one) or leave --metrics-host out"
+        )
+
+
 def refuse_unread_folder(dataset: str, data_dir: Path | None) -> None:
     """`ConfigError` when --data-dir names a folder `dataset` would not read (it is embedded):
     `produce --data-dir ~/mnist` without --dataset sent digits. HEADRACE_DATA_DIR, a default

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from headrace.commands.options import build_config
+from headrace.commands.options import build_config, typed
+from headrace.errors import ConfigError
 from headrace.settings import load_settings
 
 DEFAULT_TOKEN_ENV = "HEADRACE_AUTH_TOKEN"
@@ -116,6 +117,8 @@ def serve(
     from serving.repository import ModelRepository
     from serving.server import InferenceServer, ServeConfig, serve_forever
 
+    if no_metrics and typed("metrics_port"):
+        raise ConfigError("--metrics-port and --no-metrics contradict each other: leave one out")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = build_config(
         ServeConfig,

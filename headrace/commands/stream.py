@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from headrace.commands.options import build_config
+from headrace.commands.options import build_config, refuse_metrics_host_without_port
 from headrace.settings import load_settings
 
 
@@ -109,6 +109,7 @@ def worker(
     from streams.topics import create_topics
     from streams.worker import run_worker
 
+    refuse_metrics_host_without_port(metrics_port)
     settings = load_settings()
     logging.basicConfig(
         level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"

@@ -365,3 +365,38 @@ def test_produce_and_results_flags_reach_kafka(
     flags = "--topic r1 --dlq-topic d1 --follow --idle-s 2 --bootstrap flag-kafka:9092"
     _run(["results", *flags.split()])
     assert consumed[0] == ("flag-kafka:9092", ["r1", "d1"], True, 2.0, {})
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["stream", "worker", "--repository", "{tmp}", "--bootstrap", "k:9092",
+          "--metrics-host", "0.0.0.0"],
+         "--metrics-host only applies with --metrics-port: without a port /metrics is off; add "
+         "--metrics-port PORT (0 = a free one) or leave --metrics-host out"),
+        (["train", "agent", "--bootstrap", "k:9092", "--repository", "{tmp}/repo",
+          "--runs-dir", "{tmp}/runs", "--metrics-host", "0.0.0.0"],
+         "--metrics-host only applies with --metrics-port: without a port /metrics is off; add "
+         "--metrics-port PORT (0 = a free one) or leave --metrics-host out"),
+        (["serve", "--repository", "{tmp}", "--metrics-port", "9100", "--no-metrics"],
+         "--metrics-port and --no-metrics contradict each other: leave one out"),
+    ],
+    ids=["stream worker", "train agent", "serve"],
+)  # fmt: skip
+def test_a_metrics_flag_that_would_go_unread_is_refused(
+    argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: `stream worker --metrics-host 0.0.0.0` (or `train agent`) without
+    --metrics-port served no /metrics and said nothing of the address; `serve --metrics-port
+    9100 --no-metrics` served none either."""
+    from headrace.errors import ConfigError
+
+    monkeypatch.setattr("streams.broker.answers_metadata", lambda *a, **k: True)
+    monkeypatch.setattr("streams.topics.create_topics", lambda *a, **k: None)
+    monkeypatch.setattr("headrace.commands.jobs._reachable", lambda flag: flag)
+    for target in ("streams.worker.run_worker", "training.ray_jobs.connect_ray",
+                   "serving.server.serve_forever"):  # fmt: skip
+        monkeypatch.setattr(target, _never)
+    result = CliRunner().invoke(cli, [arg.format(tmp=tmp_path) for arg in argv])
+    assert isinstance(result.exception, ConfigError), result.output
+    assert result.exception.message == message
