@@ -295,7 +295,9 @@ def test_an_agent_asked_for_more_cpus_than_any_host_has_is_refused_before_kafka(
     assert refused.exit_code == 2
     assert f"'--ray-cpus': {huge} is not in the range 1<=x<={MAX_RAY_CPUS}" in refused.output
     with pytest.raises(ValueError, match=f"less than or equal to {MAX_RAY_CPUS}"):
-        JobAgentConfig(bootstrap="x:9092", repository=".", runs_dir=".", ray_cpus=int(huge))
+        JobAgentConfig(
+            bootstrap="x:9092", repository=Path("."), runs_dir=Path("."), ray_cpus=int(huge)
+        )
 
 
 @pytest.mark.parametrize(
