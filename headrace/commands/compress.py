@@ -150,7 +150,7 @@ def compress(
         qat_learning_rate=qat_learning_rate,
         batch_size=batch_size,
         seed=seed,
-        data_dir=data_dir or settings.data_dir,
+        data_dir=data_dir,  # None: the recipe reads HEADRACE_DATA_DIR, a default not checked
         data_root=data_root,
         name=name,
         repository=repository or settings.model_repository,

@@ -205,8 +205,10 @@ def test_a_data_root_with_another_dataset_is_refused(tmp_path: Path) -> None:
         (["security", "robustness", "--model", "wide"], "security.adversarial.robustness_report"),
         (["watermark", "embed", "--key", "{key}", "--from-model", "wide"],
          "security.watermark.embed.finetune_published"),
+        (["compress", "--model", "wide", "--quant", "int8"],
+         "security.watermark.embed.FineTuneRecipe.setup"),
     ],
-    ids=["security robustness", "watermark embed"],
+    ids=["security robustness", "watermark embed", "compress"],
 )  # fmt: skip
 def test_a_data_dir_a_model_on_embedded_digits_would_not_read_is_refused(
     repo: Path,
@@ -233,3 +235,23 @@ def test_a_data_dir_a_model_on_embedded_digits_would_not_read_is_refused(
         "error: --data-dir: dataset 'digits' is embedded and reads no folder; name a dataset "
         "read from files (mnist or cifar10) or leave --data-dir out\n"
     )
+
+
+class _Reached(Exception):
+    """Raised where a command would start fine-tuning."""
+
+
+def test_compress_takes_headrace_data_dir_as_a_default_for_a_model_on_digits(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HEADRACE_DATA_DIR is a default for every dataset, not refused as --data-dir is."""
+    from headrace.commands.compress import compress
+
+    def reached(self: object) -> None:
+        raise _Reached
+
+    monkeypatch.setattr("security.watermark.embed.FineTuneRecipe.setup", reached)
+    monkeypatch.setenv("HEADRACE_DATA_DIR", str(tmp_path))
+    args = ["--model", "wide", "--quant", "int8", "--repository", str(repo)]
+    result = CliRunner().invoke(compress, args)
+    assert isinstance(result.exception, _Reached), result.output

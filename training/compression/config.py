@@ -83,7 +83,11 @@ class CompressConfig(BaseModel):
     )
     batch_size: int = Field(default=64, ge=1, le=65_536)
     seed: int | None = Field(default=None, ge=0, description="Default: the source's own seed.")
-    data_dir: Path | None = Field(default=None, description="Folder of a file-based dataset.")
+    data_dir: Path | None = Field(
+        default=None,
+        description="--data-dir: folder of a file-based dataset; refused for a source trained "
+        "on an embedded one. None = the process's (HEADRACE_DATA_DIR).",
+    )
     data_root: Path | None = Field(
         default=None,
         description="Data root of the ingested shards a source trained on; None = the "

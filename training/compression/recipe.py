@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from headrace.errors import ConfigError
+from headrace.settings import load_settings
 from security.watermark.embed import FineTuneRecipe, finetune_config, refuse_private
 from serving.repository import ModelRepository, ModelVersion
 from training.compression.config import CompressConfig
@@ -49,7 +50,7 @@ from training.compression.sources import (
     version_ref,
 )
 from training.config import TrainConfig
-from training.datasets import DatasetSplits, unread_root
+from training.datasets import DatasetSplits, unread_folder, unread_root
 from training.datasets.shards import SHARD_LINEAGE_KEYS
 from training.export import export_onnx, verify_onnx
 from training.hooks import PublishInfo, TrainingHook
@@ -105,9 +106,14 @@ def compression_train_config(compress: CompressConfig, source: ModelVersion) -> 
     }
     if compress.seed is not None:
         overrides["seed"] = compress.seed
-    if compress.data_dir is not None:
-        overrides["data_dir"] = compress.data_dir
     lineage = source.metadata.lineage
+    dataset = str(lineage.get("dataset") or "digits")
+    if compress.data_dir is not None and (problem := unread_folder(dataset, "--data-dir")):
+        raise ConfigError(problem)
+    # HEADRACE_DATA_DIR, a default for every dataset, is not checked
+    data_dir = compress.data_dir or load_settings().data_dir
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
     if compress.data_root is not None and (problem := unread_root(lineage, version_ref(source))):
         raise ConfigError(problem)
     try:
