@@ -9,7 +9,12 @@ from typing import Any
 
 import click
 
-from headrace.commands.options import build_config, pem_certificates, refuse_unread_folder
+from headrace.commands.options import (
+    build_config,
+    pem_certificates,
+    refuse_unread_folder,
+    typed,
+)
 from headrace.errors import ConfigError, WatermarkError
 from headrace.settings import load_settings
 
@@ -118,7 +123,13 @@ def embed(
     from security.watermark.key import load_key
 
     settings = load_settings()
-    load_key(key_file)  # fail now, not after loading data, if the key is unusable
+    key = load_key(key_file)  # fail now, not after loading data, if the key is unusable
+    if key.whitebox_bits == 0 and strength > 0 and typed("strength"):
+        raise ConfigError(
+            f"--strength weights the white-box signature, and the key {key_file} has none "
+            "(made with --bits 0), so it would go unread: leave --strength out, or make a key "
+            "with white-box bits (`headrace watermark keygen --bits 64`)"
+        )
     mark = build_config(
         WatermarkConfig,
         key_file=key_file,

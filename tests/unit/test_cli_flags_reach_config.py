@@ -59,7 +59,7 @@ def environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def key_file(tmp_path: Path) -> Path:
     from security.watermark.key import generate_key, save_key
 
-    return save_key(generate_key(10, 0), tmp_path / "key.json")
+    return save_key(generate_key(10, 8), tmp_path / "key.json")
 
 
 @pytest.mark.parametrize(
@@ -331,6 +331,30 @@ def test_watermark_embed_flags_reach_the_train_config(
         "watermark.triggers_per_batch": 4, "watermark.whitebox_strength": 0.5,
     }  # fmt: skip
     _check(seen[0][0], expected, tmp_path, key_file)
+
+
+@pytest.mark.parametrize("strength", ["0.5", "0.1"], ids=["0.5", "its default"])
+def test_a_strength_a_key_without_signature_would_not_read_is_refused(
+    strength: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: `watermark embed --strength 0.5` with a key made with --bits 0 trained without
+    a white-box signature, the strength unread without a word."""
+    from headrace.errors import ConfigError
+    from security.watermark.key import generate_key, save_key
+
+    key = save_key(generate_key(10, 0), tmp_path / "no-bits.json")
+    monkeypatch.setattr("training.recipe.run_training", _never)
+    args = ["watermark", "embed", "--key", str(key), "--strength", strength]
+    result = CliRunner().invoke(cli, args)
+    assert isinstance(result.exception, ConfigError), result.output
+    assert result.exception.message == (
+        f"--strength weights the white-box signature, and the key {key} has none (made with "
+        "--bits 0), so it would go unread: leave --strength out, or make a key with white-box "
+        "bits (`headrace watermark keygen --bits 64`)"
+    )
+    _stop_at(monkeypatch, "training.recipe.run_training")
+    for unread_but_agreeing in (["--strength", "0"], []):  # no signature: what the key gives
+        _run(["watermark", "embed", "--key", str(key), *unread_but_agreeing])
 
 
 def test_check_grad_flags_reach_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
