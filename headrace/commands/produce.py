@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from headrace.commands.broker import answering_bootstrap
-from headrace.commands.options import refuse_unread_folder
-from headrace.errors import HeadraceError
+from headrace.commands.options import refuse_unread_folder, typed
+from headrace.errors import ConfigError, HeadraceError
 from headrace.settings import load_settings
 
 bootstrap_option = click.option(
@@ -156,7 +156,7 @@ def _advance(bar: Any, sent: int) -> None:
     default=5.0,
     show_default=True,
     callback=_idle_seconds,
-    help="Stop after this quiet.",
+    help="Stop after this quiet (not with --follow).",
 )
 @click.option(
     "--expect",
@@ -188,6 +188,12 @@ def results(
     """Print results and DLQ records from the beginning, then a summary (accuracy with labels)."""
     from streams.results import Summary, add_record, consume, read_manifest
 
+    if follow and typed("idle_s"):  # the consumer then waits for ever: it went unread
+        raise ConfigError(
+            f"--idle-s {idle_s:g} does not apply with --follow, which reads until Ctrl-C "
+            "however quiet the topics: leave --follow out to stop after --idle-s of quiet, "
+            "or leave --idle-s out"
+        )
     labels = {k: v for m in manifests for k, v in read_manifest(m).items()} if manifests else None
     summary = Summary()
     address = answering_bootstrap(bootstrap)

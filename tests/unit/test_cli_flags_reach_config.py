@@ -386,9 +386,25 @@ def test_produce_and_results_flags_reach_kafka(
     assert rest[:3] == ["binary", 10.0, tmp_path / "ids.jsonl"]
 
     consumed = _stop_at(monkeypatch, "streams.results.consume")
-    flags = "--topic r1 --dlq-topic d1 --follow --idle-s 2 --bootstrap flag-kafka:9092"
+    flags = "--topic r1 --dlq-topic d1 --idle-s 2 --bootstrap flag-kafka:9092"
     _run(["results", *flags.split()])
-    assert consumed[0] == ("flag-kafka:9092", ["r1", "d1"], True, 2.0, {})
+    _run(["results", "--follow"])
+    assert consumed[0] == ("flag-kafka:9092", ["r1", "d1"], False, 2.0, {})
+    assert consumed[1][2] is True
+
+
+def test_idle_s_beside_follow_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: `results --follow --idle-s 30` read until Ctrl-C, however long the topics were
+    quiet: --follow sets no consumer timeout, so the 30 s went unread."""
+    from headrace.errors import ConfigError
+
+    monkeypatch.setattr("headrace.commands.produce.answering_bootstrap", _never)
+    result = CliRunner().invoke(cli, ["results", "--follow", "--idle-s", "30"])
+    assert isinstance(result.exception, ConfigError), result.output
+    assert result.exception.message == (
+        "--idle-s 30 does not apply with --follow, which reads until Ctrl-C however quiet the "
+        "topics: leave --follow out to stop after --idle-s of quiet, or leave --idle-s out"
+    )
 
 
 @pytest.mark.parametrize(
