@@ -167,6 +167,12 @@ def train(
 
     if data_dir is not None and (problem := unread_folder(dataset, "--data-dir")) is not None:
         raise ConfigError(problem)  # HEADRACE_DATA_DIR is a default for every dataset: not it
+    if repository is not None and not publish:  # HEADRACE_MODEL_REPOSITORY is not checked
+        raise ConfigError(
+            f"--repository {repository} is not read with --no-publish: the trained model is "
+            "neither exported nor written to any repository; leave --repository out, or drop "
+            "--no-publish to publish to it"
+        )
     settings = load_settings()
     config = build_config(
         dp_defaults_apply(TrainConfig),  # flags left unset take the DP defaults when private

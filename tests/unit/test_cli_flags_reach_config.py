@@ -106,21 +106,22 @@ TRAIN_FLAGS: dict[str, tuple[list[str], dict[str, Any]]] = {
          "--lr-schedule", "cosine", "--threads", "2", "--seed", "9", "--patience", "0",
          "--no-augment", "--no-normalize", "--balance", "loss", "--name", "my-net",
          "--repository", "{tmp}/repo", "--runs-dir", "{tmp}/runs", "--run-id", "r1",
-         "--resume", "{tmp}/runs/my-net-r1/checkpoint.pt", "--no-publish"],
+         "--resume", "{tmp}/runs/my-net-r1/checkpoint.pt"],
         {"model": "resnet20", "dataset": "cifar10", "data_dir": "{tmp}/cifar", "epochs": 7,
          "batch_size": 32, "width": 1.5, "dropout": 0.25, "learning_rate": 0.01,
          "optimizer": "sgd", "weight_decay": 0.001, "lr_schedule": "cosine", "threads": 2,
          "seed": 9, "patience": 0, "preprocess.augment.enabled": False,
          "preprocess.normalize": False, "preprocess.balance": "loss", "name": "my-net",
          "repository": "{tmp}/repo", "runs_dir": "{tmp}/runs", "run_id": "r1",
-         "resume": "{tmp}/runs/my-net-r1/checkpoint.pt", "publish": False, "data_source": None},
+         "resume": "{tmp}/runs/my-net-r1/checkpoint.pt", "publish": True, "data_source": None},
     ),
     "adversarial": (
         ["--adversarial", "pgd", "--adv-epsilon", "0.2", "--adv-steps", "5",
-         "--adv-step-size", "0.1", "--adv-clean-fraction", "0.5", "--adv-warmup-epochs", "2"],
+         "--adv-step-size", "0.1", "--adv-clean-fraction", "0.5", "--adv-warmup-epochs", "2",
+         "--no-publish"],
         {"adversarial.method": "pgd", "adversarial.epsilon": 0.2, "adversarial.steps": 5,
          "adversarial.step_size": 0.1, "adversarial.clean_fraction": 0.5,
-         "adversarial.warmup_epochs": 2},
+         "adversarial.warmup_epochs": 2, "publish": False},
     ),
     "privacy, flags at their click defaults typed": (
         ["--dp-epsilon", "8", "--dp-delta", "1e-6", "--max-grad-norm", "2",
@@ -161,6 +162,25 @@ def test_train_flags_reach_the_train_config(
     seen = _stop_at(monkeypatch, "training.recipe.run_training")
     _run(["train", *(flag.format(tmp=tmp_path, key=key_file) for flag in flags)])
     _check(seen[0][0], expected, tmp_path, key_file)
+
+
+def test_a_repository_beside_no_publish_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: `train --repository R --no-publish` trained, exported nothing and wrote nothing
+    to R, the folder unread without a word (HEADRACE_MODEL_REPOSITORY, set by the autouse
+    fixture, stays a default and is not checked)."""
+    from headrace.errors import ConfigError
+
+    monkeypatch.setattr("training.recipe.run_training", _never)
+    args = ["train", "--repository", str(tmp_path / "repo"), "--no-publish"]
+    result = CliRunner().invoke(cli, args)
+    assert isinstance(result.exception, ConfigError), result.output
+    assert result.exception.message == (
+        f"--repository {tmp_path / 'repo'} is not read with --no-publish: the trained model is "
+        "neither exported nor written to any repository; leave --repository out, or drop "
+        "--no-publish to publish to it"
+    )
 
 
 def test_compress_flags_reach_the_compress_config(

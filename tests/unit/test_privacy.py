@@ -130,8 +130,8 @@ def test_cli_flags_build_the_privacy_section(tmp_path: Path) -> None:
     assert isinstance(result.exception, ConfigError) and "--no-normalize" in str(result.exception)
     args = [
         "train", "--dp-epsilon", "5", "--dp-delta", "1e-6", "--max-grad-norm", "0.5",
-        "--epochs", "1", "--batch-size", "256", "--repository", str(tmp_path / "repo"),
-        "--runs-dir", str(tmp_path / "runs"), "--run-id", "cli", "--no-publish", "--json",
+        "--epochs", "1", "--batch-size", "256", "--runs-dir", str(tmp_path / "runs"),
+        "--run-id", "cli", "--no-publish", "--json",
     ]  # fmt: skip
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output

@@ -97,7 +97,7 @@ def test_both_problems_are_listed_at_once(
 def test_width_reaches_the_model(tmp_path: Path) -> None:
     args = [
         "train", "--width", "0.5", "--dropout", "0.2", "--epochs", "1", "--no-publish", "--json",
-        "--runs-dir", str(tmp_path / "runs"), "--run-id", "w", "--repository", str(tmp_path / "r"),
+        "--runs-dir", str(tmp_path / "runs"), "--run-id", "w",
     ]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
