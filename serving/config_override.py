@@ -131,7 +131,7 @@ def _instances(groups: Any, base: ModelConfig) -> int:
             "(each is an ONNX Runtime session with its own copy of the weights)"
         )
     scaling = base.autoscaling  # the instances a model runs stay within its range
-    if scaling is not None and total != base.instance_count:  # config.json's: a restatement
+    if scaling is not None:  # config.json's own count lies in it (ModelConfig checks)
         low, high = scaling.min_instances, scaling.max_instances
         if not low <= total <= high:
             raise _refuse(
@@ -219,7 +219,9 @@ def apply_override(
         return ModelConfig.model_validate({**base.model_dump(), **update})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: "
+            + str(e["msg"]).removeprefix("Value error, ")
+            for e in exc.errors()
         )
         raise _refuse(problems) from None
 

@@ -141,7 +141,11 @@ class ModelConfig(BaseModel):
     outputs: list[TensorSpec]
     dynamic_batching: DynamicBatchingConfig = Field(default_factory=DynamicBatchingConfig)
     instance_count: int = Field(
-        default=1, ge=1, le=MAX_INSTANCES, description="ONNX Runtime sessions serving the model."
+        default=1,
+        ge=1,
+        le=MAX_INSTANCES,
+        description="ONNX Runtime sessions serving the model; with autoscaling, where it "
+        "starts (within min_instances..max_instances; left out, min_instances).",
     )
     preprocessing: PreprocessingSpec | None = None
     labels: list[str] = Field(default_factory=list, description="Class names by output index.")
@@ -156,6 +160,25 @@ class ModelConfig(BaseModel):
     @classmethod
     def _valid_name(cls, value: str) -> str:
         return check_model_name(value)
+
+    @model_validator(mode="after")
+    def _instances_within_scaling(self) -> ModelConfig:
+        """The autoscaler runs a model within its range whatever instance_count says: count 10
+        in 2..3 loaded 3 sessions while get_model_config answered 10."""
+        scaling = self.autoscaling
+        if scaling is None:
+            return self
+        low, high = scaling.min_instances, scaling.max_instances
+        if "instance_count" not in self.model_fields_set:
+            self.instance_count = low  # where the autoscaler starts it
+        elif not low <= self.instance_count <= high:
+            raise ValueError(
+                f"instance_count {self.instance_count} lies outside autoscaling's "
+                f"min_instances..max_instances ({low}..{high}), within which the model's "
+                "instances are kept: give a count in that range (where the model starts), or "
+                "leave instance_count out to start at min_instances"
+            )
+        return self
 
     @model_validator(mode="after")
     def _preferred_sizes_fit(self) -> ModelConfig:

@@ -128,10 +128,13 @@ def _is_stale(entry: Path, now: float) -> bool:
 def _problems(exc: ValidationError) -> str:
     """A validation error on one line, 'field: problem; ...': pydantic's own text spans lines
     and quotes the input (the whole file for a JSON error) and a documentation URL."""
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else str(e["msg"])
-        for e in exc.errors(include_url=False)
-    )
+    problems = []
+    for error in exc.errors(include_url=False):
+        message = str(error["msg"]).removeprefix("Value error, ")  # a validator's own text
+        problems.append(
+            f"{'.'.join(map(str, error['loc']))}: {message}" if error["loc"] else message
+        )
+    return "; ".join(problems)
 
 
 def _version_number(entry: Path) -> int | None:

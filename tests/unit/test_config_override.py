@@ -264,9 +264,13 @@ def test_instances_outside_the_models_autoscaling_range_are_refused() -> None:
     """An autoscaled model runs between min_instances and max_instances whatever the
     override says: count 10 on a model scaled within 3..4 loaded 4 sessions while
     get_model_config answered count 10. A count in the range is where it starts; config.json's
-    own count (1 here, what get_model_config answers) may be restated."""
+    own count (3 here, what get_model_config answers; ModelConfig keeps it in the range) may
+    be restated."""
     scaled = BASE.model_copy(
-        update={"autoscaling": AutoscalingConfig(min_instances=3, max_instances=4)}
+        update={
+            "autoscaling": AutoscalingConfig(min_instances=3, max_instances=4),
+            "instance_count": 3,
+        }
     )
     for count in (2, 10):
         with pytest.raises(InvalidInput) as caught:
@@ -278,5 +282,5 @@ def test_instances_outside_the_models_autoscaling_range_are_refused() -> None:
         )
     started = apply_override('{"instance_group": [{"count": 4}]}', scaled, POLICY)
     assert started.instance_count == 4
-    restated = apply_override('{"instance_group": [{"count": 1}]}', scaled, POLICY)
+    restated = apply_override('{"instance_group": [{"count": 3}]}', scaled, POLICY)
     assert restated == scaled

@@ -204,6 +204,33 @@ def test_instance_counts_are_bounded_before_any_session_is_built(
     assert repo.config("digits").instance_count == MAX_INSTANCES
 
 
+def test_an_instance_count_outside_the_autoscaling_range_is_refused(
+    repo: ModelRepository, model_file: Path
+) -> None:
+    """instance_count 10 with autoscaling 2..3 loaded 3 sessions (1 loaded 1, then the
+    autoscaler grew it to 2) while get_model_config answered count 10 (or 1). Such a config.json
+    is now invalid, naming the range; left out, the count is min_instances."""
+    publish(repo, model_file)
+    path = repo.root / "digits" / "config.json"
+    doc = json.loads(path.read_text())
+    scaling = {"min_instances": 2, "max_instances": 3}
+    for count in (10, 1):
+        path.write_text(json.dumps({**doc, "instance_count": count, "autoscaling": scaling}))
+        with pytest.raises(RepositoryError) as refused:
+            repo.config("digits")
+        assert refused.value.message == (
+            f"model 'digits': invalid config.json: instance_count {count} lies outside "
+            "autoscaling's min_instances..max_instances (2..3), within which the model's "
+            "instances are kept: give a count in that range (where the model starts), or leave "
+            "instance_count out to start at min_instances"
+        )
+    path.write_text(json.dumps({**doc, "instance_count": 3, "autoscaling": scaling}))
+    assert repo.config("digits").instance_count == 3
+    del doc["instance_count"]
+    path.write_text(json.dumps({**doc, "autoscaling": scaling}))
+    assert repo.config("digits").instance_count == 2
+
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "..", "", "x" * 129, "sp ace"])
 def test_invalid_names_refused(repo: ModelRepository, model_file: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="invalid model name"):
