@@ -156,7 +156,7 @@ def _batching(
     stated = _stated(given, document)
     update: dict[str, Any] = {}
     if "preferred_batch_size" in stated:
-        update["preferred_batch_sizes"] = list(given.preferred_batch_size)
+        update["preferred_batch_sizes"] = list(dict.fromkeys(given.preferred_batch_size))
     if "max_queue_delay_microseconds" in stated:
         update["max_queue_delay_us"] = given.max_queue_delay_microseconds
     if "default_queue_policy" in stated:

@@ -105,8 +105,17 @@ class DynamicBatchingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_queue_delay_us: int = Field(default=2000, ge=0, description="Longest wait to fill a batch.")
-    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list, description="Each size once: a repeat is dropped, as Triton does."
+    )
     max_queue_size: int = Field(default=1024, ge=1, description="Requests queued before refusing.")
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _each_size_once(cls, sizes: list[int]) -> list[int]:
+        """Triton's scheduler keeps the sizes in a set; kept as listed, 100,000 copies of 1
+        were held and echoed back by get_model_config."""
+        return list(dict.fromkeys(sizes))
 
 
 class AutoscalingConfig(BaseModel):

@@ -249,6 +249,26 @@ def test_preferred_sizes_that_do_not_fit_are_named_as_triton_names_them(
     assert caught.value.message == message
 
 
+def test_a_preferred_size_given_many_times_counts_once() -> None:
+    """100,000 copies of 1 in preferred_batch_size (an override or config.json) were kept and
+    echoed back by get_model_config, and a size that did not fit was named 100,000 times.
+    Triton's scheduler keeps the sizes in a set: a repeat is dropped, the order kept."""
+    override = {"dynamic_batching": {"preferred_batch_size": [4] + [1] * 100_000 + [4, 2]}}
+    got = apply_override(json.dumps(override), BASE, POLICY)
+    assert got.dynamic_batching.preferred_batch_sizes == [4, 1, 2]
+    answer = model_config_to_proto(got, POLICY, {"version": "1"})
+    assert list(answer.dynamic_batching.preferred_batch_size) == [4, 1, 2]
+    config_json = {**BASE.model_dump(), "dynamic_batching": {"preferred_batch_sizes": [2, 2, 1]}}
+    assert ModelConfig.model_validate(config_json).dynamic_batching.preferred_batch_sizes == [2, 1]
+    too_big = {"dynamic_batching": {"preferred_batch_size": [9] * 1000}}
+    with pytest.raises(InvalidInput) as caught:
+        apply_override(json.dumps(too_big), BASE, POLICY)
+    assert caught.value.message == (
+        "config override: dynamic_batching.preferred_batch_size [9] must lie in "
+        "1..max_batch_size (8)"
+    )
+
+
 def test_get_model_configs_whole_answer_is_refused_with_the_member_to_send() -> None:
     """tritonclient's get_model_config(as_json=True) wraps the config in {"config": ...};
     sent as it is, the refusal said only that ModelConfig has no field named "config"."""
