@@ -218,7 +218,7 @@ def results(
     }
     if as_json:
         click.echo(json.dumps(report))
-        _check_expected(expect, len(summary.request_ids), idle_s)
+        _check_expected(expect, len(summary.request_ids), None if follow else idle_s)
         return
     click.echo(
         f"{summary.results} results, {sum(summary.dlq.values())} DLQ records {summary.dlq}, "
@@ -233,14 +233,21 @@ def results(
         )
     if summary.accuracy is not None:
         click.echo(f"accuracy {summary.accuracy:.4f} on {summary.labelled} labelled results")
-    _check_expected(expect, len(summary.request_ids), idle_s)
+    _check_expected(expect, len(summary.request_ids), None if follow else idle_s)
 
 
-def _check_expected(expect: int | None, seen: int, idle_s: float) -> None:
-    """HeadraceError (exit 2) when the reading ended with fewer outcomes than --expect."""
-    if expect is not None and seen < expect:
-        raise HeadraceError(
-            f"{seen} of the {expect} expected requests have an outcome; the reading ended "
-            f"(topics quiet for --idle-s {idle_s:g} s, or Ctrl-C) without the others: are "
-            "`headrace stream worker` and the producer running? Read again with a longer --idle-s"
-        )
+def _check_expected(expect: int | None, seen: int, idle_s: float | None) -> None:
+    """HeadraceError (exit 2) when the reading ended with fewer outcomes than --expect;
+    `idle_s` None for a --follow reading, which only Ctrl-C ends."""
+    if expect is None or seen >= expect:
+        return
+    if idle_s is None:
+        ended = "was stopped (Ctrl-C) without the others"
+        advice = "Read again, and wait longer before Ctrl-C"
+    else:
+        ended = f"ended (topics quiet for --idle-s {idle_s:g} s, or Ctrl-C) without the others"
+        advice = "Read again with a longer --idle-s"
+    raise HeadraceError(
+        f"{seen} of the {expect} expected requests have an outcome; the reading {ended}: are "
+        f"`headrace stream worker` and the producer running? {advice}"
+    )

@@ -102,3 +102,26 @@ def test_fewer_outcomes_than_expected_exit_2_after_the_summary(
     )
     assert _main([*argv, "--expect", "2"], monkeypatch) == 0
     assert _main(argv, monkeypatch) == 0  # nothing expected: a summary of what there is
+
+
+def test_a_follow_reading_stopped_short_says_it_was_stopped(
+    outcomes: list[tuple[str, bytes | None]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: `results --follow --expect 3` ended by Ctrl-C blamed 'topics quiet for
+    --idle-s 5 s', a timeout --follow does not have."""
+
+    def consume_until_ctrl_c(*_: object) -> Iterator[tuple[str, bytes | None]]:
+        yield from outcomes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("streams.results.consume", consume_until_ctrl_c)
+    dlq = DLQRecord(request_id="a", error_code="invalid_input", message="bad", stage="validate")
+    outcomes.append(("inference-dlq", dlq.model_dump_json().encode()))
+    assert _main(["results", "--follow", "--quiet", "--expect", "3"], monkeypatch) == 2
+    assert capsys.readouterr().err == (
+        "error: 1 of the 3 expected requests have an outcome; the reading was stopped (Ctrl-C) "
+        "without the others: are `headrace stream worker` and the producer running? Read "
+        "again, and wait longer before Ctrl-C\n"
+    )
