@@ -47,8 +47,8 @@ class Settings(BaseSettings):
         default=15.0,
         gt=0,
         le=3600,
-        description="Seconds a stream or ingestion worker waits for an answer from Kafka before "
-        "it logs that it has lost the broker (HEADRACE_BROKER_SILENCE_S).",
+        description="Seconds a stream or ingestion worker or the training agent waits for an "
+        "answer from Kafka before it logs that it has lost the broker (HEADRACE_BROKER_SILENCE_S).",
     )
     data_root: Path = Field(
         default=Path("data"),

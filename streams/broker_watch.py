@@ -1,14 +1,16 @@
-"""Whether Kafka still answers a Faust worker: one log line when it stops, one when it is back.
+"""Whether Kafka still answers a worker: one log line when it stops, one when it is back.
 
-A stream or ingestion worker that loses its broker while idle used to say nothing at all when
-the broker was frozen (its requests simply wait; one line per minute) and thousands of
-aiokafka lines a minute when it was killed, none of which says "Kafka is away". Its
-consumer already asks the broker all the time (a heartbeat every 0.3 s, fetches), so the
-watch adds no request of its own: `watch_client` routes the consumer's `AIOKafkaClient.send`
-through a `BrokerWatch`, which notes when a request was first left unanswered and when an
-answer (any response, an error code included) came. `check`, called every `CHECK_INTERVAL_S`
-on the worker's loop, logs one warning once no request has been answered for `silence_s`,
-and one line when an answer comes again, with how long Kafka was away.
+A stream or ingestion worker (or the training agent) that loses its broker while idle used to
+say nothing at all when the broker was frozen (its requests simply wait) and hundreds to
+thousands of Kafka client lines a minute when it was killed, none of which says "Kafka is
+away". Its consumer already asks the broker all the time (heartbeats, fetches), so the watch
+adds no request of its own: `watch_client` routes an aiokafka `AIOKafkaClient.send` (Faust's
+consumer) and `watch_kafka_python` a kafka-python client's request path (the agent's consumer
+and producer) through a `BrokerWatch`, which notes when a request was first left unanswered
+and when an answer (any response, an error code included) came. `check`, called every
+`CHECK_INTERVAL_S` (`check_every` on a worker's loop, `check_until` on a thread of its own),
+logs one warning once no request has been answered for `silence_s`, and one line when an
+answer comes again, with how long Kafka was away.
 
 `silence_s` must exceed the longest time a healthy broker may hold a request: a JoinGroup
 waits for the group's other members up to the rebalance timeout (10 s, `streams.app`).
@@ -32,8 +34,8 @@ CHECK_INTERVAL_S = 1.0
 
 
 class BrokerWatch:
-    """When a worker's requests to Kafka were last answered; thread-safe (aiokafka's consumer
-    runs on a thread of its own, `check` on the worker's loop)."""
+    """When a worker's requests to Kafka were last answered; thread-safe (the Kafka clients
+    run on threads of their own, `check` on the worker's loop or another thread)."""
 
     def __init__(
         self,
@@ -129,6 +131,37 @@ def watch_client(client: Any, watch: BrokerWatch) -> None:
     client.send = send_watched
 
 
+def watch_kafka_python(client: Any, watch: BrokerWatch) -> bool:
+    """Route the requests of `client` (a kafka-python `KafkaConsumer` or `KafkaProducer`)
+    through `watch`. Every request of kafka-python 3 goes through its connection manager's
+    `send`, which returns a future settled by the answer or by the failure (refused, timed
+    out, ...); the clients keep their manager private, hence the attributes read here. False,
+    with a warning, for a client without one (kafka-python 2): it is not watched."""
+    sender = getattr(client, "_sender", None)  # a producer's client sits in its sender thread
+    inner = getattr(sender if sender is not None else client, "_client", None)
+    manager = getattr(inner, "_manager", None)
+    if manager is None:
+        log.warning(
+            "this %s keeps no connection manager (kafka-python 3 does): Kafka going away "
+            "will not be reported by the %s",
+            type(client).__name__, watch.process,
+        )  # fmt: skip
+        return False
+    send = manager.send
+
+    def send_watched(request: Any, *args: Any, **kwargs: Any) -> Any:
+        if not request.expect_response():  # settled at once, with nothing from the broker
+            return send(request, *args, **kwargs)
+        watch.asked()
+        future = send(request, *args, **kwargs)
+        future.add_callback(lambda _response: watch.answered())
+        future.add_errback(watch.failed)
+        return future
+
+    manager.send = send_watched
+    return True
+
+
 def check_every(loop: asyncio.AbstractEventLoop, watch: BrokerWatch) -> None:
     """Run `watch.check` every `CHECK_INTERVAL_S` on `loop` for as long as it runs."""
 
@@ -137,3 +170,16 @@ def check_every(loop: asyncio.AbstractEventLoop, watch: BrokerWatch) -> None:
         loop.call_later(CHECK_INTERVAL_S, tick)
 
     loop.call_later(CHECK_INTERVAL_S, tick)
+
+
+def check_until(stop: threading.Event, watch: BrokerWatch) -> threading.Thread:
+    """Run `watch.check` every `CHECK_INTERVAL_S` on a daemon thread until `stop` is set (for
+    a worker without an event loop, whose own loop may block while Kafka is away)."""
+
+    def run() -> None:
+        while not stop.wait(CHECK_INTERVAL_S):
+            watch.check()
+
+    thread = threading.Thread(target=run, name="broker-watch", daemon=True)
+    thread.start()
+    return thread

@@ -6,7 +6,9 @@ submissions wait their turn. A command's offset is committed only after its job
 has ended (at-least-once): an agent killed mid-job runs it again after a
 restart, resuming from the job's last checkpoint, and a job that had already
 finished is reported from its saved report instead of being trained twice.
-New versions are announced on `model-updates` (keyed by model name).
+New versions are announced on `model-updates` (keyed by model name). Whether Kafka answers
+the agent's consumer and producer is watched (`streams.broker_watch`): one warning when it has
+not answered for `broker_silence_s`, one line when it answers again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from headrace.errors import ConfigError
+from streams.broker_watch import BROKER_SILENCE_S, BrokerWatch, check_until, watch_kafka_python
 from streams.group_watch import AssignmentWatch
 from streams.job_messages import (
     EVENTS_TOPIC,
@@ -81,6 +84,14 @@ class JobAgentConfig(BaseModel):
         min_length=1,
         description="Address /metrics listens on (0.0.0.0 in a container, for Prometheus).",
     )
+    broker_silence_s: float = Field(
+        default=BROKER_SILENCE_S,
+        gt=0,
+        le=3600,
+        description="Seconds without an answer from Kafka after which the agent logs that it "
+        "has lost its broker and /metrics shows training_broker_reachable 0 "
+        "(HEADRACE_BROKER_SILENCE_S).",
+    )
 
 
 @dataclass
@@ -124,6 +135,11 @@ class JobAgent:
             heartbeat_interval_ms=300,
             max_poll_interval_ms=3_600_000,
         )
+        self.broker_watch = BrokerWatch(config.bootstrap, "training agent", config.broker_silence_s)
+        for client in (self.consumer, self.producer):
+            watch_kafka_python(client, self.broker_watch)
+        if metrics is not None:
+            metrics.watch_broker(self.broker_watch)
         self.runner = JobRunner(
             JobRunnerConfig(
                 repository=config.repository,
@@ -183,6 +199,7 @@ class JobAgent:
         from kafka.errors import InconsistentGroupProtocolError
 
         ready = False
+        check_until(stop, self.broker_watch)  # on its own thread: `poll` may wait for Kafka
         watch = AssignmentWatch(self.config.group_id, "agents", JOBS_TOPIC)
         try:
             while not stop.is_set():

@@ -15,6 +15,8 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from streams.broker_metrics import BrokerCollector
+from streams.broker_watch import BrokerWatch
 from streams.job_messages import TrainingEvent
 
 OUTCOMES = ("succeeded", "failed", "cancelled", "rejected")
@@ -152,6 +154,11 @@ class TrainingMetrics:
                 self.test_accuracy.labels(model).set(event.test_accuracy)
             if event.version is not None:
                 self.published_version.labels(model).set(event.version)
+
+    def watch_broker(self, watch: BrokerWatch) -> None:
+        """Expose `training_broker_reachable`, `training_broker_unanswered_seconds` and
+        `training_broker_outages_total`, read from `watch` at scrape time."""
+        self.registry.register(BrokerCollector(watch, "training"))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Expose /metrics over HTTP; returns the bound port (port 0 picks a free one)."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from serving.histograms import observe_all
 from serving.metrics import ServingMetrics
+from streams.broker_metrics import BrokerCollector
 from streams.broker_watch import BrokerWatch
 
 
@@ -34,31 +35,6 @@ class _LagCollector(Collector):
         for topic, partition, lag in rows:
             gauge.add_metric([topic, str(partition)], lag)
         yield gauge
-
-
-class _BrokerCollector(Collector):
-    def __init__(self, watch: BrokerWatch) -> None:
-        self.watch = watch
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        silence = f"{self.watch.silence_s:g}"
-        yield GaugeMetricFamily(
-            "stream_broker_reachable",
-            f"1 while Kafka answers this worker's requests; 0 once none was answered for "
-            f"{silence} s, until the next answer.",
-            value=1 if self.watch.reachable else 0,
-        )
-        yield GaugeMetricFamily(
-            "stream_broker_unanswered_seconds",
-            "How long this worker's oldest request to Kafka not answered since the last answer "
-            "has waited (0 while Kafka answers).",
-            value=self.watch.unanswered_s(),
-        )
-        yield CounterMetricFamily(
-            "stream_broker_outages",
-            f"Times Kafka left this worker's requests unanswered for {silence} s.",
-            value=self.watch.outages,
-        )
 
 
 E2E_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -141,7 +117,7 @@ class StreamMetrics:
     def watch_broker(self, watch: BrokerWatch) -> None:
         """Expose `stream_broker_reachable`, `stream_broker_unanswered_seconds` and
         `stream_broker_outages_total`, read from `watch` at scrape time."""
-        self.serving.registry.register(_BrokerCollector(watch))
+        self.serving.registry.register(BrokerCollector(watch, "stream"))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         return self.serving.serve(port, host)

@@ -180,6 +180,7 @@ def agent(
     training-events (and to /metrics with --metrics-port) and new model versions are
     announced on model-updates.
     """
+    from streams import log_flood
     from streams.job_agent import JobAgent, JobAgentConfig
     from streams.job_metrics import TrainingMetrics
     from training.config import folder_problem
@@ -190,6 +191,7 @@ def agent(
         level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    log_flood.install(logging.getLogger().handlers, log_flood.RepeatFilter())  # kafka's repeats
     settings = load_settings()
     repository = repository or settings.model_repository
     runs_dir = runs_dir or settings.runs_dir
@@ -210,6 +212,7 @@ def agent(
         data_dir=settings.data_dir,  # with data_root, the only folders a spec may name
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        broker_silence_s=settings.broker_silence_s,
     )
     metrics, served_port = None, None
     if config.metrics_port is not None:  # before Ray's slow start, so a taken port fails fast

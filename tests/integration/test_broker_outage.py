@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -224,3 +226,76 @@ def test_an_idle_worker_says_once_that_it_lost_its_broker_and_once_that_it_is_ba
     assert metrics.value("stream_broker_outages_total") == 1.0
     assert _client_lines(during) == [], during[-2000:]  # each kind was shown once already
     assert len(_client_lines(log)) < 20, log[-4000:]  # about 450 in these seconds before
+
+
+# -- an idle training agent whose broker is killed, then restarted ---------------------------
+
+
+def _agent_client_lines(log: str) -> list[str]:
+    """The agent's kafka-python WARNING and ERROR lines (its log reads 'LEVEL logger msg')."""
+    return [line for line in log.splitlines() if re.search(r" (WARNING|ERROR) kafka[. ]", line)]
+
+
+def test_an_idle_training_agent_says_once_that_it_lost_its_broker_and_once_that_it_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: `headrace train agent` whose broker was killed logged about 130 kafka-python
+    lines in 30 s ('No node available for metadata refresh', 'Connection failed: ...
+    ECONNREFUSED', 'Connection lost', ...) and not one that said Kafka was away, nor one
+    when it was back; /metrics had no word of it. Now, as the stream worker: one warning
+    after HEADRACE_BROKER_SILENCE_S without an answer, the client's lines once per kind a
+    minute, one line once Kafka answers again, and `training_broker_*` on /metrics."""
+    from agent_fixtures import running_agent
+    from server_fixtures import Metrics
+
+    monkeypatch.setenv("HEADRACE_BROKER_SILENCE_S", str(SILENCE_S))
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "runs").mkdir()
+    log_file = tmp_path / "agent.log"
+    broker = EmbeddedBroker().start()
+    try:
+        create_topics(broker.bootstrap)
+        with running_agent(
+            broker.bootstrap, tmp_path / "repo", tmp_path / "runs", "idle-agent", log_file,
+            args=["--metrics-port", "0"], ray_cpus=1,
+        ) as agent:  # fmt: skip
+
+            def scrape() -> Metrics:
+                assert agent.process.poll() is None, f"the agent exited:\n{agent.log_tail()}"
+                url = f"http://127.0.0.1:{agent.fields['metrics']}/metrics"
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    return Metrics(response.read().decode())
+
+            def reachable() -> float:
+                return scrape().value("training_broker_reachable")
+
+            assert reachable() == 1.0
+            assert broker.process is not None
+            broker.process.kill()  # by its pid; the port stays ours to restart on
+            broker.process.wait(timeout=10)
+            wait_until(
+                lambda: reachable() == 0.0 or None,
+                "the agent's training_broker_reachable 0",
+                timeout_s=30,
+            )
+            lost = log_file.read_text()
+            killed_at = time.monotonic()
+            wait_until(lambda: time.monotonic() - killed_at >= KILLED_S or None, "the outage")
+            during = log_file.read_text()[len(lost) :]
+            broker = EmbeddedBroker(port=broker.port).start()
+            wait_until(
+                lambda: reachable() == 1.0 or None,
+                "the agent's training_broker_reachable 1 again",
+                timeout_s=60,
+            )
+            metrics = scrape()
+            log = log_file.read_text()
+    finally:
+        broker.stop()
+    watch_lines = [line for line in log.splitlines() if "streams.broker_watch" in line]
+    assert len(watch_lines) == 2, watch_lines
+    assert f"Kafka at {broker.bootstrap} has not answered the training agent for" in watch_lines[0]
+    assert f"Kafka at {broker.bootstrap} answers again after" in watch_lines[1]
+    assert metrics.value("training_broker_outages_total") == 1.0
+    assert _agent_client_lines(during) == [], during[-2000:]  # each kind was shown once already
+    assert len(_agent_client_lines(log)) < 20, log[-4000:]

@@ -1,18 +1,24 @@
 """`streams.broker_watch`: one warning when Kafka stops answering a worker, one when it is back,
-and the worker's /metrics saying so; on a clock the test moves and a stand-in aiokafka client."""
+and the worker's /metrics saying so; on a clock the test moves and stand-in aiokafka and
+kafka-python clients."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import pytest
 from aiokafka.errors import NodeNotReadyError, RequestTimedOutError
+from kafka.errors import KafkaConnectionError
+from kafka.future import Future
 from prometheus_client import generate_latest
 
 from serving.metrics import ServingMetrics
-from streams.broker_watch import BrokerWatch, watch_client
+from streams.broker_watch import BrokerWatch, check_until, watch_client, watch_kafka_python
+from streams.job_metrics import TrainingMetrics
 from streams.metrics import StreamMetrics
 
 
@@ -122,3 +128,112 @@ def test_a_request_held_shorter_than_the_threshold_is_no_outage() -> None:
     assert watch.reachable and watch.outages == 0
     with pytest.raises(ValueError):
         BrokerWatch("k:9092", "stream worker", silence_s=0)
+
+
+# -- the training agent's kafka-python clients -------------------------------------------------
+
+
+class _Request:
+    """A stand-in kafka-python request: produce with acks=0 expects no response."""
+
+    def __init__(self, name: str, expects_response: bool = True) -> None:
+        self.name, self.expects_response = name, expects_response
+
+    def expect_response(self) -> bool:
+        return self.expects_response
+
+
+class _Manager:
+    """A stand-in `KafkaConnectionManager`: `send` returns a kafka-python future, settled
+    later by the test as the network thread would (or at once, for acks=0)."""
+
+    def __init__(self) -> None:
+        self.pending: list[Future] = []
+
+    def send(self, request: _Request, node_id: int | None = None) -> Future:
+        future = Future()
+        if not request.expect_response():
+            return future.success(None)
+        self.pending.append(future)
+        return future
+
+
+class _KafkaPythonClient:
+    """Where kafka-python 3 keeps its manager: a consumer's `_client._manager`, a producer's
+    `_sender._client._manager`."""
+
+    def __init__(self, producer: bool) -> None:
+        client = SimpleNamespace(_manager=_Manager())
+        self.manager: _Manager = client._manager
+        if producer:
+            self._sender = SimpleNamespace(_client=client)
+        else:
+            self._client = client
+
+
+def test_the_agents_kafka_python_requests_tell_whether_kafka_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The training agent's consumer and producer (kafka-python) report to one watch: a
+    refused or unanswered request is no answer, any response is one, and /metrics shows
+    `training_broker_*`."""
+    now = [0.0]
+    watch = BrokerWatch("k:9092", "training agent", silence_s=5.0, clock=lambda: now[0])
+    consumer, producer = _KafkaPythonClient(producer=False), _KafkaPythonClient(producer=True)
+    for client in (consumer, producer):
+        watch_kafka_python(client, watch)
+    metrics = TrainingMetrics()
+    metrics.watch_broker(watch)
+
+    def scrape() -> dict[str, float]:
+        text = generate_latest(metrics.registry).decode()
+        return {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("training_broker_")
+        }
+
+    heartbeat = consumer.manager.send(_Request("heartbeat"))
+    assert watch.unanswered_s() == 0.0  # asked at 0 s
+    heartbeat.success("a response with an error code is still an answer")
+    producer.manager.send(_Request("produce acks=0", expects_response=False))
+    assert watch.unanswered_s() == 0.0 and watch.reachable
+    with caplog.at_level(logging.INFO, logger="streams.broker_watch"):
+        fetch = consumer.manager.send(_Request("fetch"))
+        now[0] = 3.0
+        fetch.failure(KafkaConnectionError("111 ECONNREFUSED"))
+        produce = producer.manager.send(_Request("produce"))
+        now[0] = 6.0
+        watch.check()
+        assert not watch.reachable
+        assert scrape() == {
+            "training_broker_reachable": 0.0,
+            "training_broker_unanswered_seconds": 6.0,
+            "training_broker_outages_total": 1.0,
+        }
+        produce.success("acknowledged")  # the broker is back
+        now[0] = 7.0
+        watch.check()
+    assert [r.getMessage() for r in caplog.records] == [
+        "Kafka at k:9092 has not answered the training agent for 6 s (last error: "
+        "KafkaConnectionError: 111 ECONNREFUSED). It keeps its place and goes on by itself "
+        "once Kafka answers; check the broker.",
+        "Kafka at k:9092 answers again after 6 s away",
+    ]
+    assert scrape()["training_broker_reachable"] == 1.0
+
+
+def test_check_until_checks_on_its_own_thread_until_stopped() -> None:
+    """The agent's loop blocks in kafka-python's `poll`: the watch is checked elsewhere."""
+    checked = threading.Event()
+
+    class _Watch(BrokerWatch):
+        def check(self) -> None:
+            checked.set()
+
+    stop = threading.Event()
+    thread = check_until(stop, _Watch("k:9092", "training agent"))
+    assert checked.wait(10), "never checked"
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()

@@ -321,6 +321,7 @@ def test_train_agent_flags_reach_the_agent_config(
     monkeypatch.setattr("headrace.commands.jobs._reachable", lambda flag: flag)
     monkeypatch.setattr("headrace.commands.jobs.build_config", keep)
     seen = _stop_at(monkeypatch, "streams.job_metrics.TrainingMetrics.serve")
+    monkeypatch.setenv("HEADRACE_BROKER_SILENCE_S", "7.5")  # a setting only: no flag
     flags = (
         "--bootstrap flag-kafka:9092 --repository {tmp}/repo --runs-dir {tmp}/runs --group grp "
         "--ray-cpus 3 --metrics-port 0 --metrics-host 0.0.0.0 --loglevel error"
@@ -329,6 +330,7 @@ def test_train_agent_flags_reach_the_agent_config(
     expected = {
         "bootstrap": "flag-kafka:9092", "repository": "{tmp}/repo", "runs_dir": "{tmp}/runs",
         "group_id": "grp", "ray_cpus": 3, "metrics_port": 0, "metrics_host": "0.0.0.0",
+        "broker_silence_s": 7.5,
     }  # fmt: skip
     _check(built[0], expected, tmp_path)
     assert seen[0][1:3] == (0, "0.0.0.0")  # (self, port, host)

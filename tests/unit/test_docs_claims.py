@@ -167,8 +167,10 @@ def exported_metric_names() -> set[str]:
     stream.watch_lag(lambda: [("inference-requests", 0, 0)])
     stream.watch_paused(lambda: 0)
     stream.watch_broker(BrokerWatch("localhost:9092", "stream worker"))
+    training = TrainingMetrics()
+    training.watch_broker(BrokerWatch("localhost:9092", "training agent"))
     names = set()
-    for registry in (serving.registry, TrainingMetrics().registry):
+    for registry in (serving.registry, training.registry):
         for family in registry.collect():
             names.add(family.name)
             names.update(sample.name for sample in family.samples)

@@ -57,3 +57,26 @@ def test_the_first_of_each_kind_passes_then_one_a_minute_with_the_count() -> Non
         "[1499 more like this not shown since the last one]",
     ]
     assert spinner.getvalue().splitlines() == lines  # every handler got the same lines
+
+
+def test_lines_formatted_before_logging_are_one_kind_whatever_their_numbers() -> None:
+    """kafka-python formats some warnings itself ('Task <Task object at 0x7f..> ran for
+    0.140s ...', one per slow step while its broker is frozen): each used to pass as a kind of
+    its own. Numbers and addresses do not make another kind."""
+    now = [0.0]
+    repeat = RepeatFilter(interval_s=60.0, loggers=("kafka",), clock=lambda: now[0])
+    root, out, _ = _handlers(repeat)
+    repeat.loggers = (f"{root.name}.kafka",)
+    selector = logging.getLogger(f"{root.name}.kafka.net.selector")
+    for step in range(14):
+        now[0] = float(step)
+        selector.warning(
+            f"Task <kafka.net.selector.Task object at 0x7f7e0{step:x}441e50> ran for "
+            f"{0.14 + step / 10:.3f}s (>0.100s threshold). It is blocking the event loop"
+        )
+    selector.warning("Task %r left RUNNING after step", "t")  # another kind: shown
+    assert out.getvalue().splitlines() == [
+        "Task <kafka.net.selector.Task object at 0x7f7e00441e50> ran for 0.140s "
+        "(>0.100s threshold). It is blocking the event loop",
+        "Task 't' left RUNNING after step",
+    ]
