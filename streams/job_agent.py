@@ -196,7 +196,7 @@ class JobAgent:
 
     def run(self, stop: threading.Event, on_ready: Callable[[], None] | None = None) -> None:
         """Poll, dispatch and commit until `stop` is set; the running job is cancelled on stop."""
-        from kafka.errors import InconsistentGroupProtocolError
+        from kafka.errors import InconsistentGroupProtocolError, RetriableError
 
         ready = False
         check_until(stop, self.broker_watch)  # on its own thread: `poll` may wait for Kafka
@@ -205,6 +205,11 @@ class JobAgent:
             while not stop.is_set():
                 try:
                     batches = self.consumer.poll(timeout_ms=POLL_MS)
+                except RetriableError as exc:  # the broker away: kafka-python 3 may raise
+                    # its connection error out of `poll`; the broker watch reports the outage
+                    log.debug("poll failed, polling again: %s", exc)
+                    stop.wait(POLL_MS / 1000)  # not a busy loop when it fails at once
+                    continue
                 except InconsistentGroupProtocolError:
                     raise ConfigError(
                         f"consumer group {self.config.group_id!r} is already used by clients "

@@ -297,5 +297,8 @@ def test_an_idle_training_agent_says_once_that_it_lost_its_broker_and_once_that_
     assert f"Kafka at {broker.bootstrap} has not answered the training agent for" in watch_lines[0]
     assert f"Kafka at {broker.bootstrap} answers again after" in watch_lines[1]
     assert metrics.value("training_broker_outages_total") == 1.0
-    assert _agent_client_lines(during) == [], during[-2000:]  # each kind was shown once already
-    assert len(_agent_client_lines(log)) < 20, log[-4000:]
+    shown = [
+        re.sub(r"0x[0-9a-f]+|\d+", "#", line.split(" ", 2)[2]) for line in _agent_client_lines(log)
+    ]
+    assert len(shown) == len(set(shown)), log[-4000:]  # each kind once: the test is under a minute
+    assert len(_agent_client_lines(during)) < 5, during[-2000:]  # about 30 in these seconds before

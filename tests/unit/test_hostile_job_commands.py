@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
 from headrace.errors import ConfigError
@@ -201,3 +201,37 @@ def test_a_stop_while_the_broker_is_away_ends_without_a_traceback(
     monkeypatch.setattr(_Consumer, "committed", {})
     config = JobAgentConfig(bootstrap="unused:9092", repository=tmp_path, runs_dir=tmp_path)
     JobAgent(config, train=lambda *_a: None, available_cpus=2).run(_Consumer.stop)
+
+
+class _PollRefusedOnce(_Consumer):
+    """The broker killed under the agent: kafka-python 3's poll raised its connection error
+    (a coordinator lookup whose metadata refresh was refused), seen with `headrace train
+    agent` in tests/integration/test_broker_outage.py."""
+
+    failures = 1
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[_Record]]:
+        if self.failures:
+            self.failures -= 1
+            raise KafkaConnectionError("KafkaConnectionError: 111 ECONNREFUSED")
+        return super().poll(timeout_ms)
+
+
+def test_a_poll_refused_by_a_broker_gone_away_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the error ended `headrace train agent` with a kafka-python traceback, though
+    the broker came back seconds later. Now the agent polls again (its broker watch says
+    Kafka is away) and goes on with the commands once the broker answers."""
+    monkeypatch.setattr("kafka.KafkaProducer", _Producer)
+    monkeypatch.setattr("kafka.KafkaConsumer", _PollRefusedOnce)
+    monkeypatch.setattr(_Producer, "sent", [])
+    monkeypatch.setattr(_Consumer, "records", [_command("bad", spec={"model": "nope"})])
+    monkeypatch.setattr(_Consumer, "stop", threading.Event())
+    monkeypatch.setattr(_Consumer, "committed", {})
+    config = JobAgentConfig(bootstrap="unused:9092", repository=tmp_path, runs_dir=tmp_path)
+    agent = JobAgent(config, train=lambda *_a: None, available_cpus=2)
+    agent.run(_Consumer.stop)
+    assert agent.consumer.failures == 0  # it was refused once
+    assert _Consumer.committed == {TopicPartition(JOBS_TOPIC, 0): 1}
+    assert [topic for topic, _key, _value in _Producer.sent] == [EVENTS_TOPIC]  # rejected
