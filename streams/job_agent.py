@@ -121,6 +121,13 @@ class JobAgent:
         self.producer = KafkaProducer(
             bootstrap_servers=config.bootstrap,
             acks="all",
+            # Not idempotent: kafka-python 3's idempotent producer (its default) turns a broker
+            # that forgot its producer id (a restarted embedded broker; producer-state expiry on
+            # Kafka) into a fatal state in which every later send fails, so the job's events,
+            # its final one included, were lost. A retry may now repeat an event; one request
+            # in flight keeps it next to the first and the events in order.
+            enable_idempotence=False,
+            max_in_flight_requests_per_connection=1,
             linger_ms=0,
             delivery_timeout_ms=int(EVENT_DELIVERY_TIMEOUT_S * 1000),
             max_block_ms=int(EVENT_DELIVERY_TIMEOUT_S * 1000),

@@ -54,12 +54,20 @@ def was_submitted(bootstrap: str, job_id: str, idle_s: float = 1.0) -> bool:
 def read_events(
     bootstrap: str, job_id: str | None = None, follow: bool = False, idle_s: float = 2.0
 ) -> Iterator[TrainingEvent]:
-    """Events from the beginning (of one job, or all); stops after `idle_s` unless following."""
+    """Events from the beginning (of one job, or all); stops after `idle_s` unless following.
+
+    A record the agent's producer sent again (its acknowledgement lost: the broker frozen past
+    the request timeout) follows its first copy, the same bytes (the event's `at` included):
+    it is read once. The agent's producer is not idempotent (see `streams.job_agent`)."""
+    last: dict[str, bytes | None] = {}  # each job's latest record
     for _, value in consume(bootstrap, [EVENTS_TOPIC], follow=follow, idle_s=idle_s):
         try:
             event = TrainingEvent.model_validate_json(value or b"")
         except ValidationError:
             continue  # not ours; the topic is shared with other producers
+        if last.get(event.job_id) == value:
+            continue
+        last[event.job_id] = value
         if job_id is None or event.job_id == job_id:
             yield event
 

@@ -128,6 +128,61 @@ def test_a_training_job_goes_on_through_a_broker_outage(tmp_path: Path) -> None:
     assert kinds == [("epoch", 1), ("epoch", 2), ("succeeded", None)], history
 
 
+def test_a_training_job_ends_with_an_event_after_its_broker_restarted(tmp_path: Path) -> None:
+    """Before: the embedded broker SIGKILLed and started again on its port (memory storage:
+    it forgets the agent's producer id) made the agent's idempotent producer fail the job's
+    next event with UnknownProducerIdError and every later one ('InitProducerId ...
+    UnknownError'): the job thread died with a traceback, no `failed` event could be sent,
+    and the command was committed with no final event. Now the job succeeds."""
+    restarted = threading.Event()  # the broker is back: the job may report its next epoch
+    job_id = f"restart-{uuid.uuid4().hex[:8]}"
+
+    def train(config: Any, on_epoch: Callable[[EpochRecord], None], _stop: Any) -> TrainReport:
+        on_epoch(_epoch(1))
+        assert restarted.wait(60), "the test never restarted the broker"
+        on_epoch(_epoch(2))  # the first record the restarted broker sees from this producer
+        return _report(config.runs_dir)
+
+    broker = EmbeddedBroker().start()
+    try:
+        create_topics(broker.bootstrap)
+        config = JobAgentConfig(
+            bootstrap=broker.bootstrap, repository=tmp_path / "repo", runs_dir=tmp_path / "runs",
+            group_id=f"agent-{job_id}",
+        )  # fmt: skip
+        agent = JobAgent(config, train, available_cpus=1)
+        stop = threading.Event()
+        loop = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+        loop.start()
+        try:
+            spec = parse_job_spec({"model": "lenet5", "epochs": 2, "job_id": job_id})
+            submit_job(broker.bootstrap, spec)
+            wait_until(
+                lambda: any(e.event == "epoch" for e in _events(broker.bootstrap, job_id)),
+                "the job's first epoch event",
+                timeout_s=60,
+            )
+            assert broker.process is not None
+            broker.process.kill()  # by its pid; the port stays ours to restart on
+            broker.process.wait(timeout=10)
+            broker = EmbeddedBroker(port=broker.port).start()
+            # the restarted broker has no topics, and acknowledges records sent to a missing
+            # one without keeping them; `train status` creates them too before it reads
+            create_topics(broker.bootstrap)
+            restarted.set()
+            history = wait_until(
+                lambda: _ended(broker.bootstrap, job_id), "the job's end", timeout_s=60
+            )
+        finally:
+            stop.set()
+            loop.join(timeout=90)
+        assert not loop.is_alive(), "the agent did not stop"
+    finally:
+        broker.stop()
+    # the events before the restart went with the broker's memory
+    assert [(e.event, e.epoch) for e in history] == [("epoch", 2), ("succeeded", None)], history
+
+
 # -- startup against a broker that does not answer -------------------------------------------
 
 

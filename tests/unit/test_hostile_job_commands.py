@@ -12,13 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    UnknownProducerIdError,
+)
 from kafka.structs import TopicPartition
 
 from headrace.errors import ConfigError
 from streams.job_agent import JobAgent, JobAgentConfig
 from streams.job_messages import EVENTS_TOPIC, JOBS_TOPIC, TrainingEvent
 from training.job_spec import parse_job_spec
+from training.loop import EpochRecord
+from training.recipe import TrainReport
 
 MAX_REQUEST_SIZE = 1_048_576  # kafka-python's default max_request_size
 HUGE = 2_000_000
@@ -235,3 +243,90 @@ def test_a_poll_refused_by_a_broker_gone_away_is_tried_again(
     assert agent.consumer.failures == 0  # it was refused once
     assert _Consumer.committed == {TopicPartition(JOBS_TOPIC, 0): 1}
     assert [topic for topic, _key, _value in _Producer.sent] == [EVENTS_TOPIC]  # rejected
+
+
+class _Failed:
+    is_done = True
+
+    def __init__(self, error: KafkaError) -> None:
+        self._error = error
+
+    def get(self, timeout: float | None = None) -> None:
+        raise self._error
+
+
+class _ForgettingProducer(_Producer):
+    """kafka-python 3's producer after its broker forgot it (the embedded broker restarted
+    on the same port; producer-state expiry on Kafka): an idempotent one (its default) fails
+    the next record with UnknownProducerIdError, is refused a new producer id and then fails
+    every record with that fatal error. Without idempotence nothing is asked of the broker's
+    memory, and records are delivered (sent again, if need be, once the broker is back)."""
+
+    configs: list[dict[str, Any]] = []
+    remembered = 3  # records delivered before the restart: accepted, started, epoch 1
+
+    def __init__(self, **config: Any) -> None:
+        self.configs.append(config)
+        self._idempotent = config.get("enable_idempotence", True)
+        self._fatal: KafkaError | None = None
+
+    def send(self, topic: str, key: bytes | None = None, value: bytes = b"") -> Any:
+        if self._idempotent and len(self.sent) >= self.remembered:
+            error = self._fatal or UnknownProducerIdError()
+            self._fatal = KafkaError(
+                "Unexpected error in InitProducerIdResponse: [Error -1] UnknownError"
+            )
+            return _Failed(error)
+        return super().send(topic, key, value)
+
+
+class _UntilTheJobEnds(_Consumer):
+    """Hands over the records, then polls (as kafka-python waits `timeout_ms`) until each is
+    committed, and asks the agent to stop."""
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[_Record]]:
+        if not self._polled:
+            return super().poll(timeout_ms)
+        if self.committed.get(TopicPartition(JOBS_TOPIC, 0)) == len(self.records):
+            self.stop.set()
+        else:
+            self.stop.wait(timeout_ms / 1000)
+        return {}
+
+
+def test_a_job_whose_broker_forgot_the_agents_producer_still_ends_with_an_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: after the embedded broker was SIGKILLed and started again on its port, the
+    agent's idempotent producer failed the job's next event (UnknownProducerIdError), and
+    every later one ('InitProducerId ... UnknownError'): the job thread died with a traceback,
+    its `failed` event lost as well, and the command was committed with no final event."""
+    monkeypatch.setattr("kafka.KafkaProducer", _ForgettingProducer)
+    monkeypatch.setattr("kafka.KafkaConsumer", _UntilTheJobEnds)
+    monkeypatch.setattr(_Producer, "sent", [])
+    monkeypatch.setattr(_ForgettingProducer, "configs", [])
+    job = _command("through-restart", spec={"model": "lenet5", "epochs": 2})
+    monkeypatch.setattr(_Consumer, "records", [job])
+    monkeypatch.setattr(_Consumer, "stop", threading.Event())
+    monkeypatch.setattr(_Consumer, "committed", {})
+
+    def train(config: Any, on_epoch: Any, _stop: Any) -> TrainReport:
+        for epoch in (1, 2):
+            on_epoch(EpochRecord(epoch=epoch, train_loss=1.0, train_accuracy=0.5, val_loss=1.0,
+                                 val_accuracy=0.5, seconds=0.1, samples_per_s=100.0))  # fmt: skip
+        return TrainReport(
+            model="lenet5", name="n", dataset="digits", version=None, test_accuracy=0.5,
+            test_balanced_accuracy=0.5, test_loss=1.0, val_loss=1.0, epochs_run=2, best_epoch=2,
+            stopped_early=False, train_seconds=0.2, onnx_max_abs_diff=None,
+            run_dir=str(config.runs_dir), repository=None,
+        )  # fmt: skip
+
+    config = JobAgentConfig(bootstrap="unused:9092", repository=tmp_path, runs_dir=tmp_path)
+    JobAgent(config, train=train, available_cpus=2).run(_Consumer.stop)
+    events = [TrainingEvent.model_validate_json(v) for _t, _k, v in _Producer.sent]
+    assert [(e.event, e.epoch) for e in events] == [
+        ("accepted", None), ("started", None), ("epoch", 1), ("epoch", 2), ("succeeded", None),
+    ]  # fmt: skip
+    assert _Consumer.committed == {TopicPartition(JOBS_TOPIC, 0): 1}
+    # a record sent again after a lost acknowledgement stays next to its first copy
+    assert _ForgettingProducer.configs[0]["max_in_flight_requests_per_connection"] == 1

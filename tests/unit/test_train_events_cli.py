@@ -72,3 +72,28 @@ def test_following_says_it_waits_and_shows_each_event_once(topics: list[Training
     assert lines == ["a accepted", "b accepted", "a started", "a succeeded", "c accepted"]
     lines, _, _ = _run("--job", "a")
     assert lines == ["a accepted", "a started"]
+
+
+def test_a_record_the_agent_sent_again_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's producer is not idempotent (a broker restart left an idempotent one
+    failing every event): a record whose acknowledgement was lost (the broker frozen past the
+    request timeout) is on the topic twice, one copy after the other. Before the reader
+    dropped the second, `train events` printed that epoch twice (seen in
+    tests/integration/test_broker_outage.py). Events of the same kind but another time, or
+    another job's between the copies, are kept apart."""
+    from streams import job_client
+
+    epoch = TrainingEvent(job_id="a", event="epoch", epoch=2, at=1.0).model_dump_json().encode()
+    records = [
+        TrainingEvent(job_id="a", event="epoch", epoch=1, at=0.5).model_dump_json().encode(),
+        epoch,
+        TrainingEvent(job_id="b", event="accepted", at=1.5).model_dump_json().encode(),
+        epoch,  # sent again: on its job's partition right after the first copy
+        TrainingEvent(job_id="a", event="epoch", epoch=2, at=2.0).model_dump_json().encode(),
+    ]
+    monkeypatch.setattr(
+        job_client, "consume", lambda *_a, **_k: iter([("training-events", r) for r in records])
+    )
+    read = [(e.job_id, e.epoch, e.at) for e in job_client.read_events("unused:9092")]
+    assert read == [("a", 1, 0.5), ("a", 2, 1.0), ("b", None, 1.5), ("a", 2, 2.0)]
+    assert [e.at for e in job_client.read_events("unused:9092", "a")] == [0.5, 1.0, 2.0]
