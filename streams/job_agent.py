@@ -102,6 +102,7 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     interrupted: threading.Event = field(default_factory=threading.Event)  # the agent stops
     thread: threading.Thread | None = None
+    unreported: bool = False  # its last event never reached Kafka: the command stays open
 
 
 class JobAgent:
@@ -297,19 +298,37 @@ class JobAgent:
             return
         job = self.pending.popleft()
         job.thread = threading.Thread(
-            target=self.runner.execute,
-            args=(job.spec, job.cancelled, job.interrupted),
+            target=self._execute,
+            args=(job,),
             name=f"job-{job.spec.job_id}",
             daemon=True,
         )
         self.running = job
         job.thread.start()
 
+    def _execute(self, job: _Job) -> None:
+        """The job on its thread. The runner turns every outcome into an event; an event Kafka
+        did not take (the broker away for longer than the producer tries) ends the job without
+        its final event, and its command is left uncommitted so that it is not lost."""
+        from kafka.errors import KafkaError
+
+        try:
+            self.runner.execute(job.spec, job.cancelled, job.interrupted)
+        except KafkaError as exc:
+            job.unreported = True
+            log.error(
+                "job %s ended without its final event: Kafka at %s did not take it (%s); its "
+                "command stays uncommitted and runs again when the agent is started again "
+                "(from its checkpoint, or reported from its saved report)",
+                job.spec.job_id, self.config.bootstrap, exc,
+            )  # fmt: skip
+
     def _reap(self) -> None:
         job = self.running
         if job is not None and job.thread is not None and not job.thread.is_alive():
             self.running = None
-            self._finish(job.partition, job.offset)
+            if not job.unreported:
+                self._finish(job.partition, job.offset)
 
     def _finish(self, partition: int, offset: int) -> None:
         self.unfinished.get(partition, set()).discard(offset)

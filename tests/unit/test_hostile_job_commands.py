@@ -330,3 +330,73 @@ def test_a_job_whose_broker_forgot_the_agents_producer_still_ends_with_an_event(
     assert _Consumer.committed == {TopicPartition(JOBS_TOPIC, 0): 1}
     # a record sent again after a lost acknowledgement stays next to its first copy
     assert _ForgettingProducer.configs[0]["max_in_flight_requests_per_connection"] == 1
+
+
+class _GivesUpProducer(_Producer):
+    """Kafka away for longer than the producer tries (its delivery timeout): every record
+    after the job's first epoch is given up."""
+
+    delivered = 3  # accepted, started, epoch 1
+
+    def send(self, topic: str, key: bytes | None = None, value: bytes = b"") -> Any:
+        if len(self.sent) >= self.delivered:
+            return _Failed(KafkaTimeoutError("Expiring 1 record(s) for training-events-0"))
+        return super().send(topic, key, value)
+
+
+class _UntilTheJobThreadEnded(_Consumer):
+    """Hands over the records, then polls until the loop has gone round once more after the
+    job's thread (`job_thread`, set by the job) ended, and asks the agent to stop."""
+
+    job_thread: threading.Thread | None = None
+    rounds_after = 0
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[_Record]]:
+        if not self._polled:
+            return super().poll(timeout_ms)
+        thread = _UntilTheJobThreadEnded.job_thread
+        if thread is not None:
+            thread.join(timeout_ms / 1000)
+            if not thread.is_alive():
+                _UntilTheJobThreadEnded.rounds_after += 1
+        if _UntilTheJobThreadEnded.rounds_after >= 2:  # reaped and committed in between
+            self.stop.set()
+        return {}
+
+
+def test_a_job_whose_last_event_kafka_never_took_is_not_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: with the broker away for longer than the producer tries, the job's epoch event
+    and then its `failed` event were given up, the job thread died with a traceback, and its
+    command was committed: the job had no final event and never ran again. Now the agent
+    says so, and the command stays uncommitted (read again when the agent starts again)."""
+    monkeypatch.setattr("kafka.KafkaProducer", _GivesUpProducer)
+    monkeypatch.setattr("kafka.KafkaConsumer", _UntilTheJobThreadEnded)
+    monkeypatch.setattr(_Producer, "sent", [])
+    job = _command("never-told", spec={"model": "lenet5", "epochs": 2})
+    monkeypatch.setattr(_Consumer, "records", [job])
+    monkeypatch.setattr(_Consumer, "stop", threading.Event())
+    monkeypatch.setattr(_Consumer, "committed", {})
+    monkeypatch.setattr(_UntilTheJobThreadEnded, "job_thread", None)
+    monkeypatch.setattr(_UntilTheJobThreadEnded, "rounds_after", 0)
+
+    def train(config: Any, on_epoch: Any, _stop: Any) -> TrainReport:
+        _UntilTheJobThreadEnded.job_thread = threading.current_thread()
+        for epoch in (1, 2):
+            on_epoch(EpochRecord(epoch=epoch, train_loss=1.0, train_accuracy=0.5, val_loss=1.0,
+                                 val_accuracy=0.5, seconds=0.1, samples_per_s=100.0))  # fmt: skip
+        raise AssertionError("the second epoch's event was delivered")
+
+    config = JobAgentConfig(bootstrap="unused:9092", repository=tmp_path, runs_dir=tmp_path)
+    JobAgent(config, train=train, available_cpus=2).run(_Consumer.stop)
+    events = [TrainingEvent.model_validate_json(v) for _t, _k, v in _Producer.sent]
+    assert [e.event for e in events] == ["accepted", "started", "epoch"]
+    assert _Consumer.committed == {TopicPartition(JOBS_TOPIC, 0): 0}  # the command stays open
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        "job never-told ended without its final event: Kafka at unused:9092 did not take it "
+        "(KafkaTimeoutError: Expiring 1 record(s) for training-events-0); its command stays "
+        "uncommitted and runs again when the agent is started again (from its checkpoint, or "
+        "reported from its saved report)"
+    ]
