@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 
@@ -54,13 +55,19 @@ def was_submitted(bootstrap: str, job_id: str, idle_s: float = 1.0) -> bool:
 def read_events(
     bootstrap: str, job_id: str | None = None, follow: bool = False, idle_s: float = 2.0
 ) -> Iterator[TrainingEvent]:
-    """Events from the beginning (of one job, or all); stops after `idle_s` unless following.
+    """Events from the beginning (of one job, or all): those sent before the reading began,
+    ending after `idle_s` without one (see `_events_so_far`); following, all until closed.
 
     A record the agent's producer sent again (its acknowledgement lost: the broker frozen past
     the request timeout) follows its first copy, the same bytes (the event's `at` included):
     it is read once. The agent's producer is not idempotent (see `streams.job_agent`)."""
     last: dict[str, bytes | None] = {}  # each job's latest record
-    for _, value in consume(bootstrap, [EVENTS_TOPIC], follow=follow, idle_s=idle_s):
+    values = (
+        (value for _, value in consume(bootstrap, [EVENTS_TOPIC], follow=True))
+        if follow
+        else _events_so_far(bootstrap, idle_s)
+    )
+    for value in values:
         try:
             event = TrainingEvent.model_validate_json(value or b"")
         except ValidationError:
@@ -70,6 +77,40 @@ def read_events(
         last[event.job_id] = value
         if job_id is None or event.job_id == job_id:
             yield event
+
+
+def _events_so_far(bootstrap: str, idle_s: float) -> Iterator[bytes | None]:
+    """The events topic as it was when the reading began: a partition is left at its first
+    record stamped later (by its producer's clock), and the reading ends once every partition
+    is or after `idle_s` without an earlier record. Reading until `idle_s` of quiet alone
+    never ended while a job sent epochs more often than that: `train cancel` and `train
+    status` then waited for the job to end."""
+    from kafka import KafkaConsumer
+
+    began_ms = time.time() * 1000
+    consumer = KafkaConsumer(
+        EVENTS_TOPIC,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    try:
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < idle_s:
+            for partition, records in consumer.poll(timeout_ms=100).items():
+                for record in records:
+                    if record.timestamp > began_ms:
+                        consumer.pause(partition)
+                        break
+                    quiet_since = time.monotonic()
+                    yield record.value
+            assigned = consumer.assignment()
+            if assigned and consumer.paused() >= assigned:
+                return
+    finally:
+        consumer.close()
 
 
 def new_events(

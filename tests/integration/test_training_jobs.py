@@ -238,6 +238,41 @@ def _stream_result_version(stack: Stack) -> str:
     return max(versions.values(), key=int)
 
 
+def test_events_of_a_job_that_sends_them_often_are_read_without_waiting_for_its_end(
+    stack: Stack,
+) -> None:
+    # read_events (train cancel, train status) read until the topic had been quiet for idle_s:
+    # a LeNet-5 job on digits sends an epoch event every ~0.2 s, so `train cancel` waited for
+    # the job to end and then said it had already ended.
+    from kafka import KafkaProducer
+
+    first_ten, stop = threading.Event(), threading.Event()
+    producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=0)
+
+    def send_epochs() -> None:  # ten at once, then one every 0.1 s for at most 29 s
+        for epoch in range(1, 301):
+            event = TrainingEvent(job_id="job-busy", event="epoch", epoch=epoch)
+            producer.send("training-events", key=b"job-busy",
+                          value=event.model_dump_json().encode()).get(timeout=30)  # fmt: skip
+            if epoch == 10:
+                first_ten.set()
+            if epoch >= 10 and stop.wait(0.1):
+                return
+
+    thread = threading.Thread(target=send_epochs, daemon=True)
+    thread.start()
+    try:
+        assert first_ten.wait(timeout=60), "the first ten epoch events were not sent"
+        read = [e.epoch for e in read_events(stack.bootstrap, "job-busy", idle_s=0.5)]
+        ran_out = not thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        producer.close()
+    assert not ran_out, "the reading ended only once all 300 events had been sent"
+    assert read[:10] == list(range(1, 11)) and read == list(range(1, len(read) + 1)), read
+
+
 def test_bad_specs_are_refused_with_every_error_listed(stack: Stack) -> None:
     path = stack.folder / "bad.yaml"
     path.write_text(

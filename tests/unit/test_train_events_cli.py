@@ -91,9 +91,7 @@ def test_a_record_the_agent_sent_again_is_read_once(monkeypatch: pytest.MonkeyPa
         epoch,  # sent again: on its job's partition right after the first copy
         TrainingEvent(job_id="a", event="epoch", epoch=2, at=2.0).model_dump_json().encode(),
     ]
-    monkeypatch.setattr(
-        job_client, "consume", lambda *_a, **_k: iter([("training-events", r) for r in records])
-    )
+    monkeypatch.setattr(job_client, "_events_so_far", lambda *_a, **_k: iter(records))
     read = [(e.job_id, e.epoch, e.at) for e in job_client.read_events("unused:9092")]
     assert read == [("a", 1, 0.5), ("a", 2, 1.0), ("b", None, 1.5), ("a", 2, 2.0)]
     assert [e.at for e in job_client.read_events("unused:9092", "a")] == [0.5, 1.0, 2.0]
