@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -31,6 +33,24 @@ def _cli(*args: str, bootstrap: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def _read(bootstrap: str, topic: str, count: int, timeout_s: float = 60.0) -> list[Any]:
+    """The topic's records once `count` are read (or `timeout_s` passed), and any more that one
+    further poll finds: everything was acknowledged before the reading began. (Reading until
+    5 s without a record took 5 s more per test.)"""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(records) < count and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        for batch in consumer.poll(timeout_ms=500).values():
+            records.extend(batch)
+    finally:
+        consumer.close()
+    return records
+
+
 @pytest.mark.parametrize("payload_format", ["json", "binary"])
 def test_produce_sends_decodable_requests_with_a_manifest(
     bootstrap: str, tmp_path: Path, payload_format: str
@@ -45,11 +65,7 @@ def test_produce_sends_decodable_requests_with_a_manifest(
     assert "produced 50 requests" in done.stdout
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert len({r["request_id"] for r in rows}) == 50
-    consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000
-    )
-    records = list(consumer)
-    consumer.close()
+    records = _read(bootstrap, topic, 50)
     assert len(records) == 50
     decoded = [decode_request(r.key, r.value, r.headers) for r in records]
     assert {d.request.id for d in decoded} == {r["request_id"] for r in rows}
