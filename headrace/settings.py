@@ -50,6 +50,14 @@ class Settings(BaseSettings):
         description="Seconds a stream or ingestion worker or the training agent waits for an "
         "answer from Kafka before it logs that it has lost the broker (HEADRACE_BROKER_SILENCE_S).",
     )
+    unassigned_warn_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=3600,
+        description="Seconds a stream worker or the training agent waits for its consumer "
+        "group's first assignment before it warns that the group has not finished a rebalance, "
+        "and again every this long (HEADRACE_UNASSIGNED_WARN_S).",
+    )
     data_root: Path = Field(
         default=Path("data"),
         description="Where `headrace data ingest` writes dataset shards and training on shards "

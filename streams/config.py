@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serving.model_manager import VersionPolicy
 from streams.broker_watch import BROKER_SILENCE_S
+from streams.group_watch import UNASSIGNED_WARN_S
 
 DEFAULT_GROUP = "headrace-stream"
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
@@ -81,6 +82,14 @@ class StreamWorkerConfig(BaseModel):
         description="Seconds without an answer from Kafka after which the worker logs that it "
         "has lost its broker and /metrics shows stream_broker_reachable 0 "
         "(HEADRACE_BROKER_SILENCE_S).",
+    )
+    unassigned_warn_s: float = Field(
+        default=UNASSIGNED_WARN_S,
+        gt=0,
+        le=3600,
+        description="Seconds without a first assignment from the consumer group after which "
+        "the worker warns that the group has not finished a rebalance, and again every this "
+        "long (HEADRACE_UNASSIGNED_WARN_S).",
     )
     updates_topic: str = "model-updates"
     requests_topic: str = "inference-requests"

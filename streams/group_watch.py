@@ -6,7 +6,7 @@ stopped in the middle of a rebalance; two stopped at once can do it). The
 group's members then wait for partitions for good, and at the default log level
 without a word. The stream worker (Faust, on its event loop) and the training
 agent (kafka-python, in its polling loop) both ask an `AssignmentWatch` as they
-wait; it logs a warning every `UNASSIGNED_WARN_S`.
+wait; it logs a warning every `UNASSIGNED_WARN_S` (HEADRACE_UNASSIGNED_WARN_S).
 """
 
 from __future__ import annotations
@@ -26,24 +26,29 @@ class AssignmentWatch:
     """Warns while a member of `group` has had no assignment yet.
 
     `members` names the group's processes in the advice ("workers"), `topic` the topic a new
-    group would read from its earliest offset."""
+    group would read from its earliest offset; it warns every `warn_s` of waiting."""
 
     def __init__(
-        self, group: str, members: str, topic: str, clock: Callable[[], float] = time.monotonic
+        self,
+        group: str,
+        members: str,
+        topic: str,
+        warn_s: float = UNASSIGNED_WARN_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.group, self.members, self.topic = group, members, topic
+        self.group, self.members, self.topic, self.warn_s = group, members, topic, warn_s
         self._clock = clock
         self._started = clock()
         self._warnings = 0
 
     def check(self, assigned: bool) -> bool:
         """Call this every few seconds until it returns False (assigned: nothing more to
-        watch); it warns once each `UNASSIGNED_WARN_S` of waiting."""
+        watch); it warns once each `warn_s` of waiting."""
         if assigned:
             return False
         waited_s = self._clock() - self._started
-        if waited_s >= (self._warnings + 1) * UNASSIGNED_WARN_S:
-            self._warnings = int(waited_s // UNASSIGNED_WARN_S)
+        if waited_s >= (self._warnings + 1) * self.warn_s:
+            self._warnings = int(waited_s // self.warn_s)
             log.warning(
                 "no partitions assigned after %.0f s: consumer group %r has not finished a "
                 "rebalance. A member may be stuck; on the embedded broker a group whose leader "

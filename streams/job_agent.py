@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from headrace.errors import ConfigError
 from streams.broker_watch import BROKER_SILENCE_S, BrokerWatch, check_until, watch_kafka_python
-from streams.group_watch import AssignmentWatch
+from streams.group_watch import UNASSIGNED_WARN_S, AssignmentWatch
 from streams.job_messages import (
     EVENTS_TOPIC,
     JOBS_TOPIC,
@@ -91,6 +91,14 @@ class JobAgentConfig(BaseModel):
         description="Seconds without an answer from Kafka after which the agent logs that it "
         "has lost its broker and /metrics shows training_broker_reachable 0 "
         "(HEADRACE_BROKER_SILENCE_S).",
+    )
+    unassigned_warn_s: float = Field(
+        default=UNASSIGNED_WARN_S,
+        gt=0,
+        le=3600,
+        description="Seconds without a first assignment from the consumer group after which "
+        "the agent warns that the group has not finished a rebalance, and again every this "
+        "long (HEADRACE_UNASSIGNED_WARN_S).",
     )
 
 
@@ -208,7 +216,9 @@ class JobAgent:
 
         ready = False
         check_until(stop, self.broker_watch)  # on its own thread: `poll` may wait for Kafka
-        watch = AssignmentWatch(self.config.group_id, "agents", JOBS_TOPIC)
+        watch = AssignmentWatch(
+            self.config.group_id, "agents", JOBS_TOPIC, self.config.unassigned_warn_s
+        )
         try:
             while not stop.is_set():
                 try:

@@ -111,7 +111,9 @@ def _warn_while_unassigned(
     """Say so while the consumer group gives this worker no assignment (`streams.group_watch`).
     On the loop itself: Faust starts an app's tasks and timers only after the first
     assignment."""
-    watch = AssignmentWatch(config.group_id, "workers", config.requests_topic)
+    watch = AssignmentWatch(
+        config.group_id, "workers", config.requests_topic, config.unassigned_warn_s
+    )
 
     def check() -> None:
         if watch.check(stream.ready):

@@ -213,6 +213,7 @@ def agent(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         broker_silence_s=settings.broker_silence_s,
+        unassigned_warn_s=settings.unassigned_warn_s,
     )
     metrics, served_port = None, None
     if config.metrics_port is not None:  # before Ray's slow start, so a taken port fails fast

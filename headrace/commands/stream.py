@@ -129,6 +129,7 @@ def worker(
         metrics_host=metrics_host,
         processing_guarantee=processing_guarantee,
         broker_silence_s=settings.broker_silence_s,
+        unassigned_warn_s=settings.unassigned_warn_s,
     )
     ModelRepository(config.repository).require_folder()
     if not answers_metadata(config.bootstrap, timeout_s=5.0):

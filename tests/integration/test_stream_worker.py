@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -50,10 +51,10 @@ from stream_fixtures import (
 
 from headrace.processes import stop_process
 from protos import grpc_service_pb2 as pb
-from streams.group_watch import UNASSIGNED_WARN_S
 from streams.messages import CONTENT_TYPE_HEADER, PROTOBUF_CONTENT_TYPE
 
 SHAPE = [1, 1, 28, 28]
+WARN_S = 2.0  # HEADRACE_UNASSIGNED_WARN_S for the stuck worker (the default's 20 s is a wait)
 
 
 @dataclass
@@ -349,13 +350,16 @@ def test_a_worker_of_a_stuck_group_says_so(setup: Setup) -> None:
     repository = str(setup.folder / "repo")
     command = [sys.executable, "-m", "headrace", "stream", "worker", "--bootstrap",
                setup.bootstrap, "--repository", repository, "--group", group]  # fmt: skip
+    env = dict(os.environ, HEADRACE_UNASSIGNED_WARN_S=str(WARN_S))  # not the 20 s default
     with log_file.open("w") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=log, text=True)
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log, text=True
+        )
     try:
         wait_until(
             lambda: "no partitions assigned after" in log_file.read_text(errors="replace"),
             "the worker's warning",
-            timeout_s=UNASSIGNED_WARN_S + 30,
+            timeout_s=WARN_S + 30,
         )
         text = log_file.read_text(errors="replace")
         assert f"consumer group {group!r} has not finished a rebalance" in text, text

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -17,11 +18,11 @@ from stream_fixtures import leader_leaves_mid_rebalance
 
 from headrace.processes import stop_process
 from streams.broker import EmbeddedBroker
-from streams.group_watch import UNASSIGNED_WARN_S
 from streams.job_messages import JOBS_TOPIC
 from streams.topics import create_topics
 
 RAY_START_S = 60.0  # a local Ray starts before the agent's consumer joins its group
+WARN_S = 2.0  # HEADRACE_UNASSIGNED_WARN_S for the stuck agent (the default's 20 s is a wait)
 
 
 @pytest.mark.skipif(external_bootstrap() is not None, reason="the embedded broker's fault")
@@ -34,13 +35,16 @@ def test_an_agent_of_a_stuck_group_says_so(tmp_path: Path) -> None:
         command = [sys.executable, "-m", "headrace", "train", "agent", "--bootstrap",
                    broker.bootstrap, "--repository", str(tmp_path / "repo"), "--runs-dir",
                    str(tmp_path / "runs"), "--ray-cpus", "1", "--group", group]  # fmt: skip
+        env = dict(os.environ, HEADRACE_UNASSIGNED_WARN_S=str(WARN_S))
         with log_file.open("w") as log:
-            process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=log, text=True)
+            process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log, text=True
+            )
         try:
             wait_until(
                 lambda: "no partitions assigned after" in log_file.read_text(errors="replace"),
                 "the agent's warning",
-                timeout_s=RAY_START_S + UNASSIGNED_WARN_S,
+                timeout_s=RAY_START_S + WARN_S,
             )
             text = log_file.read_text(errors="replace")
             assert f"consumer group {group!r} has not finished a rebalance" in text, text

@@ -268,6 +268,7 @@ def test_stream_worker_flags_reach_the_worker_config(
     monkeypatch.setattr("streams.transactions.require_transactions", lambda *a, **k: None)
     seen = _stop_at(monkeypatch, "streams.worker.run_worker")
     (tmp_path / "repo").mkdir()
+    monkeypatch.setenv("HEADRACE_UNASSIGNED_WARN_S", "4.5")  # a setting only: no flag
     flags = (
         "--repository {tmp}/repo --bootstrap flag-kafka:9092 --group g1 --concurrency 3 "
         "--max-batch 16 --max-delay-ms 20 --max-buffered 100 --metrics-port 0 "
@@ -281,7 +282,7 @@ def test_stream_worker_flags_reach_the_worker_config(
         "concurrency": 3, "max_batch": 16, "max_delay_s": 0.02, "max_buffered": 100,
         "metrics_port": 0, "poll_interval_s": 0.0, "version_policy.kind": "latest",
         "version_policy.latest_n": 2, "metrics_host": "0.0.0.0",
-        "processing_guarantee": "exactly_once",
+        "processing_guarantee": "exactly_once", "unassigned_warn_s": 4.5,
     }  # fmt: skip
     _check(config, expected, tmp_path)
     assert kwargs == {"loglevel": "error"}
@@ -322,6 +323,7 @@ def test_train_agent_flags_reach_the_agent_config(
     monkeypatch.setattr("headrace.commands.jobs.build_config", keep)
     seen = _stop_at(monkeypatch, "streams.job_metrics.TrainingMetrics.serve")
     monkeypatch.setenv("HEADRACE_BROKER_SILENCE_S", "7.5")  # a setting only: no flag
+    monkeypatch.setenv("HEADRACE_UNASSIGNED_WARN_S", "4.5")  # likewise
     flags = (
         "--bootstrap flag-kafka:9092 --repository {tmp}/repo --runs-dir {tmp}/runs --group grp "
         "--ray-cpus 3 --metrics-port 0 --metrics-host 0.0.0.0 --loglevel error"
@@ -330,7 +332,7 @@ def test_train_agent_flags_reach_the_agent_config(
     expected = {
         "bootstrap": "flag-kafka:9092", "repository": "{tmp}/repo", "runs_dir": "{tmp}/runs",
         "group_id": "grp", "ray_cpus": 3, "metrics_port": 0, "metrics_host": "0.0.0.0",
-        "broker_silence_s": 7.5,
+        "broker_silence_s": 7.5, "unassigned_warn_s": 4.5,
     }  # fmt: skip
     _check(built[0], expected, tmp_path)
     assert seen[0][1:3] == (0, "0.0.0.0")  # (self, port, host)

@@ -29,3 +29,17 @@ def test_warns_each_interval_while_unassigned_and_stops_once_assigned(
     assert "run the agents with another --group (a new group reads training-jobs from" in first
     assert second.startswith("no partitions assigned after 45 s")
     assert third.startswith("no partitions assigned after 130 s")
+
+
+def test_the_interval_is_the_one_given(caplog: pytest.LogCaptureFixture) -> None:
+    """HEADRACE_UNASSIGNED_WARN_S reaches the watch as `warn_s` (test_cli_flags_reach_config)."""
+    now = [0.0]
+    watch = AssignmentWatch("g1", "workers", "inference-requests", 3.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="streams.group_watch"):
+        for waited in (2.9, 3.0, 5.9, 6.5):
+            now[0] = waited
+            watch.check(assigned=False)
+    assert [r.getMessage()[:30] for r in caplog.records] == [
+        "no partitions assigned after 3",
+        "no partitions assigned after 6",
+    ]
