@@ -30,13 +30,22 @@ def _train(args: list[str], cwd: Path) -> dict[str, object]:
     return report
 
 
-def test_demo_training_reaches_97_percent_on_digits(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def demo_training(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    """The demo's training (`make demo`'s command), run once: its folder and its report."""
+    folder = tmp_path_factory.mktemp("demo")
+    return folder, _train(["--model", "lenet5", "--dataset", "digits"], folder)
+
+
+def test_demo_training_reaches_97_percent_on_digits(
+    demo_training: tuple[Path, dict[str, object]],
+) -> None:
     makefile = (REPO_ROOT / "Makefile").read_text()
     assert "headrace train --model lenet5 --dataset digits --repository" in makefile
-    report = _train(["--model", "lenet5", "--dataset", "digits"], tmp_path)
+    folder, report = demo_training
     assert float(report["test_accuracy"]) >= 0.97  # type: ignore[arg-type]
     assert report["version"] == 1
-    assert (tmp_path / "model_repository" / "lenet5-digits" / "1" / "model.onnx").is_file()
+    assert (folder / "model_repository" / "lenet5-digits" / "1" / "model.onnx").is_file()
 
 
 @pytest.mark.slow
@@ -48,14 +57,16 @@ def test_mnist_default_settings_reach_98_percent(mnist_dir: Path, tmp_path: Path
     assert float(report["test_accuracy"]) >= 0.98  # type: ignore[arg-type]
 
 
-def test_demo_runs_the_kafka_and_grpc_paths(tmp_path: Path) -> None:
+def test_demo_runs_the_kafka_and_grpc_paths(
+    demo_training: tuple[Path, dict[str, object]],
+) -> None:
     makefile = (REPO_ROOT / "Makefile").read_text()
     assert "-m headrace.demo --repository" in makefile
-    _train(["--model", "lenet5", "--dataset", "digits", "--epochs", "2"], tmp_path)
+    folder, _report = demo_training  # the demo serves the model its training published
     done = subprocess.run(
         [sys.executable, "-m", "headrace.demo", "--repository", "model_repository",
          "--model", "lenet5-digits", "--requests", "200", "--grpc-count", "3"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=folder, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "200/200 requests answered" in done.stdout
