@@ -8,9 +8,16 @@ override them. Job-specific options live in their own config models (e.g.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BROKER_SILENCE_S = 15.0  # above the 10 s a JoinGroup may be held by a healthy broker
+UNASSIGNED_WARN_S = 20.0  # above a group join's 1 to 5 s and its 10 s rebalance timeout
+WatchSeconds = Annotated[float, Field(gt=0, le=3600)]
+"""How long a watch waits before it warns (`broker_silence_s`, `unassigned_warn_s`, and the
+worker and agent configs that take them): positive, at most an hour."""
 
 
 class Settings(BaseSettings):
@@ -43,17 +50,13 @@ class Settings(BaseSettings):
         default=None,
         description="Default folder for datasets read from files (HEADRACE_DATA_DIR).",
     )
-    broker_silence_s: float = Field(
-        default=15.0,
-        gt=0,
-        le=3600,
+    broker_silence_s: WatchSeconds = Field(
+        default=BROKER_SILENCE_S,
         description="Seconds a stream or ingestion worker or the training agent waits for an "
         "answer from Kafka before it logs that it has lost the broker (HEADRACE_BROKER_SILENCE_S).",
     )
-    unassigned_warn_s: float = Field(
-        default=20.0,
-        gt=0,
-        le=3600,
+    unassigned_warn_s: WatchSeconds = Field(
+        default=UNASSIGNED_WARN_S,
         description="Seconds a stream worker or the training agent waits for its consumer "
         "group's first assignment before it warns that the group has not finished a rebalance, "
         "and again every this long (HEADRACE_UNASSIGNED_WARN_S).",

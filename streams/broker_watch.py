@@ -27,9 +27,10 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
+from headrace.settings import BROKER_SILENCE_S
+
 log = logging.getLogger(__name__)
 
-BROKER_SILENCE_S = 15.0  # above the 10 s a JoinGroup may be held by a healthy broker
 CHECK_INTERVAL_S = 1.0
 
 

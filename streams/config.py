@@ -12,9 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from headrace.settings import BROKER_SILENCE_S, UNASSIGNED_WARN_S, WatchSeconds
 from serving.model_manager import VersionPolicy
-from streams.broker_watch import BROKER_SILENCE_S
-from streams.group_watch import UNASSIGNED_WARN_S
 
 DEFAULT_GROUP = "headrace-stream"
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
@@ -75,18 +74,14 @@ class StreamWorkerConfig(BaseModel):
         description="Which versions of each model to serve, as `headrace serve` does: requests "
         "pinned to a `version` reach only these.",
     )
-    broker_silence_s: float = Field(
+    broker_silence_s: WatchSeconds = Field(
         default=BROKER_SILENCE_S,
-        gt=0,
-        le=3600,
         description="Seconds without an answer from Kafka after which the worker logs that it "
         "has lost its broker and /metrics shows stream_broker_reachable 0 "
         "(HEADRACE_BROKER_SILENCE_S).",
     )
-    unassigned_warn_s: float = Field(
+    unassigned_warn_s: WatchSeconds = Field(
         default=UNASSIGNED_WARN_S,
-        gt=0,
-        le=3600,
         description="Seconds without a first assignment from the consumer group after which "
         "the worker warns that the group has not finished a rebalance, and again every this "
         "long (HEADRACE_UNASSIGNED_WARN_S).",

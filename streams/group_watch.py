@@ -15,11 +15,12 @@ import logging
 import time
 from collections.abc import Callable
 
-log = logging.getLogger(__name__)
-
 # A group join takes 1 to 5 s (DESIGN.md) and waits at most the rebalance timeout (10 s) for
-# members to rejoin; a member with no assignment after this long says so, every this long.
-UNASSIGNED_WARN_S = 20.0
+# members to rejoin; a member with no assignment after UNASSIGNED_WARN_S says so, every this
+# long.
+from headrace.settings import UNASSIGNED_WARN_S
+
+log = logging.getLogger(__name__)
 
 
 class AssignmentWatch:

@@ -56,8 +56,9 @@ from faust.types import TP, EventT, StreamT
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from headrace.errors import DatasetError
+from headrace.settings import BROKER_SILENCE_S, WatchSeconds
 from streams.app import hold_events, new_app, source_record, watch_broker
-from streams.broker_watch import BROKER_SILENCE_S, BrokerWatch
+from streams.broker_watch import BrokerWatch
 from streams.data_messages import DATA_DLQ_TOPIC, ClassCounts, counts_key
 from streams.delivery import produce_outcomes
 from streams.inference import SourceRecord
@@ -105,10 +106,8 @@ class IngestConfig(BaseModel):
     partitions: int = Field(
         default=4, ge=1, description="Partitions of the data topic (and of the table changelog)."
     )
-    broker_silence_s: float = Field(
+    broker_silence_s: WatchSeconds = Field(
         default=BROKER_SILENCE_S,
-        gt=0,
-        le=3600,
         description="Seconds without an answer from Kafka after which the worker logs that it "
         "has lost its broker (HEADRACE_BROKER_SILENCE_S).",
     )

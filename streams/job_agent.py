@@ -23,8 +23,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from headrace.errors import ConfigError
-from streams.broker_watch import BROKER_SILENCE_S, BrokerWatch, check_until, watch_kafka_python
-from streams.group_watch import UNASSIGNED_WARN_S, AssignmentWatch
+from headrace.settings import BROKER_SILENCE_S, UNASSIGNED_WARN_S, WatchSeconds
+from streams.broker_watch import BrokerWatch, check_until, watch_kafka_python
+from streams.group_watch import AssignmentWatch
 from streams.job_messages import (
     EVENTS_TOPIC,
     JOBS_TOPIC,
@@ -84,18 +85,14 @@ class JobAgentConfig(BaseModel):
         min_length=1,
         description="Address /metrics listens on (0.0.0.0 in a container, for Prometheus).",
     )
-    broker_silence_s: float = Field(
+    broker_silence_s: WatchSeconds = Field(
         default=BROKER_SILENCE_S,
-        gt=0,
-        le=3600,
         description="Seconds without an answer from Kafka after which the agent logs that it "
         "has lost its broker and /metrics shows training_broker_reachable 0 "
         "(HEADRACE_BROKER_SILENCE_S).",
     )
-    unassigned_warn_s: float = Field(
+    unassigned_warn_s: WatchSeconds = Field(
         default=UNASSIGNED_WARN_S,
-        gt=0,
-        le=3600,
         description="Seconds without a first assignment from the consumer group after which "
         "the agent warns that the group has not finished a rebalance, and again every this "
         "long (HEADRACE_UNASSIGNED_WARN_S).",
