@@ -218,6 +218,30 @@ SILENCE_S = 2.0  # HEADRACE_BROKER_SILENCE_S for the worker: a short outage is e
 KILLED_S = 4.0  # the broker is down this long after the worker has said so
 
 
+def _outage(
+    broker: EmbeddedBroker, reachable: Callable[[], float], log_file: Path, series: str
+) -> tuple[EmbeddedBroker, str]:
+    """Kill `broker` once `reachable()` (`series`_reachable) is 1, wait until it reads 0,
+    keep the broker down KILLED_S more, then restart it on its port and wait until it reads 1
+    again. Returns the restarted broker and what `log_file` gained in those KILLED_S."""
+    assert reachable() == 1.0
+    assert broker.process is not None
+    broker.process.kill()  # by its pid; the port stays ours to restart on
+    broker.process.wait(timeout=10)
+    wait_until(lambda: reachable() == 0.0 or None, f"{series}_reachable 0", timeout_s=30)
+    lost = log_file.read_text()
+    killed_at = time.monotonic()
+    wait_until(lambda: time.monotonic() - killed_at >= KILLED_S or None, "the outage")
+    during = log_file.read_text()[len(lost) :]
+    restarted = EmbeddedBroker(port=broker.port).start()
+    try:
+        wait_until(lambda: reachable() == 1.0 or None, f"{series}_reachable 1 again", timeout_s=60)
+    except BaseException:
+        restarted.stop()  # the caller's `finally` holds only the killed broker
+        raise
+    return restarted, during
+
+
 def _client_lines(log: str) -> list[str]:
     """The worker's WARNING and ERROR lines that are not the broker watch's own."""
     return [
@@ -236,7 +260,6 @@ def test_an_idle_worker_says_once_that_it_lost_its_broker_and_once_that_it_is_ba
     one when it was back; a frozen broker, not a line at all. Now: one warning after
     HEADRACE_BROKER_SILENCE_S without an answer, the client's lines once per kind a minute,
     one line once Kafka answers again, and /metrics says so."""
-    from server_fixtures import wait_until
     from stream_fixtures import running_worker
 
     monkeypatch.setenv("HEADRACE_BROKER_SILENCE_S", str(SILENCE_S))
@@ -251,25 +274,7 @@ def test_an_idle_worker_says_once_that_it_lost_its_broker_and_once_that_it_is_ba
                 assert worker.process.poll() is None, f"the worker exited:\n{worker.log_tail()}"
                 return worker.scrape().value("stream_broker_reachable")
 
-            assert reachable() == 1.0
-            assert broker.process is not None
-            broker.process.kill()  # by its pid; the port stays ours to restart on
-            broker.process.wait(timeout=10)
-            wait_until(
-                lambda: reachable() == 0.0 or None,
-                "the worker's stream_broker_reachable 0",
-                timeout_s=30,
-            )
-            lost = log_file.read_text()
-            killed_at = time.monotonic()
-            wait_until(lambda: time.monotonic() - killed_at >= KILLED_S or None, "the outage")
-            during = log_file.read_text()[len(lost) :]
-            broker = EmbeddedBroker(port=broker.port).start()
-            wait_until(
-                lambda: reachable() == 1.0 or None,
-                "the worker's stream_broker_reachable 1 again",
-                timeout_s=60,
-            )
+            broker, during = _outage(broker, reachable, log_file, "the worker's stream_broker")
             metrics = worker.scrape()
             log = log_file.read_text()
     finally:
@@ -324,25 +329,7 @@ def test_an_idle_training_agent_says_once_that_it_lost_its_broker_and_once_that_
             def reachable() -> float:
                 return scrape().value("training_broker_reachable")
 
-            assert reachable() == 1.0
-            assert broker.process is not None
-            broker.process.kill()  # by its pid; the port stays ours to restart on
-            broker.process.wait(timeout=10)
-            wait_until(
-                lambda: reachable() == 0.0 or None,
-                "the agent's training_broker_reachable 0",
-                timeout_s=30,
-            )
-            lost = log_file.read_text()
-            killed_at = time.monotonic()
-            wait_until(lambda: time.monotonic() - killed_at >= KILLED_S or None, "the outage")
-            during = log_file.read_text()[len(lost) :]
-            broker = EmbeddedBroker(port=broker.port).start()
-            wait_until(
-                lambda: reachable() == 1.0 or None,
-                "the agent's training_broker_reachable 1 again",
-                timeout_s=60,
-            )
+            broker, during = _outage(broker, reachable, log_file, "the agent's training_broker")
             metrics = scrape()
             log = log_file.read_text()
     finally:
