@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from headrace.commands.options import build_config
+from headrace.commands.options import build_config, typed
 from headrace.errors import ConfigError
 from headrace.settings import load_settings
 
@@ -26,14 +26,11 @@ _METHOD_FLAGS = {"prune": "--prune", "distill_from": "--distill-from", "quant": 
 def refuse_unread_flags(ctx: click.Context) -> None:
     """`ConfigError` naming every flag typed for a method not chosen: `compress --quant int8
     --epochs 20` ran the 5 QAT epochs (--qat-epochs), the 20 unread."""
-    from click.core import ParameterSource
-
     if all(ctx.params[method] is None for method in _METHOD_FLAGS):
         return  # no method at all: the config says what to pass
     unread = []
     for parameter, (flag, methods) in _NEEDS.items():
-        typed = ctx.get_parameter_source(parameter) == ParameterSource.COMMANDLINE
-        if typed and all(ctx.params[method] is None for method in methods):
+        if typed(parameter) and all(ctx.params[method] is None for method in methods):
             needs = " or ".join(_METHOD_FLAGS[method] for method in methods)
             unread.append(f"{flag} (only read with {needs})")
     if unread:

@@ -154,7 +154,7 @@ def embed(
         raise ConfigError("--from-version goes with --from-model (the model to fine-tune)")
     if from_model is None:  # new training on --dataset (digits by default)
         refuse_unread_folder(dataset or "digits", data_dir)
-    model_given = click.get_current_context().get_parameter_source("model")
+    model_given = typed("model")
     if from_model is None:
         from training.config import TrainConfig
         from training.recipe import run_training
@@ -180,7 +180,7 @@ def embed(
         if data_root is not None and (problem := unread_root(lineage, version_ref(source))):
             raise ConfigError(problem)
         refuse_unread_folder(dataset or str(lineage.get("dataset") or "digits"), data_dir)
-        if model_given is click.core.ParameterSource.COMMANDLINE and model != architecture:
+        if model_given and model != architecture:
             raise ConfigError(  # it was ignored: the published model keeps its architecture
                 f"--model {model} differs from {from_model}'s architecture {architecture}: "
                 "--from-model fine-tunes the published model as it is; leave --model out"
