@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from headrace.errors import InvalidInput
 from protos import model_config_pb2 as mc
 from serving.grpc_convert import model_config_to_proto
-from serving.model_config import MAX_INSTANCES, ModelConfig
+from serving.model_config import MAX_INSTANCES, ModelConfig, validation_problems
 
 if TYPE_CHECKING:  # the model manager loads ONNX Runtime
     from serving.model_manager import VersionPolicy
@@ -218,12 +218,7 @@ def apply_override(
     try:
         return ModelConfig.model_validate({**base.model_dump(), **update})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'config'}: "
-            + str(e["msg"]).removeprefix("Value error, ")
-            for e in exc.errors()
-        )
-        raise _refuse(problems) from None
+        raise _refuse(validation_problems(exc, whole="config")) from None
 
 
 def _check_preferred(sizes: list[int], max_batch_size: int, stated: bool) -> None:

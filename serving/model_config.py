@@ -15,7 +15,14 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -34,6 +41,18 @@ def check_model_name(name: str) -> str:
             "(at most 128 characters, starting with a letter or digit)"
         )
     return name
+
+
+def validation_problems(exc: ValidationError, whole: str = "") -> str:
+    """A validation error on one line, 'field: problem; ...': pydantic's own text spans lines
+    and quotes the input (the whole file for a JSON error) and a documentation URL. A problem
+    of the whole model (no field) is prefixed with `whole` when one is given."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        message = str(error["msg"]).removeprefix("Value error, ")  # a validator's own text
+        where = ".".join(map(str, error["loc"])) or whole
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
 
 
 class TensorSpec(BaseModel):

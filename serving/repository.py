@@ -48,6 +48,7 @@ from serving.model_config import (
     TensorSpec,
     VersionMetadata,
     check_model_name,
+    validation_problems,
 )
 
 CONFIG_FILE = "config.json"
@@ -123,18 +124,6 @@ def _is_stale(entry: Path, now: float) -> bool:
         return now - entry.lstat().st_mtime > STALE_STAGING_S
     except FileNotFoundError:
         return False
-
-
-def _problems(exc: ValidationError) -> str:
-    """A validation error on one line, 'field: problem; ...': pydantic's own text spans lines
-    and quotes the input (the whole file for a JSON error) and a documentation URL."""
-    problems = []
-    for error in exc.errors(include_url=False):
-        message = str(error["msg"]).removeprefix("Value error, ")  # a validator's own text
-        problems.append(
-            f"{'.'.join(map(str, error['loc']))}: {message}" if error["loc"] else message
-        )
-    return "; ".join(problems)
 
 
 def _version_number(entry: Path) -> int | None:
@@ -278,7 +267,7 @@ class ModelRepository:
                 preprocessing=config.preprocessing,
             )  # fmt: skip
         except ValidationError as exc:
-            raise ConfigError(f"cannot publish model {name!r}: {_problems(exc)}") from exc
+            raise ConfigError(f"cannot publish model {name!r}: {validation_problems(exc)}") from exc
         self.check_interface(config)
 
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -335,7 +324,9 @@ class ModelRepository:
             reason = exc.strerror or type(exc).__name__
             raise RepositoryError(f"model {name!r}: cannot read {relative}: {reason}") from exc
         except ValidationError as exc:
-            raise RepositoryError(f"model {name!r}: invalid {relative}: {_problems(exc)}") from exc
+            raise RepositoryError(
+                f"model {name!r}: invalid {relative}: {validation_problems(exc)}"
+            ) from exc
 
     def check_interface(self, config: ModelConfig) -> None:
         """Refuse (ConfigError) a config that would change the tensor interface of the model's
