@@ -1,11 +1,13 @@
 """Many observations into a prometheus-client histogram at once.
 
 `Histogram.observe` takes one value and costs a few microseconds: a lock per
-bucket touched and per sum. A batch of Kafka records or a merged batcher submit
-observes dozens of values per call, often the same value many times (every
-request of an executed batch has that batch's compute time). These helpers add
-them with one increment per bucket touched, the same result as calling
-`observe` for each value.
+bucket touched and per sum. `observe_all` adds many values (a batch of Kafka
+records) with one increment per bucket touched, the same result as calling
+`observe` for each value. `HistogramTally` counts observations in plain Python
+(the same value many times over, when requests share a batch's timings) until
+`add_to` moves them into the histogram, for instance when the registry is
+scraped: a request path that updates several histograms pays no lock per bucket
+and sum.
 
 prometheus-client (0.20 and later) has no public call for this, so they use the
 histogram child's `_upper_bounds`, `_buckets` and `_sum`; the unit tests compare
@@ -20,21 +22,6 @@ from collections import Counter as Tally
 from collections.abc import Iterable
 
 from prometheus_client import Histogram
-
-
-def observe_repeated(histogram: Histogram, value: float, count: int) -> None:
-    """As `histogram.observe(value)` called `count` times (a labelled child or an unlabelled
-    histogram)."""
-    if count <= 0:
-        return
-    if math.isnan(value):  # observe counts NaN in the sum and in no bucket: leave it to it
-        for _ in range(count):
-            histogram.observe(value)
-        return
-    bounds: list[float] = histogram._upper_bounds
-    histogram._raise_if_not_observable()
-    histogram._sum.inc(value * count)
-    histogram._buckets[bisect.bisect_left(bounds, value)].inc(count)
 
 
 def observe_all(histogram: Histogram, values: Iterable[float]) -> None:
@@ -55,3 +42,39 @@ def observe_all(histogram: Histogram, values: Iterable[float]) -> None:
     buckets = histogram._buckets
     for index, count in per_bucket.items():
         buckets[index].inc(count)
+
+
+class HistogramTally:
+    """Observations of one histogram not yet added to it, counted per bucket.
+
+    Not thread-safe: its owner serialises `observe` and `add_to` (one lock per request
+    instead of one per bucket and sum)."""
+
+    __slots__ = ("_bounds", "_counts", "_sum", "_nans")
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._bounds: list[float] = histogram._upper_bounds
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._nans = 0
+
+    def observe(self, value: float, count: int = 1) -> None:
+        """As `histogram.observe(value)` called `count` times, once added."""
+        if value != value:  # NaN: observe counts it in the sum and in no bucket
+            self._nans += count
+            return
+        self._counts[bisect.bisect_left(self._bounds, value)] += count
+        self._sum += value * count
+
+    def add_to(self, histogram: Histogram) -> None:
+        """Add what was counted to `histogram` (the one it was made for)."""
+        for _ in range(self._nans):
+            histogram.observe(math.nan)
+        if not any(self._counts):
+            return
+        histogram._raise_if_not_observable()
+        histogram._sum.inc(self._sum)
+        buckets = histogram._buckets
+        for index, count in enumerate(self._counts):
+            if count:
+                buckets[index].inc(count)

@@ -33,8 +33,9 @@ class TensorLayout(Protocol):
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...], batched: bool, max_batch: int) -> None:
-    expected = ([-1] if batched else []) + list(spec.dims)
-    if len(shape) != len(expected):
+    dims = spec.dims
+    if len(shape) != len(dims) + batched:
+        expected = ([-1] if batched else []) + list(dims)
         raise InvalidInput(
             f"input {spec.name!r}: expected {len(expected)} dims {expected}, got {list(shape)}"
         )
@@ -42,8 +43,9 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...], batched: bool, max_ba
         raise InvalidInput(
             f"input {spec.name!r}: batch size {shape[0]} must be between 1 and {max_batch}"
         )
-    for got, want in zip(shape, expected, strict=True):
+    for got, want in zip(shape[1:] if batched else shape, dims, strict=True):
         if want != -1 and got != want:
+            expected = ([-1] if batched else []) + list(dims)
             raise InvalidInput(f"input {spec.name!r}: expected shape {expected}, got {list(shape)}")
 
 
@@ -57,11 +59,11 @@ def check_finite(request: InferRequest, config: ModelConfig) -> None:
             raise InvalidInput(f"input {tensor.name!r} holds NaN or infinite values")
 
 
-def check_inputs(inputs: Sequence[TensorLayout], config: ModelConfig) -> int:
-    """Raise `InvalidInput` unless the inputs' names, datatypes and shapes fit `config`;
-    returns the batch size (rows)."""
-    if not inputs:
-        raise InvalidInput("the request has no inputs")
+def _specs_of(inputs: Sequence[TensorLayout], config: ModelConfig) -> Sequence[TensorSpec]:
+    """The config's spec of each input, in the inputs' order; refuses unknown and missing
+    names."""
+    if len(inputs) == len(config.inputs) == 1 and inputs[0].name == config.inputs[0].name:
+        return config.inputs  # the usual case, without the sets below
     specs = {spec.name: spec for spec in config.inputs}
     given = {tensor.name for tensor in inputs}
     if given != specs.keys():
@@ -73,10 +75,17 @@ def check_inputs(inputs: Sequence[TensorLayout], config: ModelConfig) -> int:
             )
         missing = sorted(specs.keys() - given)
         raise InvalidInput(f"missing input {missing[0]!r} for model {config.name!r}")
+    return [specs[tensor.name] for tensor in inputs]
+
+
+def check_inputs(inputs: Sequence[TensorLayout], config: ModelConfig) -> int:
+    """Raise `InvalidInput` unless the inputs' names, datatypes and shapes fit `config`;
+    returns the batch size (rows)."""
+    if not inputs:
+        raise InvalidInput("the request has no inputs")
     batched = config.max_batch_size > 0
     rows: set[int] = set()
-    for tensor in inputs:
-        spec = specs[tensor.name]
+    for tensor, spec in zip(inputs, _specs_of(inputs, config), strict=True):
         if tensor.datatype != spec.datatype:
             raise InvalidInput(
                 f"input {tensor.name!r}: expected datatype {spec.datatype}, got {tensor.datatype}"

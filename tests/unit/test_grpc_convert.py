@@ -140,6 +140,29 @@ def test_several_raw_inputs_zero_sized_and_scalar() -> None:
         assert_same(tensor_.data, array)
 
 
+@pytest.mark.parametrize(
+    ("datatype", "raw"), [(d, True) for d in DATATYPES] + [(d, False) for d in TYPED]
+)
+def test_the_servers_input_check_runs_before_any_data_is_read(datatype: str, raw: bool) -> None:
+    """Typed contents, BYTES and BOOL read the data to decode it, so the server's check
+    runs first; the other raw inputs decode as views that read nothing, and skip it (the
+    server checks them before queueing)."""
+    array = sample(datatype)
+    if raw:
+        msg = request(tensor("x", datatype, array.shape), raw=[raw_bytes(datatype, array)])
+    else:
+        msg = request(typed_tensor("x", datatype, array))
+    seen: list[tuple[str, str, list[tuple[str, str, tuple[int, ...]]]]] = []
+
+    def check(model: str, version: str, layouts: Sequence[Any]) -> None:
+        seen.append((model, version, [(t.name, t.datatype, t.shape) for t in layouts]))
+
+    decoded = request_from_proto(msg, check_inputs=check)
+    assert_same(decoded.inputs[0].data, array)
+    reads_data = not raw or datatype in ("BYTES", "BOOL")
+    assert seen == ([("m", "", [("x", datatype, array.shape)])] if reads_data else [])
+
+
 def test_request_fields_and_parameters() -> None:
     msg = request(typed_tensor("x", "INT32", np.array([1, 2], np.int32)))
     msg.model_version, msg.id = "007", "req-9"

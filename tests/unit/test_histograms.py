@@ -7,7 +7,7 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from serving.histograms import observe_all, observe_repeated
+from serving.histograms import HistogramTally, observe_all
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 VALUES = [0.0, 0.0005, 0.001, 0.0010001, 0.05, 0.1, 0.7, 1.0, 3.0, math.inf, -2.0]
@@ -54,14 +54,17 @@ def test_observe_repeated_matches_observe(value: float) -> None:
     reg_one, one_by_one, reg_many, many = _pair(labelled=True)
     for _ in range(37):
         one_by_one.observe(value)
-    observe_repeated(many, value, 37)
+    tally = HistogramTally(many)
+    tally.observe(value, 30)
+    tally.observe(value, 7)
+    tally.add_to(many)
     assert _samples(reg_many) == _close_to(_samples(reg_one))
 
 
 def test_nothing_to_observe_changes_nothing() -> None:
     reg_untouched, _, reg, hist = _pair(labelled=False)
     observe_all(hist, [])
-    observe_repeated(hist, 0.5, 0)
+    HistogramTally(hist).add_to(hist)
     assert _samples(reg) == _close_to(_samples(reg_untouched))
 
 
@@ -70,7 +73,9 @@ def test_nan_is_counted_as_observe_counts_it() -> None:
     for value in (0.5, math.nan, math.nan):
         one_by_one.observe(value)
     observe_all(many, [0.5, math.nan])
-    observe_repeated(many, math.nan, 1)
+    tally = HistogramTally(many)
+    tally.observe(math.nan)
+    tally.add_to(many)
     assert _samples(reg_many) == _close_to(_samples(reg_one))
 
 
@@ -79,5 +84,7 @@ def test_a_labelled_parent_is_refused_like_observe() -> None:
     parent = Histogram("h_seconds", "help", ["model"], buckets=BUCKETS, registry=registry)
     with pytest.raises(ValueError):
         parent.observe(0.1)
+    tally = HistogramTally(parent)
+    tally.observe(0.1, 3)
     with pytest.raises(ValueError):
-        observe_repeated(parent, 0.1, 3)
+        tally.add_to(parent)

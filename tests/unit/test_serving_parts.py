@@ -316,3 +316,44 @@ def test_interface_problems_of_an_onnx_model_against_its_config() -> None:
     }  # fmt: skip
     for message, (inputs, outputs) in cases.items():
         assert any(message in p for p in interface_problems(CONFIG, inputs, outputs)), message
+
+
+def test_successes_counted_while_scrapes_run_all_reach_the_metrics() -> None:
+    """Successes wait outside the registry until a scrape moves them in; every scrape sees
+    all that were counted before it, and none is lost or counted twice when scrapes run in
+    another thread meanwhile."""
+    import threading
+
+    from prometheus_client import generate_latest
+
+    from serving.metrics import ServingMetrics
+    from serving.types import Timings
+
+    metrics = ServingMetrics()
+    value = metrics.registry.get_sample_value
+    labels = {"model": "m", "version": "1"}
+    timings = Timings(queue_s=0.002, compute_s=0.004, batch_size=3)
+    metrics.observe_success("m", "1", 3, timings, 0.02, requests=2)
+    assert value("inference_request_success_total", labels) == 2
+    assert value("inference_count_total", labels) == 3
+    assert value("inference_batch_size_bucket", {**labels, "le": "4.0"}) == 2
+    assert value("inference_queue_duration_seconds_sum", labels) == pytest.approx(0.004)
+
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            generate_latest(metrics.registry)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        for _ in range(20_000):
+            metrics.observe_success("m", "1", 1, timings, 0.0001)
+    finally:
+        stop.set()
+        scraper.join()
+    assert value("inference_request_success_total", labels) == 20_002
+    assert value("inference_request_duration_seconds_count", labels) == 20_002
+    assert value("inference_request_duration_seconds_bucket", {**labels, "le": "0.0005"}) == 20_000
+    assert value("inference_compute_duration_seconds_sum", labels) == pytest.approx(0.004 * 20_002)
