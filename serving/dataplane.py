@@ -423,7 +423,7 @@ class DataPlane:
     def count_execution(self, model: str, version: str, batch: BatchTiming) -> None:
         """One batch executed; called from the executing thread, hence the lock."""
         with self._executions_lock:
-            stats = self.stats.setdefault((model, version), VersionStats())
+            stats = self._stats_of(model, version)
             stats.execution_count += 1
             same_size = stats.batches.get(batch.rows)
             if same_size is None:
@@ -432,6 +432,12 @@ class DataPlane:
             same_size.input_ns += int(batch.input_s * 1e9)
             same_size.infer_ns += int(batch.infer_s * 1e9)
             same_size.output_ns += int(batch.output_s * 1e9)
+
+    def _stats_of(self, model: str, version: str) -> VersionStats:
+        """The version's statistics, created on first use: no new object per call (as a bare
+        `setdefault` builds), and one object even when two threads ask first at once."""
+        key = (model, version)
+        return self.stats.get(key) or self.stats.setdefault(key, VersionStats())
 
     def _record_success(
         self,
@@ -443,7 +449,7 @@ class DataPlane:
         requests: int = 1,
     ) -> None:
         """`requests` successful requests with `rows` rows in all and the same timings."""
-        stats = self.stats.setdefault((model, version), VersionStats())
+        stats = self._stats_of(model, version)
         stats.success_count += requests
         stats.success_ns += int(total_s * 1e9) * requests
         stats.queue_ns += int(timings.queue_s * 1e9) * requests
@@ -457,7 +463,7 @@ class DataPlane:
 
     def _record_failure(self, model: str, version: str, reason: str, started: float) -> None:
         if model != UNKNOWN_MODEL:
-            stats = self.stats.setdefault((model, version), VersionStats())
+            stats = self._stats_of(model, version)
             stats.fail_count += 1
             stats.fail_ns += int((time.perf_counter() - started) * 1e9)
         if self.metrics is not None:

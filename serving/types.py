@@ -32,7 +32,7 @@ DATATYPE_TO_NUMPY: dict[str, np.dtype[Any]] = {
 NUMPY_TO_DATATYPE: dict[np.dtype[Any], str] = {v: k for k, v in DATATYPE_TO_NUMPY.items()}
 
 
-@dataclass
+@dataclass(slots=True)
 class InferTensor:
     """A named tensor with its Open Inference Protocol datatype and its data."""
 
@@ -51,7 +51,7 @@ class InferTensor:
         return cls(name=name, datatype=datatype, shape=tuple(array.shape), data=array)
 
 
-@dataclass
+@dataclass(slots=True)
 class InferRequest:
     """One inference request (any number of rows along the batch axis)."""
 
@@ -66,7 +66,7 @@ class InferRequest:
     deadline: float | None = None  # time.monotonic() after which the request must not run
 
 
-@dataclass
+@dataclass(slots=True)
 class Timings:
     """Where a request's time went, in seconds."""
 
@@ -77,7 +77,7 @@ class Timings:
     output_s: float = 0.0  # the batch's checking and splitting of outputs (compute_output)
 
 
-@dataclass
+@dataclass(slots=True)
 class InferResponse:
     """The outputs of one request, from one model version."""
 
