@@ -13,10 +13,15 @@ on every request); as soon as a batch of two or more forms, lone requests wait
 again. Only requests with the same input names, dtypes and non-batch
 shapes are batched together: one FIFO queue per signature, oldest head first.
 Every future is settled exactly once: with its rows of the outputs, the batch's
-error, `DeadlineExceeded` or `ShuttingDown` (both never executed), or by the
-caller's cancellation. Use a batcher from one event loop's thread. An `on_batch`
-hook, if given, hears of every batch executed without error (its rows and where
-its time went), from the executing thread.
+error, the screen's `InvalidInput`, `DeadlineExceeded` or `ShuttingDown` (these
+three never executed), or by the caller's cancellation. Use a batcher from one event
+loop's thread. An `on_batch` hook, if given, hears of every batch executed without
+error (its rows and where its time went), from the executing thread. A `screen`, if
+given, looks at each batch's joined inputs before they run (one call per batch,
+however many requests it holds) and, when it names a problem, at each request's:
+those it refuses fail with `InvalidInput` unexecuted and the others run (the
+server's NaN/infinity check: made per request on the event loop, it cost LeNet-5
+about 6% of its requests/s).
 
 `max_batch_size=0` is Triton's model without a batch axis: its inputs are passed as
 they are, one request per execution, with no check of axis 0 (the queue, deadlines,
@@ -60,6 +65,8 @@ class BatchTiming:
 
 
 BatchHook = Callable[[BatchTiming], None]
+# What refuses inputs before they run: a problem to answer with (an `InvalidInput`), or None.
+Screen = Callable[[Arrays], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +110,7 @@ class DynamicBatcher:
         enabled: bool = True,
         name: str = "",
         on_batch: BatchHook | None = None,
+        screen: Screen | None = None,
     ) -> None:
         label = f"batcher {name!r}" if name else "batcher"
         ints = {
@@ -120,6 +128,8 @@ class DynamicBatcher:
             problems.append("execute must be callable")
         if on_batch is not None and not callable(on_batch):
             problems.append("on_batch must be callable")
+        if screen is not None and not callable(screen):
+            problems.append("screen must be callable")
         if _int_at_least(max_batch_size, 0) and not all(
             _int_at_least(p, 1) and p <= max_batch_size for p in preferred_batch_sizes
         ):
@@ -132,6 +142,7 @@ class DynamicBatcher:
         self.name, self._label = name, label
         self._execute = execute
         self._on_batch = on_batch
+        self._screen = screen
         self._max_batch = max_batch_size
         self._preferred = frozenset(preferred_batch_sizes)
         # Triton: a batch that cannot reach a larger preferred size is sent without waiting.
@@ -385,13 +396,37 @@ class DynamicBatcher:
             fut.set_exception(exc)
         fut.add_done_callback(partial(self._finish, batch, queue_s))
 
-    def _run(self, inputs: list[Arrays], rows: list[int]) -> tuple[BatchTiming, list[Arrays]]:
-        """In a worker thread: concatenate, execute, check rows, split back per request."""
+    def _run(
+        self, inputs: list[Arrays], rows: list[int]
+    ) -> tuple[BatchTiming | None, list[Arrays | InvalidInput]]:
+        """In a worker thread: screen, concatenate, execute, check rows, split back per
+        request. A request the screen refuses gets its `InvalidInput` in place of outputs
+        and is not executed (timing None: the screen refused every request)."""
         started = time.perf_counter()
-        if len(inputs) == 1:
-            merged = inputs[0]  # one request: its arrays as-is, no copy
-        else:
-            merged = {name: np.concatenate([d[name] for d in inputs]) for name in inputs[0]}
+        merged = _merge(inputs)
+        refused: dict[int, InvalidInput] = {}
+        if self._screen is not None and self._screen(merged) is not None:
+            # One look at the whole batch found a problem: find whose it is.
+            for i, one in enumerate(inputs):
+                problem = self._screen(one)
+                if problem is not None:
+                    refused[i] = InvalidInput(problem)
+            if refused:
+                kept = [i for i in range(len(inputs)) if i not in refused]
+                if not kept:
+                    return None, [refused[i] for i in range(len(inputs))]
+                inputs, rows = [inputs[i] for i in kept], [rows[i] for i in kept]
+                merged = _merge(inputs)
+        timing, parts = self._execute_merged(merged, rows, started)
+        if not refused:
+            return timing, list(parts)
+        executed = iter(parts)
+        answers = [refused.get(i) or next(executed) for i in range(len(refused) + len(parts))]
+        return timing, answers
+
+    def _execute_merged(
+        self, merged: Arrays, rows: list[int], started: float
+    ) -> tuple[BatchTiming, list[Arrays]]:
         total = sum(rows)
         executing = time.perf_counter()
         outputs = self._execute(merged)
@@ -411,7 +446,7 @@ class DynamicBatcher:
                         f"has {total} input rows; the model must return one output row per "
                         "input row"
                     )
-        if len(inputs) == 1:
+        if len(rows) == 1:
             parts = [outputs]
         else:
             parts, start = [], 0
@@ -434,7 +469,11 @@ class DynamicBatcher:
         if error is None:
             t, parts = fut.result()
             for req, waited, outputs in zip(batch, queue_s, parts, strict=True):
-                if not req.future.done():  # the caller may have cancelled meanwhile
+                if req.future.done():  # the caller may have cancelled meanwhile
+                    continue
+                if isinstance(outputs, InvalidInput):
+                    req.future.set_exception(outputs)
+                elif t is not None:
                     req.future.set_result(
                         BatchResult(outputs, waited, t.infer_s, t.rows, t.input_s, t.output_s)
                     )
@@ -449,6 +488,13 @@ class DynamicBatcher:
     @staticmethod
     def _new_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
         return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="batcher")
+
+
+def _merge(inputs: list[Arrays]) -> Arrays:
+    """The requests' inputs joined along axis 0 (one request: its arrays as-is, no copy)."""
+    if len(inputs) == 1:
+        return inputs[0]
+    return {name: np.concatenate([d[name] for d in inputs]) for name in inputs[0]}
 
 
 def _int_at_least(value: object, low: int) -> bool:

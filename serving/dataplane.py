@@ -392,7 +392,7 @@ class DataPlane:
     async def _infer_loaded(
         self, request: InferRequest, loaded: LoadedVersion
     ) -> tuple[InferResponse, int]:
-        rows = validate_request(request, loaded.config)
+        rows = validate_request(request, loaded.config, values=False)  # the batcher screens
         inputs = {tensor.name: tensor.data.reshape(tensor.shape) for tensor in request.inputs}
         result = await loaded.batcher.submit(inputs, request.deadline)
         timings = _timings(result)

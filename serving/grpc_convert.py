@@ -379,8 +379,10 @@ def tensor_to_raw(tensor: InferTensor) -> bytes:
             element = _element_bytes(value)
             parts += [_LENGTH.pack(len(element)), element]
         return b"".join(parts)
-    dtype = DATATYPE_TO_NUMPY[tensor.datatype].newbyteorder("<")
-    return np.ascontiguousarray(tensor.data, dtype=dtype).tobytes()
+    data, dtype = tensor.data, _LITTLE_ENDIAN[tensor.datatype]
+    if isinstance(data, np.ndarray) and data.dtype == dtype:
+        return data.tobytes()  # row-major, whatever the array's memory layout
+    return np.ascontiguousarray(data, dtype=dtype).tobytes()
 
 
 def _fill_contents(contents: pb.InferTensorContents, tensor: InferTensor) -> None:
@@ -399,14 +401,16 @@ def response_to_proto(resp: InferResponse, raw: bool = True) -> pb.ModelInferRes
     msg = pb.ModelInferResponse(
         model_name=resp.model_name, model_version=resp.model_version, id=resp.id
     )
-    _set_parameters(msg.parameters, resp.parameters)
+    if resp.parameters:
+        _set_parameters(msg.parameters, resp.parameters)
     for tensor in resp.outputs:
         if tensor.datatype not in DATATYPE_TO_NUMPY:
             raise ValueError(f"output {tensor.name!r} has unknown datatype {tensor.datatype!r}")
     raw = raw or any(t.datatype not in CONTENTS_FIELD for t in resp.outputs)
     for tensor in resp.outputs:
         out = msg.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        _set_parameters(out.parameters, tensor.parameters)
+        if tensor.parameters:
+            _set_parameters(out.parameters, tensor.parameters)
         if raw:
             msg.raw_output_contents.append(tensor_to_raw(tensor))
         else:

@@ -50,6 +50,7 @@ from serving.repository import (
     version_config,
 )
 from serving.runner import OnnxModel
+from serving.validation import non_finite_problem
 from serving.version_stamps import FileStamp, Stamp, file_stamp, folder_stamp, metadata_stamp
 
 log = logging.getLogger(__name__)
@@ -386,6 +387,7 @@ class ModelManager:
                 enabled=self.batching,
                 name=f"{name}/{version}",
                 on_batch=None if hook is None else partial(hook, name, version),
+                screen=non_finite_problem if config.reject_non_finite else None,
             )
         except HeadraceError as exc:  # settings the batcher refuses (ConfigError)
             model.close()

@@ -8,7 +8,7 @@ can run it (through `DataPlane.check_inputs`) before it decodes their data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -49,14 +49,23 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...], batched: bool, max_ba
             raise InvalidInput(f"input {spec.name!r}: expected shape {expected}, got {list(shape)}")
 
 
+def non_finite_problem(arrays: Mapping[str, np.ndarray]) -> str | None:
+    """What is wrong with floating-point inputs holding NaN or infinity (the first such
+    input), or None: the one check that reads the data."""
+    for name, data in arrays.items():
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            return f"input {name!r} holds NaN or infinite values"
+    return None
+
+
 def check_finite(request: InferRequest, config: ModelConfig) -> None:
     """Raise `InvalidInput` for a floating-point input holding NaN or infinity, when the
-    model's config rejects them (the one check that reads the data)."""
+    model's config rejects them."""
     if not config.reject_non_finite:
         return
-    for tensor in request.inputs:
-        if tensor.data.dtype.kind == "f" and not np.isfinite(tensor.data).all():
-            raise InvalidInput(f"input {tensor.name!r} holds NaN or infinite values")
+    problem = non_finite_problem({tensor.name: tensor.data for tensor in request.inputs})
+    if problem is not None:
+        raise InvalidInput(problem)
 
 
 def _specs_of(inputs: Sequence[TensorLayout], config: ModelConfig) -> Sequence[TensorSpec]:
@@ -97,10 +106,13 @@ def check_inputs(inputs: Sequence[TensorLayout], config: ModelConfig) -> int:
     return rows.pop()
 
 
-def validate_request(request: InferRequest, config: ModelConfig) -> int:
-    """Raise `InvalidInput` unless the request fits `config`; returns its batch size (rows)."""
+def validate_request(request: InferRequest, config: ModelConfig, values: bool = True) -> int:
+    """Raise `InvalidInput` unless the request fits `config`; returns its batch size (rows).
+    `values=False` leaves out `check_finite`, for a caller whose batcher screens the values
+    of whole batches (`DynamicBatcher`'s `screen`)."""
     rows = check_inputs(request.inputs, config)
-    check_finite(request, config)
+    if values:
+        check_finite(request, config)
     if not request.requested_outputs:
         return rows
     known_outputs = {spec.name for spec in config.outputs}

@@ -333,6 +333,33 @@ def test_non_finite_inputs_pass_when_the_config_allows_them(
     assert output_array(response).shape == (1, 10)
 
 
+def test_non_finite_requests_in_flight_with_good_ones_fail_alone(
+    server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub, model_files: ModelFiles
+) -> None:
+    """The NaN/infinity check screens whole batches: requests sent together (so they share
+    batches) fail only where they hold NaN or infinity, and each counts as invalid_input."""
+    failures = ("inference_request_failure_total", {"model": MODEL, "reason": "invalid_input"})
+    before = server.scrape()
+    bad = [i % 4 == 1 for i in range(48)]
+    calls = [
+        stub.ModelInfer.future(with_value(np.nan if is_bad else 0.5), timeout=30) for is_bad in bad
+    ]
+    good = X.copy()
+    good[0, 0, 3, 5] = 0.5
+    expected = reference(model_files.lenet_a, good)
+    for is_bad, call in zip(bad, calls, strict=True):
+        if is_bad:
+            error = rpc_error(call.result)
+            assert error.code() == Code.INVALID_ARGUMENT
+            assert error.details() == "input 'input' holds NaN or infinite values"
+        else:
+            np.testing.assert_allclose(output_array(call.result()), expected, rtol=1e-4, atol=1e-5)
+    after = server.scrape()
+    assert after.value(failures[0], **failures[1]) - before.value(failures[0], **failures[1]) == 12
+    success = "inference_request_success_total"
+    assert after.value(success, model=MODEL) - before.value(success, model=MODEL) == 36
+
+
 def test_tritonclient_sees_the_statuses(server: ServerProcess, model_files: ModelFiles) -> None:
     got = run_driver(server.address, "errors", model=MODEL, batch=X.tolist())
     expected = {

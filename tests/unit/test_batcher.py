@@ -500,3 +500,58 @@ def test_a_batcher_built_outside_a_loop_serves_inside_one() -> None:
         await batcher.close()
 
     run(scenario)
+
+
+def _negative(inputs: dict[str, np.ndarray]) -> str | None:
+    """A screen refusing negative values."""
+    return "x is negative" if (inputs["x"] < 0).any() else None
+
+
+class CountingScreen:
+    def __init__(self) -> None:
+        self.looked_at: list[int] = []  # rows of each input set screened
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> str | None:
+        self.looked_at.append(len(inputs["x"]))
+        return _negative(inputs)
+
+
+def test_the_screen_refuses_only_its_requests_and_the_rest_of_the_batch_runs() -> None:
+    async def scenario() -> None:
+        model = Model(blocked=True)
+        screen = CountingScreen()
+        batcher = DynamicBatcher(model, max_batch_size=8, screen=screen)
+        first = await occupy(batcher, model, value=0.0)
+        values = [1.0, -1.0, 2.0, -2.0, 3.0]
+        tasks = spawn([batcher.submit(row(v)) for v in values])
+        await until(lambda: batcher.queue_depth == len(values))
+        model.gate.set()
+        await first
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for value, outcome in zip(values, outcomes, strict=True):
+            if value < 0:
+                assert isinstance(outcome, InvalidInput) and outcome.message == "x is negative"
+            else:
+                assert isinstance(outcome, BatchResult) and outcome.batch_size == 3
+                np.testing.assert_array_equal(outcome.outputs["y"], row(2 * value)["x"])
+        assert model.sizes == [1, 3] and -1.0 not in model.seen and -2.0 not in model.seen
+        # the occupying request alone, then the batch of five, then each of its requests
+        assert screen.looked_at == [1, 5, 1, 1, 1, 1, 1]
+        assert batcher.queue_depth == 0 and batcher.in_flight == 0
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_a_batch_the_screen_refuses_whole_never_runs() -> None:
+    async def scenario() -> None:
+        model = Model()
+        batcher = DynamicBatcher(model, max_batch_size=8, screen=_negative)
+        outcomes = await asyncio.gather(
+            *(batcher.submit(row(-v)) for v in (1.0, 2.0)), return_exceptions=True
+        )
+        assert all(isinstance(o, InvalidInput) for o in outcomes) and model.sizes == []
+        assert (await batcher.submit(row(4.0))).outputs["y"][0, 0] == 8.0
+        await batcher.close()
+
+    run(scenario)
