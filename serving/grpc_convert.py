@@ -4,8 +4,10 @@
 checks every claim a request makes (datatype, shape, byte and element counts,
 where the data is) before it allocates anything in proportion to the claimed
 shape, and, given the server's `check_inputs`, whether the model takes the
-inputs' names, datatypes and shapes before it decodes any data; each problem is
-an `InvalidInput` naming the input. Raw tensor data is little-endian; BYTES
+inputs' names, datatypes and shapes before it decodes any data that decoding
+reads (raw inputs of every datatype but BYTES and BOOL decode as views and skip
+that early check; the server makes it before queueing); each problem is an
+`InvalidInput` naming the input. Raw tensor data is little-endian; BYTES
 elements travel as a 4-byte little-endian length and the bytes. Inputs decoded
 from raw_input_contents are read-only views of the message's bytes
 (`np.frombuffer`), not copies.
