@@ -81,6 +81,34 @@ def _ended(bootstrap: str, job_id: str) -> list[TrainingEvent] | None:
     return history if any(e.event in TERMINAL_EVENTS for e in history) else None
 
 
+@contextlib.contextmanager
+def _agent_past_first_epoch(
+    bootstrap: str, tmp_path: Path, job_id: str, train: Callable[..., TrainReport]
+) -> Iterator[threading.Thread]:
+    """A job agent running `train` for one two-epoch job, yielded (its loop's thread) once
+    the job's first epoch event is on the topic; stopped on leaving, and checked stopped."""
+    config = JobAgentConfig(
+        bootstrap=bootstrap, repository=tmp_path / "repo", runs_dir=tmp_path / "runs",
+        group_id=f"agent-{job_id}",
+    )  # fmt: skip
+    agent = JobAgent(config, train, available_cpus=1)
+    stop = threading.Event()
+    loop = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        submit_job(bootstrap, parse_job_spec({"model": "lenet5", "epochs": 2, "job_id": job_id}))
+        wait_until(
+            lambda: any(e.event == "epoch" for e in _events(bootstrap, job_id)),
+            "the job's first epoch event",
+            timeout_s=60,
+        )
+        yield loop
+    finally:
+        stop.set()
+        loop.join(timeout=90)
+    assert not loop.is_alive(), "the agent did not stop"
+
+
 def test_a_training_job_goes_on_through_a_broker_outage(tmp_path: Path) -> None:
     """Before: each event waited 30 s for the broker, so a job whose broker was away for
     35 s failed ('failed: KafkaTimeoutError: Timeout after waiting for 30 secs.') and its
@@ -97,22 +125,7 @@ def test_a_training_job_goes_on_through_a_broker_outage(tmp_path: Path) -> None:
 
     with EmbeddedBroker() as broker:
         create_topics(broker.bootstrap)
-        config = JobAgentConfig(
-            bootstrap=broker.bootstrap, repository=tmp_path / "repo", runs_dir=tmp_path / "runs",
-            group_id=f"agent-{job_id}",
-        )  # fmt: skip
-        agent = JobAgent(config, train, available_cpus=1)
-        stop = threading.Event()
-        loop = threading.Thread(target=agent.run, args=(stop,), daemon=True)
-        loop.start()
-        try:
-            spec = parse_job_spec({"model": "lenet5", "epochs": 2, "job_id": job_id})
-            submit_job(broker.bootstrap, spec)
-            wait_until(
-                lambda: any(e.event == "epoch" for e in _events(broker.bootstrap, job_id)),
-                "the job's first epoch event",
-                timeout_s=60,
-            )
+        with _agent_past_first_epoch(broker.bootstrap, tmp_path, job_id, train) as loop:
             with frozen(broker):
                 in_outage.set()
                 loop.join(timeout=AGENT_OUTAGE_S)  # the outage; the agent must not end in it
@@ -120,10 +133,6 @@ def test_a_training_job_goes_on_through_a_broker_outage(tmp_path: Path) -> None:
             history = wait_until(
                 lambda: _ended(broker.bootstrap, job_id), "the job's end after it", timeout_s=60
             )
-        finally:
-            stop.set()
-            loop.join(timeout=90)
-        assert not loop.is_alive(), "the agent did not stop"
     kinds = [(e.event, e.epoch) for e in history if e.event not in ("accepted", "started")]
     assert kinds == [("epoch", 1), ("epoch", 2), ("succeeded", None)], history
 
@@ -146,22 +155,7 @@ def test_a_training_job_ends_with_an_event_after_its_broker_restarted(tmp_path: 
     broker = EmbeddedBroker().start()
     try:
         create_topics(broker.bootstrap)
-        config = JobAgentConfig(
-            bootstrap=broker.bootstrap, repository=tmp_path / "repo", runs_dir=tmp_path / "runs",
-            group_id=f"agent-{job_id}",
-        )  # fmt: skip
-        agent = JobAgent(config, train, available_cpus=1)
-        stop = threading.Event()
-        loop = threading.Thread(target=agent.run, args=(stop,), daemon=True)
-        loop.start()
-        try:
-            spec = parse_job_spec({"model": "lenet5", "epochs": 2, "job_id": job_id})
-            submit_job(broker.bootstrap, spec)
-            wait_until(
-                lambda: any(e.event == "epoch" for e in _events(broker.bootstrap, job_id)),
-                "the job's first epoch event",
-                timeout_s=60,
-            )
+        with _agent_past_first_epoch(broker.bootstrap, tmp_path, job_id, train):
             assert broker.process is not None
             broker.process.kill()  # by its pid; the port stays ours to restart on
             broker.process.wait(timeout=10)
@@ -173,10 +167,6 @@ def test_a_training_job_ends_with_an_event_after_its_broker_restarted(tmp_path: 
             history = wait_until(
                 lambda: _ended(broker.bootstrap, job_id), "the job's end", timeout_s=60
             )
-        finally:
-            stop.set()
-            loop.join(timeout=90)
-        assert not loop.is_alive(), "the agent did not stop"
     finally:
         broker.stop()
     # the events before the restart went with the broker's memory

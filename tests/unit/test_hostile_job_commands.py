@@ -91,6 +91,24 @@ class _Consumer:
         pass
 
 
+def _fake_kafka(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    records: list[bytes],
+    producer: type[_Producer] = _Producer,
+    consumer: type[_Consumer] = _Consumer,
+) -> JobAgentConfig:
+    """Replace the agent's Kafka clients by fakes: `consumer` reads `records`, `producer`
+    sends into `_Producer.sent`; nothing sent, committed or stopped yet. The agent's config."""
+    monkeypatch.setattr("kafka.KafkaProducer", producer)
+    monkeypatch.setattr("kafka.KafkaConsumer", consumer)
+    monkeypatch.setattr(_Producer, "sent", [])
+    monkeypatch.setattr(_Consumer, "records", records)
+    monkeypatch.setattr(_Consumer, "stop", threading.Event())
+    monkeypatch.setattr(_Consumer, "committed", {})
+    return JobAgentConfig(bootstrap="unused:9092", repository=tmp_path, runs_dir=tmp_path)
+
+
 def _command(job_id: str, **fields: Any) -> bytes:
     return json.dumps({"command": "submit", "job_id": job_id, **fields}).encode()
 
@@ -112,13 +130,7 @@ def test_each_hostile_command_gets_a_rejected_event_that_can_be_produced(
     refused it (MessageSizeTooLargeError), the exception ended `headrace train agent`
     (exit 1), and since the command's offset was never committed the agent ended again on it
     after every restart (reproduced on the embedded broker), running no job."""
-    monkeypatch.setattr("kafka.KafkaProducer", _Producer)
-    monkeypatch.setattr("kafka.KafkaConsumer", _Consumer)
-    monkeypatch.setattr(_Producer, "sent", [])
-    monkeypatch.setattr(_Consumer, "records", [HOSTILE[name], _command("next", cancel=1)])
-    monkeypatch.setattr(_Consumer, "stop", threading.Event())
-    monkeypatch.setattr(_Consumer, "committed", {})
-    config = JobAgentConfig(bootstrap="unused:9092", repository=tmp_path, runs_dir=tmp_path)
+    config = _fake_kafka(monkeypatch, tmp_path, [HOSTILE[name], _command("next", cancel=1)])
     agent = JobAgent(config, train=lambda *_a: None, available_cpus=2)
     agent.run(_Consumer.stop)
     events = [TrainingEvent.model_validate_json(v) for t, _k, v in _Producer.sent]
@@ -178,13 +190,12 @@ def test_a_commit_the_broker_does_not_answer_is_made_again_later(
 ) -> None:
     """Before: a commit that timed out (the broker away for longer than the commit's 30 s)
     ended `headrace train agent` with kafka-python's KafkaTimeoutError traceback."""
-    monkeypatch.setattr("kafka.KafkaProducer", _Producer)
-    monkeypatch.setattr("kafka.KafkaConsumer", _CommitTimesOutOnce)
-    monkeypatch.setattr(_Producer, "sent", [])
-    monkeypatch.setattr(_Consumer, "records", [_command("bad", spec={"model": "nope"})])
-    monkeypatch.setattr(_Consumer, "stop", threading.Event())
-    monkeypatch.setattr(_Consumer, "committed", {})
-    config = JobAgentConfig(bootstrap="unused:9092", repository=tmp_path, runs_dir=tmp_path)
+    config = _fake_kafka(
+        monkeypatch,
+        tmp_path,
+        [_command("bad", spec={"model": "nope"})],
+        consumer=_CommitTimesOutOnce,
+    )
     agent = JobAgent(config, train=lambda *_a: None, available_cpus=2)
     agent.run(_Consumer.stop)
     assert agent.consumer.failures == 0  # it did time out once
@@ -201,13 +212,7 @@ def test_a_stop_while_the_broker_is_away_ends_without_a_traceback(
 ) -> None:
     """Before: SIGTERM while the broker was frozen ended `headrace train agent` (after about
     90 s) with the KafkaTimeoutError traceback of the producer's last flush, exit 1."""
-    monkeypatch.setattr("kafka.KafkaProducer", _BrokerAwayProducer)
-    monkeypatch.setattr("kafka.KafkaConsumer", _Consumer)
-    monkeypatch.setattr(_Producer, "sent", [])
-    monkeypatch.setattr(_Consumer, "records", [])
-    monkeypatch.setattr(_Consumer, "stop", threading.Event())
-    monkeypatch.setattr(_Consumer, "committed", {})
-    config = JobAgentConfig(bootstrap="unused:9092", repository=tmp_path, runs_dir=tmp_path)
+    config = _fake_kafka(monkeypatch, tmp_path, [], producer=_BrokerAwayProducer)
     JobAgent(config, train=lambda *_a: None, available_cpus=2).run(_Consumer.stop)
 
 
@@ -231,13 +236,9 @@ def test_a_poll_refused_by_a_broker_gone_away_is_tried_again(
     """Before: the error ended `headrace train agent` with a kafka-python traceback, though
     the broker came back seconds later. Now the agent polls again (its broker watch says
     Kafka is away) and goes on with the commands once the broker answers."""
-    monkeypatch.setattr("kafka.KafkaProducer", _Producer)
-    monkeypatch.setattr("kafka.KafkaConsumer", _PollRefusedOnce)
-    monkeypatch.setattr(_Producer, "sent", [])
-    monkeypatch.setattr(_Consumer, "records", [_command("bad", spec={"model": "nope"})])
-    monkeypatch.setattr(_Consumer, "stop", threading.Event())
-    monkeypatch.setattr(_Consumer, "committed", {})
-    config = JobAgentConfig(bootstrap="unused:9092", repository=tmp_path, runs_dir=tmp_path)
+    config = _fake_kafka(
+        monkeypatch, tmp_path, [_command("bad", spec={"model": "nope"})], consumer=_PollRefusedOnce
+    )
     agent = JobAgent(config, train=lambda *_a: None, available_cpus=2)
     agent.run(_Consumer.stop)
     assert agent.consumer.failures == 0  # it was refused once
@@ -301,14 +302,11 @@ def test_a_job_whose_broker_forgot_the_agents_producer_still_ends_with_an_event(
     agent's idempotent producer failed the job's next event (UnknownProducerIdError), and
     every later one ('InitProducerId ... UnknownError'): the job thread died with a traceback,
     its `failed` event lost as well, and the command was committed with no final event."""
-    monkeypatch.setattr("kafka.KafkaProducer", _ForgettingProducer)
-    monkeypatch.setattr("kafka.KafkaConsumer", _UntilTheJobEnds)
-    monkeypatch.setattr(_Producer, "sent", [])
-    monkeypatch.setattr(_ForgettingProducer, "configs", [])
     job = _command("through-restart", spec={"model": "lenet5", "epochs": 2})
-    monkeypatch.setattr(_Consumer, "records", [job])
-    monkeypatch.setattr(_Consumer, "stop", threading.Event())
-    monkeypatch.setattr(_Consumer, "committed", {})
+    config = _fake_kafka(
+        monkeypatch, tmp_path, [job], producer=_ForgettingProducer, consumer=_UntilTheJobEnds
+    )
+    monkeypatch.setattr(_ForgettingProducer, "configs", [])
 
     def train(config: Any, on_epoch: Any, _stop: Any) -> TrainReport:
         for epoch in (1, 2):
@@ -321,7 +319,6 @@ def test_a_job_whose_broker_forgot_the_agents_producer_still_ends_with_an_event(
             run_dir=str(config.runs_dir), repository=None,
         )  # fmt: skip
 
-    config = JobAgentConfig(bootstrap="unused:9092", repository=tmp_path, runs_dir=tmp_path)
     JobAgent(config, train=train, available_cpus=2).run(_Consumer.stop)
     events = [TrainingEvent.model_validate_json(v) for _t, _k, v in _Producer.sent]
     assert [(e.event, e.epoch) for e in events] == [
@@ -371,13 +368,10 @@ def test_a_job_whose_last_event_kafka_never_took_is_not_committed(
     and then its `failed` event were given up, the job thread died with a traceback, and its
     command was committed: the job had no final event and never ran again. Now the agent
     says so, and the command stays uncommitted (read again when the agent starts again)."""
-    monkeypatch.setattr("kafka.KafkaProducer", _GivesUpProducer)
-    monkeypatch.setattr("kafka.KafkaConsumer", _UntilTheJobThreadEnded)
-    monkeypatch.setattr(_Producer, "sent", [])
     job = _command("never-told", spec={"model": "lenet5", "epochs": 2})
-    monkeypatch.setattr(_Consumer, "records", [job])
-    monkeypatch.setattr(_Consumer, "stop", threading.Event())
-    monkeypatch.setattr(_Consumer, "committed", {})
+    config = _fake_kafka(
+        monkeypatch, tmp_path, [job], producer=_GivesUpProducer, consumer=_UntilTheJobThreadEnded
+    )
     monkeypatch.setattr(_UntilTheJobThreadEnded, "job_thread", None)
     monkeypatch.setattr(_UntilTheJobThreadEnded, "rounds_after", 0)
 
@@ -388,7 +382,6 @@ def test_a_job_whose_last_event_kafka_never_took_is_not_committed(
                                  val_accuracy=0.5, seconds=0.1, samples_per_s=100.0))  # fmt: skip
         raise AssertionError("the second epoch's event was delivered")
 
-    config = JobAgentConfig(bootstrap="unused:9092", repository=tmp_path, runs_dir=tmp_path)
     JobAgent(config, train=train, available_cpus=2).run(_Consumer.stop)
     events = [TrainingEvent.model_validate_json(v) for _t, _k, v in _Producer.sent]
     assert [e.event for e in events] == ["accepted", "started", "epoch"]
