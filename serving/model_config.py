@@ -118,12 +118,20 @@ never became ready). On CPU, instances beyond the cores add no throughput; 256 i
 hardware thread of a large two-socket server."""
 
 
+MAX_QUEUE_DELAY_US = 3_600_000_000
+"""Longest `max_queue_delay_us` a config.json may set: one hour. Triton's ModelConfig field is
+a uint64, which cannot hold 2**64 or more, and a request held an hour to fill a batch is a
+mistyped unit, not a serving setting."""
+
+
 class DynamicBatchingConfig(BaseModel):
     """Triton's dynamic batching settings."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_queue_delay_us: int = Field(default=2000, ge=0, description="Longest wait to fill a batch.")
+    max_queue_delay_us: int = Field(
+        default=2000, ge=0, le=MAX_QUEUE_DELAY_US, description="Longest wait to fill a batch."
+    )
     preferred_batch_sizes: list[int] = Field(
         default_factory=list, description="Each size once: a repeat is dropped, as Triton does."
     )

@@ -112,6 +112,10 @@ def test_a_field_given_as_null_is_left_out(override: str) -> None:
         ('{"backend": "python"}', "runs onnxruntime_onnx models only"),
         ('{"max_batch_size": 0}', "max_batch_size 0 would add or remove the batch axis"),
         ('{"max_batch_size": 100000}', "max_batch_size: Input should be less than or equal"),
+        (
+            '{"dynamic_batching": {"max_queue_delay_microseconds": 3600000001}}',
+            "max_queue_delay_us: Input should be less than or equal to 3600000000",
+        ),
         ('{"instance_group": [{"kind": "KIND_GPU"}]}', "KIND_GPU: this server runs models on CPU"),
         ('{"instance_group": [{"count": 2, "gpus": [0]}]}', "instance_group: gpus cannot be set"),
         ('{"instance_group": [{"count": 300}]}', "add up to 300 instances, more than 256"),

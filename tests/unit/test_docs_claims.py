@@ -345,6 +345,7 @@ def test_the_config_json_defaults_the_readme_gives_are_the_models() -> None:
     from serving.model_config import (
         MAX_BATCH_SIZE,
         MAX_INSTANCES,
+        MAX_QUEUE_DELAY_US,
         AutoscalingConfig,
         DynamicBatchingConfig,
         ModelConfig,
@@ -364,7 +365,7 @@ def test_the_config_json_defaults_the_readme_gives_are_the_models() -> None:
         expected = {"true": True, "false": False}.get(value, value.replace(",", ""))
         assert str(defaults[name]).lower() in {str(expected).lower(), f"{expected}.0"}, name
     bounds = [int(n.replace(",", "")) for n in re.findall(r"at\s+most\s+(\d[\d,]*)", bullet)]
-    assert bounds == [MAX_BATCH_SIZE, MAX_INSTANCES, MAX_INSTANCES], bounds
+    assert bounds == [MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US, MAX_INSTANCES, MAX_INSTANCES], bounds
 
 
 def test_the_protocol_extensions_the_readme_lists_are_the_servers() -> None:

@@ -15,6 +15,7 @@ from headrace.errors import ConfigError, ModelNotFound, RepositoryError
 from serving.model_config import (
     MAX_BATCH_SIZE,
     MAX_INSTANCES,
+    MAX_QUEUE_DELAY_US,
     ModelConfig,
     PreprocessingSpec,
     TensorSpec,
@@ -178,6 +179,16 @@ def test_max_batch_size_is_bounded_by_what_a_triton_model_config_holds() -> None
     doc["max_batch_size"] = MAX_BATCH_SIZE
     assert ModelConfig.model_validate(doc).max_batch_size == MAX_BATCH_SIZE
     assert MAX_BATCH_SIZE < 2**31
+
+
+def test_max_queue_delay_is_bounded_to_an_hour() -> None:
+    doc = make_config().model_dump()
+    doc["dynamic_batching"]["max_queue_delay_us"] = MAX_QUEUE_DELAY_US + 1
+    with pytest.raises(ValueError, match="max_queue_delay_us"):
+        ModelConfig.model_validate(doc)
+    doc["dynamic_batching"]["max_queue_delay_us"] = MAX_QUEUE_DELAY_US
+    assert ModelConfig.model_validate(doc).dynamic_batching.max_queue_delay_us == 3_600_000_000
+    assert MAX_QUEUE_DELAY_US < 2**64  # Triton's ModelConfig field is a uint64
 
 
 @pytest.mark.parametrize(
