@@ -13,8 +13,11 @@ trials, the same epochs per trial, the same seed for the tuner and for training
     random        NNI's RandomTuner
     tpe           NNI's TpeTuner (its first --tpe-startup trials are random; by default
                   as many as `headrace tune` gives it: tpe_startup_jobs(trials))
-    tpe+assessor  the same TPE search with NNI's MedianstopAssessor (minimize,
-                  start_step as in `headrace tune`: MEDIANSTOP_START_STEP)
+    tpe+assessor  the same TPE search with Medianstop as `headrace tune` runs it:
+                  training.tuning.medianstop.HeadraceMedianstop, NNI's
+                  MedianstopAssessor (minimize, start_step MEDIANSTOP_START_STEP)
+                  that stops no trial before MEDIANSTOP_MIN_COMPLETED trials
+                  have finished (--assessor-min-completed 1: NNI's own rule)
 
 The searches are driven in-process by NNI's own tuner and assessor classes,
 called the way NNI's dispatcher calls them (benchmarks/tuning_search.py); these
@@ -48,6 +51,7 @@ and, by its own documentation, does not support minimising a loss.
 
     python -m benchmarks.tuning [--trials 30] [--epochs EPOCHS] [--seeds 0 1 2]
         [--tpe-startup N] [--assessor medianstop|none] [--assessor-start-step S]
+        [--assessor-min-completed N]
         [--early-stopped last|ignore] [--trials-out trials.json]
         [--dataset digits|mnist] [--mnist-dir ../shared/data/mnist] [--quick]
 """
@@ -74,7 +78,11 @@ from benchmarks.tuning_search import SearchResult, SearchSettings, TunerName, ru
 from training.config import TrainConfig
 from training.tuning.objective import run_trial
 from training.tuning.search_space import DEFAULT_SEARCH_SPACE
-from training.tuning.tuners import MEDIANSTOP_START_STEP, tpe_startup_jobs
+from training.tuning.tuners import (
+    MEDIANSTOP_MIN_COMPLETED,
+    MEDIANSTOP_START_STEP,
+    tpe_startup_jobs,
+)
 
 GOAL_TPE_RATIO = 0.8  # TPE's best validation loss at most this fraction of Random's
 GOAL_TIME_SAVED_PCT = 40.0  # the assessor saves at least this share of search time
@@ -83,12 +91,14 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 8,  # at 5 the best loss is near what random search finds; 12 does not fit ~20 min
     "seeds": [0, 1, 2],
     "assessor_start_step": MEDIANSTOP_START_STEP,
+    "assessor_min_completed": MEDIANSTOP_MIN_COMPLETED,
 }  # tpe_startup: tpe_startup_jobs(trials), as `headrace tune`
 QUICK: dict[str, Any] = {
     "trials": 3,
     "epochs": 1,
     "seeds": [0],
     "assessor_start_step": 1,
+    "assessor_min_completed": MEDIANSTOP_MIN_COMPLETED,
 }
 SEARCHES: list[tuple[str, TunerName, bool]] = [
     ("random", "random", False),
@@ -114,6 +124,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="Medianstop's start_step: epochs a trial reports before it may be stopped "
         f"({DEFAULTS['assessor_start_step']}).",
+    )
+    parser.add_argument(
+        "--assessor-min-completed",
+        type=int,
+        help="Trials that must finish before Medianstop stops any; 1 is NNI's own rule "
+        f"({DEFAULTS['assessor_min_completed']}, as `headrace tune`).",
     )
     parser.add_argument(
         "--early-stopped",
@@ -143,6 +159,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.tpe_startup = tpe_startup_jobs(args.trials)
     if args.trials < 1 or args.epochs < 1 or args.tpe_startup < 0 or args.assessor_start_step < 0:
         parser.error("--trials and --epochs must be >= 1, --tpe-startup and start step >= 0")
+    if args.assessor_min_completed < 1:
+        parser.error("--assessor-min-completed must be >= 1")
     if args.dataset == "mnist" and not args.mnist_dir.is_dir():
         parser.error(f"--mnist-dir {args.mnist_dir} is not a folder: pass the MNIST IDX folder")
     return args
@@ -260,6 +278,7 @@ def summarise(by_name: dict[str, list[SearchResult]], args: argparse.Namespace) 
                     "name": "Medianstop",
                     "optimize_mode": "minimize",
                     "start_step": args.assessor_start_step,
+                    "min_completed": args.assessor_min_completed,
                     "early_stopped_trials_to_tuner": args.early_stopped,
                 }
                 if args.assessor == "medianstop"
@@ -284,7 +303,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     print(
         f"{args.trials} trials x {args.epochs} epochs, seeds {args.seeds}; TPE n_startup_jobs "
-        f"{args.tpe_startup}; Medianstop start_step {args.assessor_start_step}; early-stopped "
+        f"{args.tpe_startup}; Medianstop start_step {args.assessor_start_step}, min_completed "
+        f"{args.assessor_min_completed}; early-stopped "
         f"trials to the tuner: {args.early_stopped}",
         flush=True,
     )
@@ -314,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     assessor=assessor,
                     assessor_start_step=args.assessor_start_step,
                     early_stopped=args.early_stopped,
+                    assessor_min_completed=args.assessor_min_completed,
                 )
                 result = run_search(settings, base, DEFAULT_SEARCH_SPACE)
                 by_name[name].append(result)

@@ -35,13 +35,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from nni.algorithms.hpo.medianstop_assessor import MedianstopAssessor
 from nni.algorithms.hpo.random_tuner import RandomTuner
 from nni.algorithms.hpo.tpe_tuner import TpeTuner
 from nni.assessor import AssessResult
 
 from headrace.errors import TrainingDiverged
 from training.config import TrainConfig
+from training.tuning.medianstop import HeadraceMedianstop
 from training.tuning.objective import run_trial
 from training.tuning.search_space import apply_params
 
@@ -64,6 +64,7 @@ class SearchSettings:
     assessor: bool  # Medianstop on or off
     assessor_start_step: int  # Medianstop's start_step: epochs reported before it may stop
     early_stopped: EarlyStopped = "ignore"
+    assessor_min_completed: int = 1  # finished trials before Medianstop stops any (1: NNI's rule)
 
 
 @dataclass
@@ -129,7 +130,7 @@ class SearchResult:
 class _Intermediate:
     """A trial's intermediate results, each shown to the assessor as NNI's dispatcher does."""
 
-    def __init__(self, trial_job_id: str, assessor: MedianstopAssessor | None) -> None:
+    def __init__(self, trial_job_id: str, assessor: HeadraceMedianstop | None) -> None:
         self.trial_job_id = trial_job_id
         self.assessor = assessor
         self.history: list[float] = []
@@ -165,7 +166,11 @@ def run_search(
     tuner = make_tuner(settings)
     tuner.update_search_space(copy.deepcopy(dict(search_space)))
     assessor = (
-        MedianstopAssessor(optimize_mode="minimize", start_step=settings.assessor_start_step)
+        HeadraceMedianstop(
+            optimize_mode="minimize",
+            start_step=settings.assessor_start_step,
+            min_completed=settings.assessor_min_completed,
+        )
         if settings.assessor
         else None
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from bench_runner import run_benchmark
 
+from training.tuning.tuners import MEDIANSTOP_MIN_COMPLETED
+
 COMMAND = [
     "-m", "benchmarks.tuning", "--quick",
     "--trials", "3", "--epochs", "2", "--seeds", "0", "--tpe-startup", "2",
@@ -33,5 +35,7 @@ def test_quick_tuning_benchmark_reports_every_key() -> None:
     # the same budget: every search ran the same number of trials
     assert result["settings"]["trials"] == 3 and result["settings"]["epochs"] == 2
     assert result["settings"]["tpe"]["n_startup_jobs"] == 2
+    # the assessor is the one `headrace tune` runs, with its guard
+    assert result["settings"]["assessor"]["min_completed"] == MEDIANSTOP_MIN_COMPLETED
     assert seed["random_epochs"] <= 3 * 2 and seed["tpe_epochs"] <= 3 * 2
     assert "tpe+assessor" in stdout  # the table came before the JSON line

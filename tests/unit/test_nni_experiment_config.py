@@ -8,8 +8,13 @@ import pytest
 
 from training.config import TrainConfig
 from training.tuning.config import TuneConfig
-from training.tuning.nni_experiment import _experiment_config
-from training.tuning.tuners import MEDIANSTOP_START_STEP, algorithm_configs, tpe_startup_jobs
+from training.tuning.nni_experiment import _experiment_config, project_root
+from training.tuning.tuners import (
+    MEDIANSTOP_CLASS,
+    algorithm_configs,
+    medianstop_args,
+    tpe_startup_jobs,
+)
 
 
 def test_posted_config_asks_nni_to_send_stopped_trials_to_the_tuner(tmp_path: Path) -> None:
@@ -18,10 +23,9 @@ def test_posted_config_asks_nni_to_send_stopped_trials_to_the_tuner(tmp_path: Pa
     config = TuneConfig(assessor="Medianstop", trials=6, experiment_dir=tmp_path)
     posted = _experiment_config(config, "exp", tmp_path / "tune.json").canonical_copy().json()
     assert posted["deprecated"] == {"includeIntermediateResults": True}
-    assert posted["assessor"] == {
-        "name": "Medianstop",
-        "classArgs": {"optimize_mode": "minimize", "start_step": MEDIANSTOP_START_STEP},
-    }
+    assert posted["assessor"]["className"] == MEDIANSTOP_CLASS
+    assert posted["assessor"]["classArgs"] == medianstop_args()
+    assert Path(posted["assessor"]["codeDirectory"]) == project_root()
     assert posted["tuner"]["classArgs"]["tpe_args"] == {"n_startup_jobs": 2}
     assert posted["maxTrialNumber"] == 6
     # Curvefitting's per-epoch result is an accuracy: never a final result for a minimiser

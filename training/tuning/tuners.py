@@ -32,6 +32,9 @@ from training.tuning.config import TuneConfig
 
 MEDIANSTOP_START_STEP = 2
 """Epochs a trial reports before Medianstop may judge it (`headrace tune` and the benchmark)."""
+MEDIANSTOP_MIN_COMPLETED = 3
+"""Trials that must finish before Medianstop stops any (`training.tuning.medianstop`)."""
+MEDIANSTOP_CLASS = "training.tuning.medianstop.HeadraceMedianstop"
 
 
 @dataclass(frozen=True)
@@ -162,8 +165,9 @@ def algorithm_configs(config: TuneConfig, project_root: Path) -> dict[str, dict[
     sections = {"advisor" if algorithm.advisor else "tuner": section}
     if config.assessor == "Medianstop":
         sections["assessor"] = {
-            "name": "Medianstop",
-            "class_args": {"optimize_mode": "minimize", "start_step": MEDIANSTOP_START_STEP},
+            "class_name": MEDIANSTOP_CLASS,
+            "code_directory": str(project_root),
+            "class_args": medianstop_args(),
         }
     elif config.assessor == "Curvefitting":
         sections["assessor"] = {
@@ -171,6 +175,15 @@ def algorithm_configs(config: TuneConfig, project_root: Path) -> dict[str, dict[
             "class_args": {"epoch_num": config.train.epochs, "start_step": 2, "threshold": 0.9},
         }
     return sections
+
+
+def medianstop_args() -> dict[str, Any]:
+    """Class arguments of `HeadraceMedianstop` as `headrace tune` and the benchmark use it."""
+    return {
+        "optimize_mode": "minimize",
+        "start_step": MEDIANSTOP_START_STEP,
+        "min_completed": MEDIANSTOP_MIN_COMPLETED,
+    }
 
 
 def intermediate_metric(config: TuneConfig) -> str:
