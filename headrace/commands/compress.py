@@ -197,13 +197,16 @@ def report(
 ) -> None:
     """The original NAME against each compressed version: accuracy, size, latency (b1, b64)."""
     from serving.repository import ModelRepository
-    from training.compression.report import build_report, format_report
+    from training.compression.report import build_report, format_report, unread_data_flags
 
     if not latency_seconds > 0:
         raise ConfigError(f"--latency-seconds must be > 0, got {latency_seconds}")
     settings = load_settings()
     repo = ModelRepository(repository or settings.model_repository)
     repo.require_folder()  # else a mistyped --repository said 'no models are published yet'
+    # the flags only: HEADRACE_DATA_DIR and HEADRACE_DATA_ROOT are defaults for every model
+    if problems := unread_data_flags(repo, name, data_dir, data_root):
+        raise ConfigError("; ".join(problems))
     found = build_report(
         repo,
         name,

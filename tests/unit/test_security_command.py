@@ -185,6 +185,65 @@ def test_a_data_root_a_model_trained_on_files_would_not_read_is_refused(
     )
 
 
+@pytest.mark.parametrize(
+    ("argv", "stops"),
+    [
+        (["security", "robustness", "--model", "sharded"],
+         "security.adversarial.robustness_report"),
+        (["compress", "--model", "sharded", "--quant", "int8"],
+         "security.watermark.embed.FineTuneRecipe.setup"),
+        (["compress", "report", "sharded"], "training.compression.report.build_report"),
+        (["watermark", "embed", "--key", "{key}", "--from-model", "sharded"],
+         "security.watermark.embed.finetune_published"),
+    ],
+    ids=["security robustness", "compress", "compress report", "watermark embed"],
+)  # fmt: skip
+def test_a_data_dir_a_model_trained_on_shards_would_not_read_is_refused(
+    argv: list[str],
+    stops: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: --data-dir beside a model trained on ingested shards went unread without a word:
+    the command read the shards (its own selection), not the folder named."""
+    from headrace.cli import main
+    from security.watermark.key import generate_key, save_key
+
+    publish_shard_trained(tmp_path, "sharded", ChannelStats((0.2,), (0.3,)).to_spec())
+    key = save_key(generate_key(10, 0), tmp_path / "key.json")
+    monkeypatch.setattr(stops, _went_on)
+    args = [arg.format(key=key) for arg in argv]
+    flags = ["--repository", str(tmp_path / "repo"), "--data-dir", str(tmp_path / "mnist")]
+    monkeypatch.setattr("sys.argv", ["headrace", *args, *flags])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: --data-dir: sharded:1 was trained on ingested shards of the digits dataset, "
+        "read from the data root (--data-root), not from a folder of files; leave --data-dir "
+        "out\n"
+    )
+
+
+def test_compress_report_refuses_a_data_root_no_version_reads(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: `compress report --data-root` for a model trained on its dataset's files (or
+    `--data-dir` for one on an embedded dataset) was dropped without a word."""
+    from headrace.cli import cli
+
+    monkeypatch.setattr("training.compression.report.build_report", _went_on)
+    args = ["compress", "report", "wide", "--repository", str(repo)]
+    for flag, message in (
+        ("--data-root", "--data-root: wide:1 was trained on the digits dataset's files"),
+        ("--data-dir", "--data-dir: dataset 'digits' is embedded and reads no folder"),
+    ):
+        result = CliRunner().invoke(cli, [*args, flag, str(tmp_path / "data")])
+        assert isinstance(result.exception, ConfigError), result.output
+        assert result.exception.message.startswith(message)
+
+
 def test_a_data_root_with_another_dataset_is_refused(tmp_path: Path) -> None:
     """Before: --data-root went unread when --dataset named another than the model's own."""
     publish_shard_trained(tmp_path, "sharded", ChannelStats((0.2,), (0.3,)).to_spec())

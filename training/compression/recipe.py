@@ -50,7 +50,7 @@ from training.compression.sources import (
     version_ref,
 )
 from training.config import TrainConfig
-from training.datasets import DatasetSplits, unread_folder, unread_root
+from training.datasets import DatasetSplits, unread_data_dir, unread_root
 from training.datasets.shards import SHARD_LINEAGE_KEYS
 from training.export import export_onnx, verify_onnx
 from training.hooks import PublishInfo, TrainingHook
@@ -107,8 +107,7 @@ def compression_train_config(compress: CompressConfig, source: ModelVersion) -> 
     if compress.seed is not None:
         overrides["seed"] = compress.seed
     lineage = source.metadata.lineage
-    dataset = str(lineage.get("dataset") or "digits")
-    if compress.data_dir is not None and (problem := unread_folder(dataset, "--data-dir")):
+    if compress.data_dir is not None and (problem := unread_data_dir(lineage, version_ref(source))):
         raise ConfigError(problem)
     # HEADRACE_DATA_DIR, a default for every dataset, is not checked
     data_dir = compress.data_dir or load_settings().data_dir

@@ -34,7 +34,7 @@ from training.compression.measure import (
     onnx_accuracy,
 )
 from training.compression.sources import COMPRESSED_FROM, version_ref
-from training.datasets import DatasetSplits, lineage_splits
+from training.datasets import DatasetSplits, lineage_splits, unread_data_dir, unread_root
 
 _WEIGHT_TYPES = {
     onnx.TensorProto.FLOAT,
@@ -115,6 +115,34 @@ def _split_key(version: ModelVersion) -> tuple[Any, ...] | None:
         lineage.get("data_source"),
         lineage.get("data_up_to_offset"),
     )
+
+
+def unread_data_flags(
+    repository: ModelRepository, name: str, data_dir: Path | None, data_root: Path | None
+) -> list[str]:
+    """Why the --data-dir or --data-root given would be read by no version the report measures
+    (each version is measured on its own dataset's test split: a folder of files, or ingested
+    shards under a data root). Empty when every flag given is read by some version."""
+    measured = [v for v in report_versions(repository, name) if _split_key(v) is not None]
+    problems = []
+    for flag, value, unread in (
+        ("--data-dir", data_dir, unread_data_dir),
+        ("--data-root", data_root, unread_root),
+    ):
+        if value is None:
+            continue
+        if not measured:
+            problems.append(
+                f"{flag}: no version of {name!r} records the dataset it was trained on, so "
+                f"none is measured and nothing is read; leave {flag} out"
+            )
+            continue
+        why = [p for v in measured if (p := unread(v.metadata.lineage, version_ref(v)))]
+        if len(why) == len(measured):
+            others = len(measured) - 1
+            also = f" (and so for the other {others} versions)" if others else ""
+            problems.append(why[0] + also)
+    return problems
 
 
 def build_report(

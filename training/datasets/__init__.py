@@ -41,6 +41,7 @@ __all__ = [
     "load_splits",
     "split_raw",
     "train_split_size",
+    "unread_data_dir",
     "unread_root",
 ]
 
@@ -67,6 +68,19 @@ def unread_folder(dataset: str, flag: str) -> str | None:
         f"{flag}: dataset {dataset!r} is embedded and reads no folder; name a dataset read "
         f"from files ({files}) or leave {flag} out"
     )
+
+
+def unread_data_dir(lineage: Lineage, what: str) -> str | None:
+    """Why a --data-dir given for the published version `what` (e.g. `m:2`) would go unread:
+    it was trained on ingested shards (read from a data root) or on an embedded dataset. None
+    if its dataset is read from a folder of files."""
+    if lineage.get("data_source") == "shards":
+        return (
+            f"--data-dir: {what} was trained on ingested shards of the "
+            f"{lineage.get('dataset') or 'digits'} dataset, read from the data root "
+            "(--data-root), not from a folder of files; leave --data-dir out"
+        )
+    return unread_folder(str(lineage.get("dataset") or "digits"), "--data-dir")
 
 
 def load_raw(name: str, data_dir: Path | None = None) -> RawDataset:
