@@ -130,6 +130,12 @@ def embed(
             "(made with --bits 0), so it would go unread: leave --strength out, or make a key "
             "with white-box bits (`headrace watermark keygen --bits 64`)"
         )
+    if key.whitebox_bits and strength == 0:  # allowed ("0 = off"), and verify must be told
+        click.echo(
+            f"note: --strength 0 embeds none of the key's {key.whitebox_bits} white-box bits; "
+            "check this model with `headrace watermark verify --no-whitebox`",
+            err=True,
+        )
     mark = build_config(
         WatermarkConfig,
         key_file=key_file,

@@ -381,6 +381,25 @@ def test_a_strength_a_key_without_signature_would_not_read_is_refused(
         _run(["watermark", "embed", "--key", str(key), *unread_but_agreeing])
 
 
+def test_a_strength_of_zero_with_a_signature_key_says_how_to_verify(
+    key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--strength 0` turns the white-box signature off; `watermark verify` checks it unless
+    told --no-whitebox, so a model marked that way failed verification without a hint."""
+    seen = _stop_at(monkeypatch, "training.recipe.run_training")
+    result = CliRunner().invoke(
+        cli, ["watermark", "embed", "--key", str(key_file), "--strength", "0"]
+    )
+    assert isinstance(result.exception, _Stop), result.output
+    assert seen[0][0].watermark.whitebox_strength == 0
+    assert (
+        "note: --strength 0 embeds none of the key's 8 white-box bits; check this model with "
+        "`headrace watermark verify --no-whitebox`"
+    ) in result.stderr
+    quiet = CliRunner().invoke(cli, ["watermark", "embed", "--key", str(key_file)])
+    assert isinstance(quiet.exception, _Stop) and "note:" not in quiet.stderr
+
+
 def test_check_grad_flags_reach_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = _stop_at(monkeypatch, "training.gradcheck.check_gradients")
     flags = (
