@@ -147,6 +147,29 @@ def _went_on(*args: object, **kwargs: object) -> None:
     raise AssertionError("the command went on with a data flag unread")
 
 
+def _usage_error(
+    argv: list[str],
+    flags: list[str],
+    stops: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> str:
+    """Run `headrace *argv *flags` ({key}: a key file) through headrace's main, failing the
+    test if it reaches `stops`; the stderr of its exit 2."""
+    from headrace.cli import main
+    from security.watermark.key import generate_key, save_key
+
+    key = save_key(generate_key(10, 0), tmp_path / "key.json")
+    monkeypatch.setattr(stops, _went_on)
+    args = [arg.format(key=key) for arg in argv]
+    monkeypatch.setattr("sys.argv", ["headrace", *args, *flags])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "stops"),
     [
@@ -168,18 +191,8 @@ def test_a_data_root_a_model_trained_on_files_would_not_read_is_refused(
 ) -> None:
     """Before: --data-root, for a model trained on ingested shards, was dropped without a
     word for one trained on its dataset's files: the command ran on those files."""
-    from headrace.cli import main
-    from security.watermark.key import generate_key, save_key
-
-    key = save_key(generate_key(10, 0), tmp_path / "key.json")
-    monkeypatch.setattr(stops, _went_on)
-    args = [arg.format(key=key) for arg in argv]
     flags = ["--repository", str(repo), "--data-root", str(tmp_path / "data")]
-    monkeypatch.setattr("sys.argv", ["headrace", *args, *flags])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.endswith(
+    assert _usage_error(argv, flags, stops, tmp_path, monkeypatch, capsys).endswith(
         "error: --data-root: wide:1 was trained on the digits dataset's files, not on ingested "
         "shards, so no data root is read; leave --data-root out\n"
     )
@@ -207,19 +220,9 @@ def test_a_data_dir_a_model_trained_on_shards_would_not_read_is_refused(
 ) -> None:
     """Before: --data-dir beside a model trained on ingested shards went unread without a word:
     the command read the shards (its own selection), not the folder named."""
-    from headrace.cli import main
-    from security.watermark.key import generate_key, save_key
-
     publish_shard_trained(tmp_path, "sharded", ChannelStats((0.2,), (0.3,)).to_spec())
-    key = save_key(generate_key(10, 0), tmp_path / "key.json")
-    monkeypatch.setattr(stops, _went_on)
-    args = [arg.format(key=key) for arg in argv]
     flags = ["--repository", str(tmp_path / "repo"), "--data-dir", str(tmp_path / "mnist")]
-    monkeypatch.setattr("sys.argv", ["headrace", *args, *flags])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.endswith(
+    assert _usage_error(argv, flags, stops, tmp_path, monkeypatch, capsys).endswith(
         "error: --data-dir: sharded:1 was trained on ingested shards of the digits dataset, "
         "read from the data root (--data-root), not from a folder of files; leave --data-dir "
         "out\n"
