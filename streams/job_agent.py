@@ -49,6 +49,10 @@ STOP_JOIN_S = 60.0  # on stop, how long the cancelled job gets to end (deploymen
 EVENT_DELIVERY_TIMEOUT_S = 600.0
 EVENT_WAIT_WARN_S = 20.0  # an event still unacknowledged then is logged, once
 STOP_FLUSH_S = 10.0  # on stop, how long events may wait for the broker (each of flush, close)
+# Longest wait between two attempts to reconnect to a broker that went away. kafka-python
+# doubles it from 50 ms up to 30 s by default, so an agent whose broker had been away a while
+# went on up to 30 s after the broker was back.
+RECONNECT_BACKOFF_MAX_MS = 2000
 
 
 MAX_RAY_CPUS = 4096
@@ -137,6 +141,7 @@ class JobAgent:
             linger_ms=0,
             delivery_timeout_ms=int(EVENT_DELIVERY_TIMEOUT_S * 1000),
             max_block_ms=int(EVENT_DELIVERY_TIMEOUT_S * 1000),
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
         self.consumer = KafkaConsumer(
             JOBS_TOPIC,
@@ -147,6 +152,7 @@ class JobAgent:
             session_timeout_ms=6000,
             heartbeat_interval_ms=300,
             max_poll_interval_ms=3_600_000,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
         self.broker_watch = BrokerWatch(config.bootstrap, "training agent", config.broker_silence_s)
         for client in (self.consumer, self.producer):
