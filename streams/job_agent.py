@@ -50,8 +50,8 @@ EVENT_DELIVERY_TIMEOUT_S = 600.0
 EVENT_WAIT_WARN_S = 20.0  # an event still unacknowledged then is logged, once
 STOP_FLUSH_S = 10.0  # on stop, how long events may wait for the broker (each of flush, close)
 # Longest wait between two attempts to reconnect to a broker that went away (kafka-python
-# adds up to 20% jitter). kafka-python doubles it from 50 ms up to 30 s by default, so an agent whose broker had been away a while
-# went on up to 30 s after the broker was back.
+# adds up to 20% jitter). kafka-python doubles it from 50 ms up to 30 s by default, so an
+# agent whose broker had been away a while went on up to 30 s after the broker was back.
 RECONNECT_BACKOFF_MAX_MS = 2000
 
 
