@@ -32,6 +32,11 @@ from serving.config_override import apply_override
 from serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from serving.model_config import ModelConfig, TensorSpec
 from serving.model_manager import LoadedVersion, ModelManager, VersionPolicy
+from serving.request_parameters import (
+    TIMEOUT_PARAMETER,
+    apply_timeout,
+    check_request_parameters,
+)
 from serving.types import InferRequest, InferResponse, InferTensor, Timings
 from serving.validation import TensorLayout, check_finite, check_inputs, validate_request
 
@@ -41,22 +46,6 @@ EXTENSIONS = ("classification", "model_repository", "statistics", "health", "bin
 # first, and its cancellation reaches the server before the server's copy of the deadline
 # (7 ms early with a 1 s timeout on an idle machine; more under load).
 DEADLINE_CANCEL_SLACK_S = 0.25
-# Triton's request parameter bounding a request's time in the server, in microseconds.
-TIMEOUT_PARAMETER = "timeout"
-# Triton's request parameters for sequence batching and priority levels. Triton ignores them
-# for a model configured with neither (it schedules such a request as any other), and no
-# model here has either: they are ignored too, once their values have the types Triton
-# accepts (it refuses others with INVALID_ARGUMENT).
-SEQUENCE_ID_PARAMETER = "sequence_id"
-SEQUENCE_FLAG_PARAMETERS = ("sequence_start", "sequence_end")
-PRIORITY_PARAMETER = "priority"
-# Triton reserves request parameter keys starting with this prefix for itself and refuses
-# (INVALID_ARGUMENT) any such key it does not define, rather than passing it on. Of the ones
-# it defines, a client sends triton_enable_empty_final_response (a bool; tritonclient's
-# stream_infer sets it): an empty final response only follows a decoupled model's last one,
-# and no model here is decoupled (each response is final), so it changes nothing here.
-RESERVED_PREFIX = "triton_"
-RESERVED_BOOL_PARAMETERS = ("triton_enable_empty_final_response",)
 # Triton's load request parameters naming model files sent in the request ("file:1/model.onnx").
 FILE_PARAMETER_PREFIX = "file:"
 
@@ -269,8 +258,8 @@ class DataPlane:
             loaded = self._serving_version(request)
             model, version = loaded.name, str(loaded.version)
             if request.parameters:
-                _check_request_parameters(request.parameters)
-            _apply_timeout(request)
+                check_request_parameters(request.parameters)
+            apply_timeout(request)
             response, rows = await self._infer_loaded(request, loaded)
         except HeadraceError as exc:
             self._record_failure(model, version, exc.reason, started)
@@ -328,7 +317,7 @@ class DataPlane:
                 loaded = self._serving_version(request)
                 model, version = loaded.name, str(loaded.version)
                 if request.parameters:
-                    _check_request_parameters(request.parameters)
+                    check_request_parameters(request.parameters)
                 rows, signature = _validated(request, loaded, layouts)
             except HeadraceError as exc:
                 self._record_failure(model, version, exc.reason, started)
@@ -477,53 +466,6 @@ def _check_repository(name: str) -> None:
             f"repository_name {name!r}: this server serves one model repository, which has no "
             "name; leave repository_name empty"
         )
-
-
-def _check_request_parameters(parameters: dict[str, Any]) -> None:
-    """Refuse (as Triton does) reserved `triton_` keys it does not define, and sequence,
-    priority and reserved parameters of the wrong type; their values are then ignored (see
-    SEQUENCE_ID_PARAMETER, RESERVED_PREFIX)."""
-    for key, value in parameters.items():
-        if not key.startswith(RESERVED_PREFIX):
-            continue
-        if key not in RESERVED_BOOL_PARAMETERS:
-            raise InvalidInput(
-                f"parameter {key!r}: keys starting with {RESERVED_PREFIX!r} are reserved for "
-                f"the protocol, and the only one a request may carry is "
-                f"{', '.join(RESERVED_BOOL_PARAMETERS)}; rename the parameter"
-            )
-        if not isinstance(value, bool):
-            raise InvalidInput(f"parameter {key!r} must be a bool, got {value!r}")
-    if SEQUENCE_ID_PARAMETER in parameters:
-        value = parameters[SEQUENCE_ID_PARAMETER]
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise InvalidInput(
-                f"parameter {SEQUENCE_ID_PARAMETER!r} must be an integer or a string, got {value!r}"
-            )
-    for key in SEQUENCE_FLAG_PARAMETERS:
-        if key in parameters and not isinstance(parameters[key], bool):
-            raise InvalidInput(f"parameter {key!r} must be a bool, got {parameters[key]!r}")
-    if PRIORITY_PARAMETER in parameters:
-        value = parameters[PRIORITY_PARAMETER]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidInput(
-                f"parameter {PRIORITY_PARAMETER!r} must be a whole number >= 0, got {value!r}"
-            )
-
-
-def _apply_timeout(request: InferRequest) -> None:
-    """Tighten the request's deadline by its `timeout` parameter (microseconds; 0 = none)."""
-    value = request.parameters.get(TIMEOUT_PARAMETER)
-    if value is None or value == 0:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(
-            f"parameter {TIMEOUT_PARAMETER!r} must be a whole number of microseconds >= 0, "
-            f"got {value!r}"
-        )
-    deadline = time.monotonic() + value / 1e6
-    if request.deadline is None or deadline < request.deadline:
-        request.deadline = deadline
 
 
 _Signature = tuple[tuple[str, str, tuple[int, ...]], ...]  # inputs that can share a batch

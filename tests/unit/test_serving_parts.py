@@ -213,12 +213,12 @@ def test_preprocessing_spec_scales_and_standardises_per_channel() -> None:
 
 
 def test_timeout_parameter_tightens_the_deadline() -> None:
-    from serving.dataplane import _apply_timeout
+    from serving.request_parameters import apply_timeout
 
     def with_timeout(value: object, deadline: float | None = None) -> InferRequest:
         request = _request(np.zeros((1, 1, 4, 4), np.float32), parameters={"timeout": value})
         request.deadline = deadline
-        _apply_timeout(request)
+        apply_timeout(request)
         return request
 
     now = time.monotonic()
