@@ -13,7 +13,7 @@ logs one warning once no request has been answered for `silence_s`, and one line
 answer comes again, with how long Kafka was away.
 
 `silence_s` must exceed the longest time a healthy broker may hold a request: a JoinGroup
-waits for the group's other members up to the rebalance timeout (10 s, `streams.app`).
+waits for the group's other members up to the rebalance timeout (10 s, `streams.faust_app`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The broker timings are not options: they are the values the embedded broker
 needs (see DESIGN.md, "Known facts about the embedded broker") and work on
-Apache Kafka too, so they live as constants in `streams.app`.
+Apache Kafka too, so they live as constants in `streams.faust_app`.
 """
 
 from __future__ import annotations

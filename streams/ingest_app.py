@@ -20,7 +20,7 @@ topics); with a table, its recovery seeks the partitions back to the committed
 offsets after records were already delivered, its read position jumps, and the
 commit then passed records whose shard was not written yet (records were lost
 after a SIGKILL in tests/integration/test_data_ingest.py):
-`contiguous_offsets=True` (`streams.app`). And around that recovery Faust can
+`contiguous_offsets=True` (`streams.faust_app`). And around that recovery Faust can
 drop deliveries, leaving a partition stuck with records unread: every
 `CHECK_INTERVAL_S`, and after a batch that saw a gap, each assigned partition is
 checked and a stuck one is sought back to its shards' coverage
@@ -57,10 +57,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from headrace.errors import DatasetError
 from headrace.settings import BROKER_SILENCE_S, WatchSeconds
-from streams.app import hold_events, new_app, source_record, watch_broker
+from streams.app import hold_events, source_record
 from streams.broker_watch import BrokerWatch
 from streams.data_messages import DATA_DLQ_TOPIC, ClassCounts, counts_key
 from streams.delivery import produce_outcomes
+from streams.faust_app import new_app, watch_broker
 from streams.inference import SourceRecord
 from streams.ingest import PartitionState, plan_batch
 from streams.ingest_watch import CHECK_INTERVAL_S, PartitionWatch

@@ -29,9 +29,10 @@ from serving.metrics import ServingMetrics
 from serving.model_manager import ModelManager
 from serving.repository import ModelRepository
 from streams import log_flood
-from streams.app import StreamWorker, watch_broker
+from streams.app import StreamWorker
 from streams.broker_watch import BrokerWatch
 from streams.config import StreamWorkerConfig
+from streams.faust_app import watch_broker
 from streams.group_watch import AssignmentWatch
 from streams.job_messages import ModelUpdate
 from streams.metrics import StreamMetrics

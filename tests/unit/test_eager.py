@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from streams import eager
-from streams.app import new_app
+from streams.faust_app import new_app
 
 
 async def _answer() -> int:
@@ -104,7 +104,7 @@ def test_closing_an_abandoned_coroutine_runs_its_cleanup() -> None:
     assert seen == ["cleaned up"]
 
 
-# -- the consumer's delivery (`streams.app._Consumer.wait_first`) ---------------------------
+# -- the consumer's delivery (`streams.faust_app._Consumer.wait_first`) ---------------------------
 
 
 def _consumer() -> Any:

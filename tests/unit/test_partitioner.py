@@ -8,7 +8,7 @@ import random
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from streams.app import new_app
+from streams.faust_app import new_app
 from streams.partitioner import KeyPartitioner, key_partition
 
 

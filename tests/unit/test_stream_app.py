@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 _MAKE_APP = (
-    "from streams.app import new_app\n"
+    "from streams.faust_app import new_app\n"
     "app = new_app('test-datadir', ['kafka://127.0.0.1:1'])\n"  # never started: no broker
     "print(app.conf.datadir)\n"
 )

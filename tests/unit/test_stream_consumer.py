@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from streams.app import GETMANY_TIMEOUT_S, new_app
+from streams.faust_app import GETMANY_TIMEOUT_S, new_app
 
 
 class RecordingThread:
