@@ -22,7 +22,7 @@ With `processing_guarantee="exactly_once"` Faust commits offsets by sending
 them into a Kafka transaction, one transactional producer per source
 partition; `streams.exactly_once.TransactionalOutcomes` produces each outcome
 in its request's partition's transaction and acks the records itself, and the
-consumer here runs Faust's commits through its `CommitGate`. A failed or
+consumer (`streams.faust_app`) runs Faust's commits through its `CommitGate`. A failed or
 cut-off batch closes the gate: that process commits nothing more, and the next
 owner's producers abort its open transactions.
 """
