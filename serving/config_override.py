@@ -31,7 +31,12 @@ from pydantic import ValidationError
 from headrace.errors import InvalidInput
 from protos import model_config_pb2 as mc
 from serving.grpc_convert import model_config_to_proto
-from serving.model_config import MAX_INSTANCES, ModelConfig, validation_problems
+from serving.model_config import (
+    MAX_INSTANCES,
+    ModelConfig,
+    PreprocessingSpec,
+    validation_problems,
+)
 
 if TYPE_CHECKING:  # the model manager loads ONNX Runtime
     from serving.model_manager import VersionPolicy
@@ -242,8 +247,24 @@ def _check_parameters(given: Mapping[str, Any], restatable: Sequence[Mapping[str
         known = [parameters[key].string_value for parameters in restatable if key in parameters]
         if not known:
             raise _refuse(f"parameters[{key!r}] is not a setting of this server's models")
-        if value.string_value not in known:
+        if not any(_same_setting(key, value.string_value, text) for text in known):
             raise _refuse(
                 f"parameters[{key!r}] differs from config.json's and the loaded versions'; "
                 "it cannot be overridden"
             )
+
+
+def _same_setting(key: str, given: str, known: str) -> bool:
+    """Whether two parameter strings state the same setting. Labels and preprocessing are
+    JSON: a restatement typed by hand with other spacing, key order or number spelling (0.10
+    for 0.1), or leaving out preprocessing fields at their defaults, is the same setting.
+    Other strings must match exactly."""
+    if given == known:
+        return True
+    try:
+        if key == "preprocessing":
+            spec = PreprocessingSpec.model_validate_json
+            return spec(given) == spec(known)
+        return bool(json.loads(given) == json.loads(known))
+    except ValueError:  # not JSON, or not a preprocessing spec (ValidationError is one)
+        return False

@@ -64,6 +64,21 @@ def test_an_override_sets_batching_and_instances_and_keeps_what_it_does_not_stat
     assert got.labels == BASE.labels and got.dynamic_batching.max_queue_delay_us == 1000
 
 
+def test_json_parameters_restated_with_other_spacing_order_or_spelling_are_the_same() -> None:
+    """Before: labels and preprocessing were compared as strings, so a restatement typed by
+    hand (`["a","b","c","d"]`, keys in another order, 0.10 for 0.1) was refused as a change."""
+    spec = PreprocessingSpec(mean=[0.1], std=[0.3])
+    base = BASE.model_copy(update={"preprocessing": spec})
+    retyped = {
+        "labels": {"string_value": '["a","b","c","d"]'},
+        "preprocessing": {"string_value": json.dumps({"std": [0.30], "mean": [0.10]})},
+    }
+    assert apply_override(json.dumps({"parameters": retyped}), base, POLICY) == base
+    changed = {"labels": {"string_value": '["a","b","c","e"]'}}
+    with pytest.raises(InvalidInput, match=r"parameters\['labels'\] differs"):
+        apply_override(json.dumps({"parameters": changed}), base, POLICY)
+
+
 @pytest.mark.parametrize(
     "override",
     [
