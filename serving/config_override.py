@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from google.protobuf import json_format
 from pydantic import ValidationError
@@ -37,9 +37,7 @@ from serving.model_config import (
     PreprocessingSpec,
     validation_problems,
 )
-
-if TYPE_CHECKING:  # the model manager loads ONNX Runtime
-    from serving.model_manager import VersionPolicy
+from serving.version_policy import VersionPolicy
 
 PARAMETER = "config"  # the load request parameter carrying the override
 # Top-level fields an override may set (others are refused), and the parameters a

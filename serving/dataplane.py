@@ -31,7 +31,7 @@ from serving.config_override import PARAMETER as OVERRIDE_PARAMETER
 from serving.config_override import apply_override
 from serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from serving.model_config import ModelConfig, TensorSpec
-from serving.model_manager import LoadedVersion, ModelManager, VersionPolicy
+from serving.model_manager import LoadedVersion, ModelManager
 from serving.request_parameters import (
     TIMEOUT_PARAMETER,
     apply_timeout,
@@ -39,6 +39,7 @@ from serving.request_parameters import (
 )
 from serving.types import InferRequest, InferResponse, InferTensor, Timings
 from serving.validation import TensorLayout, check_finite, check_inputs, validate_request
+from serving.version_policy import VersionPolicy
 
 SERVER_NAME = "headrace"
 EXTENSIONS = ("classification", "model_repository", "statistics", "health", "binary_tensor_data")

@@ -25,7 +25,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +35,7 @@ from protos import model_config_pb2 as mc
 from serving.classification import class_counts
 from serving.model_config import ModelConfig, TensorSpec
 from serving.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, InferTensor
-
-if TYPE_CHECKING:  # the model manager loads ONNX Runtime, which clients of this module lack
-    from serving.model_manager import VersionPolicy
+from serving.version_policy import VersionPolicy
 
 # The InferTensorContents field carrying each datatype; FP16 has none (raw only).
 CONTENTS_FIELD: dict[str, str] = {

@@ -24,9 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Literal, NoReturn
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import NoReturn
 
 from headrace.errors import (
     HeadraceError,
@@ -51,6 +49,7 @@ from serving.repository import (
 )
 from serving.runner import OnnxModel
 from serving.validation import non_finite_problem
+from serving.version_policy import VersionPolicy
 from serving.version_stamps import FileStamp, Stamp, file_stamp, folder_stamp, metadata_stamp
 
 log = logging.getLogger(__name__)
@@ -65,38 +64,6 @@ REPOSITORY_GONE = (
     "the model repository's folder cannot be found (is its volume mounted?); the loaded "
     "models keep serving as they are until it is back"
 )
-
-
-class VersionPolicy(BaseModel):
-    """Which versions of each model to serve (Triton's `version_policy`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["latest", "all", "specific"] = "latest"
-    latest_n: int = Field(default=1, ge=1, description="How many of the newest versions to serve.")
-    versions: list[int] = Field(default_factory=list, description="Versions for kind=specific.")
-
-    @model_validator(mode="after")
-    def _specific_has_versions(self) -> VersionPolicy:
-        if self.kind == "specific" and not self.versions:
-            raise ValueError("version policy 'specific' needs at least one version")
-        return self
-
-    def describe(self) -> str:
-        """The policy as `--version-policy` spells it: latest:N, all or specific:1,2."""
-        if self.kind == "all":
-            return "all"
-        if self.kind == "latest":
-            return f"latest:{self.latest_n}"
-        return "specific:" + ",".join(map(str, self.versions))
-
-    def select(self, available: list[int]) -> list[int]:
-        """The versions to serve among `available` (ascending)."""
-        if self.kind == "all":
-            return list(available)
-        if self.kind == "latest":
-            return available[-self.latest_n :]
-        return sorted(set(self.versions) & set(available))
 
 
 @dataclass

@@ -34,8 +34,9 @@ from serving.dataplane import DataPlane
 from serving.grpc_errors import Unimplemented, error_mapped
 from serving.grpc_servicer import InferenceServicer
 from serving.metrics import ServingMetrics
-from serving.model_manager import ModelManager, VersionPolicy
+from serving.model_manager import ModelManager
 from serving.repository import ModelRepository
+from serving.version_policy import VersionPolicy
 
 log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from headrace.settings import BROKER_SILENCE_S, UNASSIGNED_WARN_S, WatchSeconds
-from serving.model_manager import VersionPolicy
+from serving.version_policy import VersionPolicy
 
 DEFAULT_GROUP = "headrace-stream"
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]

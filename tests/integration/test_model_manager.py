@@ -32,10 +32,11 @@ from serving.model_config import (
     PreprocessingSpec,
     TensorSpec,
 )
-from serving.model_manager import ModelManager, VersionPolicy
+from serving.model_manager import ModelManager
 from serving.repository import ModelRepository, ModelVersion
 from serving.runner import OnnxModel
 from serving.types import InferRequest, InferTensor
+from serving.version_policy import VersionPolicy
 from training.export import export_onnx
 from training.models import build_model
 

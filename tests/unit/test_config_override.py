@@ -23,8 +23,9 @@ from serving.model_config import (
     PreprocessingSpec,
     TensorSpec,
 )
-from serving.model_manager import ModelManager, VersionPolicy
+from serving.model_manager import ModelManager
 from serving.repository import ModelRepository
+from serving.version_policy import VersionPolicy
 
 BASE = ModelConfig(
     name="m",

@@ -37,8 +37,8 @@ from serving.grpc_convert import (
     tensor_metadata,
 )
 from serving.model_config import DynamicBatchingConfig, ModelConfig, TensorSpec
-from serving.model_manager import VersionPolicy
 from serving.types import DATATYPE_TO_NUMPY, InferResponse, InferTensor
+from serving.version_policy import VersionPolicy
 
 pytestmark = pytest.mark.unit
 
