@@ -64,6 +64,21 @@ def refuse_unread_folder(dataset: str, data_dir: Path | None) -> None:
         raise ConfigError(problem)
 
 
+def refuse_unread_data_dir(
+    lineage: dict[str, Any], what: str, dataset: str | None, data_dir: Path | None
+) -> None:
+    """`refuse_unread_folder` for a job on the published version `what`: with a --dataset
+    other than the one it was trained on, that dataset's files; with its own, the version's
+    (an embedded dataset, or ingested shards read from the data root) -- its `lineage` says."""
+    from training.datasets import unread_data_dir
+
+    trained_on = str(lineage.get("dataset") or "digits")
+    if dataset is not None and dataset != trained_on:
+        refuse_unread_folder(dataset, data_dir)
+    elif data_dir is not None and (problem := unread_data_dir(lineage, what)):
+        raise ConfigError(problem)
+
+
 class FiniteFloatRange(click.FloatRange):
     """`click.FloatRange` that also refuses NaN and infinity: NaN passes every range check
     (`nan <= 0` is false), so `--timeout-s nan` got through to a deadline that never came or

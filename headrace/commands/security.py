@@ -17,7 +17,7 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
-from headrace.commands.options import MAX_SEED, MAX_THREADS, refuse_unread_folder
+from headrace.commands.options import MAX_SEED, MAX_THREADS, refuse_unread_data_dir
 from headrace.errors import ConfigError
 from headrace.settings import load_settings
 
@@ -107,7 +107,7 @@ def robustness(
     from serving.repository import ModelRepository
     from training.adversarial import published_pixel_model
     from training.compression.sources import uncompressed_version, version_ref
-    from training.datasets import lineage_splits, load_splits, unread_data_dir, unread_root
+    from training.datasets import lineage_splits, load_splits, unread_root
 
     radii = _epsilons(epsilons)
     if step_size is not None and not 0 < step_size <= 1:
@@ -130,10 +130,7 @@ def robustness(
     lineage = found.metadata.lineage
     trained_on = str(lineage.get("dataset") or "digits")
     chosen = dataset or trained_on
-    if chosen != trained_on:
-        refuse_unread_folder(chosen, data_dir)
-    elif data_dir is not None and (problem := unread_data_dir(lineage, version_ref(found))):
-        raise ConfigError(problem)  # its own dataset: embedded, or ingested shards
+    refuse_unread_data_dir(lineage, version_ref(found), chosen, data_dir)
     if data_root is not None and (problem := unread_root(lineage, version_ref(found))):
         raise ConfigError(problem)
     if data_root is not None and chosen != trained_on:  # its own shards only, not --dataset's

@@ -12,6 +12,7 @@ import click
 from headrace.commands.options import (
     build_config,
     pem_certificates,
+    refuse_unread_data_dir,
     refuse_unread_folder,
     typed,
 )
@@ -171,7 +172,7 @@ def embed(
         from security.watermark.embed import finetune_config, finetune_published
         from serving.repository import ModelRepository
         from training.compression.sources import uncompressed_version, version_ref
-        from training.datasets import unread_data_dir, unread_root
+        from training.datasets import unread_root
 
         repo = ModelRepository(root)
         # by default the latest version with torch weights, as compress and robustness pick:
@@ -185,10 +186,7 @@ def embed(
         lineage = source.metadata.lineage
         if data_root is not None and (problem := unread_root(lineage, version_ref(source))):
             raise ConfigError(problem)
-        if dataset is not None:
-            refuse_unread_folder(dataset, data_dir)
-        elif data_dir is not None and (problem := unread_data_dir(lineage, version_ref(source))):
-            raise ConfigError(problem)  # its own dataset: embedded, or ingested shards
+        refuse_unread_data_dir(lineage, version_ref(source), dataset, data_dir)
         if model_given and model != architecture:
             raise ConfigError(  # it was ignored: the published model keeps its architecture
                 f"--model {model} differs from {from_model}'s architecture {architecture}: "
