@@ -287,14 +287,16 @@ def view(
 ) -> None:
     """Serve the web UI of a stopped EXPERIMENT_ID again, read-only, until Ctrl-C."""
     from training.tuning.nni_experiment import NniExperiment
-    from training.tuning.runner import trial_row
+    from training.tuning.runner import trial_row, viewed_row
 
     experiment = NniExperiment(_experiment_dir(experiment_dir), experiment_id)
     with stop_requested() as stop:  # SIGTERM/SIGHUP end the serving as Ctrl-C does
         try:
             experiment.view(port)
             click.echo(f"experiment {experiment_id}: web UI {experiment.url} (Ctrl-C to stop)")
-            rows = [trial_row(experiment.folder, trial) for trial in experiment.trials()]
+            rows = [
+                viewed_row(trial_row(experiment.folder, trial)) for trial in experiment.trials()
+            ]
             click.echo(_table(list(rows)))
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):

@@ -372,3 +372,37 @@ def test_a_moved_experiment_is_refused_for_resume_with_where_it_was_started(
         f"settings there, so it cannot be resumed from {moved}: move it back and pass "
         f"--experiment-dir {tune_dir}, or start a new experiment\n"
     )
+
+
+def test_view_lists_a_trial_left_running_by_the_stopped_experiment_as_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NNI's database keeps the state a trial had when its experiment stopped: the view's
+    table said RUNNING (and WAITING) for trials that no process runs any more."""
+    from training.tuning import nni_experiment
+    from training.tuning.nni_experiment import TrialInfo
+
+    states = ["SUCCEEDED", "RUNNING", "WAITING", "EARLY_STOPPED", "FAILED"]
+
+    class StoppedExperiment:
+        url = "http://127.0.0.1:1/oview"
+
+        def __init__(self, root: Path, experiment_id: str) -> None:
+            self.folder = root / experiment_id
+
+        def view(self, port: int | None = None) -> None:
+            pass
+
+        def trials(self) -> list[TrialInfo]:
+            return [TrialInfo(trial_id=f"t{i}", sequence=i, status=s) for i, s in enumerate(states)]
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(nni_experiment, "NniExperiment", StoppedExperiment)
+    argv = ["tune", "view", "old1", "--experiment-dir", str(tmp_path), "--timeout-s", "0.01"]
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 0, result.output
+    listed = {line.split()[1]: line.split()[2] for line in result.output.splitlines()[2:]}
+    assert listed == {"t0": "SUCCEEDED", "t1": "INTERRUPTED", "t2": "INTERRUPTED",
+                      "t3": "EARLY_STOPPED", "t4": "FAILED"}  # fmt: skip

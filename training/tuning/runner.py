@@ -141,6 +141,19 @@ def trial_error(folder: Path, trial_id: str) -> str | None:
     return lines[-1][:300] if lines else None
 
 
+INTERRUPTED = "INTERRUPTED"
+"""How `tune view` lists a trial that was waiting or running when its experiment stopped."""
+
+
+def viewed_row(row: TrialRow) -> TrialRow:
+    """`row` as the table of a stopped experiment lists it. NNI's database keeps the state each
+    trial had when the experiment stopped, so a trial that was waiting or running then still
+    says so, though no trial of a viewed experiment runs: it is listed as INTERRUPTED."""
+    if row.status in FINISHED:
+        return row
+    return row.model_copy(update={"status": INTERRUPTED})
+
+
 def _archive(folder: Path, trial_id: str) -> TrialArchive | None:
     path = trial_folder(folder, trial_id)
     return load_trial_archive(path) if (path / TRIAL_FILE).is_file() else None
