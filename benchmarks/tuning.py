@@ -24,9 +24,14 @@ called the way NNI's dispatcher calls them (benchmarks/tuning_search.py); these
 are exactly the algorithms `headrace tune` uses, but with no NNI manager and no
 per-trial process start-up, so wall time measures the search itself.
 
-One untimed warm-up trial runs first (imports, caches), so the first search
-timed is not charged for them. Each search's CPU time (this process) is
-reported beside its wall time: on a shared machine it is the steadier figure.
+The three searches of a seed take turns, a trial each (`run_searches`): trial
+k of each runs at about the same time, so a change in the machine's speed
+over the run falls on all three alike instead of on whichever search ran in
+that stretch. A search's seconds add up its own trials and its tuner's and
+assessor's work; the turns change no result (each search has its own tuner
+and seeded training). One untimed warm-up trial runs first (imports, caches),
+so the first search timed is not charged for them. Each search's CPU time
+(this process) is reported beside its wall time.
 
 Early-stopped trials (--early-stopped): with `last`, the default, the tuner
 gets a trial the assessor stopped with its last per-epoch validation loss as
@@ -40,8 +45,8 @@ Reported (means over the seeds):
     tpe_best_val_loss, random_best_val_loss: the lowest best validation loss
         among the trials of a search that ran to their end (a stopped trial
         leaves no model: `headrace tune` archives only finished trials);
-    assessor_time_saved_pct = 100 * (1 - sum of tpe+assessor wall times
-        / sum of tpe wall times), over the same seeds;
+    assessor_time_saved_pct = 100 * (1 - sum of tpe+assessor seconds
+        / sum of tpe seconds), over the same seeds;
     assessor_best_val_loss_delta = mean over seeds of (best with the assessor
         - best without it); <= 0 means the assessor made the result no worse.
 Goals: tpe <= 0.8 x random; the assessor saves >= 40% with a delta <= 0.
@@ -74,7 +79,13 @@ from typing import Any
 import torch
 from nni.algorithms.hpo.tpe_tuner import TpeArguments
 
-from benchmarks.tuning_search import SearchResult, SearchSettings, TunerName, run_search
+from benchmarks.tuning_search import (
+    Search,
+    SearchResult,
+    SearchSettings,
+    TunerName,
+    run_searches,
+)
 from training.config import TrainConfig
 from training.tuning.objective import run_trial
 from training.tuning.search_space import DEFAULT_SEARCH_SPACE
@@ -325,18 +336,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         run_trial(base.model_copy(update={"epochs": 1}))  # warm-up, untimed: imports, caches
         for seed in args.seeds:
-            for name, tuner, assessor in searches:
-                settings = SearchSettings(
-                    tuner=tuner,
-                    seed=seed,
-                    trials=args.trials,
-                    tpe_startup=args.tpe_startup,
-                    assessor=assessor,
-                    assessor_start_step=args.assessor_start_step,
-                    early_stopped=args.early_stopped,
-                    assessor_min_completed=args.assessor_min_completed,
+            turns = [
+                Search(
+                    SearchSettings(
+                        tuner=tuner,
+                        seed=seed,
+                        trials=args.trials,
+                        tpe_startup=args.tpe_startup,
+                        assessor=assessor,
+                        assessor_start_step=args.assessor_start_step,
+                        early_stopped=args.early_stopped,
+                        assessor_min_completed=args.assessor_min_completed,
+                    ),
+                    base,
+                    DEFAULT_SEARCH_SPACE,
                 )
-                result = run_search(settings, base, DEFAULT_SEARCH_SPACE)
+                for _, tuner, assessor in searches
+            ]
+            for (name, _, _), result in zip(searches, run_searches(turns), strict=True):
                 by_name[name].append(result)
                 ordered.append((name, result))
                 print(

@@ -24,6 +24,8 @@ the way NNI's dispatcher (nni/runtime/msg_dispatcher.py) calls it in a
 What is not the same as `headrace tune`: no NNI manager, no trial processes and
 no web UI, so the wall time measures the search itself (training plus the
 tuner's and assessor's own work) without NNI's per-trial process start-up.
+A `Search` runs one trial per `step`, so that `run_searches` can let several
+searches take turns.
 """
 
 from __future__ import annotations
@@ -81,12 +83,12 @@ class TrialRecord:
 
 @dataclass
 class SearchResult:
-    """A finished search: every trial, and the wall time of the whole loop."""
+    """A finished search: every trial, and the time the search's own steps took."""
 
     settings: SearchSettings
     trials: list[TrialRecord] = field(default_factory=list)
-    seconds: float = 0.0  # wall time of the whole loop
-    cpu_seconds: float = 0.0  # this process's CPU time over the loop (less sensitive to load)
+    seconds: float = 0.0  # wall time of the search's own trials (with the tuner's work)
+    cpu_seconds: float = 0.0  # this process's CPU time over them (less sensitive to load)
 
     @property
     def best_val_loss(self) -> float:
@@ -157,30 +159,51 @@ def make_tuner(settings: SearchSettings) -> TpeTuner | RandomTuner:
     return RandomTuner(seed=settings.seed)
 
 
-def run_search(
-    settings: SearchSettings,
-    base: TrainConfig,
-    search_space: Mapping[str, Mapping[str, Any]],
-) -> SearchResult:
-    """Run `settings.trials` sequential trials of `base` over `search_space`."""
-    tuner = make_tuner(settings)
-    tuner.update_search_space(copy.deepcopy(dict(search_space)))
-    assessor = (
-        HeadraceMedianstop(
-            optimize_mode="minimize",
-            start_step=settings.assessor_start_step,
-            min_completed=settings.assessor_min_completed,
+class Search:
+    """One search, run a trial at a time (`step`), so that several searches can take turns.
+
+    Each search keeps its own tuner, assessor and trial records; the training of a trial is
+    seeded by the search's seed, so the order in which searches take turns changes no
+    result. `seconds` and `cpu_seconds` add up the search's own steps only.
+    """
+
+    def __init__(
+        self,
+        settings: SearchSettings,
+        base: TrainConfig,
+        search_space: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        self.settings = settings
+        self.tuner = make_tuner(settings)
+        self.tuner.update_search_space(copy.deepcopy(dict(search_space)))
+        self.assessor = (
+            HeadraceMedianstop(
+                optimize_mode="minimize",
+                start_step=settings.assessor_start_step,
+                min_completed=settings.assessor_min_completed,
+            )
+            if settings.assessor
+            else None
         )
-        if settings.assessor
-        else None
-    )
-    result = SearchResult(settings)
-    base = base.model_copy(update={"seed": settings.seed})
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for parameter_id in range(settings.trials):
+        self.base = base.model_copy(update={"seed": settings.seed})
+        self.result = SearchResult(settings)
+
+    @property
+    def done(self) -> bool:
+        return len(self.result.trials) >= self.settings.trials
+
+    def step(self) -> None:
+        """Run the next trial: ask the tuner, train, tell the tuner and the assessor."""
+        started, cpu_started = time.perf_counter(), time.process_time()
+        self.result.trials.append(self._trial(len(self.result.trials)))
+        self.result.seconds += time.perf_counter() - started
+        self.result.cpu_seconds += time.process_time() - cpu_started
+
+    def _trial(self, parameter_id: int) -> TrialRecord:
+        settings, tuner, assessor = self.settings, self.tuner, self.assessor
         trial_job_id = f"trial-{parameter_id}"
         params = tuner.generate_parameters(parameter_id)
-        config = apply_params(base, params)
+        config = apply_params(self.base, params)
         intermediate = _Intermediate(trial_job_id, assessor)
         history = intermediate.history
         trial_started = time.perf_counter()
@@ -218,7 +241,25 @@ def run_search(
         if assessor is not None and history:
             assessor.trial_end(trial_job_id, success)
         tuner.trial_end(parameter_id, success)
-        result.trials.append(record)
-    result.seconds = time.perf_counter() - started
-    result.cpu_seconds = time.process_time() - cpu_started
+        return record
+
+
+def run_searches(searches: list[Search]) -> list[SearchResult]:
+    """Run `searches` taking turns, a trial each: trial k of every search runs at about the
+    same time, so a change in the machine's speed over the run falls on all of them alike
+    (as the serving benchmark's A B B A windows do)."""
+    while not all(search.done for search in searches):
+        for search in searches:
+            if not search.done:
+                search.step()
+    return [search.result for search in searches]
+
+
+def run_search(
+    settings: SearchSettings,
+    base: TrainConfig,
+    search_space: Mapping[str, Mapping[str, Any]],
+) -> SearchResult:
+    """Run `settings.trials` sequential trials of `base` over `search_space`."""
+    (result,) = run_searches([Search(settings, base, search_space)])
     return result

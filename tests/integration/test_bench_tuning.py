@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench_runner import run_benchmark
 
+from benchmarks.tuning_search import (
+    Search,
+    SearchResult,
+    SearchSettings,
+    TunerName,
+    run_search,
+    run_searches,
+)
+from training.config import TrainConfig
+from training.tuning.search_space import DEFAULT_SEARCH_SPACE
 from training.tuning.tuners import MEDIANSTOP_MIN_COMPLETED
 
 COMMAND = [
@@ -39,3 +51,25 @@ def test_quick_tuning_benchmark_reports_every_key() -> None:
     assert result["settings"]["assessor"]["min_completed"] == MEDIANSTOP_MIN_COMPLETED
     assert seed["random_epochs"] <= 3 * 2 and seed["tpe_epochs"] <= 3 * 2
     assert "tpe+assessor" in stdout  # the table came before the JSON line
+
+
+def test_searches_taking_turns_give_what_each_gives_alone(tmp_path: Path) -> None:
+    """The benchmark runs a seed's searches a trial each in turn: each keeps its own tuner and
+    seeded training, so the turns change no trial's parameters or result."""
+    base = TrainConfig(model="lenet5", dataset="digits", epochs=1, publish=False,
+                       progress=False, runs_dir=tmp_path)  # fmt: skip
+
+    def settings(tuner: TunerName, assessor: bool) -> SearchSettings:
+        return SearchSettings(tuner=tuner, seed=3, trials=4, tpe_startup=2, assessor=assessor,
+                              assessor_start_step=1, assessor_min_completed=1)  # fmt: skip
+
+    kinds: list[tuple[TunerName, bool]] = [("random", False), ("tpe", False), ("tpe", True)]
+    alone = [run_search(settings(t, a), base, DEFAULT_SEARCH_SPACE) for t, a in kinds]
+    turns = run_searches([Search(settings(t, a), base, DEFAULT_SEARCH_SPACE) for t, a in kinds])
+
+    def outcomes(result: SearchResult) -> list[tuple[object, ...]]:
+        return [(t.params, t.status, t.best_val_loss, t.epochs_run) for t in result.trials]
+
+    assert [outcomes(r) for r in turns] == [outcomes(r) for r in alone]
+    assert all(len(r.trials) == 4 and r.seconds > 0 for r in turns)
+    assert outcomes(turns[0]) != outcomes(turns[1])  # two tuners, not one search three times
