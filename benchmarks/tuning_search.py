@@ -253,13 +253,3 @@ def run_searches(searches: list[Search]) -> list[SearchResult]:
             if not search.done:
                 search.step()
     return [search.result for search in searches]
-
-
-def run_search(
-    settings: SearchSettings,
-    base: TrainConfig,
-    search_space: Mapping[str, Mapping[str, Any]],
-) -> SearchResult:
-    """Run `settings.trials` sequential trials of `base` over `search_space`."""
-    (result,) = run_searches([Search(settings, base, search_space)])
-    return result

@@ -11,7 +11,6 @@ from benchmarks.tuning_search import (
     SearchResult,
     SearchSettings,
     TunerName,
-    run_search,
     run_searches,
 )
 from training.config import TrainConfig
@@ -64,7 +63,9 @@ def test_searches_taking_turns_give_what_each_gives_alone(tmp_path: Path) -> Non
                               assessor_start_step=1, assessor_min_completed=1)  # fmt: skip
 
     kinds: list[tuple[TunerName, bool]] = [("random", False), ("tpe", False), ("tpe", True)]
-    alone = [run_search(settings(t, a), base, DEFAULT_SEARCH_SPACE) for t, a in kinds]
+    alone = [
+        run_searches([Search(settings(t, a), base, DEFAULT_SEARCH_SPACE)])[0] for t, a in kinds
+    ]
     turns = run_searches([Search(settings(t, a), base, DEFAULT_SEARCH_SPACE) for t, a in kinds])
 
     def outcomes(result: SearchResult) -> list[tuple[object, ...]]:
