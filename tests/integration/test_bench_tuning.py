@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from bench_runner import run_benchmark
 
 from benchmarks.tuning_search import (
@@ -74,3 +75,17 @@ def test_searches_taking_turns_give_what_each_gives_alone(tmp_path: Path) -> Non
     assert [outcomes(r) for r in turns] == [outcomes(r) for r in alone]
     assert all(len(r.trials) == 4 and r.seconds > 0 for r in turns)
     assert outcomes(turns[0]) != outcomes(turns[1])  # two tuners, not one search three times
+
+
+def test_luck_benchmark_ranks_the_random_search_among_its_draws() -> None:
+    command = ["-m", "benchmarks.tuning_luck", "--draws", "4", "--trials", "2", "--epochs", "1",
+               "--seeds", "0"]  # fmt: skip
+    result, _ = run_benchmark(command, timeout_s=120)
+    (row,) = result["per_seed"]
+    # the Random search is the first 2 of the 4 draws: never better than the best of all 4
+    assert row["random_best_of_draws"] <= row["random_best_val_loss"]
+    assert row["random_best_of_draws"] <= row["random_expected_best_val_loss"]
+    assert 1 <= row["random_best_rank"] <= 3
+    assert result["tpe_over_expected_random"] == pytest.approx(
+        result["tpe_best_val_loss"] / result["random_expected_best_val_loss"], abs=1e-3
+    )
