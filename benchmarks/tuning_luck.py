@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.tuning import DEFAULTS
 from benchmarks.tuning_search import (
     Search,
     SearchResult,
@@ -159,9 +160,14 @@ def print_rows(rows: list[dict[str, Any]], draws: int) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--draws", type=int, default=200, help="Random draws per seed (200).")
-    parser.add_argument("--trials", type=int, default=30, help="The search budget (30).")
-    parser.add_argument("--epochs", type=int, default=8, help="Epochs per trial (8).")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=DEFAULTS["trials"],
+        help=f"The search budget ({DEFAULTS['trials']}, as benchmarks.tuning).",
+    )
+    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="Epochs per trial.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULTS["seeds"])
     args = parser.parse_args(argv)
     if args.trials < 1 or args.epochs < 1:
         parser.error("--trials and --epochs must be >= 1")
