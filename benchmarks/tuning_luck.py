@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.tuning import DEFAULTS
+from benchmarks.tuning import DEFAULTS, GOAL_TPE_RATIO
 from benchmarks.tuning_search import (
     Search,
     SearchResult,
@@ -56,8 +56,6 @@ from benchmarks.tuning_search import (
 from training.config import TrainConfig
 from training.tuning.search_space import DEFAULT_SEARCH_SPACE
 from training.tuning.tuners import tpe_startup_jobs
-
-GOAL_TPE_RATIO = 0.8  # the tuning benchmark's goal, shown beside both ratios
 
 
 def losses(result: SearchResult, first: int | None = None) -> list[float]:
