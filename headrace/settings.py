@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BROKER_SILENCE_S = 15.0  # above the 10 s a JoinGroup may be held by a healthy broker
+BROKER_SILENCE_S = 15.0  # above the few seconds a healthy broker takes (JoinGroup not counted)
 UNASSIGNED_WARN_S = 20.0  # above a group join's 1 to 5 s and its 10 s rebalance timeout
 WatchSeconds = Annotated[float, Field(gt=0, le=3600)]
 """How long a watch waits before it warns (`broker_silence_s`, `unassigned_warn_s`, and the

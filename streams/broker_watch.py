@@ -12,8 +12,13 @@ and when an answer (any response, an error code included) came. `check`, called 
 logs one warning once no request has been answered for `silence_s`, and one line when an
 answer comes again, with how long Kafka was away.
 
-`silence_s` must exceed the longest time a healthy broker may hold a request: a JoinGroup
-waits for the group's other members up to the rebalance timeout (10 s, `streams.faust_app`).
+`silence_s` must exceed the longest time a healthy broker may hold a request, with one
+exception: a JoinGroup is held until every member of the group has joined, up to the group's
+rebalance timeout (10 s for the stream workers, `streams.faust_app`; up to an hour for the
+training agents, whose rebalance timeout is their max_poll_interval and whose other members
+may be busy with a long job). A held JoinGroup is therefore not counted as unanswered; its
+answer or failure still counts. A broker that freezes during a join is reported once the
+JoinGroup times out and the client's next request goes unanswered.
 """
 
 from __future__ import annotations
@@ -32,6 +37,14 @@ from headrace.settings import BROKER_SILENCE_S
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL_S = 1.0
+JOIN_GROUP_API_KEY = 11
+"""Kafka's JoinGroup request (the same key in aiokafka's and kafka-python's request classes)."""
+
+
+def held_by_the_group(request: Any) -> bool:
+    """Whether a healthy broker may hold `request` for as long as its group takes to rebalance
+    (a JoinGroup): its wait says nothing about whether Kafka answers."""
+    return getattr(request, "API_KEY", None) == JOIN_GROUP_API_KEY
 
 
 class BrokerWatch:
@@ -119,10 +132,11 @@ def watch_client(client: Any, watch: BrokerWatch) -> None:
     """Route `client.send` (an aiokafka `AIOKafkaClient`'s) through `watch`."""
     send = client.send
 
-    async def send_watched(*args: Any, **kwargs: Any) -> Any:
-        watch.asked()
+    async def send_watched(node_id: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if not held_by_the_group(request):
+            watch.asked()
         try:
-            response = await send(*args, **kwargs)
+            response = await send(node_id, request, *args, **kwargs)
         except KafkaError as exc:
             watch.failed(exc)
             raise
@@ -153,7 +167,8 @@ def watch_kafka_python(client: Any, watch: BrokerWatch) -> bool:
     def send_watched(request: Any, *args: Any, **kwargs: Any) -> Any:
         if not request.expect_response():  # settled at once, with nothing from the broker
             return send(request, *args, **kwargs)
-        watch.asked()
+        if not held_by_the_group(request):
+            watch.asked()
         future = send(request, *args, **kwargs)
         future.add_callback(lambda _response: watch.answered())
         future.add_errback(watch.failed)

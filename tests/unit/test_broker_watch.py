@@ -130,6 +130,56 @@ def test_a_request_held_shorter_than_the_threshold_is_no_outage() -> None:
         BrokerWatch("k:9092", "stream worker", silence_s=0)
 
 
+def _aiokafka_join() -> object:
+    from aiokafka.protocol.group import JoinGroupRequest
+
+    return JoinGroupRequest("g", 10_000, 10_000, "", None, "consumer", [])
+
+
+def _kafka_python_join() -> object:
+    from kafka.protocol.consumer import JoinGroupRequest
+
+    return JoinGroupRequest(
+        group_id="g", session_timeout_ms=10_000, rebalance_timeout_ms=3_600_000, member_id="",
+        group_instance_id=None, protocol_type="consumer", protocols=[], max_version=7,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("join", "outage"), [(True, False), (False, True)])
+def test_a_joingroup_the_group_holds_is_no_outage_other_requests_held_as_long_are(
+    join: bool, outage: bool
+) -> None:
+    """A healthy broker holds a JoinGroup until the group's other members join: up to an hour
+    for an agent whose fellow agents are busy with jobs. A minute of it, with nothing else
+    asked, is no outage; any other request left a minute without an answer is one."""
+    now = [0.0]
+    watch = BrokerWatch("k:9092", "stream worker", silence_s=15.0, clock=lambda: now[0])
+    joined = asyncio.Event()
+
+    class HeldClient:
+        async def send(self, node_id: int, request: object) -> str:
+            await joined.wait()
+            return "answered"
+
+    async def scenario() -> None:
+        client = HeldClient()
+        watch_client(client, watch)
+        request = _aiokafka_join() if join else "fetch"
+        held = asyncio.create_task(client.send(111, request))
+        await asyncio.sleep(0)  # the request is sent and held
+        now[0] = 60.0
+        watch.check()
+        assert watch.reachable is not outage and (watch.unanswered_s() == 60.0) is outage
+        joined.set()
+        assert await held == "answered"
+
+    asyncio.run(scenario())
+    now[0] = 61.0
+    watch.check()
+    assert watch.reachable and watch.unanswered_s() == 0.0
+    assert watch.outages == int(outage)
+
+
 # -- the training agent's kafka-python clients -------------------------------------------------
 
 
@@ -221,6 +271,29 @@ def test_the_agents_kafka_python_requests_tell_whether_kafka_answers(
         "Kafka at k:9092 answers again after 6 s away",
     ]
     assert scrape()["training_broker_reachable"] == 1.0
+
+
+def test_the_agents_joingroup_held_by_busy_fellow_agents_is_no_outage() -> None:
+    """The agent's JoinGroup (kafka-python's own request) may be held for as long as another
+    agent of the group trains without polling; its answer still counts as one, and a request
+    of another kind asked meanwhile is still watched."""
+    now = [0.0]
+    watch = BrokerWatch("k:9092", "training agent", silence_s=15.0, clock=lambda: now[0])
+    consumer = _KafkaPythonClient(producer=False)
+    watch_kafka_python(consumer, watch)
+    join = consumer.manager.send(_kafka_python_join())  # type: ignore[arg-type]
+    now[0] = 600.0
+    watch.check()
+    assert watch.reachable and watch.unanswered_s() == 0.0
+    metadata = consumer.manager.send(_Request("metadata"))
+    now[0] = 616.0
+    watch.check()
+    assert not watch.reachable and watch.unanswered_s() == 16.0
+    join.success("joined")
+    metadata.success("metadata")
+    now[0] = 617.0
+    watch.check()
+    assert watch.reachable and watch.outages == 1
 
 
 def test_check_until_checks_on_its_own_thread_until_stopped() -> None:
